@@ -1,0 +1,22 @@
+"""Partition definitions shared by every partitioned asset."""
+
+import dagster as dg
+
+# Fixed at definition time (partition sets cannot depend on the environment); dates
+# before it are rejected by Dagster, so keep it earlier than any data you land.
+PARTITION_START = "2025-01-01"
+
+CLIENT_PARTITIONS = dg.DynamicPartitionsDefinition(name="client")
+# end_offset=1: today's partition exists, so files for the running day can land.
+DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date=PARTITION_START, end_offset=1)
+FACT_PARTITIONS = dg.MultiPartitionsDefinition({"date": DAILY_PARTITIONS, "client": CLIENT_PARTITIONS})
+
+
+def requested_partitions(context: dg.AssetExecutionContext) -> dict[str, list[str]]:
+    """date -> clients of the (possibly multi-partition) run."""
+    out: dict[str, list[str]] = {}
+    for key in context.partition_keys:
+        mk = key if isinstance(key, dg.MultiPartitionKey) else FACT_PARTITIONS.get_partition_key_from_str(key)
+        dims = mk.keys_by_dimension
+        out.setdefault(dims["date"], []).append(dims["client"])
+    return out

@@ -1,0 +1,45 @@
+"""Resources: the only place Dagster meets configuration, read from the environment when built."""
+
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from delivery_lake.config import Settings
+from delivery_lake.landing import Landing
+from delivery_lake.storage import Lake
+
+
+class LakehouseResource(dg.ConfigurableResource):
+    """Lake, inbox and warehouse locations.
+
+    Every field is optional: unset fields come from the environment (LAKE_URL, INBOX_DIR,
+    AWS_* ...) at the moment the resource is built for a run, never at import time, and
+    secrets never appear in the resource config the UI shows.
+    """
+
+    data_dir: str | None = None
+    lake_url: str | None = None
+    inbox_dir: str | None = None
+
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides: dict[str, object] = {}
+            if self.data_dir:
+                overrides["data_dir"] = Path(self.data_dir).resolve()
+            if self.lake_url:
+                overrides["lake_url"] = self.lake_url
+            if self.inbox_dir:
+                overrides["inbox_dir"] = Path(self.inbox_dir).resolve()
+            self._settings = Settings.from_env(**overrides)
+        return self._settings
+
+    def lake(self) -> Lake:
+        return Lake.from_settings(self.settings())
+
+    def landing(self) -> Landing:
+        s = self.settings()
+        return Landing(self.lake(), s.inbox_dir, s)

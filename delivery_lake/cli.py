@@ -1,0 +1,155 @@
+"""`delivery-lake` command line: generate, run, summary, reconcile, contract."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from delivery_lake.config import Settings
+from delivery_lake.contract import TABLES, render_markdown
+
+console = Console()
+CONTRACT_DOC = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from delivery_lake.generator import generate
+
+    summary = generate(
+        args.out,
+        start=date.fromisoformat(args.start),
+        days=args.days,
+        clients=args.clients,
+        orders_per_day=args.orders_per_day,
+        seed=args.seed,
+        dirty_rate=args.dirty_rate,
+        progress=not args.quiet,
+    )
+    total = sum(summary.rows.values())
+    console.print(
+        f"wrote {len(summary.files)} files, {total:,} rows, {summary.bytes_written / 1e6:.1f} MB to {args.out}"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from delivery_lake.orchestrate import run_inbox
+
+    overrides = {"inbox_dir": Path(args.inbox).resolve()} if args.inbox else {}
+    settings = Settings.from_env(**overrides)
+    result = run_inbox(settings, full=not args.new_only)
+    for line in result.lines:
+        console.print(line)
+    if not result.success:
+        console.print(f"[red]FAILED[/red]: {result.failure}")
+        return 1
+    if args.summary:
+        print_summary(settings)
+    return 0
+
+
+def print_summary(settings: Settings) -> None:
+    from delivery_lake.summary import lake_summary
+
+    summary = lake_summary(settings)
+    t = RichTable(title=f"Lake {summary['lake']}")
+    for col in ("table", "partitions", "rows landed", "rows quarantined", "top quarantine reasons"):
+        t.add_column(col, justify="right" if col.startswith(("rows", "part")) else "left")
+    for name, s in summary["tables"].items():
+        reasons = ", ".join(f"{r} {n}" for r, n in list(s["by_reason"].items())[:3])
+        t.add_row(name, str(s["partitions"]), f"{s['landed']:,}", f"{s['quarantined']:,}", reasons)
+    console.print(t)
+    for extra in summary.get("sections", []):
+        console.print(extra)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    print_summary(Settings.from_env())
+    return 0
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from delivery_lake.landing import reconcile
+    from delivery_lake.storage import Lake
+
+    settings = Settings.from_env()
+    lake = Lake.from_settings(settings)
+    bad = 0
+    for table in TABLES.values():
+        for path, c in reconcile(lake, settings.inbox_dir, table).items():
+            ok = c["read"] == c["landed"] + c["quarantined"]
+            bad += not ok
+            if not ok or args.verbose:
+                console.print(f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} landed {c['landed']} quarantined {c['quarantined']}")
+    console.print("all files reconcile" if not bad else f"[red]{bad} file(s) do not reconcile[/red]")
+    return 1 if bad else 0
+
+
+def _cmd_contract(args: argparse.Namespace) -> int:
+    text = render_markdown()
+    if args.check:
+        if not CONTRACT_DOC.exists() or CONTRACT_DOC.read_text() != text:
+            console.print(f"{CONTRACT_DOC} is out of date: run `delivery-lake contract`")
+            return 1
+        return 0
+    CONTRACT_DOC.parent.mkdir(parents=True, exist_ok=True)
+    CONTRACT_DOC.write_text(text)
+    console.print(f"wrote {CONTRACT_DOC}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="delivery-lake", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write a synthetic export of the seven feeds")
+    g.add_argument("--out", required=True)
+    g.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    g.add_argument("--days", type=int, required=True)
+    g.add_argument("--clients", type=int, required=True)
+    g.add_argument("--orders-per-day", type=int, default=1500, help="orders per day across all clients")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--dirty-rate", type=float, default=0.002)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
+
+    r = sub.add_parser("run", help="materialize every partition found in the inbox, and everything downstream")
+    r.add_argument("--inbox", help="inbox folder (default INBOX_DIR)")
+    r.add_argument("--new-only", action="store_true", help="only files not landed before")
+    r.add_argument("--summary", action="store_true", help="print the lake summary afterwards")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("summary", help="rows landed and quarantined per table")
+    s.set_defaults(func=_cmd_summary)
+
+    rc = sub.add_parser("reconcile", help="check read = landed + quarantined for every source file")
+    rc.add_argument("-v", "--verbose", action="store_true")
+    rc.set_defaults(func=_cmd_reconcile)
+
+    c = sub.add_parser("contract", help="write docs/contract.md from the contract (or --check it)")
+    c.add_argument("--check", action="store_true")
+    c.set_defaults(func=_cmd_contract)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from delivery_lake.inbox import InputError
+    from delivery_lake.landing import LandingError
+
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, LandingError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Settings, read from the environment when asked for (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the project. `Settings.from_env()` is the only reader of the environment.
+
+    Secrets (the AWS keys) are kept out of `repr` so they never reach a log line.
+    """
+
+    data_dir: Path
+    lake_url: str
+    inbox_dir: Path
+    warehouse_path: Path
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_region: str = "us-east-1"
+    # Fraction of a partition's rows that may be quarantined before the quality gate blocks it.
+    quarantine_threshold: float = 0.02
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = 2
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        # Derived defaults (lake, inbox, warehouse) follow an overridden data_dir.
+        data_dir = Path(overrides.pop("data_dir", None) or _env("DATA_DIR", "./data")).resolve()  # type: ignore[arg-type]
+        values: dict[str, object] = dict(
+            data_dir=data_dir,
+            lake_url=_env("LAKE_URL", str(data_dir / "lake")),
+            inbox_dir=Path(_env("INBOX_DIR", str(data_dir / "inbox"))).resolve(),  # type: ignore[arg-type]
+            warehouse_path=Path(_env("WAREHOUSE_PATH", str(data_dir / "warehouse" / "delivery.duckdb"))).resolve(),  # type: ignore[arg-type]
+            aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
+            aws_access_key_id=_env("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
+            aws_region=_env("AWS_REGION", "us-east-1"),
+            quarantine_threshold=float(_env("QUARANTINE_THRESHOLD", "0.02")),  # type: ignore[arg-type]
+            duckdb_memory_limit=_env("DUCKDB_MEMORY_LIMIT", "1GB"),
+            duckdb_threads=int(_env("DUCKDB_THREADS", "2")),  # type: ignore[arg-type]
+        )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,315 @@
+"""The data contract of the seven delivery feeds.
+
+This module is the single source of truth: the landing builds its typing and
+quarantine SQL from it, the generator writes its columns in this order, and
+`docs/contract.md` is rendered from it (a test fails if the document drifts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DType = Literal["string", "int", "float", "decimal", "bool", "date", "timestamp"]
+
+# DuckDB types the landing casts to. Timestamps are UTC instants (TIMESTAMPTZ,
+# written to Parquet as isAdjustedToUTC=true) so every engine reads them alike.
+DUCKDB_TYPES: dict[str, str] = {
+    "string": "VARCHAR",
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "decimal": "DECIMAL(12,2)",
+    "bool": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: DType
+    description: str
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    # (table, column) of the parent key; checked at landing when the parent is a
+    # dimension (already landed), otherwise left to the cross-table suites.
+    references: tuple[str, str] | None = None
+
+    @property
+    def duckdb_type(self) -> str:
+        return DUCKDB_TYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row rule across columns, as a DuckDB boolean expression over typed columns.
+
+    A row violates the rule when the expression is FALSE (NULL counts as passing,
+    so nullability stays the job of `Column.nullable`).
+    """
+
+    name: str
+    sql: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    kind: Literal["dimension", "fact"]
+    description: str
+    key: str
+    columns: tuple[Column, ...]
+    rules: tuple[Rule, ...] = ()
+    # Facts only: the timestamp whose UTC date is the `date` partition.
+    partition_column: str | None = None
+    client_column: str | None = None
+
+    @property
+    def is_fact(self) -> bool:
+        return self.kind == "fact"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    @property
+    def parents(self) -> list[str]:
+        """Tables whose keys this one references (deduplicated, in column order)."""
+        seen: list[str] = []
+        for c in self.columns:
+            if c.references and c.references[0] not in seen and c.references[0] != self.name:
+                seen.append(c.references[0])
+        return seen
+
+
+def _col(name: str, dtype: DType, description: str, **kw: object) -> Column:
+    return Column(name=name, dtype=dtype, description=description, **kw)  # type: ignore[arg-type]
+
+
+REGIONS = ("north", "south", "east", "west", "central")
+TIERS = ("enterprise", "business", "standard")
+INDUSTRIES = ("retail", "grocery", "pharmacy", "electronics", "fashion", "restaurant")
+PRIORITIES = ("standard", "express", "same_day")
+STATUSES = ("delivered", "failed", "returned")
+FAILURE_REASONS = (
+    "customer_absent",
+    "address_not_found",
+    "refused",
+    "damaged",
+    "vehicle_issue",
+    "weather",
+)
+VEHICLE_TYPES = ("cargo_bike", "van", "truck")
+FUEL_TYPES = ("electric", "diesel", "petrol", "hybrid")
+EMPLOYMENT_TYPES = ("employee", "contractor")
+CHANNELS = ("app", "email", "sms", "web")
+
+CLIENTS = Table(
+    name="clients",
+    kind="dimension",
+    description="Shippers that contract deliveries; one row per client (snapshot).",
+    key="client_id",
+    columns=(
+        _col("client_id", "string", "Client key, e.g. C001."),
+        _col("name", "string", "Trading name."),
+        _col("industry", "string", "Industry segment.", allowed=INDUSTRIES),
+        _col("tier", "string", "Commercial tier; drives the SLA.", allowed=TIERS),
+        _col("sla_hours", "int", "Contracted hours from order to delivery.", min=1, max=168),
+        _col("region", "string", "Home region.", allowed=REGIONS),
+        _col("onboarded_on", "date", "Contract start date."),
+        _col("contact_email", "string", "Operations contact.", nullable=True),
+        _col("is_active", "bool", "Whether the contract is live."),
+    ),
+)
+
+DEPOTS = Table(
+    name="depots",
+    kind="dimension",
+    description="Cross-dock depots orders are picked up from; one row per depot.",
+    key="depot_id",
+    columns=(
+        _col("depot_id", "string", "Depot key, e.g. D01."),
+        _col("city", "string", "City the depot serves."),
+        _col("region", "string", "Region.", allowed=REGIONS),
+        _col("lat", "float", "Latitude (WGS84).", min=-90, max=90),
+        _col("lon", "float", "Longitude (WGS84).", min=-180, max=180),
+        _col("daily_capacity_parcels", "int", "Parcels the depot can dispatch per day.", min=1),
+        _col("opened_on", "date", "Opening date."),
+    ),
+)
+
+DRIVERS = Table(
+    name="drivers",
+    kind="dimension",
+    description="Couriers; one row per driver, attached to a home depot.",
+    key="driver_id",
+    columns=(
+        _col("driver_id", "string", "Driver key, e.g. DR0001."),
+        _col("depot_id", "string", "Home depot.", references=("depots", "depot_id")),
+        _col("full_name", "string", "Driver name."),
+        _col("hired_on", "date", "Hire date; tenure is measured from it."),
+        _col("employment_type", "string", "Contract type.", allowed=EMPLOYMENT_TYPES),
+        _col("license_class", "string", "Driving licence class.", allowed=("B", "C1", "C")),
+    ),
+)
+
+VEHICLES = Table(
+    name="vehicles",
+    kind="dimension",
+    description="Fleet; one row per vehicle, based at a depot.",
+    key="vehicle_id",
+    columns=(
+        _col("vehicle_id", "string", "Vehicle key, e.g. V0001."),
+        _col("depot_id", "string", "Base depot.", references=("depots", "depot_id")),
+        _col("vehicle_type", "string", "Vehicle class.", allowed=VEHICLE_TYPES),
+        _col("capacity_kg", "float", "Payload capacity.", min=1, max=40000),
+        _col("fuel_type", "string", "Energy source.", allowed=FUEL_TYPES),
+        _col("registered_on", "date", "First registration date."),
+    ),
+)
+
+ORDERS = Table(
+    name="orders",
+    kind="fact",
+    description="Delivery orders placed by clients; one row per order, dated by created_at.",
+    key="order_id",
+    partition_column="created_at",
+    client_column="client_id",
+    columns=(
+        _col("order_id", "string", "Order key, e.g. O20260105-C001-000001."),
+        _col("client_id", "string", "Ordering client.", references=("clients", "client_id")),
+        _col("created_at", "timestamp", "When the order was placed (UTC); partition date."),
+        _col("promised_by", "timestamp", "Delivery deadline promised to the customer (UTC)."),
+        _col("pickup_depot_id", "string", "Depot the parcels leave from.", references=("depots", "depot_id")),
+        _col("dropoff_city", "string", "Destination city."),
+        _col("dropoff_postcode", "string", "Destination postcode.", nullable=True),
+        _col("dropoff_lat", "float", "Destination latitude.", min=-90, max=90),
+        _col("dropoff_lon", "float", "Destination longitude.", min=-180, max=180),
+        _col("weight_kg", "float", "Total weight.", min=0.01, max=2000),
+        _col("parcels", "int", "Number of parcels.", min=1, max=200),
+        _col("priority", "string", "Service level bought.", allowed=PRIORITIES),
+        _col("order_value", "decimal", "Price charged to the client.", min=0, max=100000),
+        _col("payment_method", "string", "How the client pays.", allowed=("invoice", "card", "prepaid")),
+    ),
+    rules=(
+        Rule("promised_after_created", "promised_by > created_at", "The promise lies after the order."),
+    ),
+)
+
+DELIVERIES = Table(
+    name="deliveries",
+    kind="fact",
+    description="Delivery attempts outcome; one row per delivery, dated by dispatched_at.",
+    key="delivery_id",
+    partition_column="dispatched_at",
+    client_column="client_id",
+    columns=(
+        _col("delivery_id", "string", "Delivery key."),
+        _col("order_id", "string", "Order delivered (checked across tables by the suites).", references=("orders", "order_id")),
+        _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
+        _col("driver_id", "string", "Courier.", references=("drivers", "driver_id")),
+        _col("vehicle_id", "string", "Vehicle used.", references=("vehicles", "vehicle_id")),
+        _col("dispatched_at", "timestamp", "Left the depot (UTC); partition date."),
+        _col("delivered_at", "timestamp", "Handed over (UTC); null unless delivered.", nullable=True),
+        _col("status", "string", "Final outcome.", allowed=STATUSES),
+        _col("attempts", "int", "Delivery attempts made.", min=1, max=10),
+        _col("distance_km", "float", "Route distance depot to drop-off.", min=0.01, max=1500),
+        _col("failure_reason", "string", "Why it was not delivered.", nullable=True, allowed=FAILURE_REASONS),
+        _col("proof_of_delivery", "string", "Signature, photo or none.", allowed=("signature", "photo", "none")),
+    ),
+    rules=(
+        Rule("delivered_after_dispatch", "delivered_at >= dispatched_at", "Delivered at or after dispatch."),
+        Rule(
+            "delivered_has_timestamp",
+            "status <> 'delivered' OR delivered_at IS NOT NULL",
+            "A delivered parcel has a delivery time.",
+        ),
+    ),
+)
+
+CUSTOMER_FEEDBACK = Table(
+    name="customer_feedback",
+    kind="fact",
+    description="Ratings and comments left by recipients; one row per feedback, dated by submitted_at.",
+    key="feedback_id",
+    partition_column="submitted_at",
+    client_column="client_id",
+    columns=(
+        _col("feedback_id", "string", "Feedback key."),
+        _col("order_id", "string", "Order rated (checked across tables by the suites).", references=("orders", "order_id")),
+        _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
+        _col("submitted_at", "timestamp", "When it was left (UTC); partition date."),
+        _col("rating", "int", "Stars, 1 to 5.", min=1, max=5),
+        _col("comment", "string", "Free text; may span lines.", nullable=True),
+        _col("channel", "string", "Where it was left.", allowed=CHANNELS),
+    ),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (CLIENTS, DEPOTS, DRIVERS, VEHICLES, ORDERS, DELIVERIES, CUSTOMER_FEEDBACK)
+}
+DIMENSIONS = [t for t in TABLES.values() if not t.is_fact]
+FACTS = [t for t in TABLES.values() if t.is_fact]
+
+
+def landing_order() -> list[Table]:
+    """Tables sorted so every parent lands before its children."""
+    done: list[str] = []
+    pending = list(TABLES)
+    while pending:
+        for name in pending:
+            if all(p in done or p not in TABLES for p in TABLES[name].parents if TABLES[p].kind == "dimension"):
+                done.append(name)
+                pending.remove(name)
+                break
+        else:  # pragma: no cover - the contract above has no cycle
+            raise ValueError(f"cycle in contract references: {pending}")
+    return [TABLES[n] for n in done]
+
+
+def render_markdown() -> str:
+    """The human-readable schema document (docs/contract.md is this, verbatim)."""
+    out = [
+        "# Data contract",
+        "",
+        "Generated from `delivery_lake/contract.py` by `delivery-lake contract`; "
+        "a test fails if this file and the code disagree.",
+        "",
+        "Timestamps are ISO 8601 instants stored as UTC. Fact tables are partitioned by the UTC "
+        "date of their partition column and by `client_id`. Rows that break a rule below are "
+        "quarantined with the reason, never dropped.",
+        "",
+    ]
+    for t in TABLES.values():
+        out += [f"## `{t.name}` ({t.kind})", "", t.description, "", f"- key: `{t.key}` (unique, not null)"]
+        if t.partition_column:
+            out.append(f"- partitions: `date` = UTC date of `{t.partition_column}`, `client` = `{t.client_column}`")
+        out += ["", "| column | type | null | constraint | description |", "|---|---|---|---|---|"]
+        for c in t.columns:
+            cons = []
+            if c.min is not None:
+                cons.append(f">= {c.min:g}")
+            if c.max is not None:
+                cons.append(f"<= {c.max:g}")
+            if c.allowed:
+                cons.append("in {" + ", ".join(c.allowed) + "}")
+            if c.references:
+                cons.append(f"-> {c.references[0]}.{c.references[1]}")
+            null = "yes" if c.nullable else "no"
+            out.append(f"| `{c.name}` | {c.dtype} | {null} | {'; '.join(cons)} | {c.description} |")
+        if t.rules:
+            out += ["", "Row rules:"]
+            out += [f"- `{r.name}`: `{r.sql}` ({r.description})" for r in t.rules]
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,436 @@
+"""Land inbox CSV files as typed, date x client partitioned Parquet, quarantining bad rows.
+
+How one landing works (for a fact table and a set of (date, client) partitions):
+
+1. Every source file involved is checked first (exists, not empty, has data rows, header
+   has every contract column). A bad file stops the landing before anything is written.
+2. Files touching the requested dates are read by DuckDB as text, streaming, one file at a
+   time; lines that are not valid CSV (ragged, invalid UTF-8) are set aside by DuckDB's
+   rejects table with their line number.
+3. One SQL statement generated from the contract types every column with TRY_CAST and
+   collects every broken rule of a row in `_reasons`: missing, unparseable, range,
+   not_allowed, orphan (dimension keys known at landing), rule:<name>.
+4. Duplicate keys: among otherwise valid rows the copy from the last file (by name) and,
+   within it, the last line wins; earlier copies are quarantined with reason `duplicate`.
+5. Each partition is written to a local staging folder, then published as one object
+   (see storage.py), followed by its quarantine object and its manifest.
+
+Rows whose client cannot be trusted (missing or unknown client) land in no client
+partition: they are quarantined under `client=_unassigned` of their date. Rows whose
+partition timestamp cannot be parsed, and malformed lines, are filed under the date in
+the file name (or the file's most common date). So every line of every file ends up in
+exactly one place, and `read = landed + quarantined` holds per file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from delivery_lake.config import Settings
+from delivery_lake.contract import TABLES, Column, Table
+from delivery_lake.inbox import FileEntry, InboxIndex, InputError, csv_source_sql, ensure_rejects_table, read_header
+from delivery_lake.storage import UNASSIGNED_CLIENT, Lake, staging_dir
+
+META_COLUMNS = ["_reason", "_reasons", "_source_file", "_source_line", "_raw_line", "_landed_at"]
+
+
+class LandingError(RuntimeError):
+    pass
+
+
+@dataclass
+class PartitionResult:
+    table: str
+    date: str | None
+    client: str | None
+    landed: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_file: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class LandingReport:
+    table: str
+    partitions: list[PartitionResult] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    extra_columns: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+    read: int = 0
+    schema: dict[str, str] = field(default_factory=dict)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def landed(self) -> int:
+        return sum(p.landed for p in self.partitions)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(p.quarantined for p in self.partitions)
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for p in self.partitions:
+            for r, n in p.by_reason.items():
+                out[r] += n
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def check_reconciled(self) -> None:
+        if self.read != self.landed + self.quarantined:
+            raise LandingError(
+                f"{self.table}: rows do not reconcile: read {self.read} != landed {self.landed} "
+                f"+ quarantined {self.quarantined}"
+            )
+
+
+# ---- SQL generated from the contract -------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def typed_expr(c: Column) -> str:
+    raw = f"NULLIF(trim({_q(c.name)}), '')"
+    if c.dtype == "string":
+        return raw
+    return f"TRY_CAST({raw} AS {c.duckdb_type})"
+
+
+def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
+    """CASE expressions over `t` (raw text as r_<col>, typed as the column name) naming each broken rule."""
+    out: list[str] = []
+    for c in table.columns:
+        col, raw = _q(c.name), _q("r_" + c.name)
+        if not c.nullable:
+            out.append(f"CASE WHEN {raw} IS NULL THEN 'missing:{c.name}' END")
+        if c.dtype != "string":
+            out.append(f"CASE WHEN {raw} IS NOT NULL AND {col} IS NULL THEN 'unparseable:{c.name}' END")
+        if c.min is not None:
+            out.append(f"CASE WHEN {col} < {c.min} THEN 'range:{c.name}' END")
+        if c.max is not None:
+            out.append(f"CASE WHEN {col} > {c.max} THEN 'range:{c.name}' END")
+        if c.allowed:
+            values = ", ".join(_lit(v) for v in c.allowed)
+            out.append(f"CASE WHEN {col} NOT IN ({values}) THEN 'not_allowed:{c.name}' END")
+        if c.references and c.references[0] in parent_keys:
+            keys = parent_keys[c.references[0]]
+            out.append(f"CASE WHEN {col} IS NOT NULL AND {col} NOT IN (SELECT k FROM {keys}) THEN 'orphan:{c.name}' END")
+    for r in table.rules:
+        out.append(f"CASE WHEN NOT ({r.sql}) THEN 'rule:{r.name}' END")
+    return out
+
+
+def _typed_select(table: Table, parent_keys: dict[str, str], nominal_date: str | None) -> str:
+    raw_cols = ", ".join(f"NULLIF(trim({_q(c.name)}), '') AS {_q('r_' + c.name)}" for c in table.columns)
+    typed_cols = ", ".join(f"{typed_expr(c)} AS {_q(c.name)}" for c in table.columns)
+    reasons = "list_filter([" + ", ".join(reason_exprs(table, parent_keys)) + "], lambda x: x IS NOT NULL)"
+    if table.is_fact:
+        pcol, ccol = _q(table.partition_column or ""), _q(table.client_column or "")
+        date_expr = f"coalesce(CAST({pcol} AS DATE)::VARCHAR, {_lit(nominal_date or 'unknown')})"
+        client_ok = f"{ccol} IN (SELECT k FROM {parent_keys['clients']})" if "clients" in parent_keys else "true"
+        client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {_lit(UNASSIGNED_CLIENT)} END"
+    else:
+        date_expr, client_expr = "NULL::VARCHAR", "NULL::VARCHAR"
+    return f"""
+        WITH r AS (SELECT {raw_cols}, {typed_cols}, _file, _file_rank, _ord FROM src),
+        t AS (SELECT *, {reasons} AS _rs FROM r)
+        SELECT *, {date_expr} AS _date, {client_expr} AS _client FROM t
+    """
+
+
+# ---- the landing ------------------------------------------------------------------------------
+
+
+class Landing:
+    def __init__(self, lake: Lake, inbox: Path, settings: Settings):
+        self.lake, self.inbox, self.settings = lake, Path(inbox), settings
+
+    def index(self, table: Table) -> InboxIndex:
+        return InboxIndex(self.lake, self.inbox, table)
+
+    def registered_clients(self) -> list[str]:
+        path = self.lake.data_file("raw", "clients")
+        if not self.lake.exists(path):
+            return []
+        con = self.lake.duckdb()
+        try:
+            return [r[0] for r in con.execute(f"SELECT client_id FROM read_parquet('{self.lake.uri(path)}') ORDER BY 1").fetchall()]
+        finally:
+            con.close()
+
+    def land_dimension(self, table: Table) -> LandingReport:
+        entries = self.index(table).entries()
+        if not entries:
+            raise InputError(f"{self.inbox / table.name}: no CSV files for dimension {table.name}")
+        return self._land(table, entries, requested=None)
+
+    def land_fact(self, table: Table, partitions: dict[str, list[str] | None]) -> LandingReport:
+        """Land `date -> clients` (None = every client found) for a fact table."""
+        dates = set(partitions)
+        entries = self.index(table).files_for_dates(dates)
+        if not entries:
+            raise InputError(f"{self.inbox / table.name}: no CSV files touch dates {', '.join(sorted(dates))}")
+        # A file touching a requested date may touch others: close over them so that
+        # duplicate resolution always sees the same set of files for a date.
+        all_entries = self.index(table).entries(refresh=False)
+        closure = set(dates)
+        while True:
+            grow = {d for e in all_entries if e.dates & closure for d in e.dates} - closure
+            if not grow:
+                break
+            closure |= grow
+        entries = [e for e in all_entries if e.dates & closure]
+        return self._land(table, entries, requested=partitions)
+
+    # -----------------------------------------------------------------------------------------
+    def _land(self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> LandingReport:
+        started = time.monotonic()
+        report = LandingReport(table=table.name, files=[e.path for e in entries])
+        # 1. Validate every file before touching anything.
+        for e in entries:
+            header = read_header(Path(e.path), table)
+            extra = [h for h in header if h not in table.column_names]
+            if extra:
+                report.extra_columns[e.path] = extra
+
+        landed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        con = self.lake.duckdb()
+        try:
+            parent_keys = self._load_parent_keys(con, table)
+            self._load_sources(con, table, entries)
+            nominal = entries[0].nominal_date if len(entries) == 1 else None
+            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, nominal)}")
+            if len(entries) > 1 and table.is_fact:
+                # Each file's own nominal date files its unparseable rows.
+                for i, e in enumerate(entries):
+                    con.execute(
+                        f"UPDATE typed SET _date = {_lit(e.nominal_date or 'unknown')} "
+                        f"WHERE _file_rank = {i} AND CAST({_q(table.partition_column or '')} AS DATE) IS NULL"
+                    )
+            self._mark_duplicates(con, table)
+            self._lines(con)
+            if requested is None:
+                report.read = con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
+            registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()} if "clients" in parent_keys else set()
+            report.schema = {c.name: c.duckdb_type for c in table.columns}
+            targets = self._targets(con, table, requested)
+            with staging_dir(self.settings) as stage:
+                for date, client in targets:
+                    report.partitions.append(self._write_partition(con, table, date, client, stage, landed_at))
+            report.preview = self._preview(con, table)
+        finally:
+            con.close()
+        report.seconds = round(time.monotonic() - started, 3)
+        if requested is None:
+            report.check_reconciled()
+        else:
+            self._check_partition_reconciliation(report, entries, requested, registered)
+        return report
+
+    def _load_parent_keys(self, con: Any, table: Table) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for parent in table.parents:
+            if TABLES[parent].is_fact:
+                continue  # fact-to-fact references are checked across tables by the suites
+            path = self.lake.data_file("raw", parent)
+            if not self.lake.exists(path):
+                raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
+            name = f"keys_{parent}"
+            con.execute(
+                f"CREATE TEMP TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
+                f"FROM read_parquet('{self.lake.uri(path)}')"
+            )
+            out[parent] = name
+        return out
+
+    def _load_sources(self, con: Any, table: Table, entries: list[FileEntry]) -> None:
+        """Each file once, in name order, with a per-file row ordinal (DuckDB keeps file order here)."""
+        con.execute("SET preserve_insertion_order = true")
+        cols = ", ".join(_q(c) for c in table.column_names)
+        for i, e in enumerate(entries):
+            header = read_header(Path(e.path), table)
+            src = csv_source_sql(e.path, header, f"rej{i}")
+            verb = "CREATE TEMP TABLE src AS" if i == 0 else "INSERT INTO src"
+            con.execute(
+                f"{verb} SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, "
+                f"row_number() OVER () AS _ord FROM {src}"
+            )
+            ensure_rejects_table(con, f"rej{i}")
+        rejects = " UNION ALL ".join(
+            f"SELECT DISTINCT {i} AS _file_rank, {_lit(e.path)} AS _file, line, "
+            f"first(error_type) OVER (PARTITION BY line) AS error_type, "
+            f"first(csv_line) OVER (PARTITION BY line) AS csv_line, {_lit(e.nominal_date or 'unknown')} AS _date "
+            f"FROM rej{i}"
+            for i, e in enumerate(entries)
+        )
+        con.execute(f"CREATE TEMP TABLE rejected AS {rejects}")
+
+    def _mark_duplicates(self, con: Any, table: Table) -> None:
+        key = _q(table.key)
+        con.execute(
+            f"""UPDATE typed SET _rs = list_append(_rs, 'duplicate')
+                FROM (SELECT _file_rank AS f, _ord AS o,
+                             row_number() OVER (PARTITION BY {key} ORDER BY _file_rank DESC, _ord DESC) AS rn
+                      FROM typed WHERE len(_rs) = 0) d
+                WHERE d.rn > 1 AND typed._file_rank = d.f AND typed._ord = d.o"""
+        )
+
+    def _lines(self, con: Any) -> None:
+        """Record-based line numbers (header = line 1), accounting for the rejected lines DuckDB skipped.
+
+        A good row with ordinal k sits on line k + 1 + (rejected lines before it); the j-th
+        rejected line r_j has r_j - j - 1 good rows before it.
+        """
+        con.execute(
+            """CREATE TEMP TABLE rej_gaps AS
+               SELECT _file_rank, line - row_number() OVER (PARTITION BY _file_rank ORDER BY line) - 1 AS good_before
+               FROM rejected"""
+        )
+        con.execute("ALTER TABLE typed ADD COLUMN _line BIGINT")
+        con.execute(
+            """UPDATE typed SET _line = _ord + 1 + coalesce((SELECT count(*) FROM rej_gaps g
+                   WHERE g._file_rank = typed._file_rank AND g.good_before < typed._ord), 0)
+               WHERE len(_rs) > 0"""
+        )
+
+    def _targets(self, con: Any, table: Table, requested: dict[str, list[str] | None] | None) -> list[tuple[str | None, str | None]]:
+        if not table.is_fact:
+            return [(None, None)]
+        assert requested is not None
+        present: dict[str, set[str]] = defaultdict(set)
+        for d, c in con.execute("SELECT DISTINCT _date, _client FROM typed UNION SELECT DISTINCT _date, '" + UNASSIGNED_CLIENT + "' FROM rejected").fetchall():
+            present[d].add(c)
+        out: list[tuple[str | None, str | None]] = []
+        for d in sorted(requested):
+            clients = requested[d]
+            wanted = set(present.get(d, set()) - {UNASSIGNED_CLIENT}) if clients is None else set(clients)
+            for c in sorted(wanted):
+                out.append((d, c))
+            # Rows that belong to no client are quarantined with every landing of their date.
+            if UNASSIGNED_CLIENT in present.get(d, set()):
+                out.append((d, UNASSIGNED_CLIENT))
+        return out
+
+    def _write_partition(self, con: Any, table: Table, date: str | None, client: str | None, stage: Path, landed_at: str) -> PartitionResult:
+        res = PartitionResult(table.name, date, client)
+        where = "true" if date is None else f"_date = {_lit(date)} AND _client = {_lit(client or '')}"
+        cols = ", ".join(_q(c.name) for c in table.columns)
+        raw_cols = ", ".join(f"{_q('r_' + c.name)} AS {_q(c.name)}" for c in table.columns)
+        null_cols = ", ".join(f"NULL::VARCHAR AS {_q(c.name)}" for c in table.columns)
+        tag = f"{date}_{client}"
+        good = stage / f"good_{tag}.parquet"
+        bad = stage / f"bad_{tag}.parquet"
+        con.execute(
+            f"COPY (SELECT {cols} FROM typed WHERE {where} AND len(_rs) = 0 ORDER BY _file_rank, _ord) "
+            f"TO '{good}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+        rej_where = "true" if date is None else (f"_date = {_lit(date)}" if client == UNASSIGNED_CLIENT else "false")
+        con.execute(
+            f"""COPY (
+                  SELECT {raw_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
+                         _file AS _source_file, _line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
+                         {_lit(landed_at)} AS _landed_at
+                  FROM typed WHERE {where} AND len(_rs) > 0
+                  UNION ALL
+                  SELECT {null_cols}, 'malformed:' || lower(replace(error_type, ' ', '_')) AS _reason,
+                         'malformed:' || lower(replace(error_type, ' ', '_')) AS _reasons,
+                         _file, line::BIGINT, csv_line, {_lit(landed_at)}
+                  FROM rejected WHERE {rej_where}
+                  ORDER BY _source_file, _source_line
+                ) TO '{bad}' (FORMAT parquet, COMPRESSION zstd)"""
+        )
+        counts = con.execute(
+            f"""SELECT _file, sum(CASE WHEN len(_rs) = 0 THEN 1 ELSE 0 END), sum(CASE WHEN len(_rs) > 0 THEN 1 ELSE 0 END)
+                FROM typed WHERE {where} GROUP BY 1"""
+        ).fetchall()
+        for f, ok, q in counts:
+            res.by_file[f] = {"landed": int(ok), "quarantined": int(q)}
+        for f, n in con.execute(f"SELECT _file, count(*) FROM rejected WHERE {rej_where} GROUP BY 1").fetchall():
+            slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
+            slot["quarantined"] += int(n)
+        res.landed = sum(v["landed"] for v in res.by_file.values())
+        res.quarantined = sum(v["quarantined"] for v in res.by_file.values())
+        for reason, n in con.execute(f"SELECT _reason, count(*) FROM read_parquet('{bad}') GROUP BY 1 ORDER BY 2 DESC").fetchall():
+            res.by_reason[reason] = int(n)
+
+        # Publish: quarantine, then data, then the manifest that vouches for both.
+        zone_args = (table.name, date, client)
+        if client != UNASSIGNED_CLIENT:
+            res.bytes += self.lake.publish_file(good, self.lake.data_file("raw", *zone_args))
+        if res.quarantined or self.lake.exists(self.lake.data_file("quarantine", *zone_args)):
+            self.lake.publish_file(bad, self.lake.data_file("quarantine", *zone_args))
+        self.lake.write_json(
+            manifest_path(self.lake, table.name, date, client),
+            {
+                "table": table.name,
+                "date": date,
+                "client": client,
+                "landed": res.landed,
+                "quarantined": res.quarantined,
+                "by_reason": res.by_reason,
+                "by_file": res.by_file,
+                "bytes": res.bytes,
+                "landed_at": landed_at,
+            },
+        )
+        return res
+
+    def _preview(self, con: Any, table: Table, n: int = 5) -> list[dict[str, Any]]:
+        cols = [c.name for c in table.columns]
+        rows = con.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 LIMIT {n}").fetchall()
+        return [{c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(cols, r, strict=True)} for r in rows]
+
+    def _check_partition_reconciliation(
+        self, report: LandingReport, entries: list[FileEntry], requested: dict[str, list[str] | None], registered: set[str]
+    ) -> None:
+        """Per date: rows the index scan counted for the landed partitions == landed + quarantined."""
+        for d, clients in requested.items():
+            got = sum(p.landed + p.quarantined for p in report.partitions if p.date == d)
+            expected = 0
+            for e in entries:
+                for c, n in e.partitions.get(d, {}).items():
+                    if clients is None or c in clients or c not in registered:
+                        expected += n
+                if e.nominal_date == d:
+                    expected += e.malformed
+            report.read += expected
+            if got != expected:
+                raise LandingError(f"{report.table} {d}: read {expected} rows but landed + quarantined {got}")
+
+
+def manifest_path(lake: Lake, table: str, date: str | None, client: str | None) -> str:
+    if date is None:
+        return lake.meta_path("landing", table, "manifest.json")
+    return lake.meta_path("landing", table, f"date={date}", f"client={client}.json")
+
+
+def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]]:
+    """Per source file: rows read (independent scan) vs landed + quarantined (manifests)."""
+    entries = InboxIndex(lake, inbox, table).entries()
+    landed: dict[str, int] = defaultdict(int)
+    quarantined: dict[str, int] = defaultdict(int)
+    manifests = lake.fs.glob(lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json"))
+    for m in manifests:
+        doc = lake.read_json(m)
+        for f, v in doc["by_file"].items():
+            landed[f] += v["landed"]
+            quarantined[f] += v["quarantined"]
+    return {
+        e.path: {"read": e.rows, "landed": landed[e.path], "quarantined": quarantined[e.path]} for e in entries
+    }

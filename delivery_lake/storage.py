@@ -1,0 +1,222 @@
+"""The one module that knows where things live in the lake and how to write them safely.
+
+Layout (Hive style, so DuckDB, Polars and pyarrow read it with hive partitioning):
+
+    {LAKE_URL}/raw/{table}/date=YYYY-MM-DD/client={client_id}/data.parquet   facts
+    {LAKE_URL}/raw/{table}/data.parquet                                      dimensions
+    {LAKE_URL}/quarantine/{table}/date=.../client=.../data.parquet           rejected rows
+    {LAKE_URL}/curated/{model}/date=YYYY-MM-DD/data.parquet                  partitioned marts
+    {LAKE_URL}/_meta/...                                                     manifests
+
+Atomicity: every partition is exactly one object with a fixed name, replaced by a
+single PUT (S3 has no rename, but a PUT, multipart or not, becomes visible whole or
+not at all) or by `os.replace` of a temporary sibling on a local disk. A reader sees
+the old or the new partition, never half of one, and a crash mid-write leaves the
+previous object in place. Temporary names end in `.tmp-<uuid>` so `*.parquet` globs
+never pick them up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from delivery_lake.config import Settings
+
+DATA_FILE = "data.parquet"
+UNASSIGNED_CLIENT = "_unassigned"
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+class Lake:
+    """A lake rooted at a local folder or an `s3://bucket/prefix` URL."""
+
+    def __init__(self, url: str, fs: fsspec.AbstractFileSystem | None = None, settings: Settings | None = None):
+        self.settings = settings
+        self.is_s3 = url.startswith("s3://")
+        if self.is_s3:
+            if fs is None:
+                raise StorageError("an S3 lake needs a filesystem; use Lake.from_settings")
+            self.root = url.removeprefix("s3://").rstrip("/")
+        else:
+            fs = fs or LocalFileSystem()
+            self.root = str(Path(url.removeprefix("file://")).resolve())
+        self.fs = fs
+        self.url = url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        if settings.lake_url.startswith("s3://"):
+            import s3fs
+
+            fs = s3fs.S3FileSystem(
+                key=settings.aws_access_key_id,
+                secret=settings.aws_secret_access_key,
+                endpoint_url=settings.aws_endpoint_url,
+                client_kwargs={"region_name": settings.aws_region},
+                # Listings must reflect writes made moments ago by this process.
+                use_listings_cache=False,
+                skip_instance_cache=True,
+            )
+            return cls(settings.lake_url, fs, settings)
+        return cls(settings.lake_url, None, settings)
+
+    # ---- paths (nobody else formats a lake path) -------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri(self, path: str) -> str:
+        """What DuckDB / Polars / pyarrow should be given for `path`."""
+        return f"s3://{path}" if self.is_s3 else path
+
+    def table_dir(self, zone: str, table: str) -> str:
+        return self.path(zone, table)
+
+    def partition_dir(self, zone: str, table: str, date: str | None = None, client: str | None = None) -> str:
+        parts = [zone, table]
+        if date is not None:
+            parts.append(f"date={date}")
+        if client is not None:
+            parts.append(f"client={client}")
+        return self.path(*parts)
+
+    def data_file(self, zone: str, table: str, date: str | None = None, client: str | None = None) -> str:
+        return self.partition_dir(zone, table, date, client) + "/" + DATA_FILE
+
+    def glob_uri(self, zone: str, table: str, partitioned: bool) -> str:
+        pattern = "**/*.parquet" if partitioned else DATA_FILE
+        return self.uri(self.table_dir(zone, table) + "/" + pattern)
+
+    def meta_path(self, *parts: str) -> str:
+        return self.path("_meta", *parts)
+
+    # ---- reads ---------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(path))
+
+    def read_json(self, path: str, default: Any = None) -> Any:
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            return default
+
+    def list_partitions(self, zone: str, table: str) -> list[tuple[str, str]]:
+        """(date, client) pairs that hold a data file."""
+        found = self.fs.glob(self.table_dir(zone, table) + f"/date=*/client=*/{DATA_FILE}")
+        out = []
+        for f in found:
+            parts = f.split("/")
+            out.append((parts[-3].removeprefix("date="), parts[-2].removeprefix("client=")))
+        return sorted(out)
+
+    def list_dates(self, zone: str, table: str) -> list[str]:
+        found = self.fs.glob(self.table_dir(zone, table) + "/date=*")
+        return sorted(f.rsplit("/", 1)[-1].removeprefix("date=") for f in found)
+
+    # ---- atomic writes ---------------------------------------------------------------
+    def publish_file(self, local_file: str | Path, dest: str) -> int:
+        """Replace `dest` with `local_file` atomically; returns the bytes written."""
+        size = os.path.getsize(local_file)
+        if self.is_s3:
+            # One PUT (multipart above the threshold): the object appears whole or not at all.
+            self.fs.put_file(str(local_file), dest)
+        else:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+            try:
+                shutil.copyfile(local_file, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, dest)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return size
+
+    def write_bytes(self, dest: str, data: bytes) -> None:
+        if self.is_s3:
+            self.fs.pipe_file(dest, data)
+            return
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def write_json(self, dest: str, obj: Any) -> None:
+        self.write_bytes(dest, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        """Delete and verify: S3 batch deletes can report per-key errors inside a 200."""
+        if not self.exists(path):
+            return
+        self.fs.rm(path, recursive=recursive)
+        if self.is_s3:
+            self.fs.invalidate_cache(path)
+        if self.exists(path):
+            raise StorageError(f"delete of {self.uri(path)} was not applied (permission denied?)")
+
+    # ---- engines -----------------------------------------------------------------------
+    def duckdb(self, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection that can read this lake (S3 through the fsspec filesystem)."""
+        con = duckdb.connect(database, read_only=read_only)
+        configure_duckdb(con, self.settings)
+        if self.is_s3:
+            con.register_filesystem(self.fs)
+        return con
+
+    def polars_storage_options(self) -> dict[str, str] | None:
+        if not self.is_s3 or self.settings is None:
+            return None
+        s = self.settings
+        opts = {"aws_region": s.aws_region, "aws_allow_http": "true"}
+        if s.aws_endpoint_url:
+            opts["aws_endpoint_url"] = s.aws_endpoint_url
+        if s.aws_access_key_id:
+            opts["aws_access_key_id"] = s.aws_access_key_id
+        if s.aws_secret_access_key:
+            opts["aws_secret_access_key"] = s.aws_secret_access_key
+        return opts
+
+    def __repr__(self) -> str:
+        return f"Lake({self.url!r})"
+
+
+def configure_duckdb(con: duckdb.DuckDBPyConnection, settings: Settings | None) -> None:
+    con.execute("SET TimeZone = 'UTC'")
+    if settings is not None:
+        con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+        con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+
+
+@contextmanager
+def staging_dir(settings: Settings | None) -> Iterator[Path]:
+    """A private local folder for files on their way to the lake, removed afterwards."""
+    base = (settings.data_dir if settings else Path.cwd()) / ".staging"
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / uuid.uuid4().hex
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
