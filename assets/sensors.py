@@ -9,6 +9,7 @@ import dagster as dg
 from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
+from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, scan_changes
 from delivery_lake.planning import plan_runs
 
@@ -56,9 +57,18 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     cursor = json.loads(context.cursor) if context.cursor else {}
     changes = scan_changes(lakehouse.lake(), settings.inbox_dir, cursor)
     if changes.empty:
-        return dg.SensorResult(skip_reason=f"no new files in {settings.inbox_dir}")
+        reason = f"no new files in {settings.inbox_dir}"
+        if changes.errors:
+            reason = "files rejected: " + " | ".join(changes.errors)
+        return dg.SensorResult(skip_reason=reason)
     known = list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
-    new_clients = [c for c in changes.client_ids if c not in known] if "clients" in changes.dimensions else []
+    for err in changes.errors:
+        context.log.error(f"not landed: {err}")
+    new_clients: list[str] = []
+    if "clients" in changes.dimensions:
+        # Register new clients now (same contract checks as the landing) so this tick's
+        # fact runs can target their partitions.
+        new_clients = [c for c in lakehouse.landing().valid_keys(TABLES["clients"]) if c not in known]
     requests = run_requests_for(changes, known + new_clients, "inbox")
     context.log.info(f"{len(requests)} run(s) for {sum(len(v) for v in changes.facts.values())} fact date(s)")
     return dg.SensorResult(

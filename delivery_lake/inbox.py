@@ -163,11 +163,24 @@ class InboxIndex:
         self.lake, self.inbox, self.table = lake, Path(inbox), table
         self._cache_path = lake.meta_path("inbox_index", f"{table.name}.json")
 
-    def entries(self, refresh: bool = True) -> list[FileEntry]:
+    def entries(self, refresh: bool = True, paths: list[Path] | None = None, dates: set[str] | None = None) -> list[FileEntry]:
+        """Scan results for `paths` (default: every file of the table).
+
+        With `dates`, a file that fails its header check but whose name dates it outside
+        `dates` is skipped: a broken file for one day does not block landing the others.
+        """
         cached: dict = self.lake.read_json(self._cache_path, default={}) or {}
         out: list[FileEntry] = []
         changed = False
-        for path in list_files(self.inbox, self.table.name):
+        for path in paths if paths is not None else list_files(self.inbox, self.table.name):
+            if dates is not None:
+                named = DATE_IN_NAME.search(path.name)
+                try:
+                    read_header(path, self.table)
+                except InputError:
+                    if named and named.group(1) not in dates:
+                        continue
+                    raise
             fp = fingerprint(path)
             hit = cached.get(str(path))
             if hit and hit.get("fingerprint") == fp:
@@ -182,7 +195,7 @@ class InboxIndex:
         return out
 
     def files_for_dates(self, dates: set[str]) -> list[FileEntry]:
-        return [e for e in self.entries() if e.dates & dates]
+        return [e for e in self.entries(dates=dates) if e.dates & dates]
 
 
 def touched_partitions(entries: list[FileEntry]) -> dict[str, set[str]]:
@@ -208,7 +221,9 @@ class InboxChanges:
     cursor: dict[str, str]
     dimensions: list[str]
     facts: dict[str, dict[str, set[str]]]  # table -> date -> raw client ids
-    client_ids: list[str]  # client ids named in the clients feed, in file order
+    # Files that cannot be landed (bad header, empty...), with the reason. They stay out
+    # of the cursor, so a corrected file (new fingerprint) is picked up again.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -223,8 +238,18 @@ def scan_changes(lake: Lake, inbox: Path, cursor: dict[str, str] | None) -> Inbo
     seen = dict(cursor or {})
     dims: list[str] = []
     facts: dict[str, dict[str, set[str]]] = {}
+    errors: list[str] = []
     for table in TABLES.values():
-        changed = [p for p in list_files(inbox, table.name) if (cursor or {}).get(str(p)) != fingerprint(p)]
+        changed = []
+        for p in list_files(inbox, table.name):
+            if (cursor or {}).get(str(p)) == fingerprint(p):
+                continue
+            try:
+                read_header(p, table)
+            except InputError as exc:
+                errors.append(str(exc))
+                continue
+            changed.append(p)
         if not changed:
             continue
         for p in changed:
@@ -232,21 +257,5 @@ def scan_changes(lake: Lake, inbox: Path, cursor: dict[str, str] | None) -> Inbo
         if not table.is_fact:
             dims.append(table.name)
             continue
-        wanted = {str(p) for p in changed}
-        entries = [e for e in InboxIndex(lake, inbox, table).entries() if e.path in wanted]
-        facts[table.name] = touched_partitions(entries)
-    return InboxChanges(seen, dims, facts, client_ids_in_inbox(inbox))
-
-
-def client_ids_in_inbox(inbox: Path) -> list[str]:
-    """Client ids named in the clients feed (first occurrence order); used to register partitions early."""
-    import csv
-
-    out: list[str] = []
-    for path in list_files(inbox, "clients"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-            for row in csv.DictReader(fh):
-                cid = (row.get("client_id") or "").strip()
-                if cid and cid not in out:
-                    out.append(cid)
-    return sorted(out)
+        facts[table.name] = touched_partitions(InboxIndex(lake, inbox, table).entries(paths=changed))
+    return InboxChanges(seen, dims, facts, errors)

@@ -10,8 +10,9 @@ How one landing works (for a fact table and a set of (date, client) partitions):
 3. One SQL statement generated from the contract types every column with TRY_CAST and
    collects every broken rule of a row in `_reasons`: missing, unparseable, range,
    not_allowed, orphan (dimension keys known at landing), rule:<name>.
-4. Duplicate keys: among otherwise valid rows the copy from the last file (by name) and,
-   within it, the last line wins; earlier copies are quarantined with reason `duplicate`.
+4. Duplicate keys: among otherwise valid rows the copy from the file that arrived last
+   (modification time, then name) and, within it, the last line wins; earlier copies are
+   quarantined with reason `duplicate`.
 5. Each partition is written to a local staging folder, then published as one object
    (see storage.py), followed by its quarantine object and its manifest.
 
@@ -174,6 +175,24 @@ class Landing:
         finally:
             con.close()
 
+    def valid_keys(self, table: Table) -> list[str]:
+        """Keys of the inbox rows that pass the contract, without landing anything.
+
+        The sensor uses it to register client partitions before the clients land, with
+        exactly the rule set the landing applies.
+        """
+        entries = self.index(table).entries()
+        if not entries:
+            return []
+        con = self.lake.duckdb()
+        try:
+            parent_keys = self._load_parent_keys(con, table)
+            self._load_sources(con, table, entries)
+            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, None)}")
+            return [r[0] for r in con.execute(f"SELECT DISTINCT {_q(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1").fetchall()]
+        finally:
+            con.close()
+
     def land_dimension(self, table: Table) -> LandingReport:
         entries = self.index(table).entries()
         if not entries:
@@ -188,7 +207,7 @@ class Landing:
             raise InputError(f"{self.inbox / table.name}: no CSV files touch dates {', '.join(sorted(dates))}")
         # A file touching a requested date may touch others: close over them so that
         # duplicate resolution always sees the same set of files for a date.
-        all_entries = self.index(table).entries(refresh=False)
+        all_entries = self.index(table).entries(refresh=False, dates=dates)
         closure = set(dates)
         while True:
             grow = {d for e in all_entries if e.dates & closure for d in e.dates} - closure
@@ -201,6 +220,8 @@ class Landing:
     # -----------------------------------------------------------------------------------------
     def _land(self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> LandingReport:
         started = time.monotonic()
+        # File rank decides duplicates: later arrivals (modification time, then name) win.
+        entries = sorted(entries, key=lambda e: (Path(e.path).stat().st_mtime_ns, e.path))
         report = LandingReport(table=table.name, files=[e.path for e in entries])
         # 1. Validate every file before touching anything.
         for e in entries:

@@ -87,6 +87,8 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     cursor = None if full else lake.read_json(cursor_path, default={})
     changes = scan_changes(lake, settings.inbox_dir, cursor)
     outcome = RunOutcome()
+    for err in changes.errors:
+        outcome.lines.append(f"SKIP {err}")
     if changes.empty:
         outcome.lines.append(f"nothing to do: no {'new ' if not full else ''}files in {settings.inbox_dir}")
         return outcome
@@ -107,4 +109,7 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         if not _execute(defs, instance, settings, keys, tags, outcome, label):
             return outcome
     lake.write_json(cursor_path, changes.cursor)
+    if changes.errors:
+        outcome.success = False
+        outcome.failure = f"{len(changes.errors)} file(s) could not be landed: " + " | ".join(changes.errors)
     return outcome

@@ -1,0 +1,200 @@
+"""The Dagster side: definitions, partitions, the inbox sensor, the schedule, the CLI run."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.definitions import defs
+from assets.partitions import CLIENT_PARTITIONS, FACT_PARTITIONS
+from assets.resources import LakehouseResource
+from assets.schedules import nightly_full_refresh
+from assets.sensors import RANGE_END, RANGE_START, inbox_sensor
+from delivery_lake.config import Settings
+from delivery_lake.contract import TABLES
+from delivery_lake.orchestrate import run_inbox
+from delivery_lake.planning import RunPlan, plan_runs
+from delivery_lake.storage import Lake
+
+
+def _resource(s: Settings) -> LakehouseResource:
+    return LakehouseResource(data_dir=str(s.data_dir), lake_url=s.lake_url, inbox_dir=str(s.inbox_dir))
+
+
+def test_definitions_graph() -> None:
+    graph = defs.resolve_asset_graph()
+    raw = {k for k in graph.get_all_asset_keys() if k.path[0] == "raw"}
+    assert raw == {dg.AssetKey(["raw", t]) for t in TABLES}
+    for t in TABLES.values():
+        node = graph.get(dg.AssetKey(["raw", t.name]))
+        assert node.group_name == "raw"
+        assert (node.partitions_def is FACT_PARTITIONS) == t.is_fact
+        parents = {p for p in node.parent_keys if p.path[0] == "raw"}
+        assert parents == {dg.AssetKey(["raw", p]) for p in t.parents if not TABLES[p].is_fact}
+    assert defs.get_sensor_def("inbox_sensor") is not None
+    assert defs.get_schedule_def("nightly_full_refresh").cron_schedule == "0 2 * * *"
+
+
+def test_planner_cuts_exact_rectangles() -> None:
+    clients = ["C001", "C002", "C003", "C004"]
+    wanted = {
+        "orders": {"2026-01-05": {"C001", "C002", "C004"}, "2026-01-06": {"C001", "C002", "C004"}},
+        "deliveries": {"2026-01-05": {"C001", "C002", "C004"}, "2026-01-06": {"C001", "C002", "C004"}},
+        "customer_feedback": {"2026-01-08": {"C003", "C999"}},
+    }
+    plans = plan_runs(wanted, clients)
+    assert plans == [
+        RunPlan(("deliveries", "orders"), "2026-01-05", "2026-01-06", "C001", "C002"),
+        RunPlan(("deliveries", "orders"), "2026-01-05", "2026-01-06", "C004", "C004"),
+        RunPlan(("customer_feedback",), "2026-01-08", "2026-01-08", "C003", "C003"),
+    ]
+    covered = {(t, d, c) for p in plans for t in p.tables for d, c in p.partition_keys(clients)}
+    expected = {(t, d, c) for t, by in wanted.items() for d, cs in by.items() for c in cs if c in clients}
+    assert covered == expected
+
+
+def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    import delivery_lake.orchestrate as orch
+
+    orch_instance = orch.dagster_instance
+    orch.dagster_instance = lambda s: instance  # type: ignore[assignment]
+    try:
+        outcome = run_inbox(local_settings)
+    finally:
+        orch.dagster_instance = orch_instance  # type: ignore[assignment]
+    assert outcome.success, outcome.failure
+    clients = instance.get_dynamic_partitions("client")
+    lake = Lake.from_settings(local_settings)
+    con = lake.duckdb()
+    landed_clients = [r[0] for r in con.execute(f"SELECT client_id FROM read_parquet('{lake.uri(lake.data_file('raw', 'clients'))}') ORDER BY 1").fetchall()]
+    assert sorted(clients) == landed_clients and len(clients) == 4
+    # Every (date, client) partition of every fact is materialized in Dagster and exists in the lake.
+    for t in ("orders", "deliveries", "customer_feedback"):
+        mat = instance.get_materialized_partitions(dg.AssetKey(["raw", t]))
+        on_disk = {str(dg.MultiPartitionKey({"date": d, "client": c})) for d, c in lake.list_partitions("raw", t)}
+        assert {str(k) for k in mat} == on_disk
+        assert len(on_disk) == 5 * 4
+    # One dimension run + one fact run: the whole range backfilled in a single run.
+    assert len(outcome.run_ids) == 2
+
+
+def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settings, tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    inbox = local_settings.inbox_dir
+    # Hold back the last day's fact files, as if they had not arrived yet.
+    held = tmp_path / "held"
+    for t in ("orders", "deliveries", "customer_feedback"):
+        (held / t).mkdir(parents=True)
+        shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
+    res = _resource(local_settings)
+
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, definitions=defs)
+    first = inbox_sensor(ctx)
+    assert isinstance(first, dg.SensorResult)
+    added = first.dynamic_partitions_requests[0].partition_keys
+    assert sorted(added) == ["C001", "C002", "C003", "C004"]
+    instance.add_dynamic_partitions("client", list(added))
+    ranges = {(r.tags[RANGE_START], r.tags[RANGE_END]) for r in first.run_requests}
+    assert ranges == {("C001|2026-01-05", "C004|2026-01-08")}
+    assert dg.AssetKey(["raw", "clients"]) in first.run_requests[0].asset_selection
+
+    # Nothing new: the sensor skips.
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor, definitions=defs)
+    again = inbox_sensor(ctx)
+    assert not again.run_requests and again.skip_reason is not None
+
+    # A new day of deliveries only, touching two clients: exactly those partitions, nothing else.
+    src = held / "deliveries" / "2026-01-09.csv"
+    lines = src.read_bytes().splitlines(keepends=True)
+    keep = [lines[0]] + [ln for ln in lines[1:] if b",C002," in ln or b",C003," in ln]
+    (inbox / "deliveries" / "2026-01-09.csv").write_bytes(b"".join(keep))
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor, definitions=defs)
+    third = inbox_sensor(ctx)
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END], r.asset_selection) for r in third.run_requests] == [
+        ("C002|2026-01-09", "C003|2026-01-09", [dg.AssetKey(["raw", "deliveries"])])
+    ]
+    assert json.loads(third.cursor)[str(inbox / "deliveries" / "2026-01-09.csv")]
+
+
+def test_new_clients_become_partitions(local_settings: Settings) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"lakehouse": _resource(local_settings)}
+    dims = [a for a in defs.assets if a.key.path[0] == "raw" and not TABLES[a.key.path[1]].is_fact]
+    assert dg.materialize(dims, instance=instance, resources=resources).success
+    assert sorted(instance.get_dynamic_partitions("client")) == ["C001", "C002", "C003", "C004"]
+    # A fifth client appears in a later snapshot.
+    path = local_settings.inbox_dir / "clients" / "clients.csv"
+    text = path.read_text()
+    row = text.strip().splitlines()[1].split(",")  # a valid client row
+    row[0], row[1] = "C006", "Newco"
+    path.write_text(text.rstrip("\n") + "\n" + ",".join(row) + "\n")
+    clients_asset = [a for a in dims if a.key.path[1] == "clients"]
+    assert dg.materialize(clients_asset, instance=instance, resources=resources).success
+    assert sorted(instance.get_dynamic_partitions("client")) == ["C001", "C002", "C003", "C004", "C006"]
+    assert CLIENT_PARTITIONS.name == "client"
+
+
+def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> None:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("client", ["C001", "C002", "C003", "C004"])
+        ctx = dg.build_schedule_context(
+            instance=instance,
+            resources={"lakehouse": _resource(local_settings)},
+            scheduled_execution_time=datetime(2026, 1, 10, 2, tzinfo=UTC),
+        )
+        requests = list(nightly_full_refresh(ctx))
+    assert {(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests} == {("C001|2026-01-05", "C004|2026-01-09")}
+    assert {k.path[1] for k in requests[0].asset_selection} == set(TABLES)
+
+
+def test_failed_landing_exits_nonzero_and_names_the_file(local_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from delivery_lake.cli import main
+
+    bad = local_settings.inbox_dir / "orders" / "2026-01-07.csv"
+    bad.write_text("order_id,client_id\nO1,C001\n")
+    import os
+
+    env = {"DATA_DIR": str(local_settings.data_dir), "LAKE_URL": local_settings.lake_url, "INBOX_DIR": str(local_settings.inbox_dir), "DAGSTER_HOME": str(local_settings.data_dir / "dh")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        code = main(["run"])
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert code == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2026-01-07.csv" in out.replace(" ", "") and "promised_by" in out
+    # The broken day is not landed; the other days are.
+    dates = {d for d, _ in Lake.from_settings(local_settings).list_partitions("raw", "orders")}
+    assert dates == {"2026-01-05", "2026-01-06", "2026-01-08", "2026-01-09"}
+
+
+@pytest.mark.parametrize("name", ["food_delivery_test.csv", "olist_sample/olist_orders_dataset.csv"])
+def test_real_foreign_exports_fail_with_the_missing_columns(local_settings: Settings, name: str) -> None:
+    """Real third-party exports do not follow our contract: the error names file and columns."""
+    from delivery_lake.inbox import InputError
+    from delivery_lake.landing import Landing
+
+    src = Path(__file__).resolve().parents[2] / "shared" / "datasets" / name
+    if not src.exists():
+        src = Path("/work/shared/datasets") / name
+    if not src.exists():
+        pytest.skip(f"shared dataset {name} not present on this machine")
+    dest = local_settings.inbox_dir / "orders" / "2026-01-06.csv"
+    shutil.copyfile(src, dest)
+    lake = Lake.from_settings(local_settings)
+    landing = Landing(lake, local_settings.inbox_dir, local_settings)
+    for t in ("clients", "depots"):
+        landing.land_dimension(TABLES[t])
+    with pytest.raises(InputError, match=r"missing contract column\(s\) order_id, client_id|missing contract column\(s\) client_id"):
+        landing.land_fact(TABLES["orders"], {"2026-01-06": None})
