@@ -106,22 +106,13 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def typed_expr(c: Column) -> str:
-    raw = f"NULLIF(trim({_q(c.name)}), '')"
-    if c.dtype == "string":
-        return raw
-    return f"TRY_CAST({raw} AS {c.duckdb_type})"
-
-
 def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
-    """CASE expressions over `t` (raw text as r_<col>, typed as the column name) naming each broken rule."""
+    """CASE expressions over typed columns naming each broken rule (casts were checked by the reader)."""
     out: list[str] = []
     for c in table.columns:
-        col, raw = _q(c.name), _q("r_" + c.name)
+        col = _q(c.name)
         if not c.nullable:
-            out.append(f"CASE WHEN {raw} IS NULL THEN 'missing:{c.name}' END")
-        if c.dtype != "string":
-            out.append(f"CASE WHEN {raw} IS NOT NULL AND {col} IS NULL THEN 'unparseable:{c.name}' END")
+            out.append(f"CASE WHEN {col} IS NULL THEN 'missing:{c.name}' END")
         if c.min is not None:
             out.append(f"CASE WHEN {col} < {c.min} THEN 'range:{c.name}' END")
         if c.max is not None:
@@ -137,25 +128,29 @@ def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
     return out
 
 
-def _typed_select(table: Table, parent_keys: dict[str, str], nominal_date: str | None) -> str:
-    raw_cols = ", ".join(f"NULLIF(trim({_q(c.name)}), '') AS {_q('r_' + c.name)}" for c in table.columns)
-    typed_cols = ", ".join(f"{typed_expr(c)} AS {_q(c.name)}" for c in table.columns)
+def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list[str | None]) -> str:
+    """Rows of `src` with `_rs` (broken rules, 'duplicate' for losing copies), `_date` and `_client`."""
     reasons = "list_filter([" + ", ".join(reason_exprs(table, parent_keys)) + "], lambda x: x IS NOT NULL)"
+    key = _q(table.key)
     if table.is_fact:
         pcol, ccol = _q(table.partition_column or ""), _q(table.client_column or "")
-        date_expr = f"coalesce(CAST({pcol} AS DATE)::VARCHAR, {_lit(nominal_date or 'unknown')})"
+        # A missing partition timestamp files the row under its file's nominal date.
+        nominal = "CASE _file_rank " + " ".join(f"WHEN {i} THEN {_lit(d or 'unknown')}" for i, d in enumerate(nominal_dates)) + " END"
+        date_expr = f"coalesce(CAST({pcol} AS DATE)::VARCHAR, {nominal})"
         client_ok = f"{ccol} IN (SELECT k FROM {parent_keys['clients']})" if "clients" in parent_keys else "true"
         client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {_lit(UNASSIGNED_CLIENT)} END"
     else:
         date_expr, client_expr = "NULL::VARCHAR", "NULL::VARCHAR"
+    # Among valid rows of a key, the last file then the last line wins.
     return f"""
-        WITH r AS (SELECT {raw_cols}, {typed_cols}, _file, _file_rank, _ord FROM src),
-        t AS (SELECT *, {reasons} AS _rs FROM r)
-        SELECT *, {date_expr} AS _date, {client_expr} AS _client FROM t
+        WITH t AS (SELECT *, {reasons} AS _rs0 FROM src)
+        SELECT * EXCLUDE (_rs0),
+               CASE WHEN len(_rs0) = 0 AND row_number() OVER (
+                        PARTITION BY {key}, len(_rs0) = 0 ORDER BY _file_rank DESC, _ord DESC) > 1
+                    THEN ['duplicate'] ELSE _rs0 END AS _rs,
+               {date_expr} AS _date, {client_expr} AS _client
+        FROM t
     """
-
-
-# ---- the landing ------------------------------------------------------------------------------
 
 
 class Landing:
@@ -188,7 +183,7 @@ class Landing:
         try:
             parent_keys = self._load_parent_keys(con, table)
             self._load_sources(con, table, entries)
-            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, None)}")
+            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
             return [r[0] for r in con.execute(f"SELECT DISTINCT {_q(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1").fetchall()]
         finally:
             con.close()
@@ -223,6 +218,7 @@ class Landing:
         # File rank decides duplicates: later arrivals (modification time, then name) win.
         entries = sorted(entries, key=lambda e: (Path(e.path).stat().st_mtime_ns, e.path))
         report = LandingReport(table=table.name, files=[e.path for e in entries])
+        report.schema = {c.name: c.duckdb_type for c in table.columns}
         # 1. Validate every file before touching anything.
         for e in entries:
             header = read_header(Path(e.path), table)
@@ -231,38 +227,42 @@ class Landing:
                 report.extra_columns[e.path] = extra
 
         landed_at = datetime.now(UTC).isoformat(timespec="seconds")
-        con = self.lake.duckdb()
-        try:
-            parent_keys = self._load_parent_keys(con, table)
-            self._load_sources(con, table, entries)
-            nominal = entries[0].nominal_date if len(entries) == 1 else None
-            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, nominal)}")
-            if len(entries) > 1 and table.is_fact:
-                # Each file's own nominal date files its unparseable rows.
-                for i, e in enumerate(entries):
-                    con.execute(
-                        f"UPDATE typed SET _date = {_lit(e.nominal_date or 'unknown')} "
-                        f"WHERE _file_rank = {i} AND CAST({_q(table.partition_column or '')} AS DATE) IS NULL"
-                    )
-            self._mark_duplicates(con, table)
-            self._lines(con)
-            if requested is None:
-                report.read = con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
-            registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()} if "clients" in parent_keys else set()
-            report.schema = {c.name: c.duckdb_type for c in table.columns}
-            targets = self._targets(con, table, requested)
-            with staging_dir(self.settings) as stage:
-                for date, client in targets:
-                    report.partitions.append(self._write_partition(con, table, date, client, stage, landed_at))
-            report.preview = self._preview(con, table)
-        finally:
-            con.close()
+        registered: set[str] = set()
+        # 2. One batch per group of files sharing dates (a daily export: one file per batch),
+        # so memory is bounded by a day's data, never by the size of the backfill.
+        for batch in _batches(entries) if table.is_fact else [entries]:
+            batch_dates = set().union(*(e.dates for e in batch))
+            wanted = None if requested is None else {d: c for d, c in requested.items() if d in batch_dates}
+            if wanted is not None and not wanted:
+                continue
+            registered |= self._land_batch(table, batch, wanted, report, landed_at)
         report.seconds = round(time.monotonic() - started, 3)
         if requested is None:
             report.check_reconciled()
         else:
             self._check_partition_reconciliation(report, entries, requested, registered)
         return report
+
+    def _land_batch(
+        self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None, report: LandingReport, landed_at: str
+    ) -> set[str]:
+        con = self.lake.duckdb()
+        try:
+            parent_keys = self._load_parent_keys(con, table)
+            self._load_sources(con, table, entries)
+            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
+            self._lines(con)
+            if requested is None:
+                report.read += con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
+            registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()} if "clients" in parent_keys else set()
+            targets = self._targets(con, table, requested)
+            with staging_dir(self.settings) as stage:
+                report.partitions.extend(self._write_partitions(con, table, targets, stage, landed_at))
+            if not report.preview:
+                report.preview = self._preview(con, table)
+            return registered
+        finally:
+            con.close()
 
     def _load_parent_keys(self, con: Any, table: Table) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -281,53 +281,56 @@ class Landing:
         return out
 
     def _load_sources(self, con: Any, table: Table, entries: list[FileEntry]) -> None:
-        """Each file once, in name order, with a per-file row ordinal (DuckDB keeps file order here)."""
+        """`src`: every file's typed rows with a per-file row ordinal; `rejected`: the lines that did not parse.
+
+        DuckDB keeps file order with preserve_insertion_order, so row_number() OVER () is the
+        ordinal of a row among the file's parsed rows (a streaming window, no sort).
+        """
         con.execute("SET preserve_insertion_order = true")
-        cols = ", ".join(_q(c) for c in table.column_names)
+        cols = ", ".join(
+            f"NULLIF(trim({_q(c.name)}), '') AS {_q(c.name)}" if c.dtype == "string" else _q(c.name) for c in table.columns
+        )
+        parts = []
         for i, e in enumerate(entries):
             header = read_header(Path(e.path), table)
-            src = csv_source_sql(e.path, header, f"rej{i}")
-            verb = "CREATE TEMP TABLE src AS" if i == 0 else "INSERT INTO src"
-            con.execute(
-                f"{verb} SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, "
-                f"row_number() OVER () AS _ord FROM {src}"
+            parts.append(
+                f"SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, row_number() OVER () AS _ord "
+                f"FROM {csv_source_sql(e.path, header, table, f'rej{i}')}"
             )
+        # Materialised once, so the rejects tables are complete before anything reads them.
+        con.execute("CREATE TEMP TABLE src AS " + " UNION ALL ".join(parts))
+        for i in range(len(entries)):
             ensure_rejects_table(con, f"rej{i}")
+        reason = (
+            "CASE WHEN error_type = 'CAST' THEN 'unparseable:' || column_name "
+            "ELSE 'malformed:' || lower(replace(error_type, ' ', '_')) END"
+        )
         rejects = " UNION ALL ".join(
-            f"SELECT DISTINCT {i} AS _file_rank, {_lit(e.path)} AS _file, line, "
-            f"first(error_type) OVER (PARTITION BY line) AS error_type, "
-            f"first(csv_line) OVER (PARTITION BY line) AS csv_line, {_lit(e.nominal_date or 'unknown')} AS _date "
-            f"FROM rej{i}"
+            f"""SELECT {i} AS _file_rank, {_lit(e.path)} AS _file,
+                       {_lit(e.nominal_date or 'unknown') if table.is_fact else 'NULL::VARCHAR'} AS _date, line,
+                       string_agg(DISTINCT {reason}, ';' ORDER BY {reason}) AS reasons, first(csv_line) AS csv_line
+                FROM rej{i} GROUP BY line"""
             for i, e in enumerate(entries)
         )
         con.execute(f"CREATE TEMP TABLE rejected AS {rejects}")
 
-    def _mark_duplicates(self, con: Any, table: Table) -> None:
-        key = _q(table.key)
-        con.execute(
-            f"""UPDATE typed SET _rs = list_append(_rs, 'duplicate')
-                FROM (SELECT _file_rank AS f, _ord AS o,
-                             row_number() OVER (PARTITION BY {key} ORDER BY _file_rank DESC, _ord DESC) AS rn
-                      FROM typed WHERE len(_rs) = 0) d
-                WHERE d.rn > 1 AND typed._file_rank = d.f AND typed._ord = d.o"""
-        )
-
     def _lines(self, con: Any) -> None:
-        """Record-based line numbers (header = line 1), accounting for the rejected lines DuckDB skipped.
+        """Record-based line numbers (header = line 1) of quarantined rows, accounting for rejected lines.
 
-        A good row with ordinal k sits on line k + 1 + (rejected lines before it); the j-th
-        rejected line r_j has r_j - j - 1 good rows before it.
+        A parsed row with ordinal k sits on line k + 1 + (rejected lines before it); the j-th
+        rejected line r_j has r_j - j - 1 parsed rows before it.
         """
         con.execute(
             """CREATE TEMP TABLE rej_gaps AS
                SELECT _file_rank, line - row_number() OVER (PARTITION BY _file_rank ORDER BY line) - 1 AS good_before
                FROM rejected"""
         )
-        con.execute("ALTER TABLE typed ADD COLUMN _line BIGINT")
         con.execute(
-            """UPDATE typed SET _line = _ord + 1 + coalesce((SELECT count(*) FROM rej_gaps g
-                   WHERE g._file_rank = typed._file_rank AND g.good_before < typed._ord), 0)
-               WHERE len(_rs) > 0"""
+            """CREATE TEMP TABLE bad_lines AS
+               SELECT t._file_rank, t._ord, t._ord + 1 + count(g.good_before) AS _line
+               FROM (SELECT _file_rank, _ord FROM typed WHERE len(_rs) > 0) t
+               LEFT JOIN rej_gaps g ON g._file_rank = t._file_rank AND g.good_before < t._ord
+               GROUP BY t._file_rank, t._ord"""
         )
 
     def _targets(self, con: Any, table: Table, requested: dict[str, list[str] | None] | None) -> list[tuple[str | None, str | None]]:
@@ -348,69 +351,94 @@ class Landing:
                 out.append((d, UNASSIGNED_CLIENT))
         return out
 
-    def _write_partition(self, con: Any, table: Table, date: str | None, client: str | None, stage: Path, landed_at: str) -> PartitionResult:
-        res = PartitionResult(table.name, date, client)
-        where = "true" if date is None else f"_date = {_lit(date)} AND _client = {_lit(client or '')}"
+    def _write_partitions(
+        self, con: Any, table: Table, targets: list[tuple[str | None, str | None]], stage: Path, landed_at: str
+    ) -> list[PartitionResult]:
+        """Write every target partition with two COPY statements, then publish them one object each."""
         cols = ", ".join(_q(c.name) for c in table.columns)
-        raw_cols = ", ".join(f"{_q('r_' + c.name)} AS {_q(c.name)}" for c in table.columns)
+        text_cols = ", ".join(f"{_q(c.name)}::VARCHAR AS {_q(c.name)}" for c in table.columns)
         null_cols = ", ".join(f"NULL::VARCHAR AS {_q(c.name)}" for c in table.columns)
-        tag = f"{date}_{client}"
-        good = stage / f"good_{tag}.parquet"
-        bad = stage / f"bad_{tag}.parquet"
+        con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
+        con.executemany("INSERT INTO targets VALUES (?, ?)", [(d or "_", c or "_") for d, c in targets])
+        key = "coalesce(_date, '_') AS d, coalesce(_client, '_') AS c"
         con.execute(
-            f"COPY (SELECT {cols} FROM typed WHERE {where} AND len(_rs) = 0 ORDER BY _file_rank, _ord) "
-            f"TO '{good}' (FORMAT parquet, COMPRESSION zstd)"
+            f"""CREATE OR REPLACE TEMP TABLE picked AS
+                SELECT {key}, * FROM typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"""
         )
-        rej_where = "true" if date is None else (f"_date = {_lit(date)}" if client == UNASSIGNED_CLIENT else "false")
+        good_dir, bad_dir = stage / "good", stage / "bad"
         con.execute(
-            f"""COPY (
-                  SELECT {raw_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
-                         _file AS _source_file, _line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
-                         {_lit(landed_at)} AS _landed_at
-                  FROM typed WHERE {where} AND len(_rs) > 0
-                  UNION ALL
-                  SELECT {null_cols}, 'malformed:' || lower(replace(error_type, ' ', '_')) AS _reason,
-                         'malformed:' || lower(replace(error_type, ' ', '_')) AS _reasons,
-                         _file, line::BIGINT, csv_line, {_lit(landed_at)}
-                  FROM rejected WHERE {rej_where}
-                  ORDER BY _source_file, _source_line
-                ) TO '{bad}' (FORMAT parquet, COMPRESSION zstd)"""
+            f"""COPY (SELECT d, c, {cols} FROM picked WHERE len(_rs) = 0 ORDER BY d, c, _file_rank, _ord)
+                TO '{good_dir}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
         )
-        counts = con.execute(
-            f"""SELECT _file, sum(CASE WHEN len(_rs) = 0 THEN 1 ELSE 0 END), sum(CASE WHEN len(_rs) > 0 THEN 1 ELSE 0 END)
-                FROM typed WHERE {where} GROUP BY 1"""
-        ).fetchall()
-        for f, ok, q in counts:
-            res.by_file[f] = {"landed": int(ok), "quarantined": int(q)}
-        for f, n in con.execute(f"SELECT _file, count(*) FROM rejected WHERE {rej_where} GROUP BY 1").fetchall():
-            slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
-            slot["quarantined"] += int(n)
-        res.landed = sum(v["landed"] for v in res.by_file.values())
-        res.quarantined = sum(v["quarantined"] for v in res.by_file.values())
-        for reason, n in con.execute(f"SELECT _reason, count(*) FROM read_parquet('{bad}') GROUP BY 1 ORDER BY 2 DESC").fetchall():
-            res.by_reason[reason] = int(n)
+        unassigned = _lit(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW bad AS
+                SELECT d, c, {text_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
+                       _file AS _source_file, b._line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
+                       {_lit(landed_at)} AS _landed_at
+                FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE len(_rs) > 0
+                UNION ALL
+                SELECT coalesce(_date, '_'), {unassigned}, {null_cols},
+                       split_part(reasons, ';', 1), reasons, _file, line::BIGINT, csv_line, {_lit(landed_at)}
+                FROM rejected SEMI JOIN targets ON coalesce(_date, '_') = d AND {unassigned} = c"""
+        )
+        con.execute(
+            f"""COPY (SELECT * FROM bad ORDER BY d, c, _source_file, _source_line)
+                TO '{bad_dir}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
+        )
+        empty_good, empty_bad = stage / "empty_good.parquet", stage / "empty_bad.parquet"
+        con.execute(f"COPY (SELECT {cols} FROM typed LIMIT 0) TO '{empty_good}' (FORMAT parquet)")
+        con.execute(f"COPY (SELECT * EXCLUDE (d, c) FROM bad LIMIT 0) TO '{empty_bad}' (FORMAT parquet)")
 
-        # Publish: quarantine, then data, then the manifest that vouches for both.
-        zone_args = (table.name, date, client)
-        if client != UNASSIGNED_CLIENT:
-            res.bytes += self.lake.publish_file(good, self.lake.data_file("raw", *zone_args))
-        if res.quarantined or self.lake.exists(self.lake.data_file("quarantine", *zone_args)):
-            self.lake.publish_file(bad, self.lake.data_file("quarantine", *zone_args))
-        self.lake.write_json(
-            manifest_path(self.lake, table.name, date, client),
-            {
-                "table": table.name,
-                "date": date,
-                "client": client,
-                "landed": res.landed,
-                "quarantined": res.quarantined,
-                "by_reason": res.by_reason,
-                "by_file": res.by_file,
-                "bytes": res.bytes,
-                "landed_at": landed_at,
-            },
-        )
-        return res
+        results: dict[tuple[str, str], PartitionResult] = {
+            (d or "_", c or "_"): PartitionResult(table.name, d, c) for d, c in targets
+        }
+        for d, c, f, ok, q in con.execute(
+            "SELECT d, c, _file, count(*) FILTER (len(_rs) = 0), count(*) FILTER (len(_rs) > 0) FROM picked GROUP BY ALL"
+        ).fetchall():
+            results[(d, c)].by_file[f] = {"landed": int(ok), "quarantined": int(q)}
+        for d, c, reason, f, unparsed, n in con.execute(
+            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad GROUP BY ALL ORDER BY 1, 2, 6 DESC"
+        ).fetchall():
+            res = results[(d, c)]
+            res.by_reason[reason] = res.by_reason.get(reason, 0) + int(n)
+            if unparsed:  # lines the reader rejected are not in `picked`
+                slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
+                slot["quarantined"] += int(n)
+
+        # Publish, per partition: quarantine, then data, then the manifest that vouches for both.
+        existing_bad = set(self.lake.fs.glob(self.lake.table_dir("quarantine", table.name) + "/**/" + "data.parquet"))
+        out: list[PartitionResult] = []
+        for (d, c), res in results.items():
+            date, client = res.date, res.client
+            res.landed = sum(v["landed"] for v in res.by_file.values())
+            res.quarantined = sum(v["quarantined"] for v in res.by_file.values())
+            sub = Path(f"d={d}") / f"c={c}"
+            good, bad = _single_file(good_dir / sub), _single_file(bad_dir / sub)
+            bad_dest = self.lake.data_file("quarantine", table.name, date, client)
+            if bad is not None:
+                self.lake.publish_file(bad, bad_dest, move=True)
+            elif bad_dest in existing_bad:
+                self.lake.publish_file(empty_bad, bad_dest)
+            if client != UNASSIGNED_CLIENT:
+                dest = self.lake.data_file("raw", table.name, date, client)
+                res.bytes = self.lake.publish_file(good, dest, move=True) if good else self.lake.publish_file(empty_good, dest)
+            self.lake.write_json(
+                manifest_path(self.lake, table.name, date, client),
+                {
+                    "table": table.name,
+                    "date": date,
+                    "client": client,
+                    "landed": res.landed,
+                    "quarantined": res.quarantined,
+                    "by_reason": res.by_reason,
+                    "by_file": res.by_file,
+                    "bytes": res.bytes,
+                    "landed_at": landed_at,
+                },
+            )
+            out.append(res)
+        return out
 
     def _preview(self, con: Any, table: Table, n: int = 5) -> list[dict[str, Any]]:
         cols = [c.name for c in table.columns]
@@ -433,6 +461,28 @@ class Landing:
             report.read += expected
             if got != expected:
                 raise LandingError(f"{report.table} {d}: read {expected} rows but landed + quarantined {got}")
+
+
+def _single_file(folder: Path) -> Path | None:
+    """The one Parquet file DuckDB wrote for a partition (None when it had no rows)."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if len(files) > 1:
+        raise LandingError(f"expected one staged file in {folder}, found {len(files)}")
+    return files[0] if files else None
+
+
+def _batches(entries: list[FileEntry]) -> list[list[FileEntry]]:
+    """Group files that share a date (connected components), keeping the input order inside each."""
+    groups: list[tuple[set[str], list[FileEntry]]] = []
+    for e in entries:
+        touching = [g for g in groups if g[0] & e.dates]
+        merged_dates, merged = set(e.dates), [e]
+        for g in touching:
+            merged_dates |= g[0]
+            merged = g[1] + merged
+            groups.remove(g)
+        groups.append((merged_dates, sorted(merged, key=entries.index)))
+    return [g[1] for g in sorted(groups, key=lambda g: min(g[0]) if g[0] else "")]
 
 
 def manifest_path(lake: Lake, table: str, date: str | None, client: str | None) -> str:

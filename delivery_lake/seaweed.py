@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import http.client
 import json
 import os
@@ -511,10 +512,8 @@ class SeaweedServer:
                 proc.wait(10)
         else:
             # leader gone; make sure nothing else of its group lingers
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -638,7 +637,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m delivery_lake.seaweed", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start weed mini in the background (keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    up = sub.add_parser(
+        "up", help="start weed mini in the background (keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+    )
     up.add_argument("--dir", required=True, help="data directory (log: DIR/weed.log)")
     up.add_argument("--port", type=int, default=8333, help="S3 port (default 8333); other ports are picked free")
     up.add_argument("--pidfile", help="pid file (default DIR/weed.pid)")

@@ -6,6 +6,7 @@ Layout (Hive style, so DuckDB, Polars and pyarrow read it with hive partitioning
     {LAKE_URL}/raw/{table}/data.parquet                                      dimensions
     {LAKE_URL}/quarantine/{table}/date=.../client=.../data.parquet           rejected rows
     {LAKE_URL}/curated/{model}/date=YYYY-MM-DD/data.parquet                  partitioned marts
+    {LAKE_URL}/curated/{model}/data.parquet                                  unpartitioned marts
     {LAKE_URL}/_meta/...                                                     manifests
 
 Atomicity: every partition is exactly one object with a fixed name, replaced by a
@@ -103,6 +104,18 @@ class Lake:
     def meta_path(self, *parts: str) -> str:
         return self.path("_meta", *parts)
 
+    def build_manifest(self, zone: str, table: str, date: str | None = None) -> str:
+        """The build record of one partition of a built zone (curated), written after its data file."""
+        return self.meta_path(zone, table, f"date={date}.json" if date is not None else "manifest.json")
+
+    def list_build_manifests(self, zone: str, table: str) -> dict[str | None, str]:
+        """date (None for an unpartitioned table) -> manifest path, for every built partition."""
+        out: dict[str | None, str] = {}
+        for f in self.fs.glob(self.meta_path(zone, table) + "/*.json"):
+            name = f.rsplit("/", 1)[-1].removesuffix(".json")
+            out[name.removeprefix("date=") if name.startswith("date=") else None] = f
+        return out
+
     # ---- reads ---------------------------------------------------------------------
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(path))
@@ -124,27 +137,39 @@ class Lake:
         return sorted(out)
 
     def list_dates(self, zone: str, table: str) -> list[str]:
-        found = self.fs.glob(self.table_dir(zone, table) + "/date=*")
-        return sorted(f.rsplit("/", 1)[-1].removeprefix("date=") for f in found)
+        """Dates holding at least one data file (emptied folders may linger on S3 stores)."""
+        found = self.fs.glob(self.table_dir(zone, table) + f"/date=*/**/{DATA_FILE}") + self.fs.glob(
+            self.table_dir(zone, table) + f"/date=*/{DATA_FILE}"
+        )
+        return sorted({f.split("/date=", 1)[1].split("/", 1)[0] for f in found})
 
     # ---- atomic writes ---------------------------------------------------------------
-    def publish_file(self, local_file: str | Path, dest: str) -> int:
-        """Replace `dest` with `local_file` atomically; returns the bytes written."""
+    def publish_file(self, local_file: str | Path, dest: str, move: bool = False) -> int:
+        """Replace `dest` with `local_file` atomically; returns the bytes written.
+
+        `move=True` lets a local lake take the staged file by rename (no copy) when both
+        sit on one filesystem. No fsync: readers need atomic visibility, which rename and
+        PUT give; a power cut may lose the newest version, never expose half of one.
+        """
         size = os.path.getsize(local_file)
         if self.is_s3:
             # One PUT (multipart above the threshold): the object appears whole or not at all.
             self.fs.put_file(str(local_file), dest)
-        else:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+            return size
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        if move:
             try:
-                shutil.copyfile(local_file, tmp)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                os.replace(local_file, dest)
+                return size
+            except OSError:  # another filesystem: fall back to copy + rename
+                pass
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+        try:
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return size
 
     def write_bytes(self, dest: str, data: bytes) -> None:
@@ -156,8 +181,6 @@ class Lake:
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
@@ -173,8 +196,13 @@ class Lake:
         self.fs.rm(path, recursive=recursive)
         if self.is_s3:
             self.fs.invalidate_cache(path)
-        if self.exists(path):
-            raise StorageError(f"delete of {self.uri(path)} was not applied (permission denied?)")
+        # Check the objects, not the prefix: SeaweedFS keeps listing emptied folders.
+        if recursive:
+            left = [p for p, info in self.fs.find(path, detail=True).items() if info.get("type") != "directory"]
+        else:
+            left = [path] if self.exists(path) else []
+        if left:
+            raise StorageError(f"delete of {self.uri(path)} was not applied to {len(left)} object(s) (permission denied?)")
 
     # ---- engines -----------------------------------------------------------------------
     def duckdb(self, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:

@@ -80,8 +80,10 @@ def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings
         on_disk = {str(dg.MultiPartitionKey({"date": d, "client": c})) for d, c in lake.list_partitions("raw", t)}
         assert {str(k) for k in mat} == on_disk
         assert len(on_disk) == 5 * 4
-    # One dimension run + one fact run: the whole range backfilled in a single run.
-    assert len(outcome.run_ids) == 2
+    # One dimension run + one fact run: the whole range backfilled in a single run; then one
+    # curated run for the contiguous dates and one for the dimension marts + warehouse.
+    assert len(outcome.run_ids) == 4
+    assert [ln.split(" (run")[0] for ln in outcome.lines[2:]] == ["ok   curated 2026-01-05..2026-01-09", "ok   warehouse + dim_clients, dim_depots, dim_drivers, dim_vehicles"]
 
 
 def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settings, tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
         shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
     res = _resource(local_settings)
 
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, definitions=defs)
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res})
     first = inbox_sensor(ctx)
     assert isinstance(first, dg.SensorResult)
     added = first.dynamic_partitions_requests[0].partition_keys
@@ -105,7 +107,7 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     assert dg.AssetKey(["raw", "clients"]) in first.run_requests[0].asset_selection
 
     # Nothing new: the sensor skips.
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor, definitions=defs)
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor)
     again = inbox_sensor(ctx)
     assert not again.run_requests and again.skip_reason is not None
 
@@ -114,7 +116,7 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     lines = src.read_bytes().splitlines(keepends=True)
     keep = [lines[0]] + [ln for ln in lines[1:] if b",C002," in ln or b",C003," in ln]
     (inbox / "deliveries" / "2026-01-09.csv").write_bytes(b"".join(keep))
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor, definitions=defs)
+    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor)
     third = inbox_sensor(ctx)
     assert [(r.tags[RANGE_START], r.tags[RANGE_END], r.asset_selection) for r in third.run_requests] == [
         ("C002|2026-01-09", "C003|2026-01-09", [dg.AssetKey(["raw", "deliveries"])])

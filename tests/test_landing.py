@@ -147,7 +147,7 @@ def test_crash_mid_write_leaves_previous_partition_intact(settings: Settings, mo
     real_publish = Lake.publish_file
     calls = {"n": 0}
 
-    def crashing(self: Lake, local_file: str | Path, dest: str) -> int:
+    def crashing(self: Lake, local_file: str | Path, dest: str, move: bool = False) -> int:
         calls["n"] += 1
         if calls["n"] == 2:
             if not self.is_s3:
@@ -155,7 +155,7 @@ def test_crash_mid_write_leaves_previous_partition_intact(settings: Settings, mo
                 with open(local_file, "rb") as fh, open(dest + ".tmp-crash", "wb") as out:
                     out.write(fh.read()[:100])
             raise OSError("simulated crash")
-        return real_publish(self, local_file, dest)
+        return real_publish(self, local_file, dest, move)
 
     monkeypatch.setattr(Lake, "publish_file", crashing)
     with pytest.raises(OSError, match="simulated crash"):

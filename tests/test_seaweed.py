@@ -15,27 +15,7 @@ import pytest
 
 from delivery_lake.seaweed import SeaweedServer, identities_config, pid_alive, port_is_free, s3_filesystem
 from delivery_lake.storage import Lake, StorageError
-
-try:
-    from tests.s3_server import SeaweedInfo
-except ImportError:  # tests/ itself on sys.path (pytest's default "prepend" import mode)
-    from s3_server import SeaweedInfo
-
-
-def _conftest_provides_fixtures() -> bool:
-    here = Path(__file__).resolve().parent
-    for name, mod in list(sys.modules.items()):
-        if (name == "conftest" or name.endswith(".conftest")) and hasattr(mod, "seaweed"):
-            if Path(getattr(mod, "__file__", "") or "").resolve().parent == here:
-                return True
-    return False
-
-
-if not _conftest_provides_fixtures():  # until conftest.py imports them; never define them twice
-    try:
-        from tests.s3_server import s3_settings, seaweed  # noqa: F401
-    except ImportError:
-        from s3_server import s3_settings, seaweed  # noqa: F401
+from tests.s3_server import SeaweedInfo  # fixtures `seaweed` and `s3_settings` come from conftest.py
 
 pytestmark = pytest.mark.s3
 
@@ -104,13 +84,27 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "delivery_lake.seaweed"]
     pidfile = tmp_path / "weed.pid"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "LAKE_URL"}
-    refused = subprocess.run([*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port)],
-                             env=base_env, capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port)],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "AWS_ACCESS_KEY_ID" in refused.stderr
-    env = {**base_env, "AWS_ACCESS_KEY_ID": "cli-key", "AWS_SECRET_ACCESS_KEY": "cli-secret",
-           "LAKE_URL": "s3://clilake/x"}
-    up = subprocess.run([*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port), "--pidfile", str(pidfile)],
-                        env=env, capture_output=True, text=True, timeout=90)
+    env = {
+        **base_env,
+        "AWS_ACCESS_KEY_ID": "cli-key",
+        "AWS_SECRET_ACCESS_KEY": "cli-secret",
+        "LAKE_URL": "s3://clilake/x",
+    }
+    up = subprocess.run(
+        [*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port), "--pidfile", str(pidfile)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     pid = int(pidfile.read_text()) if pidfile.exists() else None
     try:
         assert up.returncode == 0, up.stderr
@@ -119,8 +113,9 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
         fs = s3_filesystem(up.stdout.strip(), "cli-key", "cli-secret")
         assert "clilake" in fs.ls("")  # bucket taken from LAKE_URL
     finally:
-        down = subprocess.run([*cli, "down", "--pidfile", str(pidfile)], env=base_env,
-                              capture_output=True, text=True, timeout=60)
+        down = subprocess.run(
+            [*cli, "down", "--pidfile", str(pidfile)], env=base_env, capture_output=True, text=True, timeout=60
+        )
     assert down.returncode == 0, down.stderr
     assert not pid_alive(pid)
     assert not pidfile.exists()
@@ -171,23 +166,15 @@ def test_lake_on_s3_roundtrip(s3_settings, tmp_path: Path) -> None:
     assert lake.list_partitions("raw", "orders") == [("2024-01-02", "b")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SeaweedFS keeps emptied folders (a delimited listing still shows the prefix, "
-    "so s3fs exists(dir) stays True): Lake.delete(dir, recursive=True) must verify with "
-    "fs.find(dir) == [] instead of exists(dir). Remove this mark once storage.py does.",
-)
 def test_recursive_delete_of_a_prefix(s3_settings) -> None:
     lake = Lake.from_settings(s3_settings)
     for date in ("2024-01-01", "2024-01-02"):
         lake.write_bytes(lake.data_file("raw", "orders", date, "a"), b"x")
     table = lake.table_dir("raw", "orders")
-    try:
-        lake.delete(table, recursive=True)
-    finally:
-        # the objects themselves are gone either way
-        assert lake.fs.find(table) == []
-        assert lake.list_partitions("raw", "orders") == []
+    lake.delete(table, recursive=True)
+    assert [p for p, i in lake.fs.find(table, detail=True).items() if i["type"] != "directory"] == []
+    assert lake.list_partitions("raw", "orders") == []
+    assert lake.list_dates("raw", "orders") == []
 
 
 def test_analyst_reads_but_cannot_write_or_delete(seaweed: SeaweedInfo, s3_settings, tmp_path: Path) -> None:
