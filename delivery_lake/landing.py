@@ -129,9 +129,8 @@ def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
 
 
 def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list[str | None]) -> str:
-    """Rows of `src` with `_rs` (broken rules, 'duplicate' for losing copies), `_date` and `_client`."""
+    """Rows of `src` with `_rs` (the broken rules, empty when valid), `_date` and `_client`."""
     reasons = "list_filter([" + ", ".join(reason_exprs(table, parent_keys)) + "], lambda x: x IS NOT NULL)"
-    key = _q(table.key)
     if table.is_fact:
         pcol, ccol = _q(table.partition_column or ""), _q(table.client_column or "")
         # A missing partition timestamp files the row under its file's nominal date.
@@ -141,15 +140,13 @@ def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list
         client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {_lit(UNASSIGNED_CLIENT)} END"
     else:
         date_expr, client_expr = "NULL::VARCHAR", "NULL::VARCHAR"
-    # Among valid rows of a key, the last file then the last line wins.
+    conditions = [e.removeprefix("CASE WHEN ").rsplit(" THEN ", 1)[0] for e in reason_exprs(table, parent_keys)]
+    ok = " AND ".join(f"NOT coalesce({c}, false)" for c in conditions) or "true"
+    # The reasons list is only built for failing rows (CASE evaluates branches selectively).
     return f"""
-        WITH t AS (SELECT *, {reasons} AS _rs0 FROM src)
-        SELECT * EXCLUDE (_rs0),
-               CASE WHEN len(_rs0) = 0 AND row_number() OVER (
-                        PARTITION BY {key}, len(_rs0) = 0 ORDER BY _file_rank DESC, _ord DESC) > 1
-                    THEN ['duplicate'] ELSE _rs0 END AS _rs,
+        SELECT *, CASE WHEN {ok} THEN []::VARCHAR[] ELSE {reasons} END AS _rs,
                {date_expr} AS _date, {client_expr} AS _client
-        FROM t
+        FROM src
     """
 
 
@@ -251,6 +248,8 @@ class Landing:
             parent_keys = self._load_parent_keys(con, table)
             self._load_sources(con, table, entries)
             con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
+            self._load_rejects(con, table, entries)
+            self._mark_duplicates(con, table)
             self._lines(con)
             if requested is None:
                 report.read += con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
@@ -297,8 +296,11 @@ class Landing:
                 f"SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, row_number() OVER () AS _ord "
                 f"FROM {csv_source_sql(e.path, header, table, f'rej{i}')}"
             )
-        # Materialised once, so the rejects tables are complete before anything reads them.
-        con.execute("CREATE TEMP TABLE src AS " + " UNION ALL ".join(parts))
+        # A view: `typed` is the one materialisation; the rejects tables fill while it is built.
+        con.execute("CREATE TEMP VIEW src AS " + " UNION ALL ".join(parts))
+
+    def _load_rejects(self, con: Any, table: Table, entries: list[FileEntry]) -> None:
+        """`rejected`: one row per line the reader set aside, with every reason (call after reading)."""
         for i in range(len(entries)):
             ensure_rejects_table(con, f"rej{i}")
         reason = (
@@ -313,6 +315,21 @@ class Landing:
             for i, e in enumerate(entries)
         )
         con.execute(f"CREATE TEMP TABLE rejected AS {rejects}")
+
+    def _mark_duplicates(self, con: Any, table: Table) -> None:
+        """Among valid rows of a key, the last file then the last line wins; the others are quarantined.
+
+        Found with a grouped aggregate (keys seen twice are rare) and fixed with a small
+        UPDATE, so `typed` keeps its file order and needs no sort.
+        """
+        key = _q(table.key)
+        con.execute(
+            f"""UPDATE typed SET _rs = ['duplicate']
+                FROM (SELECT {key} AS k, max({{'f': _file_rank, 'o': _ord}}) AS winner
+                      FROM typed WHERE len(_rs) = 0 GROUP BY {key} HAVING count(*) > 1) d
+                WHERE typed.{key} = d.k AND len(typed._rs) = 0
+                  AND {{'f': typed._file_rank, 'o': typed._ord}} <> d.winner"""
+        )
 
     def _lines(self, con: Any) -> None:
         """Record-based line numbers (header = line 1) of quarantined rows, accounting for rejected lines.
@@ -361,14 +378,18 @@ class Landing:
         con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
         con.executemany("INSERT INTO targets VALUES (?, ?)", [(d or "_", c or "_") for d, c in targets])
         key = "coalesce(_date, '_') AS d, coalesce(_client, '_') AS c"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE picked AS
-                SELECT {key}, * FROM typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"""
-        )
+        everything = con.execute(
+            "SELECT count(*) = 0 FROM (SELECT DISTINCT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c FROM typed) "
+            "ANTI JOIN targets USING (d, c)"
+        ).fetchone()[0]
+        # A backfill wants every partition of the batch: no need to filter (or copy) `typed`.
+        picked_from = "typed" if everything else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
+        con.execute(f"CREATE OR REPLACE TEMP VIEW picked AS SELECT {key}, * FROM {picked_from}")
         good_dir, bad_dir = stage / "good", stage / "bad"
+        # No ORDER BY: `typed` is in file order and DuckDB keeps insertion order in the write.
         con.execute(
-            f"""COPY (SELECT d, c, {cols} FROM picked WHERE len(_rs) = 0 ORDER BY d, c, _file_rank, _ord)
-                TO '{good_dir}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
+            f"""COPY (SELECT d, c, {cols} FROM picked WHERE len(_rs) = 0)
+                TO '{good_dir}' (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
         )
         unassigned = _lit(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
         con.execute(
@@ -382,13 +403,18 @@ class Landing:
                        split_part(reasons, ';', 1), reasons, _file, line::BIGINT, csv_line, {_lit(landed_at)}
                 FROM rejected SEMI JOIN targets ON coalesce(_date, '_') = d AND {unassigned} = c"""
         )
-        con.execute(
-            f"""COPY (SELECT * FROM bad ORDER BY d, c, _source_file, _source_line)
-                TO '{bad_dir}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
-        )
+        con.execute("CREATE OR REPLACE TEMP TABLE bad_rows AS SELECT * FROM bad")  # usually a handful of rows
+        if con.execute("SELECT count(*) FROM bad_rows").fetchone()[0]:
+            con.execute(
+                f"""COPY (SELECT * FROM bad_rows ORDER BY d, c, _source_file, _source_line)
+                    TO '{bad_dir}' (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
+            )
         empty_good, empty_bad = stage / "empty_good.parquet", stage / "empty_bad.parquet"
-        con.execute(f"COPY (SELECT {cols} FROM typed LIMIT 0) TO '{empty_good}' (FORMAT parquet)")
-        con.execute(f"COPY (SELECT * EXCLUDE (d, c) FROM bad LIMIT 0) TO '{empty_bad}' (FORMAT parquet)")
+
+        def empty(path: Path, select: str) -> Path:
+            if not path.exists():
+                con.execute(f"COPY ({select} LIMIT 0) TO '{path}' (FORMAT parquet)")
+            return path
 
         results: dict[tuple[str, str], PartitionResult] = {
             (d or "_", c or "_"): PartitionResult(table.name, d, c) for d, c in targets
@@ -398,7 +424,7 @@ class Landing:
         ).fetchall():
             results[(d, c)].by_file[f] = {"landed": int(ok), "quarantined": int(q)}
         for d, c, reason, f, unparsed, n in con.execute(
-            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad GROUP BY ALL ORDER BY 1, 2, 6 DESC"
+            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
         ).fetchall():
             res = results[(d, c)]
             res.by_reason[reason] = res.by_reason.get(reason, 0) + int(n)
@@ -407,7 +433,11 @@ class Landing:
                 slot["quarantined"] += int(n)
 
         # Publish, per partition: quarantine, then data, then the manifest that vouches for both.
-        existing_bad = set(self.lake.fs.glob(self.lake.table_dir("quarantine", table.name) + "/**/" + "data.parquet"))
+        # Quarantine objects that may need emptying: only this batch's dates are listed.
+        existing_bad: set[str] = set()
+        for d in sorted({res.date for res in results.values()}, key=str):
+            folder = self.lake.partition_dir("quarantine", table.name, d)
+            existing_bad.update(self.lake.fs.glob(folder + ("/*/" if d else "/") + "data.parquet"))
         out: list[PartitionResult] = []
         for (d, c), res in results.items():
             date, client = res.date, res.client
@@ -419,10 +449,10 @@ class Landing:
             if bad is not None:
                 self.lake.publish_file(bad, bad_dest, move=True)
             elif bad_dest in existing_bad:
-                self.lake.publish_file(empty_bad, bad_dest)
+                self.lake.publish_file(empty(empty_bad, "SELECT * EXCLUDE (d, c) FROM bad_rows"), bad_dest)
             if client != UNASSIGNED_CLIENT:
                 dest = self.lake.data_file("raw", table.name, date, client)
-                res.bytes = self.lake.publish_file(good, dest, move=True) if good else self.lake.publish_file(empty_good, dest)
+                res.bytes = self.lake.publish_file(good, dest, move=True) if good else self.lake.publish_file(empty(empty_good, f"SELECT {cols} FROM typed"), dest)
             self.lake.write_json(
                 manifest_path(self.lake, table.name, date, client),
                 {
