@@ -13,7 +13,7 @@ DEMO_CLIENTS ?= 8
 DEMO_START ?= $(shell date -u -d '$(DEMO_DAYS) days ago' +%F)
 LAKE_PORT ?= 8333
 
-.PHONY: help install demo test test-fast ui lake-up lake-down lint fmt contract lock clean
+.PHONY: help install demo docs test test-fast ui mlflow-ui lake-up lake-down lint fmt contract lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -31,12 +31,20 @@ demo: install  ## generate two weeks x 8 clients, run every asset in-process, pr
 	$(BIN)/delivery-lake generate --out $(INBOX_DIR) --start $(DEMO_START) --days $(DEMO_DAYS) --clients $(DEMO_CLIENTS) --quiet
 	$(BIN)/delivery-lake run --summary
 
+docs: install  ## rebuild the GX Data Docs site from stored validation results into DATA_DIR/data_docs (offline-safe)
+	$(BIN)/python -m delivery_lake.data_docs
+
 test: install  ## run the whole test suite (starts its own SeaweedFS)
 	$(BIN)/pytest -q
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (history of `make demo` included)
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the embedded store (DATA_DIR/mlflow)
+	mkdir -p $(DATA_DIR)/mlflow/artifacts
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(DATA_DIR)/mlflow/mlflow.db}" \
+	  --default-artifact-root "$${MLFLOW_ARTIFACTS_DIR:-$(DATA_DIR)/mlflow/artifacts}" --host 127.0.0.1 --port 5000
 
 lake-up: install  ## start SeaweedFS S3 on 127.0.0.1:$(LAKE_PORT) (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
 	$(BIN)/python -m delivery_lake.seaweed up --dir $(DATA_DIR)/seaweed --port $(LAKE_PORT) --pidfile $(DATA_DIR)/seaweed.pid
@@ -59,3 +67,28 @@ lock: install  ## re-pin constraints.txt from the current virtualenv
 
 clean:  ## remove generated data (keeps .venv)
 	rm -rf $(DATA_DIR) test-output
+
+# ---- benchmark (issue 7): bench/README.md ----------------------------------------------------
+BENCH_SCALE ?= 1.0
+.PHONY: bench bench-smoke
+
+bench: install  ## benchmark at ~$(BENCH_SCALE) GB and 4x: landing vs DuckDB vs pandas -> bench/results/latest.json
+	$(BIN)/python -m bench.run --scale $(BENCH_SCALE)
+
+bench-smoke: install  ## seconds: tiny benchmark run; asserts equal answers across contestants (never timings)
+	$(BIN)/python -m bench.run --smoke
+
+# ---- production profile (issue 6): infra/README.md ----------------------------------------------
+.PHONY: up down status env
+
+env: install  ## write .env with fresh random S3 keys for the stack (keeps values already set; never committed)
+	$(BIN)/python -m infra.stack init-env
+
+up: install  ## start SeaweedFS, MLflow server, Dagster webserver + daemon on 127.0.0.1 (Postgres at 127.0.0.1:5432); prints the URLs
+	$(BIN)/python -m infra.stack up
+
+down:  ## stop exactly what `make up` started (pid files in $(DATA_DIR)/run)
+	$(BIN)/python -m infra.stack down
+
+status:  ## which stack processes run
+	$(BIN)/python -m infra.stack status

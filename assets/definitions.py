@@ -2,14 +2,31 @@
 
 import dagster as dg
 
-from assets.raw import RAW_ASSETS
+from assets.checks import freshness_checks, freshness_sensor, mart_checks, raw_checks
+from assets.curated import CURATED_ASSETS, CURATED_PARTITIONED_KEYS
+from assets.ml import ML_ASSETS, retrain_sensor
+from assets.raw import RAW_ASSETS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
 from assets.schedules import nightly_full_refresh
 from assets.sensors import inbox_sensor
 
+FRESHNESS_CHECKS = freshness_checks([*RAW_FACT_KEYS, *CURATED_PARTITIONED_KEYS])
+
+# Evaluates every asset's automation condition (curated refresh, features, risk scores) in
+# the daemon. Declared so it starts RUNNING: the implicit default_automation_condition_sensor
+# starts STOPPED, and then nothing past landing ever runs under `make up`.
+AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    run_tags={"delivery_lake/trigger": "automation"},
+)
+
 defs = dg.Definitions(
-    assets=[*RAW_ASSETS],
-    sensors=[inbox_sensor],
+    assets=[*RAW_ASSETS, *CURATED_ASSETS, *ML_ASSETS],
+    asset_checks=[*raw_checks(), *mart_checks(CURATED_ASSETS), *FRESHNESS_CHECKS],
+    sensors=[inbox_sensor, freshness_sensor(FRESHNESS_CHECKS), retrain_sensor, AUTOMATION_SENSOR],
     schedules=[nightly_full_refresh],
     resources={"lakehouse": LakehouseResource()},
 )

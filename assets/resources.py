@@ -22,6 +22,7 @@ class LakehouseResource(dg.ConfigurableResource):
     data_dir: str | None = None
     lake_url: str | None = None
     inbox_dir: str | None = None
+    warehouse_path: str | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
 
@@ -34,6 +35,8 @@ class LakehouseResource(dg.ConfigurableResource):
                 overrides["lake_url"] = self.lake_url
             if self.inbox_dir:
                 overrides["inbox_dir"] = Path(self.inbox_dir).resolve()
+            if self.warehouse_path:
+                overrides["warehouse_path"] = Path(self.warehouse_path).resolve()
             self._settings = Settings.from_env(**overrides)
         return self._settings
 

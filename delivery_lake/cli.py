@@ -1,4 +1,4 @@
-"""`delivery-lake` command line: generate, run, summary, reconcile, contract."""
+"""`delivery-lake` command line: generate, run, build, query, summary, reconcile, contract."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from rich.table import Table as RichTable
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, render_markdown
 
-console = Console()
+# Piped output (make, CI logs) gets a width that fits the summary tables.
+console = Console() if sys.stdout.isatty() else Console(width=150)
 CONTRACT_DOC = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
 
 
@@ -91,6 +92,57 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from delivery_lake.models import Project, Runner
+    from delivery_lake.storage import Lake
+    from delivery_lake.warehouse import Warehouse
+
+    if not args.full_refresh and not args.date:
+        console.print("pass --date YYYY-MM-DD (repeatable) or --full-refresh")
+        return 2
+    settings = Settings.from_env()
+    lake = Lake.from_settings(settings)
+    project = Project.load()
+    results = Runner(lake, project, settings).build(args.model or None, dates=args.date or None, full_refresh=args.full_refresh)
+    for r in results:
+        state = f"skipped ({r.skipped})" if r.skipped else f"{r.rows:,} rows, {len(r.dates)} partition(s)"
+        console.print(f"{r.model:<32} {state} {r.seconds:.2f}s", markup=False)
+    wh = Warehouse(lake, project, settings.warehouse_path).refresh(full=args.full_refresh)
+    console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
+    return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    import duckdb
+
+    from delivery_lake.warehouse import WarehouseError, query
+
+    try:
+        columns, rows = query(Settings.from_env().warehouse_path, args.sql)
+    except (duckdb.Error, WarehouseError) as exc:
+        # DuckDB's own message is what an analyst needs; a traceback is noise.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif args.format == "json":
+        print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=1))
+    else:
+        t = RichTable(show_lines=False)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*("" if v is None else str(v) for v in r))
+        console.print(t)
+        console.print(f"{len(rows):,} row(s)", markup=False)
+    return 0
+
+
 def _cmd_contract(args: argparse.Namespace) -> int:
     text = render_markdown()
     if args.check:
@@ -125,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--summary", action="store_true", help="print the lake summary afterwards")
     r.set_defaults(func=_cmd_run)
 
+    b = sub.add_parser("build", help="build the curated models for some dates (or all) and refresh the warehouse")
+    b.add_argument("--date", action="append", help="dispatch/submission date to rebuild, YYYY-MM-DD (repeatable)")
+    b.add_argument("--full-refresh", action="store_true", help="rebuild every date found in raw and the whole warehouse")
+    b.add_argument("--model", action="append", help="only this table model (repeatable; default all)")
+    b.set_defaults(func=_cmd_build)
+
+    q = sub.add_parser("query", help="run one SQL query, read-only, against the warehouse (WAREHOUSE_PATH)")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=_cmd_query)
+
     s = sub.add_parser("summary", help="rows landed and quarantined per table")
     s.set_defaults(func=_cmd_summary)
 
@@ -143,10 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     from delivery_lake.inbox import InputError
     from delivery_lake.landing import LandingError
 
+    # The model runner is only imported by the commands that build (it pulls in sqlglot and
+    # Polars), so `query` stays quick; its errors are recognised once it is loaded.
     try:
         return int(args.func(args) or 0)
     except (InputError, LandingError) as exc:
         console.print(f"[red]error:[/red] {exc}")
+        return 2
+    except Exception as exc:
+        models = sys.modules.get("delivery_lake.models")
+        if models is None or not isinstance(exc, models.ModelError | models.GateBlocked):
+            raise
+        console.print(f"error: {exc}", markup=False)
         return 2
 
 

@@ -29,8 +29,15 @@ class Settings:
     aws_region: str = "us-east-1"
     # Fraction of a partition's rows that may be quarantined before the quality gate blocks it.
     quarantine_threshold: float = 0.02
+    # ...but only once at least this many rows are quarantined (small partitions are noisy).
+    quarantine_min_rows: int = 5
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
+    # MLflow: tracking store (any MLflow URI; default an embedded SQLite file under data_dir),
+    # where new experiments put their artifacts, and the UI base used to link runs.
+    mlflow_tracking_uri: str = ""
+    mlflow_artifacts_dir: Path | None = None
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,8 +53,12 @@ class Settings:
             aws_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
             aws_region=_env("AWS_REGION", "us-east-1"),
             quarantine_threshold=float(_env("QUARANTINE_THRESHOLD", "0.02")),  # type: ignore[arg-type]
+            quarantine_min_rows=int(_env("QUARANTINE_MIN_ROWS", "5")),  # type: ignore[arg-type]
             duckdb_memory_limit=_env("DUCKDB_MEMORY_LIMIT", "1GB"),
             duckdb_threads=int(_env("DUCKDB_THREADS", "2")),  # type: ignore[arg-type]
+            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
+            mlflow_artifacts_dir=Path(_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts"))).resolve(),  # type: ignore[arg-type]
+            mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

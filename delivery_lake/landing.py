@@ -25,6 +25,7 @@ exactly one place, and `read = landed + quarantined` holds per file.
 
 from __future__ import annotations
 
+import csv
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -315,6 +316,26 @@ class Landing:
             for i, e in enumerate(entries)
         )
         con.execute(f"CREATE TEMP TABLE rejected AS {rejects}")
+        self._split_rejected(con, table, entries)
+
+    def _split_rejected(self, con: Any, table: Table, entries: list[FileEntry]) -> None:
+        """Best-effort column values of rejected lines, so their ids stay findable in quarantine.
+
+        The raw line is kept whole in `_raw_line`; here Python's csv module (rejected lines
+        are few) splits it by the file's header. A ragged line still yields its leading
+        fields, which is where keys sit.
+        """
+        headers = {i: read_header(Path(e.path), table) for i, e in enumerate(entries)}
+        rows = []
+        for rank, line, text in con.execute("SELECT _file_rank, line, csv_line FROM rejected").fetchall():
+            fields = next(csv.reader([text or ""]), [])
+            by_name = dict(zip(headers[rank], (f.strip() or None for f in fields), strict=False))
+            rows.append((rank, line, *(by_name.get(c.name) for c in table.columns)))
+        cols = ", ".join(f"{_q(c.name)} VARCHAR" for c in table.columns)
+        con.execute(f"CREATE TEMP TABLE rejected_fields (_file_rank BIGINT, line BIGINT, {cols})")
+        if rows:
+            marks = ", ".join("?" for _ in range(len(table.columns) + 2))
+            con.executemany(f"INSERT INTO rejected_fields VALUES ({marks})", rows)
 
     def _mark_duplicates(self, con: Any, table: Table) -> None:
         """Among valid rows of a key, the last file then the last line wins; the others are quarantined.
@@ -374,7 +395,7 @@ class Landing:
         """Write every target partition with two COPY statements, then publish them one object each."""
         cols = ", ".join(_q(c.name) for c in table.columns)
         text_cols = ", ".join(f"{_q(c.name)}::VARCHAR AS {_q(c.name)}" for c in table.columns)
-        null_cols = ", ".join(f"NULL::VARCHAR AS {_q(c.name)}" for c in table.columns)
+        field_cols = ", ".join(f"f.{_q(c.name)}" for c in table.columns)
         con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
         con.executemany("INSERT INTO targets VALUES (?, ?)", [(d or "_", c or "_") for d, c in targets])
         key = "coalesce(_date, '_') AS d, coalesce(_client, '_') AS c"
@@ -399,9 +420,10 @@ class Landing:
                        {_lit(landed_at)} AS _landed_at
                 FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE len(_rs) > 0
                 UNION ALL
-                SELECT coalesce(_date, '_'), {unassigned}, {null_cols},
-                       split_part(reasons, ';', 1), reasons, _file, line::BIGINT, csv_line, {_lit(landed_at)}
-                FROM rejected SEMI JOIN targets ON coalesce(_date, '_') = d AND {unassigned} = c"""
+                SELECT coalesce(r._date, '_'), {unassigned}, {field_cols},
+                       split_part(r.reasons, ';', 1), r.reasons, r._file, r.line::BIGINT, r.csv_line, {_lit(landed_at)}
+                FROM rejected r JOIN rejected_fields f USING (_file_rank, line)
+                SEMI JOIN targets ON coalesce(r._date, '_') = d AND {unassigned} = c"""
         )
         con.execute("CREATE OR REPLACE TEMP TABLE bad_rows AS SELECT * FROM bad")  # usually a handful of rows
         if con.execute("SELECT count(*) FROM bad_rows").fetchone()[0]:

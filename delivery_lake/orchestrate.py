@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +48,27 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
 
     resources = dict(defs.resources or {})
     resources["lakehouse"] = LakehouseResource(
-        data_dir=str(settings.data_dir), lake_url=settings.lake_url, inbox_dir=str(settings.inbox_dir)
+        data_dir=str(settings.data_dir),
+        lake_url=settings.lake_url,
+        inbox_dir=str(settings.inbox_dir),
+        warehouse_path=str(settings.warehouse_path),
     )
-    result = dg.materialize(
-        [*defs.assets, *(defs.asset_checks or [])],
-        selection=dg.AssetSelection.assets(*keys),
-        instance=instance,
-        resources=resources,
-        tags=tags,
-        raise_on_error=False,
-        # The CLI prints its own summary; step logs stay in the run history.
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    # Definitions loading reads the "current" instance's state storage from a context
+    # variable that only `with instance:` sets; point it at the instance of this run so a
+    # disposed instance left there earlier in the process (tests, notebooks) is never used.
+    with set_defs_state_storage(instance.defs_state_storage):
+        result = dg.materialize(
+            [*defs.assets, *(defs.asset_checks or [])],
+            selection=dg.AssetSelection.assets(*keys),
+            instance=instance,
+            resources=resources,
+            tags=tags,
+            raise_on_error=False,
+            # The CLI prints its own summary; step logs stay in the run history.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
     outcome.run_ids.append(result.run_id)
     if result.success:
         outcome.lines.append(f"ok   {label} (run {result.run_id[:8]})")
@@ -74,8 +84,71 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
     return False
 
 
+def _date_blocks(dates: list[str]) -> list[tuple[str, str]]:
+    """Consecutive runs of ISO dates: one Dagster run per block rebuilds exactly those dates."""
+    blocks: list[tuple[str, str]] = []
+    for d in sorted(dates):
+        if blocks and date.fromisoformat(d) - date.fromisoformat(blocks[-1][1]) == timedelta(days=1):
+            blocks[-1] = (blocks[-1][0], d)
+        else:
+            blocks.append((d, d))
+    return blocks
+
+
+def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: Any, outcome: RunOutcome) -> bool:
+    """After the raw runs: the curated dates those partitions feed, then dimensions and the warehouse.
+
+    Gating is data-level (the runner never reads blocked raw partitions), so one run per
+    block of consecutive dates is safe whatever the check results of the raw run were.
+    """
+    from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
+    from delivery_lake.contract import FACTS
+    from delivery_lake.models import affected_dates
+
+    changed = {t: list(by_date) for t, by_date in changes.facts.items()}
+    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
+    for first, last in _date_blocks(affected_dates(PROJECT, changed, existing)):
+        tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
+        if not _execute(defs, instance, settings, CURATED_PARTITIONED_KEYS, tags, outcome, f"curated {first}..{last}"):
+            return False
+    # Dimension marts: when a raw dimension they read changed, or when they were never built.
+    dims = [
+        k
+        for k in CURATED_UNPARTITIONED_KEYS
+        if any(t in changes.dimensions for _, t in PROJECT.inputs(k.path[-1])[1])
+        or not lake.exists(lake.data_file("curated", k.path[-1]))
+    ]
+    label = "warehouse" + (f" + {', '.join(k.path[-1] for k in dims)}" if dims else "")
+    return _execute(defs, instance, settings, [*dims, WAREHOUSE_KEY], {"delivery_lake/trigger": "cli"}, outcome, label)
+
+
+def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: Any, outcome: RunOutcome) -> bool:
+    """After the curated layer: features of the dates it rebuilt (plus the days whose driver
+    history reads them), then train + register (the asset skips when no new validated data)
+    and score the latest validated day with the champion."""
+    from assets.curated import PROJECT
+    from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
+    from delivery_lake.ml.features import FACT, HISTORY_DAYS
+    from delivery_lake.models import affected_dates
+
+    changed = {t: list(by_date) for t, by_date in changes.facts.items()}
+    built = set(lake.list_dates("curated", FACT))
+    dates = {
+        (date.fromisoformat(d) + timedelta(days=k)).isoformat()
+        for d in affected_dates(PROJECT, changed, built)
+        for k in range(HISTORY_DAYS + 1)
+    } & built
+    for first, last in _date_blocks(sorted(dates)):
+        tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
+        if not _execute(defs, instance, settings, [FEATURES_KEY], tags, outcome, f"features {first}..{last}"):
+            return False
+    return _execute(defs, instance, settings, [MODEL_KEY, RISK_KEY], {"delivery_lake/trigger": "cli"}, outcome, "delay model + risk scores")
+
+
 def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
-    """Land every partition found in the inbox (or only what changed since the last `run`)."""
+    """Land every partition found in the inbox (or only what changed since the last `run`), then
+    rebuild the curated dates those partitions feed and refresh the warehouse, then the ML
+    features, the delay model (retrained only on new validated data) and the risk scores."""
     import dagster as dg
 
     from assets.definitions import defs
@@ -108,6 +181,10 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         keys = [dg.AssetKey(["raw", t]) for t in plan.tables]
         if not _execute(defs, instance, settings, keys, tags, outcome, label):
             return outcome
+    if not _run_curated(defs, instance, settings, lake, changes, outcome):
+        return outcome
+    if not _run_ml(defs, instance, settings, lake, changes, outcome):
+        return outcome
     lake.write_json(cursor_path, changes.cursor)
     if changes.errors:
         outcome.success = False

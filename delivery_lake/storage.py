@@ -7,6 +7,7 @@ Layout (Hive style, so DuckDB, Polars and pyarrow read it with hive partitioning
     {LAKE_URL}/quarantine/{table}/date=.../client=.../data.parquet           rejected rows
     {LAKE_URL}/curated/{model}/date=YYYY-MM-DD/data.parquet                  partitioned marts
     {LAKE_URL}/curated/{model}/data.parquet                                  unpartitioned marts
+    {LAKE_URL}/ml/{table}/date=YYYY-MM-DD/data.parquet                       model features
     {LAKE_URL}/_meta/...                                                     manifests
 
 Atomicity: every partition is exactly one object with a fixed name, replaced by a
@@ -107,6 +108,14 @@ class Lake:
     def build_manifest(self, zone: str, table: str, date: str | None = None) -> str:
         """The build record of one partition of a built zone (curated), written after its data file."""
         return self.meta_path(zone, table, f"date={date}.json" if date is not None else "manifest.json")
+
+    def external_table_spec(self, table: str) -> str:
+        """Declaration of a curated table built outside the SQL project (e.g. model scores),
+        so the warehouse loads it like a model's table."""
+        return self.meta_path("warehouse", "external", f"{table}.json")
+
+    def list_external_table_specs(self) -> list[str]:
+        return sorted(self.fs.glob(self.meta_path("warehouse", "external") + "/*.json"))
 
     def list_build_manifests(self, zone: str, table: str) -> dict[str | None, str]:
         """date (None for an unpartitioned table) -> manifest path, for every built partition."""

@@ -80,10 +80,13 @@ def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings
         on_disk = {str(dg.MultiPartitionKey({"date": d, "client": c})) for d, c in lake.list_partitions("raw", t)}
         assert {str(k) for k in mat} == on_disk
         assert len(on_disk) == 5 * 4
-    # One dimension run + one fact run: the whole range backfilled in a single run; then one
-    # curated run for the contiguous dates and one for the dimension marts + warehouse.
-    assert len(outcome.run_ids) == 4
-    assert [ln.split(" (run")[0] for ln in outcome.lines[2:]] == ["ok   curated 2026-01-05..2026-01-09", "ok   warehouse + dim_clients, dim_depots, dim_drivers, dim_vehicles"]
+    # One dimension run + one fact run: the whole range backfilled in a single run; then the
+    # downstream layers, e.g. one curated run for the contiguous dates and one for the
+    # dimension marts + warehouse.
+    labels = [ln.split(" (run")[0] for ln in outcome.lines]
+    assert [lb.split(":")[0] for lb in labels[:2]] == ["ok   dimensions", "ok   customer_feedback, deliveries, orders 2026-01-05..2026-01-09 x C001..C004"]
+    assert labels[2:4] == ["ok   curated 2026-01-05..2026-01-09", "ok   warehouse + dim_clients, dim_depots, dim_drivers, dim_vehicles"]
+    assert len(outcome.run_ids) == len(outcome.lines)
 
 
 def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settings, tmp_path: Path) -> None:
@@ -96,8 +99,8 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
         shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
     res = _resource(local_settings)
 
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res})
-    first = inbox_sensor(ctx)
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}) as ctx:
+        first = inbox_sensor(ctx)
     assert isinstance(first, dg.SensorResult)
     added = first.dynamic_partitions_requests[0].partition_keys
     assert sorted(added) == ["C001", "C002", "C003", "C004"]
@@ -107,8 +110,8 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     assert dg.AssetKey(["raw", "clients"]) in first.run_requests[0].asset_selection
 
     # Nothing new: the sensor skips.
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor)
-    again = inbox_sensor(ctx)
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+        again = inbox_sensor(ctx)
     assert not again.run_requests and again.skip_reason is not None
 
     # A new day of deliveries only, touching two clients: exactly those partitions, nothing else.
@@ -116,8 +119,8 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     lines = src.read_bytes().splitlines(keepends=True)
     keep = [lines[0]] + [ln for ln in lines[1:] if b",C002," in ln or b",C003," in ln]
     (inbox / "deliveries" / "2026-01-09.csv").write_bytes(b"".join(keep))
-    ctx = dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor)
-    third = inbox_sensor(ctx)
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+        third = inbox_sensor(ctx)
     assert [(r.tags[RANGE_START], r.tags[RANGE_END], r.asset_selection) for r in third.run_requests] == [
         ("C002|2026-01-09", "C003|2026-01-09", [dg.AssetKey(["raw", "deliveries"])])
     ]
@@ -145,12 +148,12 @@ def test_new_clients_become_partitions(local_settings: Settings) -> None:
 def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> None:
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("client", ["C001", "C002", "C003", "C004"])
-        ctx = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=instance,
             resources={"lakehouse": _resource(local_settings)},
             scheduled_execution_time=datetime(2026, 1, 10, 2, tzinfo=UTC),
-        )
-        requests = list(nightly_full_refresh(ctx))
+        ) as ctx:
+            requests = list(nightly_full_refresh(ctx))
     assert {(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests} == {("C001|2026-01-05", "C004|2026-01-09")}
     assert {k.path[1] for k in requests[0].asset_selection} == set(TABLES)
 

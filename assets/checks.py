@@ -1,0 +1,172 @@
+"""Quality checks: one GX suite check per raw table and per mart, plus freshness checks.
+
+Gating design (why the suite checks are `blocking=False`):
+
+An `AssetCheckResult` has no partition, so a blocking check that fails in a run covering
+many partitions fails the step and skips everything downstream for every partition of
+that run, and `AutomationCondition.all_deps_blocking_checks_passed()` then holds the
+downstream assets back for all partitions until a later check passes. One bad partition
+would hold back the good ones. So the block is data, at partition grain: each check
+validates every partition the run materialized and writes its verdict to the gate
+(`delivery_lake.gate`); the curated layer and the training set read raw and mart
+partitions only when the gate has not blocked them, whichever path runs them (CLI, sensor,
+schedule, automation, backfill). The Dagster check is the report: it fails with severity
+ERROR when any partition of the run was blocked, WARN when only warnings fired, and its
+metadata lists each partition's failed expectations, unexpected counts and percentages,
+sample values and the Data Docs page.
+
+Each check runs in the same run as its asset (selecting an asset selects its checks) and
+declares the parents its suite reads (deliveries' foreign keys need orders), so in a run
+that lands both, orders land first.
+"""
+
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from assets.partitions import FACT_PARTITIONS
+from assets.resources import LakehouseResource
+from delivery_lake.contract import TABLES
+from delivery_lake.quality import Quality, suite_names
+
+SUITE_CHECK = "gx_suite"
+# Raw facts land nightly (02:00 UTC); older than 26 h means a night was missed.
+FRESHNESS_LOWER_BOUND = timedelta(hours=26)
+MAX_PARTITIONS_IN_METADATA = 50
+
+
+def _partitions_of_run(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey) -> list[str | None]:
+    """Partition keys of `asset_key` materialized in this run (None for unpartitioned)."""
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=100_000
+    ).records
+    keys = {
+        r.event_log_entry.dagster_event.partition
+        for r in records
+        if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.asset_key == asset_key
+    }
+    return sorted(keys, key=lambda k: k or "")
+
+
+def _split(key: str | None, partitioned_by_client: bool) -> tuple[str | None, str | None]:
+    if key is None:
+        return None, None
+    if partitioned_by_client:
+        dims = FACT_PARTITIONS.get_partition_key_from_str(key).keys_by_dimension
+        return dims["date"], dims["client"]
+    return key, None
+
+
+def check_result(results: Sequence[Any], docs_index: str | None) -> dg.AssetCheckResult:
+    """Summarise per-partition validations into one check result (run grain, see module doc)."""
+    blocked = [r for r in results if not r.passed]
+    warned = [r for r in results if r.passed and r.warnings]
+    per_partition: dict[str, Any] = {}
+    for r in sorted(results, key=lambda r: (r.passed, r.key))[:MAX_PARTITIONS_IN_METADATA]:
+        per_partition[r.key] = {
+            "passed": r.passed,
+            "rows": r.rows,
+            "failed": [
+                {"expectation": o.label, "unexpected_count": o.unexpected_count, "unexpected_percent": o.unexpected_percent, "sample": o.sample, "observed": o.observed, "error": o.error}
+                for o in r.failed_errors
+            ],
+            "warnings": [{"expectation": o.label, "observed": o.observed, "unexpected_count": o.unexpected_count} for o in r.warnings],
+            "error": r.error,
+            "data_docs": r.docs_url,
+        }
+    lines = ["| partition | verdict | failed expectations (unexpected, sample) | Data Docs |", "|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r.passed, r.key))[:MAX_PARTITIONS_IN_METADATA]:
+        verdict = "BLOCKED" if not r.passed else ("warn" if r.warnings else "ok")
+        failed = "; ".join(
+            f"{o.label}: {o.unexpected_count if o.unexpected_count is not None else o.observed}"
+            + (f" ({o.unexpected_percent}%)" if o.unexpected_percent is not None else "")
+            + (f" e.g. {', '.join(o.sample[:3])}" if o.sample else "")
+            for o in (r.failed_errors or r.warnings)
+        ) or (r.error or "")
+        link = f"[page]({r.docs_url})" if r.docs_url else ""
+        lines.append(f"| {r.key} | {verdict} | {failed} | {link} |")
+    metadata: dict[str, Any] = {
+        "partitions_validated": len(results),
+        "partitions_passed": len(results) - len(blocked),
+        "partitions_blocked": len(blocked),
+        "partitions_with_warnings": len(warned),
+        "blocked_partitions": dg.MetadataValue.json(sorted(r.key for r in blocked)),
+        "results": dg.MetadataValue.md("\n".join(lines)),
+        "per_partition": dg.MetadataValue.json(per_partition),
+        "seconds_per_partition": round(sum(r.seconds for r in results) / len(results), 3) if results else 0.0,
+    }
+    if docs_index:
+        metadata["data_docs"] = dg.MetadataValue.url(f"file://{docs_index}")
+    first = next((r for r in blocked if r.docs_url), None)
+    if first:
+        metadata["data_docs_first_blocked"] = dg.MetadataValue.url(first.docs_url)
+    severity = dg.AssetCheckSeverity.ERROR if blocked else dg.AssetCheckSeverity.WARN
+    description = (
+        f"{len(blocked)} of {len(results)} partition(s) blocked by ERROR expectations: {', '.join(sorted(r.key for r in blocked)[:10])}"
+        if blocked
+        else f"{len(results)} partition(s) passed" + (f"; {len(warned)} with warnings" if warned else "")
+    )
+    return dg.AssetCheckResult(passed=not blocked and not warned, severity=severity, metadata=metadata, description=description)
+
+
+def build_suite_check(asset_key: dg.AssetKey, suite: str, mart: bool, partitioned_by_client: bool, deps: Iterable[dg.AssetKey] = ()) -> dg.AssetChecksDefinition:
+    zone = "curated" if mart else "raw"
+
+    @dg.asset_check(
+        asset=asset_key,
+        name=SUITE_CHECK,
+        blocking=False,  # the gate blocks per partition; see the module docstring
+        additional_deps=list(deps),
+        description=(
+            f"Great Expectations suite `expectations/{suite}.json` on every {zone} partition this run wrote. "
+            "A partition failing a critical (ERROR) expectation is recorded as blocked in the quality gate, "
+            "so downstream readers skip it; warnings are reported only. Open the Data Docs link for details."
+        ),
+    )
+    def _check(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseResource) -> dg.AssetCheckResult:
+        settings = lakehouse.settings()
+        quality = Quality(lakehouse.lake(), settings)
+        partitions = [_split(k, partitioned_by_client) for k in _partitions_of_run(context, asset_key)]
+        if not partitions:
+            return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="nothing materialized in this run")
+        results = quality.validate_and_record(suite, partitions, mart=mart)
+        for r in results:
+            if not r.passed:
+                context.log.warning(f"{suite} {r.key} BLOCKED: " + ", ".join(o.label for o in r.failed_errors) + (r.error or ""))
+        return check_result(results, str(quality.docs_dir / "index.html"))
+
+    return _check
+
+
+def raw_checks() -> list[dg.AssetChecksDefinition]:
+    out = []
+    for t in TABLES.values():
+        deps = [dg.AssetKey(["raw", p]) for p in t.parents if TABLES[p].is_fact]
+        out.append(build_suite_check(dg.AssetKey(["raw", t.name]), t.name, mart=False, partitioned_by_client=t.is_fact, deps=deps))
+    return out
+
+
+def mart_checks(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg.AssetChecksDefinition]:
+    """A suite check for every curated asset that has `expectations/<model>.json`."""
+    suites = set(suite_names())
+    out = []
+    for a in assets:
+        for key in getattr(a, "keys", None) or [a.key]:
+            if key.path[0] == "curated" and key.path[-1] in suites:
+                out.append(build_suite_check(key, key.path[-1], mart=True, partitioned_by_client=False))
+    return out
+
+
+def freshness_checks(keys: Sequence[dg.AssetKey]) -> Sequence[dg.AssetChecksDefinition]:
+    """Last-update freshness: failing (ERROR) once an asset has not updated for 26 hours."""
+    return dg.build_last_update_freshness_checks(assets=list(keys), lower_bound_delta=FRESHNESS_LOWER_BOUND)
+
+
+def freshness_sensor(checks: Sequence[dg.AssetChecksDefinition]) -> dg.SensorDefinition:
+    """Evaluates the freshness checks from the daemon (no run needed to notice staleness)."""
+    return dg.build_sensor_for_freshness_checks(
+        freshness_checks=checks, name="freshness_checks_sensor", default_status=dg.DefaultSensorStatus.RUNNING
+    )

@@ -1,0 +1,163 @@
+"""Curated assets (group `curated`): one per table model of `dbt_like_sql/`, plus the warehouse.
+
+Generated from the model files, so adding a model file adds an asset with no Python change.
+Views (staging, intermediate) are compiled into the table models that ref them rather than
+being assets of their own (they hold no data); each asset's deps are therefore the raw
+tables and table models its SQL reaches through those views, and its metadata lists the
+views it compiles in. Raw facts map onto daily curated partitions by their `date`
+dimension: a landed (date, client) partition makes that date of its marts stale.
+"""
+
+import dagster as dg
+
+from assets.partitions import DAILY_PARTITIONS
+from assets.resources import LakehouseResource
+from delivery_lake.contract import TABLES
+from delivery_lake.models import MODELS_DIR, Model, Project, Runner
+from delivery_lake.warehouse import Warehouse
+
+GROUP = "curated"
+WAREHOUSE_KEY = dg.AssetKey([GROUP, "warehouse"])
+
+
+def model_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey([GROUP, name])
+
+
+def refresh_condition(ignore: list[dg.AssetKey]) -> dg.AutomationCondition:
+    """Like `eager()`, but for every date whose inputs changed, not only the latest one, and
+    without waiting for missing deps (a client with no data for a day is not an error). No
+    `newly_missing()`: a new calendar day with no raw data is not a reason to build.
+
+    `ignore`: deps whose update must not invalidate every date (dimension snapshots under
+    daily marts); their change shows up in the next dates built.
+    """
+    updated = dg.AutomationCondition.any_deps_updated()
+    if ignore:
+        updated = updated.ignore(dg.AssetSelection.assets(*ignore))
+    return (
+        updated.since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("refresh_updated_dates")
+
+
+def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetKey]]:
+    refs, sources = project.inputs(m.name)
+    deps: list[dg.AssetDep] = []
+    unpartitioned: list[dg.AssetKey] = []
+    for _, table in sources:
+        key = dg.AssetKey(["raw", table])
+        if TABLES[table].is_fact and m.is_partitioned:
+            deps.append(dg.AssetDep(key, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")))
+        else:
+            deps.append(dg.AssetDep(key))
+            if m.is_partitioned:
+                unpartitioned.append(key)
+    lookback = project.effective_lookback(m.name)
+    for r in refs:
+        upstream = project[r]
+        if upstream.is_partitioned and m.is_partitioned and lookback:
+            deps.append(dg.AssetDep(model_key(r), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-lookback)))
+        else:
+            deps.append(dg.AssetDep(model_key(r)))
+            if m.is_partitioned and not upstream.is_partitioned:
+                unpartitioned.append(model_key(r))
+    return deps, unpartitioned
+
+
+def _column_schema(m: Model) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(c.name, c.type, description=c.description or None) for c in m.columns])
+
+
+def _description(project: Project, m: Model) -> str:
+    views = [v.name for v in project.view_closure(m.name)]
+    parts = [m.description]
+    if m.grain:
+        parts.append(f"Grain: {m.grain}.")
+    parts.append(f"Model file: `{m.path.relative_to(project.root.parent)}`" + (f", compiles in {', '.join(views)}." if views else "."))
+    if m.is_partitioned:
+        parts.append("Each date is rebuilt on its own; raw partitions blocked by the quality gate are left out.")
+    return "\n\n".join(parts)
+
+
+def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
+    deps, unpartitioned = _deps(project, m)
+
+    @dg.asset(
+        key=model_key(m.name),
+        group_name=GROUP,
+        description=_description(project, m),
+        deps=deps,
+        partitions_def=DAILY_PARTITIONS if m.is_partitioned else None,
+        backfill_policy=dg.BackfillPolicy.single_run() if m.is_partitioned else None,
+        automation_condition=refresh_condition(unpartitioned),
+        kinds={"polars" if m.language == "python" else "duckdb", "parquet"},
+        metadata={
+            "dagster/column_schema": _column_schema(m),
+            "model_file": dg.MetadataValue.path(str(m.path)),
+            "grain": m.grain or "",
+            "compiles_in": [v.name for v in project.view_closure(m.name)],
+        },
+    )
+    def _model(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+        lake = lakehouse.lake()
+        runner = Runner(lake, project, lakehouse.settings())
+        dates = list(context.partition_keys) if m.is_partitioned else None
+        result = runner.build_model(m.name, dates)
+        context.log.info(f"{m.name}: {result.rows} rows over {len(result.dates)} partition(s) in {result.seconds}s")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": result.rows,
+                "rows_by_date": dg.MetadataValue.json(result.rows_by_date),
+                "excluded_partitions": dg.MetadataValue.json(result.excluded),
+                "duration_s": result.seconds,
+                "location": dg.MetadataValue.path(lake.uri(lake.table_dir("curated", m.name))),
+            }
+        )
+
+    return _model
+
+
+def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=WAREHOUSE_KEY,
+        group_name=GROUP,
+        description=(
+            "The analysts' DuckDB file (WAREHOUSE_PATH): every table model as a table with comments. "
+            "Built beside the live file and swapped in atomically, so open sessions are never disturbed; "
+            "only the partitions whose curated build changed are reloaded. Query it with `delivery-lake query`."
+        ),
+        deps=[model_key(m.name) for m in project.materialized()],
+        automation_condition=(
+            dg.AutomationCondition.any_deps_updated().since_last_handled()
+            & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()
+        ).with_label("refresh_after_marts"),
+        kinds={"duckdb"},
+    )
+    def _warehouse(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+        settings = lakehouse.settings()
+        report = Warehouse(lakehouse.lake(), project, settings.warehouse_path).refresh()
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(report.path),
+                "tables_refreshed": dg.MetadataValue.json({t.table: t.mode for t in report.tables}),
+                "partitions_loaded": sum(t.partitions_loaded for t in report.tables),
+                "rows": dg.MetadataValue.json({t.table: t.rows for t in report.tables}),
+                "bytes": report.bytes,
+                "duration_s": report.seconds,
+            }
+        )
+
+    return _warehouse
+
+
+def build_curated_assets(project: Project) -> list[dg.AssetsDefinition]:
+    return [*(build_model_asset(project, m) for m in project.materialized()), build_warehouse_asset(project)]
+
+
+PROJECT = Project.load(MODELS_DIR)
+CURATED_ASSETS = build_curated_assets(PROJECT)
+CURATED_PARTITIONED_KEYS = [model_key(m.name) for m in PROJECT.materialized() if m.is_partitioned]
+CURATED_UNPARTITIONED_KEYS = [model_key(m.name) for m in PROJECT.materialized() if not m.is_partitioned]

@@ -1,0 +1,204 @@
+"""ML assets (group `ml`): delivery features, the MLflow-tracked delay model, batch risk scores,
+and `retrain_sensor`, which retrains when new validated data lands.
+
+Why a sensor rather than a declarative automation condition for retraining: the decision
+needs facts Dagster does not hold, namely which feature partitions the quality gate blocked
+(data in the lake) and which partitions the current champion was trained on (a tag of its
+MLflow run). A sensor reads both, and its tick shows the reason in the UI either way: a
+RunRequest tagged with why, or a SkipReason ("no new validated data since champion v3",
+"all 2 new partitions failed their checks: ..."). Features and scores, whose inputs Dagster
+does track, use automation conditions.
+"""
+
+import hashlib
+
+import dagster as dg
+
+from assets.curated import model_key, refresh_condition
+from assets.partitions import DAILY_PARTITIONS
+from assets.resources import LakehouseResource
+from delivery_lake.ml import features, registry, scoring, training
+
+GROUP = "ml"
+FEATURES_KEY = dg.AssetKey([GROUP, "delivery_features"])
+MODEL_KEY = dg.AssetKey([GROUP, "delay_model"])
+RISK_KEY = dg.AssetKey([GROUP, "fct_delivery_risk"])
+DIMS = [model_key(n) for n in ("dim_clients", "dim_drivers", "dim_vehicles")]
+
+
+@dg.asset(
+    key=FEATURES_KEY,
+    group_name=GROUP,
+    partitions_def=DAILY_PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[
+        # The driver's on-time history reads the previous days of fct_deliveries.
+        dg.AssetDep(model_key("fct_deliveries"), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-features.HISTORY_DAYS)),
+        dg.AssetDep(model_key("agg_depot_daily_load")),
+        *DIMS,
+    ],
+    automation_condition=refresh_condition(DIMS),
+    kinds={"duckdb", "parquet"},
+    description=(
+        "One row per delivery with what is known when it leaves the depot (distance, weight, parcels, priority, "
+        "client tier and SLA, hours to the promise, dispatch hour and weekday, depot load that day, driver tenure "
+        f"and on-time rate over the previous {features.HISTORY_DAYS} days as known at the start of the day, "
+        "vehicle type) and the label `is_late`. Built from the marts; see `delivery_lake/ml/features.py` for the "
+        "leakage rules. A date is rebuilt when its marts change."
+    ),
+    metadata={"features": list(features.FEATURES), "label": features.LABEL},
+)
+def delivery_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    rows = features.build_features(lake, lakehouse.settings(), context.partition_keys)
+    missing = [d for d in context.partition_keys if d not in rows]
+    if missing:
+        context.log.warning(f"no fct_deliveries partition for {missing}: nothing to build there")
+    blocked, partial = features.gate_exclusions(lake, rows)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(rows.values()),
+            "rows_by_date": dg.MetadataValue.json(rows),
+            "dates_without_deliveries": dg.MetadataValue.json(missing),
+            # Built anyway (for inspection), but training and scoring leave these dates out.
+            "blocked_upstream": dg.MetadataValue.json(blocked),
+            "blocked_client_partitions": dg.MetadataValue.json(partial),
+            "location": dg.MetadataValue.path(lake.uri(lake.table_dir(features.ZONE, features.TABLE))),
+        }
+    )
+
+
+class TrainConfig(dg.Config):
+    force: bool = False  # retrain even without new validated data (e.g. after a code change)
+    model_kind: str = "hgb"  # hgb (HistGradientBoosting) or logreg
+
+
+@dg.asset(
+    key=MODEL_KEY,
+    group_name=GROUP,
+    deps=[FEATURES_KEY],
+    output_required=False,  # no new validated data -> no new model, and the run log says why
+    kinds={"mlflow", "scikitlearn"},
+    description=(
+        "Delivery-delay classifier (P(late)) trained in MLflow experiment `delivery-delay`: time split, the last "
+        f"{registry.EVAL_DAYS} validated days evaluate. Registered as `delivery_delay`; each version becomes "
+        f"`challenger` and is promoted to `champion` only if its ROC AUC beats the champion's on the same window by "
+        f"{training.PROMOTION_MARGIN}. Feature dates blocked by a quality check are left out and listed. "
+        "Requested by `retrain_sensor` when new validated data lands. Metadata links the MLflow run."
+    ),
+)
+def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehouse: LakehouseResource):
+    settings = lakehouse.settings()
+    lake = lakehouse.lake()
+    plan = registry.plan_training(lake, settings, force=config.force)
+    if not plan.should_train:
+        context.log.warning(f"not retraining: {plan.reason}")
+        context.log_event(dg.AssetObservation(asset_key=MODEL_KEY, metadata={"skipped": plan.reason, "plan": dg.MetadataValue.json(plan.as_metadata())}))
+        return
+    context.log.info(f"training: {plan.reason}")
+    result = training.train(
+        lake,
+        settings,
+        plan,
+        tags={"dagster.run_id": context.run_id, "dagster.asset_key": MODEL_KEY.to_user_string()},
+        kind=config.model_kind,
+    )
+    (context.log.info if result.promoted else context.log.warning)(result.decision)
+    m = result.metrics
+    yield dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": result.run_id,
+            "mlflow_run": dg.MetadataValue.url(result.run_url),
+            "model_version": result.version,
+            "model_version_url": dg.MetadataValue.url(registry.model_url(settings, result.version)),
+            "decision": result.decision,
+            "promoted": result.promoted,
+            "champion_version": result.champion_after,
+            "champion_roc_auc_same_window": result.champion_score if result.champion_score is not None else "n/a",
+            "roc_auc": m["roc_auc"],
+            "log_loss": m["log_loss"],
+            "brier": m["brier"],
+            "baseline_rate_roc_auc": m["baseline_rate_roc_auc"],
+            "baseline_rate_log_loss": m["baseline_rate_log_loss"],
+            "baseline_rate_brier": m["baseline_rate_brier"],
+            "baseline_priority_roc_auc": m["baseline_priority_roc_auc"],
+            "roc_auc_lift_over_baseline": m["roc_auc_lift_over_baseline"],
+            "train_range": f"{result.train_dates[0]}..{result.train_dates[-1]}",
+            "eval_range": f"{result.eval_dates[0]}..{result.eval_dates[-1]}",
+            "partitions_used": registry.encode_dates(plan.usable),
+            "partitions_excluded": dg.MetadataValue.json(result.excluded),
+            "client_partitions_excluded": dg.MetadataValue.json(result.excluded_clients),
+            "trigger_reason": plan.reason,
+            "duration_s": result.seconds,
+        }
+    )
+
+
+@dg.asset(
+    key=RISK_KEY,
+    group_name=GROUP,
+    deps=[MODEL_KEY, FEATURES_KEY],
+    output_required=False,  # nothing validated to score, or no champion yet
+    automation_condition=refresh_condition([]),
+    kinds={"mlflow", "parquet", "duckdb"},
+    description=(
+        "Late-delivery risk of every delivery of the latest validated dispatch day, scored by the current `champion` "
+        "(models:/delivery_delay@champion); each row records the model version. Written to "
+        "`curated/fct_delivery_risk/date=.../data.parquet` and the warehouse table `fct_delivery_risk`."
+    ),
+)
+def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
+    settings = lakehouse.settings()
+    lake = lakehouse.lake()
+    result = scoring.score(lake, settings)
+    if result.skipped:
+        context.log.warning(f"not scoring: {result.skipped}")
+        context.log_event(dg.AssetObservation(asset_key=RISK_KEY, metadata={"skipped": result.skipped}))
+        return
+    assert result.model_version is not None
+    yield dg.MaterializeResult(
+        metadata={
+            "date": result.date or "",
+            "dagster/row_count": result.rows,
+            "model_version": result.model_version,
+            "mlflow_model": dg.MetadataValue.url(registry.model_url(settings, result.model_version)),
+            "model_run_id": result.model_run_id or "",
+            "mean_late_probability": result.mean_probability or 0.0,
+            "high_risk_deliveries": result.high_risk,
+            "warehouse_rows": result.warehouse_rows if result.warehouse_rows is not None else 0,
+            "location": dg.MetadataValue.path(lake.uri(lake.table_dir(scoring.ZONE, scoring.TABLE))),
+            "duration_s": result.seconds,
+        }
+    )
+
+
+@dg.sensor(
+    name="retrain_sensor",
+    description=(
+        "Requests a retrain of ml/delay_model (and fresh scores) when feature partitions that passed their "
+        "blocking checks exist that the champion was not trained on. Otherwise the tick says why not: no new "
+        "validated data, all new partitions failed their checks, or this exact data was already tried."
+    ),
+    target=[MODEL_KEY, RISK_KEY],
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def retrain_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+    plan = registry.plan_training(lakehouse.lake(), lakehouse.settings())
+    if not plan.should_train:
+        return dg.SensorResult(skip_reason=plan.reason)
+    context.log.info(f"retrain: {plan.reason}")
+    digest = hashlib.sha1(registry.encode_dates(plan.usable).encode()).hexdigest()[:12]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                # Same validated data -> same key: a retrain is never requested twice for it.
+                run_key=f"retrain:{digest}",
+                asset_selection=[MODEL_KEY, RISK_KEY],
+                tags={"delivery_lake/trigger": "retrain_sensor", "delivery_lake/retrain_reason": plan.reason[:1000]},
+            )
+        ]
+    )
+
+
+ML_ASSETS = [delivery_features, delay_model, fct_delivery_risk]

@@ -1,0 +1,545 @@
+"""Benchmark harness for issue 7: our landing vs bare DuckDB vs the pandas prototype.
+
+    python -m bench.run --scale 1.0          # 1x (~1 GB of CSV) and the 4x memory-curve run
+    python -m bench.run --smoke              # seconds: tiny data, 1 repetition, equality asserts only
+
+Every contestant runs in its own process (bench/contestants/*.py) on the same files, in
+alternating order, `--reps` times; figures are medians of wall time and peak RSS of the
+whole contestant process. Writes bench/results/latest.json and a timestamped copy.
+Answers are compared across contestants (rows per partition, KPI results); timings
+are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from bench import checks
+from bench.data import FACTS, Series, describe, ensure_series, fact_bytes, inbox_view, shape_for
+from bench.measure import Measurement, run_contestant
+from bench.settings import BenchSettings
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+GIB = 2**30
+TARGETS = {
+    "landing_vs_duckdb_partition_by": (">=", 1.2),
+    "landing_vs_pandas": (">=", 2.5),
+    "peak_rss_gb_1x": ("<=", 1.0),
+    "peak_rss_gb_4x": ("<=", 1.0),
+    "rss_growth_4x_over_1x": ("<=", 1.2),
+    "incremental_over_full": ("<=", 0.05),
+    "query_speedup_vs_pandas": (">=", 50.0),
+    "median_parquet_file_mb": None,
+    "files_per_partition": ("<=", 1.0),
+}
+
+
+# ---- the machine ------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    meminfo, cpuinfo = Path("/proc/meminfo").read_text(), Path("/proc/cpuinfo").read_text()
+    mem_kb = next(int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal"))
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    import duckdb
+    import pandas
+    import pyarrow
+
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_kb * 1024 / GIB, 1),
+        "cpu": model,
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "host": platform.node(),
+    }
+
+
+def library_fingerprint() -> dict:
+    """Which code was measured: the commit and a hash of the library files (edits happen in parallel)."""
+    import hashlib
+    import subprocess
+
+    from bench.settings import REPO
+
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    files = sorted((REPO / "delivery_lake").glob("*.py"))
+    digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+    landing = hashlib.sha1((REPO / "delivery_lake" / "landing.py").read_bytes()).hexdigest()[:12]
+    return {"git_head": head, "delivery_lake_sha1": digest, "landing_py_sha1": landing}
+
+
+def contract_spec() -> dict:
+    """What the bare engines need from the contract: column types and partition columns."""
+    from delivery_lake.contract import FACTS as CONTRACT_FACTS
+
+    return {
+        t.name: {
+            "columns": {c.name: c.duckdb_type for c in t.columns},
+            "date": t.partition_column,
+            "client": t.client_column,
+        }
+        for t in CONTRACT_FACTS
+    }
+
+
+# ---- one scale --------------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, s: BenchSettings, run_dir: Path):
+        self.s, self.run_dir = s, run_dir
+        self.log = run_dir / "contestants.log"
+        self.measurements: dict[str, list[Measurement]] = {}
+
+    def run(self, name: str, script: str, args: list[str]) -> Measurement:
+        result = self.run_dir / f"{name}.result.json"
+        m = run_contestant(name, script, args, result, self.s.timeout_s, self.log)
+        self.measurements.setdefault(name, []).append(m)
+        console.print(
+            f"  {name:<22} {m.wall_s:8.2f} s   cpu {m.cpu_s:8.2f} s   peak RSS {m.peak_rss_bytes / GIB:6.2f} GiB"
+        )
+        return m
+
+    def summary(self, name: str, input_bytes: int | None = None) -> dict:
+        ms = self.measurements[name]
+        wall = statistics.median(m.wall_s for m in ms)
+        out = {
+            "reps": len(ms),
+            "wall_s": round(wall, 3),
+            "wall_s_all": [round(m.wall_s, 3) for m in ms],
+            "inner_s": round(statistics.median(m.inner_s for m in ms), 3),
+            "cpu_s": round(statistics.median(m.cpu_s for m in ms), 3),
+            "peak_rss_gib": round(statistics.median(m.peak_rss_bytes for m in ms) / GIB, 3),
+            "peak_rss_gib_all": [round(m.peak_rss_bytes / GIB, 3) for m in ms],
+        }
+        if input_bytes:
+            out["mb_s"] = round(input_bytes / 1e6 / wall, 1)
+        return out
+
+
+def landing_round(
+    s: BenchSettings, label: str, series: Series, days: int, contestants: list[str], reps: int
+) -> tuple[Runner, dict]:
+    run_dir = s.data_dir / "runs" / label
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    inbox = inbox_view(series, days, run_dir / "inbox")
+    size = fact_bytes(inbox)
+    spec = run_dir / "spec.json"
+    spec.write_text(json.dumps(contract_spec(), indent=1))
+    console.rule(f"[bold]{label}[/]: {days} days x {series.clients} clients, {size / 1e6:,.0f} MB of fact CSV")
+    r = Runner(s, run_dir)
+    plans = {
+        "ours": ("ours.py", lambda out: ["--inbox", str(inbox), "--work", str(out)]),
+        "duckdb_partition_by": (
+            "duckdb_partition_by.py",
+            lambda out: ["--spec", str(spec), "--inbox", str(inbox), "--out", str(out)],
+        ),
+        "pandas": ("pandas_prototype.py", lambda out: ["--spec", str(spec), "--inbox", str(inbox), "--out", str(out)]),
+        "duckdb_parse": (
+            "duckdb_partition_by.py",
+            lambda out: ["--spec", str(spec), "--inbox", str(inbox), "--out", str(out), "--parse-only"],
+        ),
+    }
+    for rep in range(reps):
+        # Alternate the order so no contestant always runs first (cold cache) or last.
+        order = contestants[rep % len(contestants) :] + contestants[: rep % len(contestants)]
+        console.print(f"[dim]rep {rep + 1}/{reps}: {', '.join(order)}[/]")
+        for name in order:
+            out = run_dir / f"{name}-{rep}"
+            shutil.rmtree(out, ignore_errors=True)
+            script, args = plans[name]
+            r.run(name, script, args(out))
+            if rep < reps - 1:
+                shutil.rmtree(out, ignore_errors=True)
+    last = reps - 1
+    facts = {
+        "label": label,
+        "days": days,
+        "clients": series.clients,
+        "input_bytes": size,
+        "input_gb": round(size / 1e9, 3),
+        "inbox": str(inbox),
+        "ours_work": str(run_dir / f"ours-{last}"),
+        "contestants": {n: r.summary(n, size) for n in contestants},
+        "file_stats": checks.lake_file_stats(run_dir / f"ours-{last}" / "lake", list(FACTS)),
+    }
+    if s.dirty_rate == 0:
+        # Clean data: every engine must land exactly the same rows in the same partitions.
+        ours = checks.partition_counts(
+            str(run_dir / f"ours-{last}" / "lake" / "raw" / "*" / "date=*" / "client=*" / "*.parquet")
+        )
+        for other in ("duckdb_partition_by", "pandas"):
+            if other in contestants:
+                theirs = checks.partition_counts(
+                    str(run_dir / f"{other}-{last}" / "*" / "date=*" / "client=*" / "*.parquet")
+                )
+                checks.assert_same_partitions("ours", ours, other, theirs)
+        facts["checked"] = (
+            f"rows per (table, date, client) equal across {', '.join(c for c in contestants if c != 'duckdb_parse')}: {len(ours)} partitions"
+        )
+        console.print(f"[green]equal[/]: {facts['checked']}")
+        for t, res in r.measurements["ours"][-1].result["tables"].items():
+            if res["quarantined"]:
+                raise checks.NotEqual(f"ours quarantined {res['quarantined']} rows of clean table {t}")
+    for name in contestants:
+        if name != "ours":
+            shutil.rmtree(run_dir / f"{name}-{last}", ignore_errors=True)
+    return r, facts
+
+
+def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series) -> dict:
+    """Incremental day and analyst KPI queries, on the lake of the last `ours` landing."""
+    from bench.contestants import _curated
+
+    inbox, base = Path(facts["inbox"]), Path(facts["ours_work"])
+    new_day = series.day(facts["days"])
+    curated = _curated.entry_point()
+    out: dict = {"new_day": new_day, "curated_entry_point": curated[0] if curated else None}
+    console.rule(
+        f"[bold]incremental[/]: land {new_day} into the {facts['days']}-day lake"
+        + ("" if curated else " (no curated layer yet: landing only)")
+    )
+    warehouse = None
+    if curated:
+        for rep in range(s.reps):
+            work = r.run_dir / f"full-{rep}"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(base, work)
+            m = r.run(
+                "curated_full", "incremental.py", ["--mode", "full-curated", "--inbox", str(inbox), "--work", str(work)]
+            )
+            warehouse = m.result.get("warehouse")
+        out["curated_full"] = r.summary("curated_full")
+    for rep in range(s.reps):
+        work = r.run_dir / f"inc-{rep}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(base, work)  # untimed: the state before the new day arrives
+        linked = []
+        try:
+            for t in FACTS:
+                dest = inbox / t / f"{new_day}.csv"
+                os.link(series.export / t / f"{new_day}.csv", dest)
+                linked.append(dest)
+            r.run(
+                "incremental_day",
+                "incremental.py",
+                ["--mode", "new-day", "--inbox", str(inbox), "--work", str(work), "--day", new_day],
+            )
+        finally:
+            for p in linked:
+                p.unlink()
+        shutil.rmtree(work, ignore_errors=True)
+    out["incremental_day"] = r.summary("incremental_day")
+    out["incremental_landed"] = {
+        k: v for k, v in r.measurements["incremental_day"][-1].result.items() if isinstance(v, dict)
+    }
+
+    console.rule(
+        "[bold]analyst KPIs[/]: "
+        + ("warehouse" if warehouse else "DuckDB over the raw lake (stand-in: no warehouse yet)")
+    )
+    duck_args = ["--warehouse", warehouse] if warehouse else ["--lake", str(base / "lake")]
+    for rep in range(s.reps):
+        order = ["kpi_duckdb", "kpi_pandas"] if rep % 2 == 0 else ["kpi_pandas", "kpi_duckdb"]
+        for name in order:
+            if name == "kpi_duckdb":
+                r.run(name, "kpi_duckdb.py", duck_args)
+            else:
+                r.run(name, "kpi_pandas.py", ["--inbox", str(inbox)])
+    rows = checks.assert_same_answers(
+        "duckdb",
+        r.measurements["kpi_duckdb"][-1].result["answers"],
+        "pandas",
+        r.measurements["kpi_pandas"][-1].result["answers"],
+    )
+    console.print(f"[green]equal[/]: KPI answers, rows per query {rows}")
+    out.update(
+        kpi_source="warehouse" if warehouse else "raw-lake stand-in",
+        kpi_rows_compared=rows,
+        kpi_duckdb=r.summary("kpi_duckdb"),
+        kpi_pandas=r.summary("kpi_pandas"),
+    )
+    return out
+
+
+# ---- the keys ---------------------------------------------------------------------------------
+
+
+def _key(name: str, value: float | None, m: dict, **figures: object) -> dict:
+    target = TARGETS[name]
+    met = None
+    if target and value is not None:
+        op, bound = target
+        met = value >= bound if op == ">=" else value <= bound
+    return {
+        "value": None if value is None else round(value, 4),
+        "target": f"{target[0]} {target[1]}" if target else None,
+        "met": met,
+        **figures,
+        "machine": {"cores": m["cores"], "ram_gb": m["ram_gb"]},
+    }
+
+
+def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
+    c1 = one["contestants"]
+    ours, duck, pd_, parse = c1["ours"], c1["duckdb_partition_by"], c1["pandas"], c1["duckdb_parse"]
+    input_mb = round(one["input_bytes"] / 1e6, 1)
+    keys = {
+        "landing_vs_duckdb_partition_by": _key(
+            "landing_vs_duckdb_partition_by",
+            ours["mb_s"] / duck["mb_s"],
+            m,
+            input_mb=input_mb,
+            ours_mb_s=ours["mb_s"],
+            duckdb_mb_s=duck["mb_s"],
+            ours_s=ours["wall_s"],
+            duckdb_s=duck["wall_s"],
+            ours_peak_rss_gib=ours["peak_rss_gib"],
+            duckdb_peak_rss_gib=duck["peak_rss_gib"],
+            ours_cpu_s=ours.get("cpu_s"),
+            duckdb_cpu_s=duck.get("cpu_s"),
+            duckdb_parse_only_mb_s=parse["mb_s"],
+            duckdb_parse_only_s=parse["wall_s"],
+        ),
+        "landing_vs_pandas": _key(
+            "landing_vs_pandas",
+            ours["mb_s"] / pd_["mb_s"],
+            m,
+            input_mb=input_mb,
+            ours_mb_s=ours["mb_s"],
+            pandas_mb_s=pd_["mb_s"],
+            ours_s=ours["wall_s"],
+            pandas_s=pd_["wall_s"],
+            pandas_peak_rss_gib=pd_["peak_rss_gib"],
+            ours_cpu_s=ours.get("cpu_s"),
+            pandas_cpu_s=pd_.get("cpu_s"),
+        ),
+        "peak_rss_gb_1x": _key(
+            "peak_rss_gb_1x",
+            ours["peak_rss_gib"],
+            m,
+            unit="GiB (2^30 bytes), peak RSS of the whole landing process",
+            input_gb=one["input_gb"],
+            pandas_gib=pd_["peak_rss_gib"],
+            duckdb_partition_by_gib=duck["peak_rss_gib"],
+        ),
+    }
+    if grown:
+        c4 = grown["contestants"]
+        keys["peak_rss_gb_4x"] = _key(
+            "peak_rss_gb_4x",
+            c4["ours"]["peak_rss_gib"],
+            m,
+            unit="GiB",
+            input_gb=grown["input_gb"],
+            ours_s=c4["ours"]["wall_s"],
+            ours_mb_s=c4["ours"]["mb_s"],
+            **{f"{n}_gib": c4[n]["peak_rss_gib"] for n in c4 if n != "ours"},
+            **{f"{n}_mb_s": c4[n]["mb_s"] for n in c4 if n != "ours"},
+        )
+        keys["rss_growth_4x_over_1x"] = _key(
+            "rss_growth_4x_over_1x",
+            c4["ours"]["peak_rss_gib"] / ours["peak_rss_gib"],
+            m,
+            input_growth=round(grown["input_bytes"] / one["input_bytes"], 3),
+            **{f"{n}_growth": round(c4[n]["peak_rss_gib"] / c1[n]["peak_rss_gib"], 3) for n in c4 if n != "ours"},
+        )
+    else:
+        keys["peak_rss_gb_4x"] = _key("peak_rss_gb_4x", None, m, note="growth run skipped (--growth 0)")
+        keys["rss_growth_4x_over_1x"] = _key("rss_growth_4x_over_1x", None, m, note="growth run skipped")
+    inc, curated_full = extras["incremental_day"], extras.get("curated_full")
+    full_s = ours["wall_s"] + (curated_full["wall_s"] if curated_full else 0.0)
+    partial = extras["curated_entry_point"] is None
+    keys["incremental_over_full"] = _key(
+        "incremental_over_full",
+        inc["wall_s"] / full_s,
+        m,
+        partial=partial,
+        note=(
+            "no curated layer in the library yet: landing one day / landing all days; re-run once it exists"
+            if partial
+            else f"curated refresh through {extras['curated_entry_point']}"
+        ),
+        new_day=extras["new_day"],
+        new_day_s=inc["wall_s"],
+        new_day_inner_s=inc["inner_s"],
+        new_day_peak_rss_gib=inc["peak_rss_gib"],
+        full_rebuild_s=round(full_s, 3),
+        full_days=one["days"],
+    )
+    kd, kp = extras["kpi_duckdb"], extras["kpi_pandas"]
+    stand_in = extras["kpi_source"] != "warehouse"
+    keys["query_speedup_vs_pandas"] = _key(
+        "query_speedup_vs_pandas",
+        kp["inner_s"] / kd["inner_s"],
+        m,
+        partial=stand_in,
+        note=(
+            "value = in-process time to answers (connect/read + 3 queries + fetch); "
+            + (
+                "no warehouse yet: DuckDB over the raw landed Parquet (joins at query time)"
+                if stand_in
+                else "on the warehouse"
+            )
+        ),
+        source=extras["kpi_source"],
+        duckdb_s=kd["inner_s"],
+        pandas_s=kp["inner_s"],
+        whole_process_ratio=round(kp["wall_s"] / kd["wall_s"], 2),
+        duckdb_process_s=kd["wall_s"],
+        pandas_process_s=kp["wall_s"],
+        duckdb_peak_rss_gib=kd["peak_rss_gib"],
+        pandas_peak_rss_gib=kp["peak_rss_gib"],
+        answers_equal=True,
+        rows_compared=extras["kpi_rows_compared"],
+    )
+    fs = one["file_stats"]
+    keys["median_parquet_file_mb"] = _key(
+        "median_parquet_file_mb", fs.get("median_file_mb"), m, **{k: v for k, v in fs.items() if k != "median_file_mb"}
+    )
+    keys["files_per_partition"] = _key(
+        "files_per_partition",
+        fs.get("files_per_partition_max"),
+        m,
+        mean=fs.get("files_per_partition_mean"),
+        partitions=fs.get("partitions"),
+    )
+    return keys
+
+
+def print_tables(keys: dict, rounds: list[dict]) -> None:
+    t = RichTable(title="Contestants (medians)")
+    for col in ("run", "contestant", "reps", "wall s", "cpu s", "MB/s", "peak RSS GiB"):
+        t.add_column(col, justify="left" if col in ("run", "contestant") else "right")
+    for rd in rounds:
+        for name, c in rd["contestants"].items():
+            t.add_row(
+                rd["label"],
+                name,
+                str(c["reps"]),
+                f"{c['wall_s']:.2f}",
+                str(c.get("mb_s", "")),
+                f"{c['peak_rss_gib']:.2f}",
+            )
+    console.print(t)
+    k = RichTable(title="bench/results/latest.json")
+    for col in ("key", "value", "target", "met", "figures"):
+        k.add_column(col, justify="right" if col in ("value",) else "left", overflow="fold")
+    for name, v in keys.items():
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[v["met"]]
+        if v.get("partial"):
+            met += " [yellow](partial)[/]"
+        figures = ", ".join(
+            f"{a}={b}"
+            for a, b in v.items()
+            if a not in ("value", "target", "met", "machine", "partial", "note") and not isinstance(b, dict | list)
+        )
+        k.add_row(name, "-" if v["value"] is None else f"{v['value']:.3f}", v["target"] or "", met, figures)
+    console.print(k)
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--scale", type=float, help="GB of fact CSV at 1x (default 1.0)")
+    p.add_argument(
+        "--growth", type=float, help="the memory-curve run is this many times more days (default 4; 0 skips it)"
+    )
+    p.add_argument("--reps", type=int, help="repetitions per contestant (default 3)")
+    p.add_argument("--growth-reps", type=int, help="repetitions of the growth run (default 1; 0 = --reps)")
+    p.add_argument("--clients", type=int)
+    p.add_argument("--dirty-rate", type=float, help="generator dirt rate (default 0: answers must match exactly)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny, 1 repetition, 8 clients; asserts equality; writes results/smoke.json",
+    )
+    a = p.parse_args(argv)
+    smoke = {"scale": 0.002, "reps": 1, "clients": 8, "growth": 2.0} if a.smoke else {}
+    s = BenchSettings.from_env(
+        **{
+            **smoke,
+            **{
+                k: v
+                for k, v in dict(
+                    scale=a.scale,
+                    growth=a.growth,
+                    reps=a.reps,
+                    growth_reps=a.growth_reps,
+                    clients=a.clients,
+                    dirty_rate=a.dirty_rate,
+                ).items()
+                if v is not None
+            },
+        },
+        smoke=a.smoke or None,
+    )
+    m = machine()
+    code_before = library_fingerprint()
+    base = shape_for(s.scale, s)
+    grown_days = round(base.days * s.growth) if s.growth else 0
+    series = ensure_series(
+        s, type(base)(days=max(base.days, grown_days), orders_per_day=base.orders_per_day), log=console.print
+    )
+    console.print(f"machine: {m['cores']} cores, {m['ram_gb']} GiB RAM, {m['cpu']}; data: {series.root}")
+
+    landing = ["ours", "duckdb_partition_by", "pandas", "duckdb_parse"]
+    r1, one = landing_round(s, "1x", series, base.days, landing, s.reps)
+    extras = extras_round(s, r1, one, series)
+    grown = None
+    if grown_days:
+        label = f"{s.growth:g}x"
+        _r4, grown = landing_round(
+            s, label, series, grown_days, ["ours", "duckdb_partition_by", "pandas"], s.growth_reps or s.reps
+        )
+    keys = build_keys(one, grown, extras, m)
+    doc = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": m,
+        "code": {**code_before, "changed_during_run": library_fingerprint() != code_before},
+        "settings": {k: str(v) for k, v in vars(s).items()},
+        "data": describe(series, base.days),
+        **keys,
+        "runs": {"1x": one, **({grown["label"]: grown} if grown else {}), "extras": extras},
+    }
+    print_tables(keys, [one, *([grown] if grown else [])])
+    s.results_dir.mkdir(parents=True, exist_ok=True)
+    if s.smoke:
+        (s.results_dir / "smoke.json").write_text(json.dumps(doc, indent=1, default=str))
+        console.print(
+            f"[green]bench-smoke ok[/]: answers equal across contestants; wrote {s.results_dir / 'smoke.json'}"
+        )
+    else:
+        text = json.dumps(doc, indent=1, default=str)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        (s.results_dir / "latest.json").write_text(text)
+        (s.results_dir / f"{stamp}.json").write_text(text)
+        console.print(f"wrote {s.results_dir / 'latest.json'} and {stamp}.json")
+    shutil.rmtree(s.data_dir / "runs", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

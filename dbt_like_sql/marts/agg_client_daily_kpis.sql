@@ -1,0 +1,60 @@
+-- Daily service KPIs per client: volumes, outcomes, on-time rate, speed, satisfaction and revenue.
+-- Deliveries count on their dispatch date; ratings on the date the feedback was submitted.
+-- Float sums and means are rounded (km and kg to 3 decimals, minutes to 2) so a rebuild of the same inputs gives the same file.
+-- grain: one row per (date, client_id)
+-- partition_by: date
+
+with deliveries as (
+    select * from {{ ref('int_deliveries_enriched') }}
+),
+
+feedback as (
+    select * from {{ ref('stg_customer_feedback') }}
+),
+
+delivery_kpis as (
+    select
+        date,
+        client_id,
+        count(*) as deliveries,
+        count_if(status = 'delivered')::BIGINT as delivered,
+        count_if(status = 'failed')::BIGINT as failed,
+        count_if(status = 'returned')::BIGINT as returned,
+        count_if(is_on_time)::BIGINT as on_time,
+        round(avg(delivery_minutes), 2) as avg_delivery_minutes,
+        sum(order_value) as revenue
+    from deliveries
+    group by all
+),
+
+feedback_kpis as (
+    select
+        submitted_date as date,
+        client_id,
+        avg(rating) as avg_rating
+    from feedback
+    group by all
+),
+
+final as (
+    select
+        -- [keys]
+        coalesce(d.date, f.date) as date,  -- Calendar date (UTC).
+        coalesce(d.client_id, f.client_id) as client_id,  -- Client.
+        -- [volumes]
+        coalesce(d.deliveries, 0) as deliveries,  -- Deliveries dispatched that day.
+        coalesce(d.delivered, 0) as delivered,  -- Of which delivered.
+        coalesce(d.failed, 0) as failed,  -- Of which failed.
+        coalesce(d.returned, 0) as returned,  -- Of which returned to sender.
+        -- [service]
+        d.on_time / nullif(d.deliveries, 0) as on_time_rate,  -- On-time deliveries / all deliveries dispatched that day.
+        d.avg_delivery_minutes,  -- Mean minutes dispatch -> delivery, delivered only.
+        f.avg_rating,  -- Mean stars of the feedback submitted that day.
+        -- [money]
+        coalesce(d.revenue, 0)::DECIMAL(14, 2) as revenue  -- Sum of order_value of the deliveries dispatched that day.
+    from delivery_kpis as d
+    full outer join feedback_kpis as f
+        on d.date = f.date and d.client_id = f.client_id
+)
+
+select * from final

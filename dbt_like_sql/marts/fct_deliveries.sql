@@ -1,0 +1,35 @@
+-- Delivery fact: every delivery with its order attributes and the governed on-time verdict.
+-- is_on_time = status 'delivered' and delivered_at <= promised_by (null when the order, hence the promise, is unknown).
+-- grain: one row per delivery_id, partitioned by dispatch date
+-- partition_by: date
+
+with deliveries as (
+    select * from {{ ref('int_deliveries_enriched') }}
+),
+
+final as (
+    select
+        -- [ids]
+        delivery_id,  -- Delivery key.
+        order_id,  -- Order delivered.
+        client_id,  -- Client of the order.
+        driver_id,  -- Courier.
+        depot_id as depot,  -- Depot the parcels left from (the order's pickup depot).
+        -- [timestamps]
+        date,  -- Dispatch date (UTC); the partition.
+        promised_by,  -- Delivery deadline promised to the customer (UTC).
+        delivered_at,  -- Handed over (UTC); null unless delivered.
+        -- [outcome]
+        status,  -- Final outcome: delivered, failed or returned.
+        is_on_time,  -- Delivered and delivered_at <= promised_by.
+        late_minutes,  -- Minutes after promised_by; 0 if on time, null if not delivered.
+        -- [numbers]
+        distance_km,  -- Route distance depot to drop-off.
+        attempts,  -- Delivery attempts made.
+        weight_kg,  -- Total weight of the order.
+        priority,  -- Service level bought.
+        order_value  -- Price charged to the client for the order.
+    from deliveries
+)
+
+select * from final

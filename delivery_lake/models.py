@@ -1,0 +1,699 @@
+"""A small dbt-like runner: SQL (and Polars) model files over the lake, built by DuckDB.
+
+Project layout (`dbt_like_sql/`, see its README):
+
+    staging/stg_<table>.sql        one view per raw table: rename, clean, nothing else
+    intermediate/int_<...>.sql     views shared by several marts
+    marts/{dim,fct,agg}_<...>.sql  tables, published to the curated zone of the lake
+    marts/<name>.py                the same, as a Polars model (REFS/SOURCES/COLUMNS + model())
+
+A model's dependencies are its `{{ ref('model') }}` and `{{ source('raw', 'table') }}` calls.
+Only those `{{ ... }}` calls are templated (each parsed as a Python call expression); the SQL
+around them is parsed by sqlglot to check it is one query and to read the column comments.
+The header (leading `--` lines, or a Python model's docstring) holds the description and
+`key: value` config: `grain`, `partition_by`, `lookback_days`, `materialized`.
+
+How a build reads its inputs:
+- `source('raw', t)` is a view over an explicit list of raw Parquet files, listed once per
+  runner: partitions the quality gate blocked are not in the list, so no model can read
+  them, whatever its SQL. A blocked dimension snapshot fails the models that read it.
+- Views (staging, intermediate) are not materialized: they are created inside the DuckDB
+  connection of each table model that needs them.
+- A partitioned model built for dates S reads partitioned inputs only for dates
+  [min(S) - lookback_days, max(S)], then keeps the rows whose partition column is in S.
+  Each date is published as one object (`curated/{model}/date=D/data.parquet`) by the same
+  atomic replacement as raw, followed by its manifest (`_meta/curated/...`) whose build id
+  lets the warehouse reload only what changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import polars as pl
+import sqlglot
+from sqlglot import exp
+
+from delivery_lake import gate
+from delivery_lake.config import Settings
+from delivery_lake.contract import TABLES
+from delivery_lake.storage import Lake, staging_dir
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
+ZONE = "curated"
+HEADER_KEYS = ("grain", "partition_by", "lookback_days", "materialized")
+RESERVED_NAMES = {"warehouse"}
+
+
+class ModelError(ValueError):
+    """A model file that cannot be parsed, resolved or run; the message names the file."""
+
+
+class GateBlocked(RuntimeError):
+    """An input the quality gate blocked as a whole (a dimension snapshot)."""
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str
+    description: str = ""
+
+
+@dataclass
+class Model:
+    name: str
+    path: Path
+    language: Literal["sql", "python"]
+    layer: str
+    description: str
+    grain: str | None
+    partition_by: str | None
+    lookback_days: int
+    materialized: Literal["view", "table"]
+    refs: tuple[str, ...]
+    sources: tuple[tuple[str, str], ...]
+    compiled_sql: str | None = None
+    column_docs: dict[str, str] = field(default_factory=dict)
+    columns: list[ColumnInfo] = field(default_factory=list)
+
+    @property
+    def is_view(self) -> bool:
+        return self.materialized == "view"
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self.partition_by is not None
+
+
+# ---- parsing -------------------------------------------------------------------------------------
+
+
+def source_view(schema: str, table: str) -> str:
+    return f"src_{schema}__{table}"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...]]:
+    """`ref('x')` / `source('raw', 'y')` parsed as a Python call; anything else is an error."""
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError as exc:
+        raise ModelError(f"{path}: cannot parse template call {{{{ {expr} }}}}: {exc.msg}") from None
+    ok = (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("ref", "source")
+        and not node.keywords
+        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
+    )
+    if not ok:
+        raise ModelError(f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, got {{{{ {expr} }}}}")
+    assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    args = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
+    if node.func.id == "ref" and len(args) != 1:
+        raise ModelError(f"{path}: ref() takes one model name, got {{{{ {expr} }}}}")
+    if node.func.id == "source":
+        if len(args) != 2 or args[0] != "raw":
+            raise ModelError(f"{path}: source() takes ('raw', table), got {{{{ {expr} }}}}")
+        if args[1] not in TABLES:
+            raise ModelError(f"{path}: source('raw', {args[1]!r}) is not a table of the contract")
+    return node.func.id, args
+
+
+def render(text: str, path: Path) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """Replace the template calls by relation names; return (sql, refs, sources) in call order."""
+    out: list[str] = []
+    refs: list[str] = []
+    sources: list[tuple[str, str]] = []
+    pos = 0
+    while (start := text.find("{{", pos)) >= 0:
+        end = text.find("}}", start)
+        if end < 0:
+            raise ModelError(f"{path}: '{{{{' without a closing '}}}}'")
+        kind, args = _parse_call(text[start + 2 : end].strip(), path)
+        out.append(text[pos:start])
+        if kind == "ref":
+            refs.append(args[0])
+            out.append(_quote(args[0]))
+        else:
+            sources.append((args[0], args[1]))
+            out.append(_quote(source_view(args[0], args[1])))
+        pos = end + 2
+    out.append(text[pos:])
+    return "".join(out), list(dict.fromkeys(refs)), list(dict.fromkeys(sources))
+
+
+def parse_header(lines: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """Description lines and `key: value` config lines (only the known keys are config)."""
+    desc: list[str] = []
+    config: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in HEADER_KEYS:
+            config[key.strip()] = value.strip()
+        elif line.strip():
+            desc.append(line.strip())
+    return " ".join(desc), config
+
+
+def _sql_header(text: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        if line.strip().startswith("--"):
+            lines.append(line.strip()[2:].strip())
+        elif line.strip():
+            break
+    return lines
+
+
+def _final_projections(tree: exp.Expression) -> list[exp.Expression]:
+    """The projections of the query's result, following `select * from <cte>` chains."""
+    ctes = {c.alias: c.this for c in tree.find_all(exp.CTE)}
+    q: exp.Expression = tree
+    for _ in range(len(ctes) + 1):
+        while isinstance(q, exp.SetOperation):
+            q = q.this
+        if not isinstance(q, exp.Select):
+            return []
+        sel = q.selects
+        src = q.args.get("from") or q.args.get("from_")
+        if len(sel) == 1 and isinstance(sel[0], exp.Star) and src is not None and isinstance(src.this, exp.Table) and src.this.name in ctes:
+            q = ctes[src.this.name]
+            continue
+        return list(sel)
+    return []
+
+
+def column_comments(sql: str, path: Path) -> dict[str, str]:
+    """Column -> its trailing `-- comment` in the final select (`-- [banner]` comments are skipped)."""
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except sqlglot.errors.ParseError as exc:
+        raise ModelError(f"{path}: SQL does not parse: {exc}") from None
+    if len(statements) != 1:
+        raise ModelError(f"{path}: a model is exactly one query, found {len(statements)} statements")
+    tree = statements[0]
+    if not isinstance(tree, exp.Query):
+        raise ModelError(f"{path}: a model is a query (SELECT/WITH), found {tree.key.upper()}")
+    docs: dict[str, str] = {}
+    for p in _final_projections(tree):
+        notes = [c.strip() for c in (p.comments or []) if not c.strip().startswith("[")]
+        if notes and p.alias_or_name:
+            docs[p.alias_or_name] = notes[-1]
+    return docs
+
+
+def _literal(module: ast.Module, name: str, path: Path, default: Any) -> Any:
+    for node in module.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
+                try:
+                    return ast.literal_eval(node.value)
+                except ValueError:
+                    raise ModelError(f"{path}: {name} must be a literal") from None
+    return default
+
+
+def _config(path: Path, layer: str, config: dict[str, str]) -> dict[str, Any]:
+    materialized = config.get("materialized") or ("table" if layer == "marts" else "view")
+    if materialized not in ("view", "table"):
+        raise ModelError(f"{path}: materialized must be view or table, got {materialized!r}")
+    try:
+        lookback = int(config.get("lookback_days", "0").split()[0])
+    except ValueError:
+        raise ModelError(f"{path}: lookback_days must be an integer") from None
+    return {
+        "grain": config.get("grain"),
+        "partition_by": config.get("partition_by") or None,
+        "lookback_days": lookback,
+        "materialized": materialized,
+    }
+
+
+def parse_model(path: Path, root: Path) -> Model:
+    layer = path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else "marts"
+    name = path.stem
+    if name in RESERVED_NAMES or name.startswith("src_"):
+        raise ModelError(f"{path}: {name!r} is a reserved model name")
+    text = path.read_text()
+    if path.suffix == ".sql":
+        description, config = parse_header(_sql_header(text))
+        compiled, refs, sources = render(text, path)
+        docs = column_comments(compiled, path)
+        return Model(name, path, "sql", layer, description, **_config(path, layer, config), refs=tuple(refs),
+                     sources=tuple(sources), compiled_sql=compiled, column_docs=docs)
+    try:
+        module = ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    description, config = parse_header((ast.get_docstring(module) or "").splitlines())
+    refs = tuple(_literal(module, "REFS", path, []))
+    sources = tuple(tuple(s) for s in _literal(module, "SOURCES", path, []))
+    for s in sources:
+        if len(s) != 2 or s[0] != "raw" or s[1] not in TABLES:
+            raise ModelError(f"{path}: SOURCES entries are ('raw', table) of the contract, got {s!r}")
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "model" for n in module.body):
+        raise ModelError(f"{path}: a Python model defines model(ref, source) -> polars.LazyFrame")
+    docs = dict(_literal(module, "COLUMNS", path, {}))
+    return Model(name, path, "python", layer, description, **_config(path, layer, config), refs=refs,
+                 sources=sources, column_docs=docs)  # type: ignore[arg-type]
+
+
+# ---- the project ---------------------------------------------------------------------------------
+
+
+def _empty_source_sql(table: str) -> str:
+    t = TABLES[table]
+    cols = [f"NULL::{c.duckdb_type} AS {_quote(c.name)}" for c in t.columns]
+    if t.is_fact:
+        cols.append('NULL::DATE AS "date"')
+    return f"SELECT {', '.join(cols)} WHERE false"
+
+
+def _empty_sql(columns: list[ColumnInfo]) -> str:
+    return "SELECT " + ", ".join(f"NULL::{c.type} AS {_quote(c.name)}" for c in columns) + " WHERE false"
+
+
+class Project:
+    """Every model of a models folder, in dependency order, with its output columns."""
+
+    def __init__(self, root: Path, models: dict[str, Model]):
+        self.root = root
+        self.models = models
+
+    @classmethod
+    def load(cls, root: Path | str = MODELS_DIR) -> Project:
+        root = Path(root)
+        if not root.is_dir():
+            raise ModelError(f"{root}: models folder not found")
+        found: dict[str, Model] = {}
+        for path in sorted([*root.rglob("*.sql"), *root.rglob("*.py")]):
+            if path.name.startswith("_") or "__pycache__" in path.parts:
+                continue
+            model = parse_model(path, root)
+            if model.name in found:
+                raise ModelError(f"{path}: model name {model.name!r} is also defined by {found[model.name].path}")
+            found[model.name] = model
+        project = cls(root, {n: found[n] for n in _toposort(found)})
+        project._describe()
+        return project
+
+    def __getitem__(self, name: str) -> Model:
+        return self.models[name]
+
+    def materialized(self) -> list[Model]:
+        return [m for m in self.models.values() if not m.is_view]
+
+    def view_closure(self, name: str) -> list[Model]:
+        """The views `name` compiles in (transitively through views), in dependency order."""
+        seen: set[str] = set()
+
+        def walk(n: str) -> None:
+            for r in self.models[n].refs:
+                if self.models[r].is_view and r not in seen:
+                    seen.add(r)
+                    walk(r)
+
+        walk(name)
+        return [m for m in self.models.values() if m.name in seen]
+
+    def inputs(self, name: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """Materialized models and raw sources a table model reads, through its views."""
+        closure = [*self.view_closure(name), self.models[name]]
+        refs = [r for m in closure for r in m.refs if not self.models[r].is_view]
+        sources = [s for m in closure for s in m.sources]
+        return list(dict.fromkeys(refs)), list(dict.fromkeys(sources))
+
+    def effective_lookback(self, name: str) -> int:
+        return max(m.lookback_days for m in [*self.view_closure(name), self.models[name]])
+
+    def source_lookbacks(self, name: str) -> dict[str, int]:
+        """Raw fact -> how many days before a built date the model reads it: the largest
+        `lookback_days` on a path of views from the model down to that source."""
+        out: dict[str, int] = {}
+
+        def walk(n: str, lookback: int) -> None:
+            m = self.models[n]
+            lookback = max(lookback, m.lookback_days)
+            for _, t in m.sources:
+                if TABLES[t].is_fact:
+                    out[t] = max(out.get(t, 0), lookback)
+            for r in m.refs:
+                if self.models[r].is_view:
+                    walk(r, lookback)
+
+        walk(name, 0)
+        return out
+
+    def fact_sources(self, name: str) -> list[str]:
+        """Raw fact tables a model depends on, transitively through every ref."""
+        out: list[str] = []
+        stack = [name]
+        seen: set[str] = set()
+        while stack:
+            m = self.models[stack.pop()]
+            if m.name in seen:
+                continue
+            seen.add(m.name)
+            out += [t for _, t in m.sources if TABLES[t].is_fact]
+            stack += list(m.refs)
+        return sorted(set(out))
+
+    def _describe(self) -> None:
+        """Run every model on empty inputs: validates the SQL end to end and yields exact column types."""
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            for t in TABLES:
+                con.execute(f"CREATE VIEW {_quote(source_view('raw', t))} AS {_empty_source_sql(t)}")
+            for m in self.models.values():
+                try:
+                    if m.language == "sql":
+                        con.execute(f"CREATE VIEW {_quote(m.name)} AS {m.compiled_sql}")
+                    else:
+                        frame = run_python_model(m, con)
+                        con.register(f"__{m.name}_arrow", frame.to_arrow())
+                        con.execute(f"CREATE TABLE {_quote(m.name)} AS SELECT * FROM {_quote('__' + m.name + '_arrow')}")
+                    described = con.execute(f"DESCRIBE SELECT * FROM {_quote(m.name)}").fetchall()
+                except (duckdb.Error, pl.exceptions.PolarsError) as exc:
+                    raise ModelError(f"{m.path}: {exc}") from None
+                m.columns = [ColumnInfo(str(r[0]), str(r[1]), self._doc(m, str(r[0]))) for r in described]
+                if m.is_partitioned and m.materialized == "table":
+                    col = next((c for c in m.columns if c.name == m.partition_by), None)
+                    if col is None or col.type != "DATE":
+                        raise ModelError(f"{m.path}: partition_by {m.partition_by!r} must be an output column of type DATE")
+        finally:
+            con.close()
+
+    def _doc(self, m: Model, column: str) -> str:
+        """The model's own comment, else the same column's description upstream (refs, then the contract)."""
+        if m.column_docs.get(column):
+            return m.column_docs[column]
+        for r in m.refs:
+            for c in self.models[r].columns:
+                if c.name == column and c.description:
+                    return c.description
+        for _, t in m.sources:
+            if column in TABLES[t].column_names:
+                return TABLES[t].column(column).description
+            if column == "date" and TABLES[t].is_fact:
+                return f"UTC date of {TABLES[t].partition_column} (the raw partition)."
+        return ""
+
+
+def _toposort(models: dict[str, Model]) -> list[str]:
+    for m in models.values():
+        for r in m.refs:
+            if r not in models:
+                raise ModelError(f"{m.path}: ref('{r}') names no model in {m.path.parent.parent}")
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(name: str, stack: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*stack[stack.index(name) :], name]
+            raise ModelError("ref() cycle: " + " -> ".join(f"{n} ({models[n].path.name})" for n in cycle))
+        state[name] = 1
+        for r in sorted(models[name].refs):
+            visit(r, [*stack, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in sorted(models):
+        visit(name, [])
+    return order
+
+
+def run_python_model(m: Model, con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Import the model file and run `model(ref, source)` against relations of `con`."""
+    spec = importlib.util.spec_from_file_location(f"dbt_like_sql_{m.name}", m.path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def ref(name: str) -> pl.LazyFrame:
+        if name not in m.refs:
+            raise ModelError(f"{m.path}: ref({name!r}) is not declared in REFS")
+        return con.sql(f"SELECT * FROM {_quote(name)}").pl().lazy()
+
+    def source(schema: str, table: str) -> pl.LazyFrame:
+        if (schema, table) not in m.sources:
+            raise ModelError(f"{m.path}: source({schema!r}, {table!r}) is not declared in SOURCES")
+        return con.sql(f"SELECT * FROM {_quote(source_view(schema, table))}").pl().lazy()
+
+    result = module.model(ref, source)
+    return result.collect() if isinstance(result, pl.LazyFrame) else result
+
+
+# ---- building ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelResult:
+    model: str
+    dates: list[str | None] = field(default_factory=list)
+    rows: int = 0
+    rows_by_date: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: str | None = None
+    removed: list[str] = field(default_factory=list)
+
+
+def _date_window(dates: list[str], lookback: int) -> tuple[str, str]:
+    first = date.fromisoformat(min(dates)) - timedelta(days=lookback)
+    return first.isoformat(), max(dates)
+
+
+class Runner:
+    """Builds table models into the curated zone; views are compiled into the models that ref them.
+
+    One runner is one snapshot: raw partitions and gate statuses are listed once, so every
+    model of a run sees the same inputs even while new partitions land.
+    """
+
+    def __init__(self, lake: Lake, project: Project, settings: Settings | None = None):
+        self.lake, self.project, self.settings = lake, project, settings or lake.settings
+        self._partitions: dict[str, list[tuple[str, str]]] = {}
+        self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
+
+    # -- inputs
+    def raw_partitions(self, table: str) -> list[tuple[str, str]]:
+        if table not in self._partitions:
+            self._partitions[table] = self.lake.list_partitions("raw", table)
+        return self._partitions[table]
+
+    def blocked(self, table: str) -> set[tuple[str | None, str | None]]:
+        if table not in self._blocked:
+            self._blocked[table] = gate.blocked_partitions(self.lake, table)
+        return self._blocked[table]
+
+    def available_dates(self, model: str) -> list[str]:
+        """Dates any raw fact the model depends on has data for (what a full refresh builds)."""
+        return sorted({d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t)})
+
+    def _source_sql(self, table: str, window: tuple[str, str] | None, excluded: dict[str, list[list[str | None]]]) -> str:
+        t = TABLES[table]
+        blocked = self.blocked(table)
+        if not t.is_fact:
+            if (None, None) in blocked:
+                raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
+            path = self.lake.data_file("raw", table)
+            if not self.lake.exists(path):
+                raise GateBlocked(f"raw.{table} has not been landed")
+            return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
+        files = []
+        for d, c in self.raw_partitions(table):
+            if window and not window[0] <= d <= window[1]:
+                continue
+            if (d, c) in blocked or (d, None) in blocked:
+                excluded.setdefault(f"raw.{table}", []).append([d, c])
+                continue
+            files.append(_lit(self.lake.uri(self.lake.data_file("raw", table, d, c))))
+        if not files:
+            return _empty_source_sql(table)
+        cols = ", ".join(_quote(c) for c in t.column_names)
+        return (
+            f"SELECT {cols}, \"date\" FROM read_parquet([{', '.join(files)}], hive_partitioning = true, "
+            "hive_types = {'date': DATE, 'client': VARCHAR})"
+        )
+
+    def _curated_sql(self, m: Model, window: tuple[str, str] | None) -> str:
+        if not m.is_partitioned:
+            path = self.lake.data_file(ZONE, m.name)
+            if not self.lake.exists(path):
+                raise ModelError(f"{m.name} has not been built yet (needed downstream); build it first")
+            return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
+        dates = [d for d in self.lake.list_dates(ZONE, m.name) if not window or window[0] <= d <= window[1]]
+        if not dates:
+            return _empty_sql(m.columns)
+        files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in dates)
+        cols = ", ".join(_quote(c.name) for c in m.columns)
+        # The date column is inside each file; hive parsing is off so it is not read twice.
+        return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, window: tuple[str, str] | None) -> dict[str, list[list[str | None]]]:
+        excluded: dict[str, list[list[str | None]]] = {}
+        refs, sources = self.project.inputs(m.name)
+        for schema, table in sources:
+            con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {self._source_sql(table, window, excluded)}")
+        for r in refs:
+            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window)}")
+        for v in self.project.view_closure(m.name):
+            if v.language == "python":
+                con.register(f"__{v.name}_arrow", run_python_model(v, con).to_arrow())
+                con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS SELECT * FROM {_quote('__' + v.name + '_arrow')}")
+            else:
+                con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS {v.compiled_sql}")
+        return excluded
+
+    # -- builds
+    def build_model(self, name: str, dates: Iterable[str] | None = None, full_refresh: bool = False) -> ModelResult:
+        """Build one table model: the given dates of a partitioned model (or all, on a full refresh)."""
+        m = self.project[name]
+        if m.is_view:
+            raise ModelError(f"{m.path}: {name} is a view; it is built inside the models that ref it")
+        started = time.monotonic()
+        result = ModelResult(name)
+        wanted: list[str] = []
+        if m.is_partitioned:
+            if full_refresh:
+                wanted = self.available_dates(name)
+                result.removed = [d for d in self.lake.list_dates(ZONE, name) if d not in wanted]
+            elif dates is None:
+                raise ModelError(f"{name} is partitioned by {m.partition_by}: pass the dates to build, or full_refresh=True")
+            else:
+                wanted = sorted({date.fromisoformat(d).isoformat() for d in dates})
+            if not wanted and not result.removed:
+                result.skipped = "no dates to build"
+                return result
+        window = _date_window(wanted, self.project.effective_lookback(name)) if wanted else None
+        con = self.lake.duckdb()
+        try:
+            result.excluded = self._prepare(con, m, window)
+            if m.language == "python":
+                con.register("__model_arrow", run_python_model(m, con).to_arrow())
+                query = "SELECT * FROM __model_arrow"
+            else:
+                query = m.compiled_sql or ""
+            if m.is_partitioned:
+                in_list = ", ".join(f"DATE {_lit(d)}" for d in wanted) or "NULL"
+                con.execute(f"CREATE TEMP TABLE __out AS SELECT * FROM ({query}) WHERE {_quote(m.partition_by or '')} IN ({in_list})")
+            else:
+                con.execute(f"CREATE TEMP TABLE __out AS {query}")
+            got = [(str(r[0]), str(r[1])) for r in con.execute("DESCRIBE __out").fetchall()]
+            if got != [(c.name, c.type) for c in m.columns]:
+                raise ModelError(f"{m.path}: output columns changed while loading: {got}")
+            with staging_dir(self.settings) as stage:
+                if m.is_partitioned:
+                    for d in wanted:
+                        n = self._publish(con, m, d, f"WHERE {_quote(m.partition_by or '')} = DATE {_lit(d)}", stage, result)
+                        result.rows_by_date[d] = n
+                else:
+                    result.rows = self._publish(con, m, None, "", stage, result)
+            for d in result.removed:
+                self.lake.delete(self.lake.data_file(ZONE, name, d))
+                self.lake.delete(self.lake.build_manifest(ZONE, name, d))
+        except duckdb.Error as exc:
+            raise ModelError(f"{m.path}: {exc}") from None
+        finally:
+            con.close()
+        result.dates = list(wanted) if m.is_partitioned else [None]
+        result.rows = result.rows or sum(result.rows_by_date.values())
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+
+    def _publish(self, con: duckdb.DuckDBPyConnection, m: Model, d: str | None, where: str, stage: Path, result: ModelResult) -> int:
+        local = stage / f"{m.name}_{d or 'all'}.parquet"
+        # ORDER BY ALL: the same inputs give the same file, byte for byte.
+        con.execute(f"COPY (SELECT * FROM __out {where} ORDER BY ALL) TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)")
+        rows = int(con.execute(f"SELECT count(*) FROM read_parquet({_lit(str(local))})").fetchone()[0])  # type: ignore[index]
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        size = self.lake.publish_file(local, self.lake.data_file(ZONE, m.name, d))
+        self.lake.write_json(
+            self.lake.build_manifest(ZONE, m.name, d),
+            {
+                "model": m.name,
+                "date": d,
+                "rows": rows,
+                "bytes": size,
+                "sha256": digest,
+                "build_id": uuid.uuid4().hex,
+                "built_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "excluded_partitions": result.excluded,
+                "columns": [[c.name, c.type] for c in m.columns],
+            },
+        )
+        return rows
+
+    def build(
+        self, select: Iterable[str] | None = None, dates: Iterable[str] | None = None, full_refresh: bool = False
+    ) -> list[ModelResult]:
+        """Build table models in dependency order; a model whose input is gate-blocked is skipped
+        together with everything downstream of it, the others still build."""
+        names = [m.name for m in self.project.materialized()] if select is None else list(select)
+        unknown = [n for n in names if n not in self.project.models]
+        if unknown:
+            raise ModelError(f"unknown model(s): {', '.join(unknown)}")
+        wanted_dates = None if dates is None else list(dates)
+        results: list[ModelResult] = []
+        failed: set[str] = set()
+        for m in self.project.materialized():
+            if m.name not in names:
+                continue
+            upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
+            if upstream_failed:
+                failed.add(m.name)
+                results.append(ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built"))
+                continue
+            if not m.is_partitioned:
+                run_dates, refresh = None, False
+            else:
+                run_dates, refresh = wanted_dates, full_refresh
+                if wanted_dates is None and not full_refresh:
+                    raise ModelError("pass dates to build, or full_refresh=True")
+            try:
+                results.append(self.build_model(m.name, run_dates, full_refresh=refresh))
+            except GateBlocked as exc:
+                failed.add(m.name)
+                results.append(ModelResult(m.name, skipped=str(exc)))
+        return results
+
+
+def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None) -> list[str]:
+    """Curated dates to rebuild when raw fact `table -> dates` changed: each date plus the
+    `lookback_days` after it with which a model reads that table (a re-landed order changes
+    the deliveries dispatched up to that many days later). Partitioned models reading other
+    partitioned table models by ref see the same dates (their refs are date-aligned)."""
+    out: set[str] = set()
+    for m in project.materialized():
+        if not m.is_partitioned:
+            continue
+        for t, lookback in project.source_lookbacks(m.name).items():
+            for d in changed.get(t, ()):
+                first = date.fromisoformat(d)
+                out.update((first + timedelta(days=k)).isoformat() for k in range(lookback + 1))
+    if existing is not None:
+        out &= set(existing)
+    return sorted(out)

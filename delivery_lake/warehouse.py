@@ -1,0 +1,288 @@
+"""The analysts' warehouse: one DuckDB file holding every table model, refreshed by atomic swap.
+
+A refresh never writes the live file. It builds `.<name>.<uuid>.building` beside it (a copy
+of the live file, or a new one), applies the changes there, checkpoints and closes it, then
+`os.replace`s it over the live path. So:
+- a reader that has the old file open keeps reading the old inode, consistent, unaffected;
+- a reader that opens the path gets the old file or the new one, never a half-refreshed one;
+- the pipeline never needs DuckDB's write lock on the live file, so an analyst session
+  (read-only, as `delivery-lake query` opens it) never blocks a refresh. Refreshes among
+  themselves are serialised by a lock file.
+
+Incremental: each warehouse table remembers, in `_warehouse_partitions`, the build id of every
+curated partition it holds. A refresh compares them with the curated manifests and only
+deletes and reloads the partitions whose build changed (a new day costs one day's rows);
+a table whose columns changed is reloaded whole. `full=True` rebuilds the file from scratch.
+Tables are self-contained (no views over the lake), so the file works with any DuckDB client
+and no lake credentials.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from delivery_lake.storage import Lake
+
+if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; `query` does not need them
+    from delivery_lake.models import Model, Project
+
+ZONE = "curated"
+
+META_TABLE = "_warehouse_partitions"
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+@dataclass
+class TableRefresh:
+    table: str
+    mode: str  # "unchanged" | "incremental" | "full" | "dropped"
+    partitions_loaded: int = 0
+    partitions_removed: int = 0
+    rows: int = 0
+
+
+@dataclass
+class WarehouseReport:
+    path: str
+    tables: list[TableRefresh] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes: int = 0
+
+    @property
+    def changed(self) -> list[str]:
+        return [t.table for t in self.tables if t.mode != "unchanged"]
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@contextmanager
+def _refresh_lock(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Warehouse:
+    def __init__(self, lake: Lake, project: Project, path: Path | str):
+        self.lake, self.project, self.path = lake, project, Path(path)
+
+    def curated_state(self, m: Model) -> dict[str | None, dict[str, Any]]:
+        """Partition (date, or None) -> its manifest, for the partitions whose data file exists."""
+        out: dict[str | None, dict[str, Any]] = {}
+        for d, manifest in self.lake.list_build_manifests(ZONE, m.name).items():
+            doc = self.lake.read_json(manifest)
+            if doc is not None and self.lake.exists(self.lake.data_file(ZONE, m.name, d)):
+                out[d] = doc
+        return out
+
+    def refresh(self, full: bool = False) -> WarehouseReport:
+        started = time.monotonic()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        report = WarehouseReport(str(self.path))
+        with _refresh_lock(self.path):
+            building = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.building")
+            try:
+                if self.path.exists() and not full:
+                    # The live file is only ever replaced whole and never opened for writing by
+                    # the pipeline, so this copy is a consistent snapshot.
+                    shutil.copyfile(self.path, building)
+                try:
+                    self._apply(building, report)
+                except duckdb.Error:
+                    if not building.exists() or full:
+                        raise
+                    # The copy is unusable (e.g. someone wrote to the live file): start over.
+                    building.unlink(missing_ok=True)
+                    report.tables.clear()
+                    self._apply(building, report)
+                wal = building.with_name(building.name + ".wal")
+                if wal.exists():
+                    raise WarehouseError(f"{wal} left behind after checkpoint; not publishing")
+                with open(building, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(building, self.path)
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            finally:
+                building.unlink(missing_ok=True)
+                building.with_name(building.name + ".wal").unlink(missing_ok=True)
+        report.bytes = self.path.stat().st_size
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    # ---------------------------------------------------------------------------------------------
+    def _apply(self, database: Path, report: WarehouseReport) -> None:
+        con = self.lake.duckdb(str(database))
+        try:
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
+            )
+            held: dict[str, dict[str | None, str]] = {}
+            for model, d, build_id in con.execute(f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}").fetchall():
+                held.setdefault(model, {})[d] = build_id
+            existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+            models = [*self.project.materialized(), *external_models(self.lake)]
+            for m in models:
+                report.tables.append(self._refresh_table(con, m, held.get(m.name, {}), m.name in existing))
+            for stale in sorted(existing - {m.name for m in models} - {META_TABLE}):
+                con.execute(f"DROP TABLE {_q(stale)}")
+                con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
+                report.tables.append(TableRefresh(stale, "dropped"))
+            con.execute(
+                f"COMMENT ON TABLE {META_TABLE} IS 'Which curated build of each partition every table holds (used by the refresh).'"
+            )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+
+    def _refresh_table(self, con: duckdb.DuckDBPyConnection, m: Model, held: dict[str | None, str], exists: bool) -> TableRefresh:
+        state = self.curated_state(m)
+        want_cols = [(c.name, c.type) for c in m.columns]
+        have_cols = (
+            [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {_q(m.name)}").fetchall()] if exists else []
+        )
+        if have_cols != want_cols:
+            load, remove, mode = sorted(state, key=str), [], "full"
+            con.execute(f"DROP TABLE IF EXISTS {_q(m.name)}")
+            cols = ", ".join(f"{_q(n)} {t}" for n, t in want_cols)
+            con.execute(f"CREATE TABLE {_q(m.name)} ({cols})")
+            con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
+        else:
+            load = sorted((d for d, doc in state.items() if held.get(d) != doc["build_id"]), key=str)
+            remove = sorted((d for d in held if d not in state), key=str)
+            mode = "incremental" if load or remove else "unchanged"
+        result = TableRefresh(m.name, mode, len(load), len(remove))
+        if mode == "unchanged":
+            result.rows = int(con.execute(f"SELECT count(*) FROM {_q(m.name)}").fetchone()[0])  # type: ignore[index]
+            return result
+        con.execute("BEGIN")
+        try:
+            for d in [*load, *remove]:
+                if m.is_partitioned and d is not None:
+                    con.execute(f"DELETE FROM {_q(m.name)} WHERE {_q(m.partition_by or '')} = ?::DATE", [d])
+                    con.execute(f"DELETE FROM {META_TABLE} WHERE model = ? AND date = ?::DATE", [m.name, d])
+                else:
+                    con.execute(f"DELETE FROM {_q(m.name)}")
+                    con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
+            if load:
+                files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in load)
+                cols = ", ".join(_q(c.name) for c in m.columns)
+                con.execute(
+                    f"INSERT INTO {_q(m.name)} ({cols}) SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+                )
+                con.executemany(
+                    f"INSERT INTO {META_TABLE} VALUES (?, ?::DATE, ?, ?, ?)",
+                    [[m.name, d, state[d]["build_id"], state[d]["rows"], state[d]["built_at"]] for d in load],
+                )
+            self._comment(con, m)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        result.rows = int(con.execute(f"SELECT count(*) FROM {_q(m.name)}").fetchone()[0])  # type: ignore[index]
+        return result
+
+    def _comment(self, con: duckdb.DuckDBPyConnection, m: Model) -> None:
+        text = m.description + (f" Grain: {m.grain}." if m.grain else "")
+        con.execute(f"COMMENT ON TABLE {_q(m.name)} IS {_lit(text)}")
+        for c in m.columns:
+            if c.description:
+                con.execute(f"COMMENT ON COLUMN {_q(m.name)}.{_q(c.name)} IS {_lit(c.description)}")
+
+
+# ---- tables built outside the SQL project ----------------------------------------------------------
+
+
+def publish_external_table(
+    lake: Lake, name: str, description: str, columns: list[tuple[str, str, str]], partition_by: str | None = None, grain: str | None = None
+) -> None:
+    """Declare a curated table another producer writes (same files and build manifests as a
+    model: `curated/{name}/[date=D/]data.parquet` + `_meta/curated/...`), e.g. the delay-model
+    scores. Every later refresh loads it incrementally like a model's table and keeps it."""
+    lake.write_json(
+        lake.external_table_spec(name),
+        {"name": name, "description": description, "grain": grain, "partition_by": partition_by, "columns": [list(c) for c in columns]},
+    )
+
+
+def external_models(lake: Lake) -> list[Model]:
+    from delivery_lake.models import ColumnInfo, Model
+
+    out = []
+    for spec_path in lake.list_external_table_specs():
+        spec = lake.read_json(spec_path)
+        out.append(
+            Model(
+                spec["name"], Path(spec_path), "python", "marts", spec["description"], spec.get("grain"), spec.get("partition_by"),
+                0, "table", (), (), columns=[ColumnInfo(n, t, d) for n, t, d in spec["columns"]],
+            )
+        )
+    return out
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+
+def connect_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not path.exists():
+        raise WarehouseError(f"no warehouse at {path}: run `delivery-lake run` (or `delivery-lake build`) first")
+    con = duckdb.connect(str(path), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def query(path: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one query read-only; DuckDB errors propagate as duckdb.Error."""
+    con = connect_read_only(path)
+    try:
+        cur = con.execute(sql)
+        if cur.description is None:
+            return [], []
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def describe(path: Path | str) -> dict[str, Any]:
+    """Tables with their comment and row count (what `delivery-lake query` users look up first)."""
+    con = connect_read_only(path)
+    try:
+        rows = con.execute(
+            "SELECT table_name, comment, estimated_size FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1"
+        ).fetchall()
+        return {
+            "path": str(path),
+            "refreshed_at": datetime.fromtimestamp(Path(path).stat().st_mtime, UTC).isoformat(timespec="seconds"),
+            "tables": {r[0]: {"comment": r[1], "rows": r[2]} for r in rows},
+        }
+    finally:
+        con.close()

@@ -1,0 +1,1 @@
+"""The production profile: PostgreSQL-backed Dagster, SeaweedFS identities, MLflow server (`make up`)."""

@@ -1,0 +1,65 @@
+"""The benchmark harness's own logic (the end-to-end run is `make bench-smoke`, wired in CI).
+
+Fast and timing-free: how scale maps to data, that peak RSS is the contestant's and not
+the harness's, and that the answer comparison catches real differences only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import checks
+from bench.data import shape_for
+from bench.settings import BENCH_DIR, BenchSettings
+
+
+def test_growth_adds_days_not_bigger_days() -> None:
+    s = BenchSettings()
+    one, four = shape_for(1.0, s), shape_for(4.0, s)
+    assert one.days == s.base_days and four.days == 4 * s.base_days
+    assert four.orders_per_day == one.orders_per_day
+    tiny = shape_for(0.002, s)
+    assert 3 <= tiny.days < one.days and tiny.orders_per_day < one.orders_per_day
+
+
+def test_peak_rss_is_the_contestants_not_the_harness(tmp_path: Path) -> None:
+    held = bytearray(400 * 2**20)  # the harness holding 400 MB must not show in the child's figure
+    out = tmp_path / "usage.json"
+    subprocess.run(
+        [sys.executable, "-S", str(BENCH_DIR / "launch.py"), str(out), "--", sys.executable, "-c", "pass"], check=True
+    )
+    usage = json.loads(out.read_text())
+    assert usage["exit"] == 0
+    assert usage["maxrss_kb"] < 100 * 1024, usage
+    subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            str(BENCH_DIR / "launch.py"),
+            str(out),
+            "--",
+            sys.executable,
+            "-c",
+            "x = bytearray(300 * 2**20)",
+        ],
+        check=True,
+    )
+    assert 300 * 1024 <= json.loads(out.read_text())["maxrss_kb"] < 400 * 1024
+    del held
+
+
+def _answers(rate: float) -> dict:
+    return {"q1": {"columns": ["date", "client_id", "on_time_rate"], "rows": [["2026-01-05", "C01", rate]]}}
+
+
+def test_answers_equal_up_to_float_noise_only() -> None:
+    assert checks.assert_same_answers("a", _answers(0.1 + 0.2), "b", _answers(0.3)) == {"q1": 1}
+    with pytest.raises(checks.NotEqual, match="row 0"):
+        checks.assert_same_answers("a", _answers(0.3), "b", _answers(0.31))
+    with pytest.raises(checks.NotEqual, match="no rows"):
+        checks.assert_same_answers("a", {"q1": {"columns": [], "rows": []}}, "b", {"q1": {"columns": [], "rows": []}})

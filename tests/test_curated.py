@@ -1,0 +1,292 @@
+"""Curated marts on a landed dirty dataset: KPIs against an independent Polars computation,
+gating, incremental day-by-day builds, determinism, and the same on S3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from delivery_lake import gate
+from delivery_lake.config import Settings
+from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
+from delivery_lake.generator import COMMENTS
+from delivery_lake.inbox import list_files
+from delivery_lake.landing import Landing
+from delivery_lake.models import Project, Runner, affected_dates
+from delivery_lake.storage import Lake
+from delivery_lake.warehouse import Warehouse
+from tests.test_landing import land_all
+
+DAYS = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
+PARTITIONED = ["fct_deliveries", "fct_feedback", "agg_client_daily_kpis", "agg_driver_daily_performance", "agg_depot_daily_load"]
+
+
+@dataclass
+class Built:
+    settings: Settings
+    lake: Lake
+    project: Project
+
+
+def _settings(root: Path, inbox: Path) -> Settings:
+    return Settings.from_env(data_dir=root / "data", lake_url=str(root / "lake"), inbox_dir=inbox)
+
+
+@pytest.fixture(scope="module")
+def project() -> Project:
+    return Project.load()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, dirty_export: Path, project: Project) -> Built:
+    """The dirty export landed and every model built (read-only for tests; see `copy_of`)."""
+    root = tmp_path_factory.mktemp("curated")
+    inbox = root / "inbox"
+    shutil.copytree(dirty_export, inbox)
+    settings = _settings(root, inbox)
+    lake, _, _ = land_all(settings)
+    results = Runner(lake, project, settings).build(full_refresh=True)
+    assert not [r for r in results if r.skipped]
+    return Built(settings, lake, project)
+
+
+def copy_of(built: Built, tmp_path: Path) -> Built:
+    shutil.copytree(Path(built.settings.lake_url), tmp_path / "lake")
+    settings = _settings(tmp_path, built.settings.inbox_dir)
+    return Built(settings, Lake.from_settings(settings), built.project)
+
+
+def curated(lake: Lake, model: str) -> pl.DataFrame:
+    return pl.read_parquet(f"{lake.root}/curated/{model}/**/*.parquet", hive_partitioning=False)
+
+
+def raw(lake: Lake, table: str) -> pl.DataFrame:
+    if TABLES[table].is_fact:
+        return pl.read_parquet(f"{lake.root}/raw/{table}/**/*.parquet", hive_partitioning=True)
+    return pl.read_parquet(f"{lake.root}/raw/{table}/data.parquet")
+
+
+def manifest(lake: Lake, model: str, d: str | None) -> dict:
+    return lake.read_json(lake.build_manifest("curated", model, d))
+
+
+# ---- the independent computation (Polars, straight from raw Parquet) ----------------------------------
+
+
+def expected_deliveries(lake: Lake) -> pl.DataFrame:
+    d = raw(lake, "deliveries")
+    o = raw(lake, "orders").select("order_id", "pickup_depot_id", "promised_by", "weight_kg", "parcels", "priority", "order_value")
+    j = d.join(o, on="order_id", how="left")
+    delivered = pl.col("status") == "delivered"
+    late_s = (pl.col("delivered_at") - pl.col("promised_by")).dt.total_seconds()
+    return j.select(
+        "delivery_id", "order_id", "client_id", "driver_id", pl.col("pickup_depot_id").alias("depot"), "date",
+        "promised_by", "delivered_at", "status",
+        (delivered & (pl.col("delivered_at") <= pl.col("promised_by"))).alias("is_on_time"),
+        pl.when(delivered & pl.col("promised_by").is_not_null()).then(pl.max_horizontal(late_s, 0) / 60.0).alias("late_minutes"),
+        "distance_km", "attempts", "weight_kg", "priority", "order_value",
+        # not in the mart, used by the aggregates below
+        "vehicle_id", "parcels",
+        pl.when(delivered).then((pl.col("delivered_at") - pl.col("dispatched_at")).dt.total_seconds() / 60.0).alias("minutes"),
+    )
+
+
+def expected_client_kpis(lake: Lake) -> pl.DataFrame:
+    d = expected_deliveries(lake)
+    per_delivery = d.group_by("date", "client_id").agg(
+        pl.len().alias("deliveries"),
+        (pl.col("status") == "delivered").sum().alias("delivered"),
+        (pl.col("status") == "failed").sum().alias("failed"),
+        (pl.col("status") == "returned").sum().alias("returned"),
+        (pl.col("is_on_time").fill_null(False).sum() / pl.len()).alias("on_time_rate"),
+        pl.col("minutes").mean().round(2).alias("avg_delivery_minutes"),  # the mart rounds float means
+        pl.col("order_value").cast(pl.Float64).sum().alias("revenue"),
+    )
+    fb = raw(lake, "customer_feedback").group_by("date", "client_id").agg(pl.col("rating").mean().alias("avg_rating"))
+    out = per_delivery.join(fb, on=["date", "client_id"], how="full", coalesce=True)
+    return out.with_columns(pl.col("deliveries", "delivered", "failed", "returned").fill_null(0), pl.col("revenue").fill_null(0.0))
+
+
+# ---- tests -----------------------------------------------------------------------------------------------
+
+
+def test_the_dataset_exercises_the_hard_cases(built: Built) -> None:
+    d = expected_deliveries(built.lake)
+    assert d.filter(pl.col("status") == "failed").height > 0
+    assert d.filter(pl.col("status") == "returned").height > 0
+    assert d.filter((pl.col("status") == "delivered") & ~pl.col("is_on_time")).height > 0  # late
+    q = pl.read_parquet(f"{built.lake.root}/quarantine/deliveries/**/*.parquet", hive_partitioning=True)
+    assert q.height > 0  # dirty rows were quarantined, and must not reach the marts
+    assert set(curated(built.lake, "fct_deliveries")["delivery_id"]).isdisjoint(set(q["delivery_id"].drop_nulls()) - set(d["delivery_id"]))
+
+
+def test_fct_deliveries_matches_raw(built: Built) -> None:
+    got = curated(built.lake, "fct_deliveries").sort("delivery_id")
+    want = expected_deliveries(built.lake).drop("vehicle_id", "parcels", "minutes").sort("delivery_id")
+    assert got.columns == want.columns
+    assert_frame_equal(got, want.cast(got.schema), check_exact=False, rtol=1e-12, atol=1e-9)
+    # One row per delivery, in the partition of its dispatch date.
+    assert got["delivery_id"].n_unique() == got.height
+    for d in DAYS:
+        part = pl.read_parquet(built.lake.data_file("curated", "fct_deliveries", d))
+        assert part.height > 0 and part["date"].cast(pl.Utf8).unique().to_list() == [d]
+
+
+def test_client_daily_kpis_match_an_independent_computation(built: Built) -> None:
+    got = curated(built.lake, "agg_client_daily_kpis").with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id")
+    want = expected_client_kpis(built.lake).sort("date", "client_id").select(got.columns)
+    assert got.height == want.height == len(DAYS) * 4
+    assert_frame_equal(got, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert got["on_time_rate"].min() < 1 and got["failed"].sum() > 0 and got["returned"].sum() > 0
+
+
+def test_driver_and_depot_aggregates_match(built: Built) -> None:
+    d = expected_deliveries(built.lake)
+    drivers = curated(built.lake, "agg_driver_daily_performance").sort("date", "driver_id")
+    want = d.group_by("date", "driver_id").agg(
+        pl.len().alias("deliveries"),
+        pl.col("is_on_time").fill_null(False).sum().alias("on_time_deliveries"),
+        pl.col("distance_km").sum().round(3).alias("distance_km"),
+        pl.col("vehicle_id").n_unique().alias("vehicles_used"),
+    ).sort("date", "driver_id")
+    assert_frame_equal(drivers.select(want.columns), want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    depots = curated(built.lake, "agg_depot_daily_load").sort("date", "depot_id")
+    cap = raw(built.lake, "depots").select("depot_id", "daily_capacity_parcels")
+    want = (
+        d.filter(pl.col("depot").is_not_null())
+        .group_by("date", pl.col("depot").alias("depot_id"))
+        .agg(pl.len().alias("deliveries"), pl.col("parcels").sum().alias("parcels"), pl.col("driver_id").n_unique().alias("drivers_active"))
+        .join(cap, on="depot_id")
+        .with_columns((pl.col("parcels") / pl.col("daily_capacity_parcels")).alias("capacity_utilization"))
+        .sort("date", "depot_id")
+    )
+    assert_frame_equal(depots.select(want.columns), want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+
+
+def test_dimensions_and_feedback(built: Built) -> None:
+    for t in DIMENSIONS:
+        dim = pl.read_parquet(built.lake.data_file("curated", f"dim_{t.name}"))
+        assert dim[t.key].sort().to_list() == raw(built.lake, t.name)[t.key].sort().to_list()
+    depots = pl.read_parquet(built.lake.data_file("curated", "dim_depots"))
+    assert depots["drivers"].sum() == raw(built.lake, "drivers").height
+    fb = curated(built.lake, "fct_feedback")
+    assert fb["feedback_id"].sort().to_list() == raw(built.lake, "customer_feedback")["feedback_id"].sort().to_list()
+    # Accuracy on generated comments. Ground truth: the mood pool the generator drew the
+    # comment from (it draws from the pool of the rating's mood: 1-2, 3, 4-5 stars).
+    labelled = fb.filter(pl.col("comment").is_not_null())
+    pools = {c.strip(): mood for mood, group in zip(("negative", "neutral", "positive"), COMMENTS, strict=True) for c in group}
+    truth = labelled["comment"].replace_strict(pools, default=None)
+    assert truth.null_count() <= 2  # dirty rows may carry a comment no pool has
+    assert (labelled["sentiment"] == truth).drop_nulls().mean() == 1.0
+    # Against the stars: dirt (a rating changed after the comment was drawn) is the only disagreement.
+    mood = pl.when(pl.col("rating") <= 2).then(pl.lit("negative")).when(pl.col("rating") == 3).then(pl.lit("neutral")).otherwise(pl.lit("positive"))
+    agreement = labelled.select((pl.col("sentiment") == mood).mean()).item()
+    assert labelled.height > 100 and agreement >= 0.99
+    assert fb.filter(pl.col("comment").is_null())["sentiment"].null_count() == fb.filter(pl.col("comment").is_null()).height
+
+
+def test_blocked_partitions_never_reach_the_marts(built: Built, tmp_path: Path) -> None:
+    b = copy_of(built, tmp_path)
+    day = "2026-01-07"
+    before = {m: manifest(b.lake, m, day)["sha256"] for m in PARTITIONED}
+    gate.record(b.lake, "deliveries", False, {"check": "test"}, date=day, client="C001")
+    gate.record(b.lake, "customer_feedback", False, {"check": "test"}, date=day)  # the whole date
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=[day])
+
+    fct = pl.read_parquet(b.lake.data_file("curated", "fct_deliveries", day))
+    assert fct.height > 0 and "C001" not in fct["client_id"].to_list()
+    kpis = pl.read_parquet(b.lake.data_file("curated", "agg_client_daily_kpis", day))
+    assert "C001" not in kpis["client_id"].to_list() and kpis["avg_rating"].null_count() == kpis.height
+    assert pl.read_parquet(b.lake.data_file("curated", "fct_feedback", day)).height == 0
+    m = manifest(b.lake, "fct_deliveries", day)
+    assert m["excluded_partitions"] == {"raw.deliveries": [[day, "C001"]]}
+    # Other dates untouched; a neighbouring date that reads C001's orders is unaffected too.
+    assert manifest(b.lake, "fct_deliveries", "2026-01-08")["build_id"] == manifest(built.lake, "fct_deliveries", "2026-01-08")["build_id"]
+
+    # Fixed and passed: the rebuild gives back exactly the original files (builds are deterministic).
+    gate.record(b.lake, "deliveries", True, {"check": "test"}, date=day, client="C001")
+    gate.record(b.lake, "customer_feedback", True, {"check": "test"}, date=day)
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=[day])
+    assert {m: manifest(b.lake, m, day)["sha256"] for m in PARTITIONED} == before
+
+
+def test_blocked_dimension_fails_its_marts_only(built: Built, tmp_path: Path) -> None:
+    b = copy_of(built, tmp_path)
+    gate.record(b.lake, "clients", False, {"check": "test"})
+    before = manifest(b.lake, "dim_clients", None)
+    results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(["dim_clients", "dim_depots"])}
+    assert "raw.clients is blocked by the quality gate" in (results["dim_clients"].skipped or "")
+    assert results["dim_depots"].skipped is None
+    assert manifest(b.lake, "dim_clients", None) == before
+
+
+def test_a_new_day_rebuilds_only_that_day(tmp_path: Path, inbox: Path, built: Built) -> None:
+    settings = _settings(tmp_path, inbox)
+    lake = Lake.from_settings(settings)
+    landing = Landing(lake, inbox, settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    for t in FACTS:
+        landing.land_fact(t, {d: None for d in DAYS[:-1]})
+    project = built.project
+    Runner(lake, project, settings).build(full_refresh=True)
+    files = {m: {d: lake.data_file("curated", m, d) for d in DAYS[:-1]} for m in PARTITIONED}
+    stamps = {m: {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()} for m, fs in files.items()}
+
+    new = DAYS[-1]
+    assert {f.stem for f in list_files(inbox, "orders")} >= {new}
+    for t in FACTS:
+        landing.land_fact(t, {new: None})
+    dates = affected_dates(project, {t.name: [new] for t in FACTS}, {d for t in FACTS for d in lake.list_dates("raw", t.name)})
+    assert dates == [new]
+    results = Runner(lake, project, settings).build(PARTITIONED, dates=dates)
+    assert {r.model: r.dates for r in results} == {m: [new] for m in PARTITIONED}
+    for m, fs in files.items():
+        assert {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()} == stamps[m], m
+        # The incremental build of the new day equals the full build of the whole dataset.
+        assert manifest(lake, m, new)["sha256"] == manifest(built.lake, m, new)["sha256"], m
+
+
+def test_full_refresh_is_explicit_and_prunes(built: Built, tmp_path: Path) -> None:
+    b = copy_of(built, tmp_path)
+    runner = Runner(b.lake, b.project, b.settings)
+    with pytest.raises(ValueError, match="pass the dates to build, or full_refresh=True"):
+        runner.build_model("fct_deliveries")
+    # A curated date whose raw data is gone is removed by a full refresh (and only by one).
+    stale = "2026-01-01"
+    shutil.copytree(Path(b.lake.partition_dir("curated", "fct_deliveries", DAYS[0])), Path(b.lake.partition_dir("curated", "fct_deliveries", stale)))
+    b.lake.write_json(b.lake.build_manifest("curated", "fct_deliveries", stale), {"build_id": "x", "rows": 0, "built_at": ""})
+    runner.build_model("fct_deliveries", [DAYS[0]])
+    assert stale in b.lake.list_dates("curated", "fct_deliveries")
+    result = Runner(b.lake, b.project, b.settings).build_model("fct_deliveries", full_refresh=True)
+    assert result.removed == [stale] and result.dates == DAYS
+    assert b.lake.list_dates("curated", "fct_deliveries") == DAYS
+    assert not b.lake.exists(b.lake.build_manifest("curated", "fct_deliveries", stale))
+
+
+def test_end_to_end_on_each_backend(settings: Settings) -> None:
+    """Land, build one day and refresh the warehouse on the local folder and on S3."""
+    lake, _, _ = land_all(settings)
+    project = Project.load()
+    day = DAYS[2]
+    Runner(lake, project, settings).build(dates=[day])
+    assert lake.exists(lake.data_file("curated", "fct_deliveries", day))
+    doc = json.loads(lake.fs.cat_file(lake.build_manifest("curated", "fct_deliveries", day)))
+    report = Warehouse(lake, project, settings.warehouse_path).refresh()
+    assert {t.table for t in report.tables} >= {"fct_deliveries", "dim_clients"}
+    con = lake.duckdb()
+    try:
+        n_raw = con.execute(
+            f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'deliveries', True)}', hive_partitioning = true) WHERE date = '{day}'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    from delivery_lake.warehouse import query
+
+    assert query(settings.warehouse_path, "SELECT count(*) FROM fct_deliveries")[1] == [(n_raw,)] == [(doc["rows"],)]

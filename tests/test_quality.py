@@ -1,0 +1,278 @@
+"""Quality gate: GX suites per partition, the gate, Data Docs, the Dagster checks, freshness."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from delivery_lake import gate
+from delivery_lake.config import Settings
+from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
+from delivery_lake.generator import generate
+from delivery_lake.landing import Landing
+from delivery_lake.quality import ERROR, WARN, Quality, load_suite_doc, suite_names
+from delivery_lake.storage import Lake
+from tests.conftest import START
+
+DATES = ["2026-01-05", "2026-01-06", "2026-01-07"]
+DAY = "2026-01-06"
+
+
+@pytest.fixture(scope="module")
+def clean_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three clean days x 3 clients: every quarantined row in these tests is one we put there."""
+    out = tmp_path_factory.mktemp("clean") / "inbox"
+    generate(out, start=START, days=3, clients=3, orders_per_day=300, seed=5, dirty_rate=0.0, progress=False)
+    return out
+
+
+@pytest.fixture()
+def qs(tmp_path: Path, clean_export: Path) -> Settings:
+    inbox = tmp_path / "inbox"
+    shutil.copytree(clean_export, inbox)
+    return Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
+
+
+def land(settings: Settings, dates: list[str] = DATES) -> tuple[Lake, Landing]:
+    lake = Lake.from_settings(settings)
+    landing = Landing(lake, settings.inbox_dir, settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    for t in FACTS:
+        landing.land_fact(t, {d: None for d in dates})
+    return lake, landing
+
+
+def edit_rows(path: Path, client: str, n: int, column: str, value: str) -> list[str]:
+    """Set `column` to `value` on the first n rows of `client` in a CSV; returns their keys."""
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    header = rows[0]
+    ci, vi = header.index("client_id"), header.index(column)
+    keys = []
+    for r in rows[1:]:
+        if len(keys) < n and r[ci] == client:
+            r[vi] = value
+            keys.append(r[0])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    path.write_text(buf.getvalue())
+    return keys
+
+
+def labels(outcomes: list) -> set[str]:
+    return {o.label for o in outcomes}
+
+
+def test_suites_are_files_that_cover_the_contract() -> None:
+    names = set(suite_names())
+    assert set(TABLES) | {"fct_deliveries", "agg_client_daily_kpis"} <= names
+    for t in TABLES.values():
+        doc = load_suite_doc(t.name)
+        assert doc["name"] == t.name
+        kinds = {(e["type"], e["kwargs"].get("column")) for e in doc["expectations"]}
+        assert ("expect_column_values_to_be_unique", t.key) in kinds
+        for c in t.columns:
+            if c.min is not None or c.max is not None:
+                assert ("expect_column_values_to_be_between", c.name) in kinds, (t.name, c.name)
+            if c.allowed or (c.references and c.references[0] != t.name):
+                assert ("expect_column_values_to_be_in_set", c.name) in kinds, (t.name, c.name)
+        assert ("expect_partition_rows_to_reconcile", None) in kinds
+        assert all(e["severity"] in ("critical", "warning") for e in doc["expectations"])
+    kpis = load_suite_doc("agg_client_daily_kpis")["expectations"]
+    assert {"column": "on_time_rate", "min_value": 0, "max_value": 1} in [e["kwargs"] for e in kpis]
+
+
+def test_quarantine_ratio_blocks_few_bad_rows_pass_and_a_fix_unblocks(qs: Settings) -> None:
+    src = qs.inbox_dir / "orders" / f"{DAY}.csv"
+    original = src.read_text()
+    edit_rows(src, "C001", 1, "weight_kg", "-3")  # one bad row: under 2 %
+    edit_rows(src, "C002", 8, "weight_kg", "-3")  # eight bad rows: over 2 %
+    lake, landing = land(qs)
+    q = Quality(lake, qs)
+    res = {r.client: r for r in q.validate_and_record("orders", [(DAY, "C001"), (DAY, "C002")])}
+
+    ok, bad = res["C001"], res["C002"]
+    assert ok.passed and not ok.failed_errors
+    manifest = lake.read_json(lake.meta_path("landing", "orders", f"date={DAY}", "client=C002.json"))
+    assert manifest["quarantined"] == 8
+    assert labels(bad.failed_errors) == {"expect_quarantine_ratio_to_be_at_most"}
+    ratio = float(bad.failed_errors[0].observed)
+    assert ratio == pytest.approx(8 / (manifest["landed"] + 8), abs=1e-4) and ratio > qs.quarantine_threshold
+    assert gate.blocked_partitions(lake, "orders") == {(DAY, "C002")}
+    status = lake.read_json(gate.status_path(lake, "orders", DAY, "C002"))
+    assert status["passed"] is False and status["failed"][0]["severity"] == ERROR
+
+    # Fixed at the source and re-landed: passes, and the gate lets it through again.
+    src.write_text(original)
+    landing.land_fact(TABLES["orders"], {DAY: ["C002"]})
+    [again] = q.validate_and_record("orders", [(DAY, "C002")])
+    assert again.passed and again.rows == manifest["landed"] + 8
+    assert gate.blocked_partitions(lake, "orders") == set()
+
+
+def _rewrite(lake: Lake, table: str, date: str, client: str, fn) -> None:
+    path = lake.data_file("raw", table, date, client)
+    t = pq.read_table(path)
+    rows = t.to_pylist()
+    fn(rows)
+    pq.write_table(t.from_pylist(rows, schema=t.schema), path)
+
+
+def test_orphans_and_duplicates_written_past_landing_block(qs: Settings) -> None:
+    lake, _ = land(qs)
+    other = pq.read_table(lake.data_file("raw", "orders", "2026-01-05", "C001")).column("order_id").to_pylist()
+
+    def orphan(rows: list[dict]) -> None:
+        rows[0]["order_id"] = "O-NOWHERE-1"
+        rows[1]["order_id"] = "O-NOWHERE-2"
+
+    def duplicate(rows: list[dict]) -> None:
+        rows[0]["order_id"], rows[1]["order_id"] = other[0], other[1]
+
+    _rewrite(lake, "deliveries", DAY, "C003", orphan)
+    _rewrite(lake, "orders", DAY, "C001", duplicate)
+    q = Quality(lake, qs)
+    [d] = q.validate_and_record("deliveries", [(DAY, "C003")])
+    [o] = q.validate_and_record("orders", [(DAY, "C001")])
+    [fk] = [x for x in d.failed_errors if x.label == "expect_column_values_to_be_in_set(order_id)"]
+    assert fk.unexpected_count == 2 and set(fk.sample) == {"O-NOWHERE-1", "O-NOWHERE-2"}
+    [dup] = o.failed_errors
+    assert dup.label == "expect_column_values_to_not_be_in_set(order_id)" and set(dup.sample) == {other[0], other[1]}
+    assert {("2026-01-06", "C003")} == gate.blocked_partitions(lake, "deliveries")
+    assert {("2026-01-06", "C001")} == gate.blocked_partitions(lake, "orders")
+
+
+def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> None:
+    lake, _ = land(qs)
+
+    def far(rows: list[dict]) -> None:
+        for r in rows:
+            r["distance_km"] = 900.0  # within the contract, but the mean drifts far from normal
+
+    _rewrite(lake, "deliveries", DAY, "C001", far)
+    _rewrite(lake, "deliveries", DAY, "C002", lambda rows: rows.__setitem__(0, rows[0] | {"attempts": 0}))
+    q = Quality(lake, qs)
+    res = {r.client: r for r in q.validate_and_record("deliveries", [(DAY, "C001"), (DAY, "C002")])}
+    warn = res["C001"]
+    assert warn.passed and [(o.label, o.severity) for o in warn.warnings] == [("expect_column_mean_to_be_between(distance_km)", WARN)]
+    assert float(warn.warnings[0].observed) == pytest.approx(900.0)
+    assert gate.blocked_partitions(lake, "deliveries") == {(DAY, "C002")}
+    [bad] = res["C002"].failed_errors
+    assert (bad.label, bad.unexpected_count, bad.sample) == ("expect_column_values_to_be_between(attempts)", 1, ["0"])
+
+    # Data Docs: the page of that validation exists, names the failed expectation, and is offline-safe.
+    page = Path(res["C002"].docs_url.removeprefix("file://"))
+    html = page.read_text()
+    assert page.is_relative_to(qs.data_dir / "data_docs") and "deliveries-2026-01-06-C002" in str(page)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert "Status: Failed" in text and "Unsuccessful Expectations 1 " in text
+    # GX renders each expectation as prose under its column: the failed range rule on attempts.
+    section = text[text.index(" attempts Status Expectation") :]
+    assert re.search(r"values must be greater than or equal to 1(\.0)? and less than or equal to 10(\.0)?", section[:400])
+    assert not re.search(r"""<(link|script)[^>]+(href|src)=["']https?://""", html)
+    assert (qs.data_dir / "data_docs" / "static" / "styles" / "offline.css").exists()
+    assert "deliveries-2026-01-06-C002" in (qs.data_dir / "data_docs" / "index.html").read_text()
+
+
+# ---- Dagster: checks in the same run, one bad partition does not hold back the good ones ---------
+
+
+def _run_cli(settings: Settings, instance: dg.DagsterInstance, full: bool = True):
+    import delivery_lake.orchestrate as orch
+
+    real = orch.dagster_instance
+    orch.dagster_instance = lambda s: instance  # type: ignore[assignment]
+    try:
+        return orch.run_inbox(settings, full=full)
+    finally:
+        orch.dagster_instance = real  # type: ignore[assignment]
+
+
+def _check_eval(instance: dg.DagsterInstance, table: str, zone: str = "raw"):
+    key = dg.AssetCheckKey(dg.AssetKey([zone, table]), "gx_suite")
+    return instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0].event.dagster_event.event_specific_data
+
+
+def _mart_rows(lake: Lake, model: str, date: str) -> list[dict]:
+    return pq.read_table(lake.data_file("curated", model, date)).to_pylist()
+
+
+def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Settings) -> None:
+    src = qs.inbox_dir / "deliveries" / f"{DAY}.csv"
+    original = src.read_text()
+    edit_rows(src, "C002", 3, "order_id", "O-NOWHERE")  # passes landing (fact-to-fact FK)
+    few_bad = edit_rows(src, "C001", 1, "distance_km", "-1")  # quarantined at landing, under 2 %
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = _run_cli(qs, instance)
+    assert outcome.success, outcome.failure  # the run is not failed by a blocked partition
+    lake = Lake.from_settings(qs)
+
+    # The check ran in the raw run, failed with ERROR, and names the partition and the rule.
+    ev = _check_eval(instance, "deliveries")
+    assert ev.passed is False and ev.severity == dg.AssetCheckSeverity.ERROR
+    md = ev.metadata
+    assert md["blocked_partitions"].value == [f"{DAY}/C002"]
+    assert md["partitions_validated"].value == 9 and md["partitions_passed"].value == 8
+    failed = md["per_partition"].value[f"{DAY}/C002"]["failed"]
+    assert failed[0]["expectation"] == "expect_column_values_to_be_in_set(order_id)"
+    assert failed[0]["unexpected_count"] == 3 and failed[0]["sample"] == ["O-NOWHERE"] * 3
+    assert md["per_partition"].value[f"{DAY}/C002"]["data_docs"].endswith(".html")
+    assert gate.blocked_partitions(lake, "deliveries") == {(DAY, "C002")}
+
+    # Downstream: the mart date holds no row of the blocked partition; the good partitions flowed,
+    # including C001 with its good rows (its one bad row was quarantined).
+    fct = _mart_rows(lake, "fct_deliveries", DAY)
+    by_client = {c: [r for r in fct if r["client_id"] == c] for c in ("C001", "C002", "C003")}
+    assert by_client["C002"] == []
+    landed_c001 = lake.read_json(lake.meta_path("landing", "deliveries", f"date={DAY}", "client=C001.json"))["landed"]
+    assert len(by_client["C001"]) == landed_c001 and few_bad[0] not in {r["delivery_id"] for r in by_client["C001"]}
+    assert by_client["C003"]
+    assert {r["client_id"] for r in _mart_rows(lake, "fct_deliveries", "2026-01-07")} == {"C001", "C002", "C003"}
+    kpi = _check_eval(instance, "agg_client_daily_kpis", "curated")
+    assert kpi.passed, kpi.metadata["results"].value
+
+    # Fixed at the source and re-run (only what changed): the partition passes and reaches the mart.
+    src.write_text(original)
+    assert _run_cli(qs, instance, full=False).success
+    assert gate.blocked_partitions(lake, "deliveries") == set()
+    assert _check_eval(instance, "deliveries").passed
+    assert len([r for r in _mart_rows(lake, "fct_deliveries", DAY) if r["client_id"] == "C002"]) > 0
+
+
+def test_stale_asset_fails_its_freshness_check(qs: Settings) -> None:
+    from dagster._core.test_utils import freeze_time
+
+    from assets.definitions import FRESHNESS_CHECKS, defs
+    from assets.resources import LakehouseResource
+
+    assert defs.get_sensor_def("freshness_checks_sensor") is not None
+    key = dg.AssetKey(["raw", "orders"])
+    check_key = dg.AssetCheckKey(key, "freshness_check")
+    resources = {"lakehouse": LakehouseResource(data_dir=str(qs.data_dir), lake_url=qs.lake_url, inbox_dir=str(qs.inbox_dir))}
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition="C001|2026-01-05"))
+        instance.add_dynamic_partitions("client", ["C001"])
+        now = datetime.now(UTC)
+
+        def evaluate(at: datetime) -> bool:
+            with freeze_time(at):
+                result = dg.materialize(
+                    [*defs.assets, *FRESHNESS_CHECKS],
+                    selection=dg.AssetSelection.checks(check_key),
+                    instance=instance,
+                    resources=resources,
+                    raise_on_error=False,
+                )
+            [ev] = result.get_asset_check_evaluations()
+            return ev.passed
+
+        assert evaluate(now + timedelta(hours=1)) is True
+        assert evaluate(now + timedelta(hours=27)) is False  # last update 27 h ago, bound 26 h

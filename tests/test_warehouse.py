@@ -1,0 +1,174 @@
+"""The analysts' DuckDB file: contents and comments, incremental refresh, atomic swap under
+concurrent readers, and the read-only `delivery-lake query` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from delivery_lake.cli import main
+from delivery_lake.config import Settings
+from delivery_lake.models import Project, Runner
+from delivery_lake.storage import Lake
+from delivery_lake.warehouse import META_TABLE, Warehouse, query
+from tests.test_landing import land_all
+
+DAY = "2026-01-07"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, dirty_export: Path) -> tuple[Settings, Lake, Project]:
+    root = tmp_path_factory.mktemp("warehouse")
+    inbox = root / "inbox"
+    shutil.copytree(dirty_export, inbox)
+    settings = Settings.from_env(data_dir=root / "data", lake_url=str(root / "lake"), inbox_dir=inbox)
+    lake, _, _ = land_all(settings)
+    project = Project.load()
+    Runner(lake, project, settings).build(full_refresh=True)
+    return settings, lake, project
+
+
+@pytest.fixture()
+def wh(built: tuple[Settings, Lake, Project], tmp_path: Path) -> Warehouse:
+    _, lake, project = built
+    return Warehouse(lake, project, tmp_path / "wh" / "delivery.duckdb")
+
+
+def _count(path: Path, table: str = "fct_deliveries") -> int:
+    return int(query(path, f"SELECT count(*) FROM {table}")[1][0][0])
+
+
+def test_every_mart_is_a_commented_table(wh: Warehouse) -> None:
+    report = wh.refresh()
+    assert {t.table for t in report.tables} == {m.name for m in wh.project.materialized()}
+    assert all(t.mode == "full" for t in report.tables)
+    con = duckdb.connect(str(wh.path), read_only=True)
+    try:
+        tables = dict(con.execute("SELECT table_name, comment FROM duckdb_tables()").fetchall())
+        assert "Grain: one row per delivery_id" in tables["fct_deliveries"]
+        cols = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'agg_client_daily_kpis'").fetchall())
+        assert cols["on_time_rate"] == "On-time deliveries / all deliveries dispatched that day."
+        for m in wh.project.materialized():
+            n = con.execute(f"SELECT count(*) FROM {m.name}").fetchone()[0]
+            want = sum(wh.lake.read_json(p)["rows"] for p in wh.lake.list_build_manifests("curated", m.name).values())
+            assert n == want > 0, m.name
+            types = [(r[0], r[1]) for r in con.execute(f"DESCRIBE {m.name}").fetchall()]
+            assert types == [(c.name, c.type) for c in m.columns]
+    finally:
+        con.close()
+    assert not list(wh.path.parent.glob(".*building*"))  # nothing left beside the live file
+
+
+def test_refresh_reloads_only_changed_partitions(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+    settings, lake, project = built
+    wh.refresh()
+    again = wh.refresh()
+    assert again.changed == []
+    Runner(lake, project, settings).build(["fct_deliveries", "agg_client_daily_kpis"], dates=[DAY])
+    report = {t.table: t for t in wh.refresh().tables}
+    assert {n for n, t in report.items() if t.mode != "unchanged"} == {"fct_deliveries", "agg_client_daily_kpis"}
+    assert report["fct_deliveries"].partitions_loaded == 1 and report["fct_deliveries"].mode == "incremental"
+    # Same content as a rebuild from scratch.
+    full = Warehouse(lake, project, wh.path.parent / "full.duckdb")
+    full.refresh(full=True)
+    sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
+    assert query(wh.path, sql) == query(full.path, sql)
+    held = dict(query(wh.path, f"SELECT date::VARCHAR, build_id FROM {META_TABLE} WHERE model = 'fct_deliveries'")[1])
+    assert held[DAY] == lake.read_json(lake.build_manifest("curated", "fct_deliveries", DAY))["build_id"]
+
+
+def test_readers_see_the_old_or_the_new_file_never_an_error(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+    lake = built[1]
+    wh.refresh()
+    full_n = _count(wh.path)
+    day_file = Path(lake.data_file("curated", "fct_deliveries", DAY))
+    day_manifest = Path(lake.build_manifest("curated", "fct_deliveries", DAY))
+    day_n = lake.read_json(str(day_manifest))["rows"]
+    saved = day_file.read_bytes(), day_manifest.read_bytes()
+
+    # An analyst session in another process holds the file open through every refresh.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import duckdb, sys, time\n"
+            f"con = duckdb.connect({str(wh.path)!r}, read_only=True)\n"
+            "print('open', flush=True)\n"
+            "seen = set()\n"
+            "for _ in range(400):\n"
+            "    seen.add(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0]); time.sleep(0.01)\n"
+            "print(sorted(seen))\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+
+    seen: set[int] = set()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(_count(wh.path))
+            except Exception as exc:  # the assertion below reports any of them
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(6):
+            if i % 2 == 0:  # the day disappears from curated, then comes back
+                day_file.unlink()
+                day_manifest.unlink()
+            else:
+                day_file.write_bytes(saved[0])
+                day_manifest.write_bytes(saved[1])
+            wh.refresh(full=i % 3 == 0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        out, _ = holder.communicate(timeout=60)
+    assert errors == []
+    assert seen <= {full_n, full_n - day_n} and len(seen) == 2
+    assert json.loads(out.strip().splitlines()[-1]) == [full_n]  # the held session kept its snapshot
+    assert holder.returncode == 0
+
+
+def test_cli_query_formats_and_errors(wh: Warehouse, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WAREHOUSE_PATH", str(wh.path))
+    assert main(["query", "SELECT 1 AS x"]) == 1  # no warehouse yet
+    assert "no warehouse at" in capsys.readouterr().err
+    wh.refresh()
+    sql = "SELECT client_id, deliveries FROM agg_client_daily_kpis WHERE date = '2026-01-06' ORDER BY client_id"
+    assert main(["query", sql, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "client_id,deliveries" and len(lines) == 5 and lines[1].startswith("C001,")
+    assert main(["query", sql, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["client_id"] for r in rows] == ["C001", "C002", "C003", "C004"]
+    assert main(["query", sql]) == 0
+    assert "4 row(s)" in capsys.readouterr().out
+
+    assert main(["query", "SELECT nope FROM fct_deliveries"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Binder Error") and "nope" in err and "Traceback" not in err
+    # Read-only: the analysts' file cannot be changed through the CLI.
+    assert main(["query", "DROP TABLE fct_deliveries"]) == 1
+    assert "read-only" in capsys.readouterr().err
+    assert _count(wh.path) > 0
+
+
+def test_cli_query_in_a_subprocess_has_no_traceback(wh: Warehouse, tmp_path: Path) -> None:
+    wh.refresh()
+    env = {"WAREHOUSE_PATH": str(wh.path), "PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path)}
+    bad = subprocess.run([sys.executable, "-m", "delivery_lake.cli", "query", "SELEC 1"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "Parser Error" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
