@@ -7,7 +7,7 @@ quarantine SQL from it, the generator writes its columns in this order, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 DType = Literal["string", "int", "float", "decimal", "bool", "date", "timestamp"]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from delivery_lake.config import Settings
-from delivery_lake.contract import TABLES, Column, Table
+from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import FileEntry, InboxIndex, InputError, csv_source_sql, ensure_rejects_table, read_header
 from delivery_lake.storage import UNASSIGNED_CLIENT, Lake, staging_dir
 
