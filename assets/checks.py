@@ -168,5 +168,12 @@ def freshness_checks(keys: Sequence[dg.AssetKey]) -> Sequence[dg.AssetChecksDefi
 def freshness_sensor(checks: Sequence[dg.AssetChecksDefinition]) -> dg.SensorDefinition:
     """Evaluates the freshness checks from the daemon (no run needed to notice staleness)."""
     return dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks, name="freshness_checks_sensor", default_status=dg.DefaultSensorStatus.RUNNING
+        freshness_checks=checks,
+        name="freshness_checks_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        # Staleness is measured in hours: evaluating every 5 minutes is plenty, and the trigger
+        # tag puts these runs under the queue's one-run-per-trigger limit (infra/dagster.yaml),
+        # so they never crowd out landing runs.
+        minimum_interval_seconds=300,
+        tags={"delivery_lake/trigger": "freshness"},
     )

@@ -95,12 +95,19 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from delivery_lake.models import Project, Runner
     from delivery_lake.storage import Lake
-    from delivery_lake.warehouse import Warehouse
+    from delivery_lake.warehouse import Warehouse, build_curated
 
     if not args.full_refresh and not args.date:
         console.print("pass --date YYYY-MM-DD (repeatable) or --full-refresh")
         return 2
     settings = Settings.from_env()
+    if not args.model:
+        results, wh = build_curated(settings, dates=args.date or None, full=args.full_refresh)
+        for r in results:
+            state = f"skipped ({r.skipped})" if r.skipped else f"{r.rows:,} rows, {len(r.dates)} partition(s)"
+            console.print(f"{r.model:<32} {state} {r.seconds:.2f}s", markup=False)
+        console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
+        return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0
     lake = Lake.from_settings(settings)
     project = Project.load()
     results = Runner(lake, project, settings).build(args.model or None, dates=args.date or None, full_refresh=args.full_refresh)

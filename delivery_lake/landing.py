@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,6 +152,14 @@ def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list
     """
 
 
+@dataclass
+class _BatchResult:
+    partitions: list[PartitionResult] = field(default_factory=list)
+    read: int = 0
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    registered: set[str] = field(default_factory=set)
+
+
 class Landing:
     def __init__(self, lake: Lake, inbox: Path, settings: Settings):
         self.lake, self.inbox, self.settings = lake, Path(inbox), settings
@@ -225,15 +234,28 @@ class Landing:
                 report.extra_columns[e.path] = extra
 
         landed_at = datetime.now(UTC).isoformat(timespec="seconds")
-        registered: set[str] = set()
         # 2. One batch per group of files sharing dates (a daily export: one file per batch),
-        # so memory is bounded by a day's data, never by the size of the backfill.
+        # so memory is bounded by a day's data, never by the size of the backfill. Batches
+        # are independent: up to DUCKDB_THREADS of them run at once, each DuckDB connection
+        # on its own core (the per-file ordinal that gives line numbers keeps a single
+        # reader on one thread, so parallelism across days is what uses the machine).
+        jobs = []
         for batch in _batches(entries) if table.is_fact else [entries]:
             batch_dates = set().union(*(e.dates for e in batch))
             wanted = None if requested is None else {d: c for d, c in requested.items() if d in batch_dates}
-            if wanted is not None and not wanted:
-                continue
-            registered |= self._land_batch(table, batch, wanted, report, landed_at)
+            if wanted is None or wanted:
+                jobs.append((batch, wanted))
+        workers = max(1, min(self.settings.duckdb_threads, len(jobs)))
+        threads_each = max(1, self.settings.duckdb_threads // workers)
+        registered: set[str] = set()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(self._land_batch, table, b, w, landed_at, threads_each) for b, w in jobs]
+            for fut in futures:  # in batch order, so the report is deterministic
+                result = fut.result()
+                report.partitions.extend(result.partitions)
+                report.read += result.read
+                report.preview = report.preview or result.preview
+                registered |= result.registered
         report.seconds = round(time.monotonic() - started, 3)
         if requested is None:
             report.check_reconciled()
@@ -242,10 +264,12 @@ class Landing:
         return report
 
     def _land_batch(
-        self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None, report: LandingReport, landed_at: str
-    ) -> set[str]:
+        self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None, landed_at: str, threads: int
+    ) -> _BatchResult:
+        out = _BatchResult()
         con = self.lake.duckdb()
         try:
+            con.execute(f"SET threads = {int(threads)}")
             parent_keys = self._load_parent_keys(con, table)
             self._load_sources(con, table, entries)
             con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
@@ -253,14 +277,14 @@ class Landing:
             self._mark_duplicates(con, table)
             self._lines(con)
             if requested is None:
-                report.read += con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
-            registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()} if "clients" in parent_keys else set()
+                out.read = con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
+            if "clients" in parent_keys:
+                out.registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()}
             targets = self._targets(con, table, requested)
             with staging_dir(self.settings) as stage:
-                report.partitions.extend(self._write_partitions(con, table, targets, stage, landed_at))
-            if not report.preview:
-                report.preview = self._preview(con, table)
-            return registered
+                out.partitions = self._write_partitions(con, table, targets, stage, landed_at)
+            out.preview = self._preview(con, table)
+            return out
         finally:
             con.close()
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from delivery_lake.config import Settings
 from delivery_lake.storage import Lake
 
 if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; `query` does not need them
@@ -286,3 +287,17 @@ def describe(path: Path | str) -> dict[str, Any]:
         }
     finally:
         con.close()
+
+
+def build_curated(settings: Settings, dates: list[str] | None = None, full: bool = False) -> tuple[list[Any], WarehouseReport]:
+    """Build the marts for `dates` (or everything with `full`) and refresh the warehouse.
+
+    The one library entry point for "refresh the curated layer": the CLI's `build` and the
+    benchmark call it; Dagster runs the same Runner and Warehouse through its assets.
+    """
+    from delivery_lake.models import Project, Runner
+
+    lake = Lake.from_settings(settings)
+    project = Project.load()
+    results = Runner(lake, project, settings).build(None, dates=dates, full_refresh=full)
+    return results, Warehouse(lake, project, settings.warehouse_path).refresh(full=full)

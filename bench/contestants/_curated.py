@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 ENTRY_POINTS = [
+    ("delivery_lake.warehouse", "build_curated"),
     ("delivery_lake.curated", "build"),
     ("delivery_lake.curated", "build_curated"),
     ("delivery_lake.sql_runner", "build"),
