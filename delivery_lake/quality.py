@@ -176,6 +176,21 @@ class Quality:
         self.lake, self.settings = lake, settings
         self._ctx: Any = None
         self._checkpoints: dict[str, Any] = {}
+        # Key snapshots shared by the partitions of one `validate_and_record` call: every
+        # partition needs the other partitions' keys and the parent keys, and re-reading them
+        # per partition is quadratic in object-store reads.
+        self._snapshots: dict[tuple[str, ...], Any] | None = None
+
+    def _snapshot(self, con: Any, key: tuple[str, ...], sql: str) -> str:
+        """A relation name for `sql`: a view on this connection, or a cached Arrow copy during a batch."""
+        name = "snap_" + "_".join(key).replace("-", "_")
+        if self._snapshots is None:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+            return name
+        if key not in self._snapshots:
+            self._snapshots[key] = con.execute(sql).to_arrow_table()
+        con.register(name, self._snapshots[key])
+        return name
 
     # -- GX context ---------------------------------------------------------------------------
     @property
@@ -280,9 +295,8 @@ class Quality:
                 # own quarantine), not an orphan: an orphan is an id found nowhere.
                 qsrc = self.lake.glob_uri("quarantine", parent.name, True)
                 sources.append(f"SELECT {pk} AS k FROM read_parquet('{qsrc}', union_by_name = true) WHERE _reason <> 'duplicate'")
-            rows = con.execute(
-                f"SELECT DISTINCT k FROM ({' UNION ALL '.join(sources)}) WHERE k IN (SELECT {_q(c.name)} FROM part)"
-            ).fetchall()
+            snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k FROM ({' UNION ALL '.join(sources)})")
+            rows = con.execute(f"SELECT DISTINCT k FROM {snap} WHERE k IN (SELECT {_q(c.name)} FROM part)").fetchall()
             out[f"{c.name}_parents"] = sorted(r[0] for r in rows)
         return out
 
@@ -290,9 +304,14 @@ class Quality:
         if not table.is_fact:
             return []
         key = _q(table.key)
+        snap = self._snapshot(
+            con,
+            ("keys", table.name),
+            f"""SELECT DISTINCT {key} AS k, CAST(date AS VARCHAR) AS d, client AS c
+                FROM read_parquet('{self.lake.glob_uri("raw", table.name, True)}', hive_partitioning = true)""",
+        )
         rows = con.execute(
-            f"""SELECT DISTINCT {key} FROM read_parquet('{self.lake.glob_uri("raw", table.name, True)}', hive_partitioning = true)
-                WHERE {key} IN (SELECT {key} FROM part) AND NOT (CAST(date AS VARCHAR) = ? AND client = ?)""",
+            f"SELECT DISTINCT k FROM {snap} WHERE k IN (SELECT {key} FROM part) AND NOT (d = ? AND c = ?)",
             [date, client],
         ).fetchall()
         return sorted(r[0] for r in rows)
@@ -417,6 +436,18 @@ class Quality:
         """Validate each partition, write its gate status, then build the Data Docs pages once."""
         out: list[PartitionValidation] = []
         identifiers = []
+        self._snapshots = {}
+        try:
+            self._validate_each(table, partitions, mart, out, identifiers)
+        finally:
+            self._snapshots = None
+        if identifiers:
+            self.build_docs(identifiers)
+        return out
+
+    def _validate_each(
+        self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool, out: list[PartitionValidation], identifiers: list[Any]
+    ) -> None:
         for date, client in partitions:
             try:
                 pv, ident = self.validate_mart(table, date) if mart else self.validate_raw(table, date, client)
@@ -427,9 +458,6 @@ class Quality:
                 pv.docs_url = self.docs_url(ident)
             gate.record(self.lake, table, pv.passed, pv.details(), date, client)
             out.append(pv)
-        if identifiers:
-            self.build_docs(identifiers)
-        return out
 
     # -- Data Docs -------------------------------------------------------------------------------
     def docs_url(self, identifier: Any) -> str | None:
