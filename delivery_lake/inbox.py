@@ -193,9 +193,6 @@ class InboxIndex:
             self.lake.write_json(self._cache_path, cached)
         return out
 
-    def files_for_dates(self, dates: set[str]) -> list[FileEntry]:
-        return [e for e in self.entries(dates=dates) if e.dates & dates]
-
 
 def touched_partitions(entries: list[FileEntry]) -> dict[str, set[str]]:
     """date -> raw client ids touched by these files."""

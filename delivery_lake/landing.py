@@ -39,8 +39,6 @@ from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import FileEntry, InboxIndex, InputError, csv_source_sql, ensure_rejects_table, read_header
 from delivery_lake.storage import UNASSIGNED_CLIENT, Lake, staging_dir
 
-META_COLUMNS = ["_reason", "_reasons", "_source_file", "_source_line", "_raw_line", "_landed_at"]
-
 
 class LandingError(RuntimeError):
     pass
@@ -204,12 +202,12 @@ class Landing:
     def land_fact(self, table: Table, partitions: dict[str, list[str] | None]) -> LandingReport:
         """Land `date -> clients` (None = every client found) for a fact table."""
         dates = set(partitions)
-        entries = self.index(table).files_for_dates(dates)
-        if not entries:
+        # One read of the index (it checks every file's header): the files touching the
+        # requested dates, closed over the other dates those files touch, so duplicate
+        # resolution always sees the same set of files for a date.
+        all_entries = self.index(table).entries(dates=dates)
+        if not any(e.dates & dates for e in all_entries):
             raise InputError(f"{self.inbox / table.name}: no CSV files touch dates {', '.join(sorted(dates))}")
-        # A file touching a requested date may touch others: close over them so that
-        # duplicate resolution always sees the same set of files for a date.
-        all_entries = self.index(table).entries(refresh=False, dates=dates)
         closure = set(dates)
         while True:
             grow = {d for e in all_entries if e.dates & closure for d in e.dates} - closure
