@@ -16,6 +16,8 @@ from delivery_lake.contract import TABLES, Table
 from delivery_lake.storage import Lake
 
 DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
+# Bumped when what a scan counts changes, so older cached entries are scanned again.
+INDEX_VERSION = 2
 
 
 class InputError(ValueError):
@@ -32,6 +34,9 @@ class FileEntry:
     partitions: dict[str, dict[str, int]] = field(default_factory=dict)
     malformed: int = 0
     header: list[str] = field(default_factory=list)
+    # True while only the name's date is known (scan deferred to the landing that reads the
+    # file, which learns the real partitions in the same pass; see Landing.land_fact)
+    provisional: bool = False
 
     @property
     def rows(self) -> int:
@@ -46,6 +51,7 @@ class FileEntry:
 
     def to_json(self) -> dict:
         return {
+            "v": INDEX_VERSION,
             "fingerprint": self.fingerprint,
             "nominal_date": self.nominal_date,
             "partitions": self.partitions,
@@ -126,14 +132,19 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
     con = lake.duckdb()
     try:
         src = csv_source_sql(path, header, table, "rej")
+        # Every contract column is converted (an unused aggregate keeps DuckDB from skipping
+        # it), so a line the landing's reader rejects is `malformed` here too.
+        parse_all = ", ".join(f'count("{c.name}")' for c in table.columns)
         if table.is_fact:
             pcol, ccol = table.partition_column, table.client_column
             rows = con.execute(
-                f"""SELECT CAST("{pcol}" AS DATE)::VARCHAR AS d, coalesce(trim("{ccol}"), '') AS c, count(*) AS n
+                f"""SELECT CAST("{pcol}" AS DATE)::VARCHAR AS d, coalesce(trim("{ccol}"), '') AS c, count(*) AS n, {parse_all}
                     FROM {src} GROUP BY ALL"""
             ).fetchall()
+            rows = [r[:3] for r in rows]
         else:
-            rows = [(None, "", con.execute(f"SELECT count(*) FROM {src}").fetchone()[0])]
+            # fetchall: the rejects table is complete only once the result is consumed
+            rows = [(None, "", con.execute(f"SELECT count(*), {parse_all} FROM {src}").fetchall()[0][0])]
         ensure_rejects_table(con, "rej")
         malformed = con.execute("SELECT count(DISTINCT line) FROM rej").fetchone()[0]
     finally:
@@ -162,11 +173,19 @@ class InboxIndex:
         self.lake, self.inbox, self.table = lake, Path(inbox), table
         self._cache_path = lake.meta_path("inbox_index", f"{table.name}.json")
 
-    def entries(self, refresh: bool = True, paths: list[Path] | None = None, dates: set[str] | None = None) -> list[FileEntry]:
+    def entries(
+        self,
+        refresh: bool = True,
+        paths: list[Path] | None = None,
+        dates: set[str] | None = None,
+        defer_scan: bool = False,
+    ) -> list[FileEntry]:
         """Scan results for `paths` (default: every file of the table).
 
         With `dates`, a file that fails its header check but whose name dates it outside
         `dates` is skipped: a broken file for one day does not block landing the others.
+        With `defer_scan`, a file not scanned yet whose name carries a date is returned as a
+        provisional entry touching that date only, without reading it.
         """
         cached: dict = self.lake.read_json(self._cache_path, default={}) or {}
         out: list[FileEntry] = []
@@ -182,8 +201,15 @@ class InboxIndex:
                     raise
             fp = fingerprint(path)
             hit = cached.get(str(path))
-            if hit and hit.get("fingerprint") == fp:
-                out.append(FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"]))
+            if hit and hit.get("fingerprint") == fp and hit.get("v") == INDEX_VERSION:
+                out.append(
+                    FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"])
+                )
+                continue
+            named = DATE_IN_NAME.search(path.name)
+            if defer_scan and named:
+                header = read_header(path, self.table)
+                out.append(FileEntry(str(path), fp, named.group(1), {named.group(1): {}}, 0, header, provisional=True))
                 continue
             entry = _scan(self.lake, path, self.table)
             cached[str(path)] = entry.to_json()
@@ -192,6 +218,16 @@ class InboxIndex:
         if changed and refresh:
             self.lake.write_json(self._cache_path, cached)
         return out
+
+    def remember(self, entries: list[FileEntry]) -> None:
+        """Cache scan results learned elsewhere (a landing counts partitions as it reads)."""
+        learned = [e for e in entries if not e.provisional]
+        if not learned:
+            return
+        cached: dict = self.lake.read_json(self._cache_path, default={}) or {}
+        for e in learned:
+            cached[e.path] = e.to_json()
+        self.lake.write_json(self._cache_path, cached)
 
 
 def touched_partitions(entries: list[FileEntry]) -> dict[str, set[str]]:

@@ -66,6 +66,8 @@ class LandingReport:
     read: int = 0
     schema: dict[str, str] = field(default_factory=dict)
     preview: list[dict[str, Any]] = field(default_factory=list)
+    # the files read, with their partitions as counted by this landing
+    entries: list[FileEntry] = field(default_factory=list)
 
     @property
     def landed(self) -> int:
@@ -122,7 +124,9 @@ def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
             out.append(f"CASE WHEN {col} NOT IN ({values}) THEN 'not_allowed:{c.name}' END")
         if c.references and c.references[0] in parent_keys:
             keys = parent_keys[c.references[0]]
-            out.append(f"CASE WHEN {col} IS NOT NULL AND {col} NOT IN (SELECT k FROM {keys}) THEN 'orphan:{c.name}' END")
+            out.append(
+                f"CASE WHEN {col} IS NOT NULL AND {col} NOT IN (SELECT k FROM {keys}) THEN 'orphan:{c.name}' END"
+            )
     for r in table.rules:
         out.append(f"CASE WHEN NOT ({r.sql}) THEN 'rule:{r.name}' END")
     return out
@@ -134,14 +138,19 @@ def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list
     if table.is_fact:
         pcol, ccol = _q(table.partition_column or ""), _q(table.client_column or "")
         # A missing partition timestamp files the row under its file's nominal date.
-        nominal = "CASE _file_rank " + " ".join(f"WHEN {i} THEN {_lit(d or 'unknown')}" for i, d in enumerate(nominal_dates)) + " END"
+        nominal = (
+            "CASE _file_rank "
+            + " ".join(f"WHEN {i} THEN {_lit(d or 'unknown')}" for i, d in enumerate(nominal_dates))
+            + " END"
+        )
         date_expr = f"coalesce(CAST({pcol} AS DATE)::VARCHAR, {nominal})"
         client_ok = f"{ccol} IN (SELECT k FROM {parent_keys['clients']})" if "clients" in parent_keys else "true"
         client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {_lit(UNASSIGNED_CLIENT)} END"
     else:
         date_expr, client_expr = "NULL::VARCHAR", "NULL::VARCHAR"
     conditions = [e.removeprefix("CASE WHEN ").rsplit(" THEN ", 1)[0] for e in reason_exprs(table, parent_keys)]
-    ok = " AND ".join(f"NOT coalesce({c}, false)" for c in conditions) or "true"
+    # A rule that evaluates to NULL is not broken: NULL OR false is NULL, coalesced to false.
+    ok = "NOT coalesce(" + " OR ".join(f"({c})" for c in conditions) + ", false)" if conditions else "true"
     # The reasons list is only built for failing rows (CASE evaluates branches selectively).
     return f"""
         SELECT *, CASE WHEN {ok} THEN []::VARCHAR[] ELSE {reasons} END AS _rs,
@@ -156,6 +165,25 @@ class _BatchResult:
     read: int = 0
     preview: list[dict[str, Any]] = field(default_factory=list)
     registered: set[str] = field(default_factory=set)
+    learned: list[FileEntry] = field(default_factory=list)
+
+
+@dataclass
+class _Counts:
+    """One aggregate over `typed` (and `rejected`) that planning, manifests and the index share."""
+
+    # (_file_rank, _file, _date, _client, raw client, valid rows, quarantined rows)
+    typed: list[tuple[int, str, str | None, str | None, str, int, int]]
+    # (_file_rank, _date, rejected lines)
+    rejected: list[tuple[int, str | None, int]]
+
+
+class _PlanChanged(Exception):
+    """A file planned by the date in its name touches other dates; carries what was learned."""
+
+    def __init__(self, learned: list[FileEntry]):
+        super().__init__(f"{len(learned)} file(s) touch dates their names did not announce")
+        self.learned = learned
 
 
 class Landing:
@@ -171,7 +199,12 @@ class Landing:
             return []
         con = self.lake.duckdb()
         try:
-            return [r[0] for r in con.execute(f"SELECT client_id FROM read_parquet('{self.lake.uri(path)}') ORDER BY 1").fetchall()]
+            return [
+                r[0]
+                for r in con.execute(
+                    f"SELECT client_id FROM read_parquet('{self.lake.uri(path)}') ORDER BY 1"
+                ).fetchall()
+            ]
         finally:
             con.close()
 
@@ -188,8 +221,15 @@ class Landing:
         try:
             parent_keys = self._load_parent_keys(con, table)
             self._load_sources(con, table, entries)
-            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
-            return [r[0] for r in con.execute(f"SELECT DISTINCT {_q(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1").fetchall()]
+            con.execute(
+                f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}"
+            )
+            return [
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT {_q(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1"
+                ).fetchall()
+            ]
         finally:
             con.close()
 
@@ -202,23 +242,45 @@ class Landing:
     def land_fact(self, table: Table, partitions: dict[str, list[str] | None]) -> LandingReport:
         """Land `date -> clients` (None = every client found) for a fact table."""
         dates = set(partitions)
-        # One read of the index (it checks every file's header): the files touching the
-        # requested dates, closed over the other dates those files touch, so duplicate
-        # resolution always sees the same set of files for a date.
-        all_entries = self.index(table).entries(dates=dates)
+        index = self.index(table)
+        # Files not indexed yet are planned by the date in their name and counted while
+        # they are read (one pass over the CSV, not two); the batch that reads one checks
+        # the plan before publishing anything (see _land).
+        all_entries = index.entries(dates=dates, defer_scan=True)
+        while True:
+            # The files touching the requested dates, closed over the other dates those files
+            # touch, so duplicate resolution always sees the same set of files for a date.
+            closure = set(dates)
+            while True:
+                grow = {d for e in all_entries if e.dates & closure for d in e.dates} - closure
+                if not grow:
+                    break
+                closure |= grow
+            # A deferred file this landing will not read could still touch a requested date:
+            # only a scan can tell, so those are scanned now.
+            unread = [Path(e.path) for e in all_entries if e.provisional and not e.dates & closure]
+            if not unread:
+                break
+            scanned = {e.path: e for e in index.entries(paths=unread)}
+            all_entries = [scanned.get(e.path, e) for e in all_entries]
         if not any(e.dates & dates for e in all_entries):
             raise InputError(f"{self.inbox / table.name}: no CSV files touch dates {', '.join(sorted(dates))}")
-        closure = set(dates)
-        while True:
-            grow = {d for e in all_entries if e.dates & closure for d in e.dates} - closure
-            if not grow:
-                break
-            closure |= grow
         entries = [e for e in all_entries if e.dates & closure]
-        return self._land(table, entries, requested=partitions)
+        try:
+            report = self._land(table, entries, requested=partitions)
+        except _PlanChanged as changed:
+            # A file touched dates its name did not announce. Its real partitions are now
+            # indexed, so landing again plans it right (batches already published are
+            # landed again; publishing is idempotent).
+            index.remember(changed.learned)
+            return self.land_fact(table, partitions)
+        index.remember([e for e in report.entries if e.path in {p.path for p in entries if p.provisional}])
+        return report
 
     # -----------------------------------------------------------------------------------------
-    def _land(self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> LandingReport:
+    def _land(
+        self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None
+    ) -> LandingReport:
         started = time.monotonic()
         # File rank decides duplicates: later arrivals (modification time, then name) win.
         entries = sorted(entries, key=lambda e: (Path(e.path).stat().st_mtime_ns, e.path))
@@ -234,9 +296,11 @@ class Landing:
         landed_at = datetime.now(UTC).isoformat(timespec="seconds")
         # 2. One batch per group of files sharing dates (a daily export: one file per batch),
         # so memory is bounded by a day's data, never by the size of the backfill. Batches
-        # are independent: up to DUCKDB_THREADS of them run at once, each DuckDB connection
-        # on its own core (the per-file ordinal that gives line numbers keeps a single
-        # reader on one thread, so parallelism across days is what uses the machine).
+        # are independent: up to DUCKDB_THREADS of them run at once, each on its own
+        # connection (a cursor: temp tables are private) to one DuckDB instance, which
+        # shares its thread pool and warm buffers. The per-file ordinal that gives line
+        # numbers keeps a file's reader on one thread, so parallelism across days is what
+        # uses the machine.
         jobs = []
         for batch in _batches(entries) if table.is_fact else [entries]:
             batch_dates = set().union(*(e.dates for e in batch))
@@ -244,43 +308,71 @@ class Landing:
             if wanted is None or wanted:
                 jobs.append((batch, wanted))
         workers = max(1, min(self.settings.duckdb_threads, len(jobs)))
-        threads_each = max(1, self.settings.duckdb_threads // workers)
         registered: set[str] = set()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self._land_batch, table, b, w, landed_at, threads_each) for b, w in jobs]
-            for fut in futures:  # in batch order, so the report is deterministic
-                result = fut.result()
-                report.partitions.extend(result.partitions)
-                report.read += result.read
-                report.preview = report.preview or result.preview
-                registered |= result.registered
+        learned: dict[str, FileEntry] = {}
+        changed: list[_PlanChanged] = []
+        base = self.lake.duckdb()
+        # Each batch's query runs on its calling thread: more DuckDB threads would only
+        # contend with the other batches for the same cores.
+        base.execute(f"SET threads = {max(1, self.settings.duckdb_threads // workers)}")
+        try:
+            parent_keys = self._load_parent_keys(base, table)  # shared by the batches' cursors
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self._land_batch, base, parent_keys, table, b, w, landed_at) for b, w in jobs]
+                for fut in futures:  # in batch order, so the report is deterministic
+                    try:
+                        result = fut.result()
+                    except _PlanChanged as exc:
+                        changed.append(exc)
+                        continue
+                    report.partitions.extend(result.partitions)
+                    report.read += result.read
+                    report.preview = report.preview or result.preview
+                    registered |= result.registered
+                    learned.update({e.path: e for e in result.learned})
+        finally:
+            base.close()
+        if changed:
+            raise _PlanChanged([e for exc in changed for e in exc.learned] + list(learned.values()))
+        report.entries = [learned.get(e.path, e) for e in entries]
         report.seconds = round(time.monotonic() - started, 3)
         if requested is None:
             report.check_reconciled()
         else:
-            self._check_partition_reconciliation(report, entries, requested, registered)
+            self._check_partition_reconciliation(report, report.entries, requested, registered)
         return report
 
     def _land_batch(
-        self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None, landed_at: str, threads: int
+        self,
+        base: Any,
+        parent_keys: dict[str, str],
+        table: Table,
+        entries: list[FileEntry],
+        requested: dict[str, list[str] | None] | None,
+        landed_at: str,
     ) -> _BatchResult:
         out = _BatchResult()
-        con = self.lake.duckdb()
+        con = base.cursor()
         try:
-            con.execute(f"SET threads = {int(threads)}")
-            parent_keys = self._load_parent_keys(con, table)
             self._load_sources(con, table, entries)
-            con.execute(f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}")
+            con.execute(
+                f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}"
+            )
             self._load_rejects(con, table, entries)
             self._mark_duplicates(con, table)
             self._lines(con)
             if requested is None:
-                out.read = con.execute("SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)").fetchone()[0]
+                out.read = con.execute(
+                    "SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)"
+                ).fetchone()[0]
             if "clients" in parent_keys:
                 out.registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()}
-            targets = self._targets(con, table, requested)
+            counts = self._counts(con, table)
+            if table.is_fact:
+                out.learned = self._learn(con, table, entries, counts)
+            targets = self._targets(table, requested, counts)
             with staging_dir(self.settings) as stage:
-                out.partitions = self._write_partitions(con, table, targets, stage, landed_at)
+                out.partitions = self._write_partitions(con, table, targets, counts, stage, landed_at)
             out.preview = self._preview(con, table)
             return out
         finally:
@@ -296,7 +388,7 @@ class Landing:
                 raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
             name = f"keys_{parent}"
             con.execute(
-                f"CREATE TEMP TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
+                f"CREATE TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
                 f"FROM read_parquet('{self.lake.uri(path)}')"
             )
             out[parent] = name
@@ -310,7 +402,8 @@ class Landing:
         """
         con.execute("SET preserve_insertion_order = true")
         cols = ", ".join(
-            f"NULLIF(trim({_q(c.name)}), '') AS {_q(c.name)}" if c.dtype == "string" else _q(c.name) for c in table.columns
+            f"NULLIF(trim({_q(c.name)}), '') AS {_q(c.name)}" if c.dtype == "string" else _q(c.name)
+            for c in table.columns
         )
         parts = []
         for i, e in enumerate(entries):
@@ -332,7 +425,7 @@ class Landing:
         )
         rejects = " UNION ALL ".join(
             f"""SELECT {i} AS _file_rank, {_lit(e.path)} AS _file,
-                       {_lit(e.nominal_date or 'unknown') if table.is_fact else 'NULL::VARCHAR'} AS _date, line,
+                       {_lit(e.nominal_date or "unknown") if table.is_fact else "NULL::VARCHAR"} AS _date, line,
                        string_agg(DISTINCT {reason}, ';' ORDER BY {reason}) AS reasons, first(csv_line) AS csv_line
                 FROM rej{i} GROUP BY line"""
             for i, e in enumerate(entries)
@@ -393,13 +486,54 @@ class Landing:
                GROUP BY t._file_rank, t._ord"""
         )
 
-    def _targets(self, con: Any, table: Table, requested: dict[str, list[str] | None] | None) -> list[tuple[str | None, str | None]]:
+    def _counts(self, con: Any, table: Table) -> _Counts:
+        raw_client = f"coalesce({_q(table.client_column)}, '')" if table.client_column else "''"
+        typed = con.execute(
+            f"""SELECT _file_rank, _file, _date, _client, {raw_client}, count(*) FILTER (len(_rs) = 0), count(*) FILTER (len(_rs) > 0)
+                FROM typed GROUP BY ALL"""
+        ).fetchall()
+        rejected = con.execute("SELECT _file_rank, _date, count(*) FROM rejected GROUP BY ALL").fetchall()
+        return _Counts(typed, rejected)
+
+    def _learn(self, con: Any, table: Table, entries: list[FileEntry], counts: _Counts) -> list[FileEntry]:
+        """Index entries of the provisional files of this batch, from what was just read.
+
+        The same partition rule as the index scan (a row's date, else the name's date; the
+        trimmed raw client). Raises _PlanChanged when a file touches a date outside the
+        batch, before anything is published.
+        """
+        provisional = {i: e for i, e in enumerate(entries) if e.provisional}
+        if not provisional:
+            return []
+        parts: dict[int, dict[str, dict[str, int]]] = {i: {} for i in provisional}
+        malformed: dict[int, int] = dict.fromkeys(provisional, 0)
+        for rank, _f, d, _c, raw, ok, bad in counts.typed:
+            if rank in parts:
+                by_client = parts[rank].setdefault(d, {})
+                by_client[raw] = by_client.get(raw, 0) + ok + bad
+        for rank, _d, n in counts.rejected:
+            if rank in malformed:
+                malformed[rank] += n
+        learned = [
+            FileEntry(e.path, e.fingerprint, e.nominal_date, parts[i], malformed[i], e.header)
+            for i, e in provisional.items()
+        ]
+        planned = set().union(*(e.dates for e in entries))
+        if any(not e.dates <= planned for e in learned):
+            raise _PlanChanged(learned)
+        return learned
+
+    def _targets(
+        self, table: Table, requested: dict[str, list[str] | None] | None, counts: _Counts
+    ) -> list[tuple[str | None, str | None]]:
         if not table.is_fact:
             return [(None, None)]
         assert requested is not None
         present: dict[str, set[str]] = defaultdict(set)
-        for d, c in con.execute("SELECT DISTINCT _date, _client FROM typed UNION SELECT DISTINCT _date, '" + UNASSIGNED_CLIENT + "' FROM rejected").fetchall():
+        for _r, _f, d, c, _raw, _ok, _bad in counts.typed:
             present[d].add(c)
+        for _r, d, _n in counts.rejected:
+            present[d].add(UNASSIGNED_CLIENT)
         out: list[tuple[str | None, str | None]] = []
         for d in sorted(requested):
             clients = requested[d]
@@ -412,7 +546,13 @@ class Landing:
         return out
 
     def _write_partitions(
-        self, con: Any, table: Table, targets: list[tuple[str | None, str | None]], stage: Path, landed_at: str
+        self,
+        con: Any,
+        table: Table,
+        targets: list[tuple[str | None, str | None]],
+        counts: _Counts,
+        stage: Path,
+        landed_at: str,
     ) -> list[PartitionResult]:
         """Write every target partition with two COPY statements, then publish them one object each."""
         cols = ", ".join(_q(c.name) for c in table.columns)
@@ -421,12 +561,14 @@ class Landing:
         con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
         con.executemany("INSERT INTO targets VALUES (?, ?)", [(d or "_", c or "_") for d, c in targets])
         key = "coalesce(_date, '_') AS d, coalesce(_client, '_') AS c"
-        everything = con.execute(
-            "SELECT count(*) = 0 FROM (SELECT DISTINCT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c FROM typed) "
-            "ANTI JOIN targets USING (d, c)"
-        ).fetchone()[0]
+        wanted = {(d or "_", c or "_") for d, c in targets}
+        everything = all((d or "_", c or "_") in wanted for _r, _f, d, c, _raw, _ok, _bad in counts.typed)
         # A backfill wants every partition of the batch: no need to filter (or copy) `typed`.
-        picked_from = "typed" if everything else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
+        picked_from = (
+            "typed"
+            if everything
+            else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
+        )
         con.execute(f"CREATE OR REPLACE TEMP VIEW picked AS SELECT {key}, * FROM {picked_from}")
         good_dir, bad_dir = stage / "good", stage / "bad"
         # No ORDER BY: `typed` is in file order and DuckDB keeps insertion order in the write.
@@ -463,10 +605,12 @@ class Landing:
         results: dict[tuple[str, str], PartitionResult] = {
             (d or "_", c or "_"): PartitionResult(table.name, d, c) for d, c in targets
         }
-        for d, c, f, ok, q in con.execute(
-            "SELECT d, c, _file, count(*) FILTER (len(_rs) = 0), count(*) FILTER (len(_rs) > 0) FROM picked GROUP BY ALL"
-        ).fetchall():
-            results[(d, c)].by_file[f] = {"landed": int(ok), "quarantined": int(q)}
+        for _r, f, d, c, _raw, ok, q in counts.typed:
+            res = results.get((d or "_", c or "_"))
+            if res is not None:
+                slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
+                slot["landed"] += int(ok)
+                slot["quarantined"] += int(q)
         for d, c, reason, f, unparsed, n in con.execute(
             "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
         ).fetchall():
@@ -496,7 +640,11 @@ class Landing:
                 self.lake.publish_file(empty(empty_bad, "SELECT * EXCLUDE (d, c) FROM bad_rows"), bad_dest)
             if client != UNASSIGNED_CLIENT:
                 dest = self.lake.data_file("raw", table.name, date, client)
-                res.bytes = self.lake.publish_file(good, dest, move=True) if good else self.lake.publish_file(empty(empty_good, f"SELECT {cols} FROM typed"), dest)
+                res.bytes = (
+                    self.lake.publish_file(good, dest, move=True)
+                    if good
+                    else self.lake.publish_file(empty(empty_good, f"SELECT {cols} FROM typed"), dest)
+                )
             self.lake.write_json(
                 manifest_path(self.lake, table.name, date, client),
                 {
@@ -516,11 +664,19 @@ class Landing:
 
     def _preview(self, con: Any, table: Table, n: int = 5) -> list[dict[str, Any]]:
         cols = [c.name for c in table.columns]
-        rows = con.execute(f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 LIMIT {n}").fetchall()
-        return [{c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(cols, r, strict=True)} for r in rows]
+        rows = con.execute(
+            f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 LIMIT {n}"
+        ).fetchall()
+        return [
+            {c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(cols, r, strict=True)} for r in rows
+        ]
 
     def _check_partition_reconciliation(
-        self, report: LandingReport, entries: list[FileEntry], requested: dict[str, list[str] | None], registered: set[str]
+        self,
+        report: LandingReport,
+        entries: list[FileEntry],
+        requested: dict[str, list[str] | None],
+        registered: set[str],
     ) -> None:
         """Per date: rows the index scan counted for the landed partitions == landed + quarantined."""
         for d, clients in requested.items():
@@ -570,12 +726,12 @@ def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]
     entries = InboxIndex(lake, inbox, table).entries()
     landed: dict[str, int] = defaultdict(int)
     quarantined: dict[str, int] = defaultdict(int)
-    manifests = lake.fs.glob(lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json"))
+    manifests = lake.fs.glob(
+        lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json")
+    )
     for m in manifests:
         doc = lake.read_json(m)
         for f, v in doc["by_file"].items():
             landed[f] += v["landed"]
             quarantined[f] += v["quarantined"]
-    return {
-        e.path: {"read": e.rows, "landed": landed[e.path], "quarantined": quarantined[e.path]} for e in entries
-    }
+    return {e.path: {"read": e.rows, "landed": landed[e.path], "quarantined": quarantined[e.path]} for e in entries}

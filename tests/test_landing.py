@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from delivery_lake import inbox as inbox_module
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.inbox import InputError, list_files
@@ -238,3 +239,70 @@ def test_duplicates_across_files_last_file_wins(local_settings: Settings) -> Non
     assert landed == [("4321.00",)]
     assert quarantined == [("duplicate", str(src))]
     assert report.by_reason["duplicate"] >= 1
+
+
+def test_backfill_reads_each_csv_once_and_indexes_what_it_read(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fact file nobody indexed yet is counted by the landing that reads it, not scanned twice."""
+    lake = Lake.from_settings(local_settings)
+    landing = Landing(lake, local_settings.inbox_dir, local_settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+
+    def no_scan(*_a: object, **_k: object) -> None:
+        raise AssertionError("second pass over a CSV")
+
+    monkeypatch.setattr(inbox_module, "_scan", no_scan)
+    dates = sorted({f.stem for f in list_files(local_settings.inbox_dir, "orders")})
+    reports = {t.name: landing.land_fact(t, {d: None for d in dates}) for t in FACTS}
+    monkeypatch.undo()
+
+    for t in FACTS:
+        cached = lake.read_json(lake.meta_path("inbox_index", f"{t.name}.json"))
+        files = list_files(local_settings.inbox_dir, t.name)
+        assert sorted(cached) == sorted(str(p) for p in files)
+        for p in files:
+            # what the landing learned is exactly what the index scan finds
+            assert cached[str(p)] == inbox_module._scan(lake, p, t).to_json()
+            assert sum(sum(c.values()) for c in cached[str(p)]["partitions"].values()) + cached[str(p)]["malformed"] == count_records(p)
+        assert reports[t.name].read == reports[t.name].landed + reports[t.name].quarantined
+    assert {r: v["read"] == v["landed"] + v["quarantined"] for r, v in reconcile(lake, local_settings.inbox_dir, TABLES["orders"]).items()}
+
+
+def test_file_touching_dates_its_name_does_not_announce(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file named for one day holding another day's rows is still filed under the right dates."""
+    plans: list[list[str]] = []
+    original = Landing._land
+
+    def spy(self: Landing, table, entries, requested):  # type: ignore[no-untyped-def]
+        if table.name == "orders":
+            plans.append(sorted(d for e in entries for d in e.dates))
+        return original(self, table, entries, requested)
+
+    monkeypatch.setattr(Landing, "_land", spy)
+    orders = local_settings.inbox_dir / "orders"
+    misnamed = orders / "2026-01-05-late.csv"
+    (orders / DAY).with_suffix(".csv").rename(misnamed)  # 2026-01-06's rows, named 2026-01-05
+    expected = {}
+    rows = list(csv.DictReader(io.StringIO(misnamed.read_bytes().decode("utf-8", "replace"), newline="")))
+    for r in rows:
+        expected[(r["created_at"] or "")[:10]] = expected.get((r["created_at"] or "")[:10], 0) + 1
+    lake = Lake.from_settings(local_settings)
+    landing = Landing(lake, local_settings.inbox_dir, local_settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    dates = {f"2026-01-0{i}": None for i in range(5, 10)}
+    reports = {t.name: landing.land_fact(t, dates) for t in FACTS}
+    assert DAY in {d for d, _ in lake.list_partitions("raw", "orders")}
+    per_file = reconcile(lake, local_settings.inbox_dir, TABLES["orders"])
+    assert per_file[str(misnamed)]["read"] == count_records(misnamed)
+    for f, v in per_file.items():
+        assert v["read"] == v["landed"] + v["quarantined"], f
+    # every row of the misnamed file with a parseable DAY timestamp sits in a DAY partition or its quarantine
+    con = lake.duckdb()
+    landed_day = con.execute(
+        f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) WHERE date = '{DAY}'"
+    ).fetchone()[0]
+    assert 0 < landed_day <= expected[DAY]
+    # planned by its name first, then landed again once its real dates were learned
+    assert len(plans) == 2 and DAY not in plans[0] and DAY in plans[1]
+    assert reports["orders"].read == reports["orders"].landed + reports["orders"].quarantined
