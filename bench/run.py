@@ -227,6 +227,8 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series) -> di
             )
             warehouse = m.result.get("warehouse")
         out["curated_full"] = r.summary("curated_full")
+        # The day arrives at a lake whose curated layer and warehouse are built, as in production.
+        base = r.run_dir / f"full-{s.reps - 1}"
     for rep in range(s.reps):
         work = r.run_dir / f"inc-{rep}"
         shutil.rmtree(work, ignore_errors=True)

@@ -499,10 +499,17 @@ class Runner:
         self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
 
     # -- inputs
-    def raw_partitions(self, table: str) -> list[tuple[str, str]]:
-        if table not in self._partitions:
+    def raw_partitions(self, table: str, window: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """Landed (date, client) partitions of a raw fact, only those inside `window` when given."""
+        if table in self._partitions:  # the whole table was listed already
+            parts = self._partitions[table]
+            return parts if window is None else [(d, c) for d, c in parts if window[0] <= d <= window[1]]
+        first, last = (date.fromisoformat(w) for w in window) if window else (None, None)
+        if first is None or last is None or (last - first).days > 31:  # long ranges: one listing of the table
             self._partitions[table] = self.lake.list_partitions("raw", table)
-        return self._partitions[table]
+            return self.raw_partitions(table, window)
+        days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+        return self.lake.list_partitions("raw", table, dates=days)
 
     def blocked(self, table: str) -> set[tuple[str | None, str | None]]:
         if table not in self._blocked:
@@ -524,9 +531,7 @@ class Runner:
                 raise GateBlocked(f"raw.{table} has not been landed")
             return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
         files = []
-        for d, c in self.raw_partitions(table):
-            if window and not window[0] <= d <= window[1]:
-                continue
+        for d, c in self.raw_partitions(table, window):
             if (d, c) in blocked or (d, None) in blocked:
                 excluded.setdefault(f"raw.{table}", []).append([d, c])
                 continue

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,9 +136,13 @@ class Lake:
         except FileNotFoundError:
             return default
 
-    def list_partitions(self, zone: str, table: str) -> list[tuple[str, str]]:
-        """(date, client) pairs that hold a data file."""
-        found = self.fs.glob(self.table_dir(zone, table) + f"/date=*/client=*/{DATA_FILE}")
+    def list_partitions(self, zone: str, table: str, dates: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """(date, client) pairs that hold a data file (only under `dates` when given: a day's
+        refresh lists a few folders, not the whole table)."""
+        if dates is None:
+            found = self.fs.glob(self.table_dir(zone, table) + f"/date=*/client=*/{DATA_FILE}")
+        else:
+            found = [f for d in dates for f in self.fs.glob(self.table_dir(zone, table) + f"/date={d}/client=*/{DATA_FILE}")]
         out = []
         for f in found:
             parts = f.split("/")
