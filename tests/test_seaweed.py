@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,7 +41,12 @@ def test_server_starts_on_free_ports_and_stops(tmp_path: Path, seaweed: SeaweedI
         assert server.endpoint_url == f"http://127.0.0.1:{port}"
         assert port != 8333 and port != seaweed.server.s3_port
         assert not set(server.ports.values()) & set(seaweed.server.ports.values())
-        assert all(_listening(p) for p in server.ports.values())
+        # start() returns once S3 serves signed requests; weed mini brings up its other
+        # services (the admin UI last) around then, so give the rest a few seconds.
+        deadline = time.monotonic() + 20
+        while (silent := [n for n, p in server.ports.items() if not _listening(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not silent, f"allocated but not listening: {silent}"
         assert (tmp_path / "sw" / "weed.log").stat().st_size > 0
         # keys-from-environment mode (no identities): right keys work, a wrong secret is denied
         fs = s3_filesystem(server.endpoint_url, "dev-key", "dev-secret")
