@@ -34,6 +34,7 @@ import importlib.util
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -662,28 +663,38 @@ class Runner:
         if unknown:
             raise ModelError(f"unknown model(s): {', '.join(unknown)}")
         wanted_dates = None if dates is None else list(dates)
-        results: list[ModelResult] = []
+        if wanted_dates is None and not full_refresh and any(
+            m.is_partitioned for m in self.project.materialized() if m.name in names
+        ):
+            raise ModelError("pass dates to build, or full_refresh=True")
+        results: dict[str, ModelResult] = {}
         failed: set[str] = set()
-        for m in self.project.materialized():
-            if m.name not in names:
-                continue
-            upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
-            if upstream_failed:
-                failed.add(m.name)
-                results.append(ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built"))
-                continue
-            if not m.is_partitioned:
-                run_dates, refresh = None, False
-            else:
-                run_dates, refresh = wanted_dates, full_refresh
-                if wanted_dates is None and not full_refresh:
-                    raise ModelError("pass dates to build, or full_refresh=True")
-            try:
-                results.append(self.build_model(m.name, run_dates, full_refresh=refresh))
-            except GateBlocked as exc:
-                failed.add(m.name)
-                results.append(ModelResult(m.name, skipped=str(exc)))
-        return results
+        pending = [m for m in self.project.materialized() if m.name in names]
+        # Models whose inputs are built run side by side (a day's refresh is many small
+        # queries that each use one core); each level waits for the one it reads.
+        workers = max(1, self.settings.duckdb_threads if self.settings else 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            while pending:
+                ready = [m for m in pending if not any(r in {p.name for p in pending} for r in self.project.inputs(m.name)[0])]
+                if not ready:
+                    raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
+                pending = [m for m in pending if m not in ready]
+                jobs = {}
+                for m in ready:
+                    upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
+                    if upstream_failed:
+                        failed.add(m.name)
+                        results[m.name] = ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built")
+                        continue
+                    run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
+                    jobs[m.name] = pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)
+                for name, fut in jobs.items():
+                    try:
+                        results[name] = fut.result()
+                    except GateBlocked as exc:
+                        failed.add(name)
+                        results[name] = ModelResult(name, skipped=str(exc))
+        return [results[m.name] for m in self.project.materialized() if m.name in results]
 
 
 def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,3 +291,28 @@ def test_end_to_end_on_each_backend(settings: Settings) -> None:
     from delivery_lake.warehouse import query
 
     assert query(settings.warehouse_path, "SELECT count(*) FROM fct_deliveries")[1] == [(n_raw,)] == [(doc["rows"],)]
+
+
+def test_models_of_a_date_build_side_by_side_after_their_inputs(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner builds independent models concurrently but never before the models they ref."""
+    b = copy_of(built, tmp_path)
+    spans: dict[str, tuple[float, float]] = {}
+    original = Runner.build_model
+
+    def timed(self: Runner, name: str, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        try:
+            return original(self, name, *args, **kw)
+        finally:
+            spans[name] = (started, time.monotonic())
+
+    monkeypatch.setattr(Runner, "build_model", timed)
+    results = Runner(b.lake, b.project, b.settings).build(dates=[DAYS[1]])
+    assert [r.model for r in results] == [m.name for m in b.project.materialized()]
+    assert not [r for r in results if r.skipped]
+    for name, (start, _end) in spans.items():
+        for ref in b.project.inputs(name)[0]:
+            assert spans[ref][1] <= start, f"{name} started before its input {ref} finished"
+    by_model = {r.model: r for r in results}
+    assert by_model["fct_deliveries"].rows_by_date[DAYS[1]] == by_model["fct_deliveries"].rows > 0
+    assert by_model["agg_client_daily_kpis"].rows_by_date[DAYS[1]] > 0
