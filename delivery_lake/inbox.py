@@ -179,13 +179,15 @@ class InboxIndex:
         paths: list[Path] | None = None,
         dates: set[str] | None = None,
         defer_scan: bool = False,
+        rescan: bool = False,
     ) -> list[FileEntry]:
         """Scan results for `paths` (default: every file of the table).
 
         With `dates`, a file that fails its header check but whose name dates it outside
         `dates` is skipped: a broken file for one day does not block landing the others.
         With `defer_scan`, a file not scanned yet whose name carries a date is returned as a
-        provisional entry touching that date only, without reading it.
+        provisional entry touching that date only, without reading it. With `rescan`, every
+        file is scanned again, whatever the cache holds (an audit wants its own count).
         """
         cached: dict = self.lake.read_json(self._cache_path, default={}) or {}
         out: list[FileEntry] = []
@@ -200,7 +202,7 @@ class InboxIndex:
                         continue
                     raise
             fp = fingerprint(path)
-            hit = cached.get(str(path))
+            hit = None if rescan else cached.get(str(path))
             if hit and hit.get("fingerprint") == fp and hit.get("v") == INDEX_VERSION:
                 out.append(
                     FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"])

@@ -722,8 +722,9 @@ def manifest_path(lake: Lake, table: str, date: str | None, client: str | None) 
 
 
 def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]]:
-    """Per source file: rows read (independent scan) vs landed + quarantined (manifests)."""
-    entries = InboxIndex(lake, inbox, table).entries()
+    """Per source file: rows read (a fresh scan, not the cached index, which a landing may have
+    filled from its own read) vs landed + quarantined (manifests)."""
+    entries = InboxIndex(lake, inbox, table).entries(rescan=True)
     landed: dict[str, int] = defaultdict(int)
     quarantined: dict[str, int] = defaultdict(int)
     manifests = lake.fs.glob(

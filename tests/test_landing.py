@@ -306,3 +306,17 @@ def test_file_touching_dates_its_name_does_not_announce(local_settings: Settings
     # planned by its name first, then landed again once its real dates were learned
     assert len(plans) == 2 and DAY not in plans[0] and DAY in plans[1]
     assert reports["orders"].read == reports["orders"].landed + reports["orders"].quarantined
+
+
+def test_reconcile_counts_with_its_own_scan_not_the_cached_index(local_settings: Settings) -> None:
+    lake, _landing, _ = land_all(local_settings)
+    cache = lake.meta_path("inbox_index", "orders.json")
+    index = lake.read_json(cache)
+    path = sorted(index)[0]
+    day = sorted(index[path]["partitions"])[0]
+    client = sorted(index[path]["partitions"][day])[0]
+    index[path]["partitions"][day][client] += 1000  # a cache that lies
+    lake.write_json(cache, index)
+    per_file = reconcile(lake, local_settings.inbox_dir, TABLES["orders"])
+    assert per_file[path]["read"] == count_records(Path(path))
+    assert per_file[path]["read"] == per_file[path]["landed"] + per_file[path]["quarantined"]
