@@ -210,25 +210,22 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series) -> di
 
     inbox, base = Path(facts["inbox"]), Path(facts["ours_work"])
     new_day = series.day(facts["days"])
-    curated = _curated.entry_point()
-    out: dict = {"new_day": new_day, "curated_entry_point": curated[0] if curated else None}
-    console.rule(
-        f"[bold]incremental[/]: land {new_day} into the {facts['days']}-day lake"
-        + ("" if curated else " (no curated layer yet: landing only)")
-    )
+    out: dict = {"new_day": new_day, "curated_entry_point": _curated.ENTRY_POINT}
+    console.rule(f"[bold]incremental[/]: land {new_day} into the {facts['days']}-day lake")
     warehouse = None
-    if curated:
-        for rep in range(s.reps):
-            work = r.run_dir / f"full-{rep}"
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(base, work)
-            m = r.run(
-                "curated_full", "incremental.py", ["--mode", "full-curated", "--inbox", str(inbox), "--work", str(work)]
-            )
-            warehouse = m.result.get("warehouse")
-        out["curated_full"] = r.summary("curated_full")
-        # The day arrives at a lake whose curated layer and warehouse are built, as in production.
-        base = r.run_dir / f"full-{s.reps - 1}"
+    for rep in range(s.reps):
+        work = r.run_dir / f"full-{rep}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(base, work)
+        m = r.run(
+            "curated_full", "incremental.py", ["--mode", "full-curated", "--inbox", str(inbox), "--work", str(work)]
+        )
+        warehouse = m.result.get("warehouse")
+    if not warehouse:
+        raise RuntimeError("the full curated build wrote no warehouse file")
+    out["curated_full"] = r.summary("curated_full")
+    # The day arrives at a lake whose curated layer and warehouse are built, as in production.
+    base = r.run_dir / f"full-{s.reps - 1}"
     for rep in range(s.reps):
         work = r.run_dir / f"inc-{rep}"
         shutil.rmtree(work, ignore_errors=True)
@@ -253,11 +250,8 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series) -> di
         k: v for k, v in r.measurements["incremental_day"][-1].result.items() if isinstance(v, dict)
     }
 
-    console.rule(
-        "[bold]analyst KPIs[/]: "
-        + ("warehouse" if warehouse else "DuckDB over the raw lake (stand-in: no warehouse yet)")
-    )
-    duck_args = ["--warehouse", warehouse] if warehouse else ["--lake", str(base / "lake")]
+    console.rule("[bold]analyst KPIs[/]: warehouse")
+    duck_args = ["--warehouse", warehouse]
     for rep in range(s.reps):
         order = ["kpi_duckdb", "kpi_pandas"] if rep % 2 == 0 else ["kpi_pandas", "kpi_duckdb"]
         for name in order:
@@ -273,7 +267,7 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series) -> di
     )
     console.print(f"[green]equal[/]: KPI answers, rows per query {rows}")
     out.update(
-        kpi_source="warehouse" if warehouse else "raw-lake stand-in",
+        kpi_source="warehouse",
         kpi_rows_compared=rows,
         kpi_duckdb=r.summary("kpi_duckdb"),
         kpi_pandas=r.summary("kpi_pandas"),
@@ -366,19 +360,13 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
     else:
         keys["peak_rss_gb_4x"] = _key("peak_rss_gb_4x", None, m, note="growth run skipped (--growth 0)")
         keys["rss_growth_4x_over_1x"] = _key("rss_growth_4x_over_1x", None, m, note="growth run skipped")
-    inc, curated_full = extras["incremental_day"], extras.get("curated_full")
-    full_s = ours["wall_s"] + (curated_full["wall_s"] if curated_full else 0.0)
-    partial = extras["curated_entry_point"] is None
+    inc = extras["incremental_day"]
+    full_s = ours["wall_s"] + extras["curated_full"]["wall_s"]
     keys["incremental_over_full"] = _key(
         "incremental_over_full",
         inc["wall_s"] / full_s,
         m,
-        partial=partial,
-        note=(
-            "no curated layer in the library yet: landing one day / landing all days; re-run once it exists"
-            if partial
-            else f"curated refresh through {extras['curated_entry_point']}"
-        ),
+        note=f"curated refresh through {extras['curated_entry_point']}",
         new_day=extras["new_day"],
         new_day_s=inc["wall_s"],
         new_day_inner_s=inc["inner_s"],
@@ -387,20 +375,11 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
         full_days=one["days"],
     )
     kd, kp = extras["kpi_duckdb"], extras["kpi_pandas"]
-    stand_in = extras["kpi_source"] != "warehouse"
     keys["query_speedup_vs_pandas"] = _key(
         "query_speedup_vs_pandas",
         kp["inner_s"] / kd["inner_s"],
         m,
-        partial=stand_in,
-        note=(
-            "value = in-process time to answers (connect/read + 3 queries + fetch); "
-            + (
-                "no warehouse yet: DuckDB over the raw landed Parquet (joins at query time)"
-                if stand_in
-                else "on the warehouse"
-            )
-        ),
+        note="value = in-process time to answers (connect/read + 3 queries + fetch) on the warehouse",
         source=extras["kpi_source"],
         duckdb_s=kd["inner_s"],
         pandas_s=kp["inner_s"],
@@ -446,12 +425,10 @@ def print_tables(keys: dict, rounds: list[dict]) -> None:
         k.add_column(col, justify="right" if col in ("value",) else "left", overflow="fold")
     for name, v in keys.items():
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[v["met"]]
-        if v.get("partial"):
-            met += " [yellow](partial)[/]"
         figures = ", ".join(
             f"{a}={b}"
             for a, b in v.items()
-            if a not in ("value", "target", "met", "machine", "partial", "note") and not isinstance(b, dict | list)
+            if a not in ("value", "target", "met", "machine", "note") and not isinstance(b, dict | list)
         )
         k.add_row(name, "-" if v["value"] is None else f"{v['value']:.3f}", v["target"] or "", met, figures)
     console.print(k)

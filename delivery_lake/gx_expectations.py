@@ -52,7 +52,7 @@ class ExpectPartitionRowsToReconcile(BatchExpectation):
 
     A source file may feed several partitions, so the reconciliation is per file, as the
     landing does it: `read` is what the inbox index counted in the files that fed this
-    partition (an independent DuckDB scan), `quarantined` is this partition's quarantine
+    partition (the sensor's scan, or the counts a first backfill took while reading), `quarantined` is this partition's quarantine
     count and `other_partitions` what the other partitions' manifests say they took from
     the same files. The landed side of this partition is measured here, from its data file.
     """

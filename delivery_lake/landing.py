@@ -274,7 +274,9 @@ class Landing:
             # landed again; publishing is idempotent).
             index.remember(changed.learned)
             return self.land_fact(table, partitions)
-        index.remember([e for e in report.entries if e.path in {p.path for p in entries if p.provisional}])
+        deferred = {e.path for e in entries if e.provisional}
+        if deferred:
+            index.remember([e for e in report.entries if e.path in deferred])
         return report
 
     # -----------------------------------------------------------------------------------------
@@ -407,7 +409,7 @@ class Landing:
         )
         parts = []
         for i, e in enumerate(entries):
-            header = read_header(Path(e.path), table)
+            header = e.header  # read and checked against the contract when the file was indexed
             parts.append(
                 f"SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, row_number() OVER () AS _ord "
                 f"FROM {csv_source_sql(e.path, header, table, f'rej{i}')}"
@@ -440,7 +442,7 @@ class Landing:
         are few) splits it by the file's header. A ragged line still yields its leading
         fields, which is where keys sit.
         """
-        headers = {i: read_header(Path(e.path), table) for i, e in enumerate(entries)}
+        headers = {i: e.header for i, e in enumerate(entries)}
         rows = []
         for rank, line, text in con.execute("SELECT _file_rank, line, csv_line FROM rejected").fetchall():
             fields = next(csv.reader([text or ""]), [])
@@ -678,7 +680,7 @@ class Landing:
         requested: dict[str, list[str] | None],
         registered: set[str],
     ) -> None:
-        """Per date: rows the index scan counted for the landed partitions == landed + quarantined."""
+        """Per date: rows the inbox index counted for the landed partitions == landed + quarantined."""
         for d, clients in requested.items():
             got = sum(p.landed + p.quarantined for p in report.partitions if p.date == d)
             expected = 0

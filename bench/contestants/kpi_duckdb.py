@@ -1,10 +1,8 @@
 """Contestant `kpi_duckdb`: the analyst KPI queries (bench/queries/q*.sql) with DuckDB.
 
-On the analysts' warehouse (`--warehouse`, opened read-only) when it exists; otherwise on a
-stand-in `fct_deliveries` view over the raw landed Parquet (`--lake`), and the harness
-marks the figure partial.
+On the analysts' warehouse (`--warehouse`), opened read-only as an analyst opens it.
 
-    python bench/contestants/kpi_duckdb.py (--warehouse FILE | --lake DIR) --result FILE
+    python bench/contestants/kpi_duckdb.py --warehouse FILE --result FILE
 """
 
 from __future__ import annotations
@@ -29,19 +27,13 @@ def plain(v: object) -> object:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--warehouse")
-    g.add_argument("--lake")
+    p.add_argument("--warehouse", required=True)
     p.add_argument("--result", required=True)
     a = p.parse_args()
     import duckdb
 
     started = time.perf_counter()
-    if a.warehouse:
-        con = duckdb.connect(a.warehouse, read_only=True)
-    else:
-        con = duckdb.connect()
-        con.execute((QUERIES / "fct_deliveries_from_raw.sql").read_text().replace("{lake}", a.lake))
+    con = duckdb.connect(a.warehouse, read_only=True)
     con.execute("SET TimeZone = 'UTC'")
     answers = {}
     for q in sorted(QUERIES.glob("q*.sql")):
