@@ -180,6 +180,9 @@ class Quality:
         # partition needs the other partitions' keys and the parent keys, and re-reading them
         # per partition is quadratic in object-store reads.
         self._snapshots: dict[tuple[str, ...], Any] | None = None
+        # Landing manifests listed and read during the same batch (every partition's
+        # reconciliation and volume bounds read its neighbours' and its history's).
+        self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
 
     def _snapshot(self, con: Any, key: tuple[str, ...], sql: str) -> str:
         """A relation name for `sql`: a view on this connection, or a cached Arrow copy during a batch."""
@@ -188,9 +191,18 @@ class Quality:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
             return name
         if key not in self._snapshots:
-            self._snapshots[key] = con.execute(sql).to_arrow_table()
+            self._snapshots[key] = con.sql(sql).to_arrow_table()
         con.register(name, self._snapshots[key])
         return name
+
+    def _landing_manifests(self, pattern: str) -> dict[str, dict[str, Any]]:
+        """Path -> document of the landing manifests matching `pattern` (cached during a batch)."""
+        if self._manifests is not None and pattern in self._manifests:
+            return self._manifests[pattern]
+        found = {p: self.lake.read_json(p) or {} for p in sorted(self.lake.fs.glob(pattern))}
+        if self._manifests is not None:
+            self._manifests[pattern] = found
+        return found
 
     # -- GX context ---------------------------------------------------------------------------
     @property
@@ -319,7 +331,7 @@ class Quality:
     def _reconciliation(self, table: Table, manifest: dict[str, Any], date: str | None, client: str | None) -> tuple[int, int]:
         """(rows read from this partition's source files, rows other partitions took from them).
 
-        Per source file, as the landing reconciles: the inbox index's independent count
+        Per source file, as the landing reconciles: the inbox index count
         against every manifest that names the file (only the dates the file touches are read).
         """
         by_file = manifest.get("by_file", {})
@@ -336,10 +348,11 @@ class Quality:
                 continue
             me = manifest_path(self.lake, table.name, date, client)
             for d in sorted(e.dates):
-                for path in self.lake.fs.glob(self.lake.meta_path("landing", table.name, f"date={d}") + "/*.json"):
+                pattern = self.lake.meta_path("landing", table.name, f"date={d}") + "/*.json"
+                for path, doc in self._landing_manifests(pattern).items():
                     if path.endswith(me.rsplit("/", 1)[-1]) and f"date={date}" in path:
                         continue
-                    other = (self.lake.read_json(path) or {}).get("by_file", {}).get(f)
+                    other = doc.get("by_file", {}).get(f)
                     if other:
                         others += other["landed"] + other["quarantined"]
         return read, others
@@ -347,10 +360,10 @@ class Quality:
     def _volume_bounds(self, table: Table, date: str, client: str, suite_meta: dict[str, Any]) -> tuple[int, int]:
         vol = DEFAULT_VOLUME | (suite_meta.get("volume") or {})
         history = []
-        for path in sorted(self.lake.fs.glob(self.lake.meta_path("landing", table.name) + f"/date=*/client={client}.json")):
+        pattern = self.lake.meta_path("landing", table.name) + f"/date=*/client={client}.json"
+        for path, doc in self._landing_manifests(pattern).items():
             d = path.split("/")[-2].removeprefix("date=")
             if d < date:
-                doc = self.lake.read_json(path) or {}
                 history.append((d, int(doc.get("landed", 0))))
         recent = [n for _, n in sorted(history)[-int(vol["window_days"]) :]]
         if len(recent) < int(vol["min_history"]):
@@ -436,11 +449,11 @@ class Quality:
         """Validate each partition, write its gate status, then build the Data Docs pages once."""
         out: list[PartitionValidation] = []
         identifiers = []
-        self._snapshots = {}
+        self._snapshots, self._manifests = {}, {}
         try:
             self._validate_each(table, partitions, mart, out, identifiers)
         finally:
-            self._snapshots = None
+            self._snapshots, self._manifests = None, None
         if identifiers:
             self.build_docs(identifiers)
         return out
