@@ -112,6 +112,10 @@ class TimedConnection:
             self._prof.calls[key] += 1
             self._prof.current = None
 
+    def cursor(self) -> TimedConnection:
+        # the landing runs each batch on a cursor of one DuckDB instance
+        return TimedConnection(self._con.cursor(), self._prof)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
 

@@ -130,6 +130,16 @@ CLIENTS = Table(
         _col("contact_email", "string", "Operations contact.", nullable=True),
         _col("is_active", "bool", "Whether the contract is live."),
     ),
+    rules=(
+        # Client ids name lake folders (client=<id>) and Dagster partitions: a '/' or '..'
+        # would reach outside the partition, other characters would be escaped differently
+        # by each writer.
+        Rule(
+            "client_id_path_safe",
+            "regexp_full_match(client_id, '[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')",
+            "Letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit).",
+        ),
+    ),
 )
 
 DEPOTS = Table(

@@ -635,6 +635,10 @@ class Landing:
             res.quarantined = sum(v["quarantined"] for v in res.by_file.values())
             sub = Path(f"d={d}") / f"c={c}"
             good, bad = _single_file(good_dir / sub), _single_file(bad_dir / sub)
+            if good is None and res.landed and client != UNASSIGNED_CLIENT:
+                # The writer named the folder differently (an escaped value): never publish an
+                # empty file for rows the manifest would count as landed.
+                raise LandingError(f"{table.name} {date}/{client}: {res.landed} rows counted, no file written")
             bad_dest = self.lake.data_file("quarantine", table.name, date, client)
             if bad is not None:
                 self.lake.publish_file(bad, bad_dest, move=True)

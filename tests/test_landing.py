@@ -320,3 +320,36 @@ def test_reconcile_counts_with_its_own_scan_not_the_cached_index(local_settings:
     per_file = reconcile(lake, local_settings.inbox_dir, TABLES["orders"])
     assert per_file[path]["read"] == count_records(Path(path))
     assert per_file[path]["read"] == per_file[path]["landed"] + per_file[path]["quarantined"]
+
+
+def test_client_id_that_is_not_path_safe_is_quarantined_not_written_as_a_folder(local_settings: Settings) -> None:
+    """A client id names a folder (client=<id>): one with '/' or a space would escape the
+    partition or be spelt differently by each writer, so the contract quarantines it."""
+    import re
+
+    unsafe = "ACME West/2"
+    pattern = re.compile(rb"\bC002\b")  # bytes: the dirty export holds invalid UTF-8 on purpose
+    touched = [local_settings.inbox_dir / "clients" / "clients.csv", *(local_settings.inbox_dir / "orders").glob("*.csv")]
+    for p in touched:
+        p.write_bytes(pattern.sub(unsafe.encode(), p.read_bytes()))
+    lake, _, reports = land_all(local_settings)
+    assert reports["clients"].by_reason.get("rule:client_id_path_safe") == 1
+    con = lake.duckdb()
+    quarantined = con.execute(
+        f"""SELECT client, count(*), count(*) FILTER (_reasons LIKE '%orphan:client_id%' OR _raw_line IS NOT NULL)
+            FROM read_parquet('{lake.glob_uri('quarantine', 'orders', True)}', hive_partitioning=true)
+            WHERE client_id = ? GROUP BY ALL""",
+        [unsafe],
+    ).fetchall()
+    landed = con.execute(
+        f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}') WHERE client_id = ?", [unsafe]
+    ).fetchone()[0]
+    assert landed == 0
+    # every such row is an orphan, except lines the reader rejected before any rule ran
+    [(client, rows, orphans)] = quarantined
+    assert client == UNASSIGNED_CLIENT and rows > 100 and orphans == rows
+    folders = {p.name for p in Path(lake.root).rglob("client=*")}
+    assert not any("ACME" in f or "%" in f for f in folders)
+    assert "client=C001" in folders
+    for r in reports.values():
+        assert r.read == r.landed + r.quarantined
