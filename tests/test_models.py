@@ -232,3 +232,27 @@ def test_a_new_model_file_is_a_new_asset(tmp_path: Path) -> None:
     assert set(graph.get(new.key).parent_keys) == {dg.AssetKey(["curated", "fct_deliveries"])}
     assert new.key in graph.get(WAREHOUSE_KEY).parent_keys
     assert new.descriptions_by_key[new.key].startswith("Deliveries per priority per day.")
+
+
+def test_parsed_project_is_cached_and_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import delivery_lake.models as models_module
+
+    monkeypatch.setenv("DELIVERY_LAKE_CACHE_DIR", str(tmp_path / "cache"))
+    root = _copy_models(tmp_path)
+    fresh = Project.load(root)
+    assert len(list((tmp_path / "cache").glob("project-*.json"))) == 1
+
+    def no_parsing(*_a: object, **_k: object) -> None:
+        raise AssertionError("parsed although the files did not change")
+
+    with monkeypatch.context() as m:
+        m.setattr(models_module, "parse_model", no_parsing)
+        cached = Project.load(root)
+    assert cached.models == fresh.models  # names, SQL, refs, columns with types and docs
+    assert list(cached.models) == list(fresh.models)  # dependency order kept
+
+    mart = root / "marts" / "dim_clients.sql"
+    mart.write_text(mart.read_text().replace("\n\n", "\n-- Edited description line.\n\n", 1))
+    edited = Project.load(root)
+    assert "Edited description line." in edited["dim_clients"].description
+    assert len(list((tmp_path / "cache").glob("project-*.json"))) == 2
