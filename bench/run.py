@@ -441,6 +441,7 @@ def print_tables(keys: dict, rounds: list[dict]) -> None:
                 name,
                 str(c["reps"]),
                 f"{c['wall_s']:.2f}",
+                f"{c['cpu_s']:.2f}",
                 str(c.get("mb_s", "")),
                 f"{c['peak_rss_gib']:.2f}",
             )

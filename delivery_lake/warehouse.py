@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; `query` does not ne
 
 ZONE = "curated"
 
+META_COMMENT = "Which curated build of each partition every table holds (used by the refresh)."
 META_TABLE = "_warehouse_partitions"
 
 
@@ -112,15 +113,19 @@ class Warehouse:
                     # The live file is only ever replaced whole and never opened for writing by
                     # the pipeline, so this copy is a consistent snapshot.
                     shutil.copyfile(self.path, building)
+                fresh = not building.exists()
                 try:
                     self._apply(building, report)
                 except duckdb.Error:
-                    if not building.exists() or full:
+                    if fresh:
                         raise
                     # The copy is unusable (e.g. someone wrote to the live file): start over.
                     building.unlink(missing_ok=True)
                     report.tables.clear()
+                    fresh = True
                     self._apply(building, report)
+                if fresh:
+                    self._settle(building)
                 wal = building.with_name(building.name + ".wal")
                 if wal.exists():
                     raise WarehouseError(f"{wal} left behind after checkpoint; not publishing")
@@ -157,9 +162,22 @@ class Warehouse:
                 con.execute(f"DROP TABLE {_q(stale)}")
                 con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
                 report.tables.append(TableRefresh(stale, "dropped"))
-            con.execute(
-                f"COMMENT ON TABLE {META_TABLE} IS 'Which curated build of each partition every table holds (used by the refresh).'"
-            )
+            con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+
+    def _settle(self, database: Path) -> None:
+        """Checkpoint a freshly built file once more, in a session of its own.
+
+        DuckDB's first checkpoint in a new session after a bulk-loaded build rewrites the
+        metadata of every table (measured on the 30-day warehouse: 0.9-1.7 s, reading 47 MB),
+        later ones only what changed (~0.01-0.08 s). Paid here, once per full build, instead of
+        by the first daily refresh after it.
+        """
+        con = self.lake.duckdb(str(database))
+        try:
+            con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
             con.execute("CHECKPOINT")
         finally:
             con.close()
