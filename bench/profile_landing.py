@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -155,7 +154,10 @@ def main() -> None:
     original = storage.Lake.duckdb
     storage.Lake.duckdb = lambda self, *args, **kw: TimedConnection(original(self, *args, **kw), prof)  # type: ignore[method-assign]
     work = Path(a.work or tempfile.mkdtemp(prefix="profile-landing-"))
-    shutil.rmtree(work / "lake", ignore_errors=True)
+    if (work / "lake").exists():
+        # Deleting it here would slow the run being profiled (see "No timed run follows a
+        # delete" in bench/README.md).
+        raise SystemExit(f"{work / 'lake'} exists: pass a fresh --work folder")
     settings = Settings.from_env(data_dir=work / "data", lake_url=str(work / "lake"), inbox_dir=Path(a.inbox))
     landing = Landing(storage.Lake.from_settings(settings), settings.inbox_dir, settings)
     threading.Thread(target=prof.sampler, daemon=True).start()
