@@ -128,7 +128,7 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
             "Built beside the live file and swapped in atomically, so open sessions are never disturbed; "
             "only the partitions whose curated build changed are reloaded. Query it with `delivery-lake query`."
         ),
-        deps=[model_key(m.name) for m in project.materialized()],
+        deps=[model_key(m.name) for m in project.published()],
         automation_condition=(
             dg.AutomationCondition.any_deps_updated().since_last_handled()
             & ~dg.AutomationCondition.any_deps_in_progress()

@@ -375,6 +375,12 @@ class Project:
     def materialized(self) -> list[Model]:
         return [m for m in self.models.values() if not m.is_view]
 
+    def published(self) -> list[Model]:
+        """The tables analysts get in the warehouse: the marts. A staging or intermediate model
+        materialized for speed stays in the curated zone (dbt keeps such models out of the
+        reporting schema for the same reason)."""
+        return [m for m in self.materialized() if m.layer == "marts"]
+
     def view_closure(self, name: str) -> list[Model]:
         """The views `name` compiles in (transitively through views), in dependency order."""
         seen: set[str] = set()
@@ -613,13 +619,21 @@ class Runner:
             "hive_types = {'date': DATE, 'client': VARCHAR})"
         )
 
-    def _curated_sql(self, m: Model, window: tuple[str, str] | None) -> str:
+    def _curated_sql(
+        self, m: Model, window: tuple[str, str] | None, excluded: dict[str, list[list[str | None]]]
+    ) -> str:
         if not m.is_partitioned:
             path = self.lake.data_file(ZONE, m.name)
             if not self.lake.exists(path):
                 raise ModelError(f"{m.name} has not been built yet (needed downstream); build it first")
             return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
         dates = [d for d in self.lake.list_dates(ZONE, m.name) if not window or window[0] <= d <= window[1]]
+        # Raw partitions the gate kept out of what this model reads stay on its record too.
+        for d in dates:
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name, d)) or {}
+            for source, parts in (doc.get("excluded_partitions") or {}).items():
+                known = excluded.setdefault(source, [])
+                known += [p for p in parts if p not in known]
         if not dates:
             return _empty_sql(m.columns)
         files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in dates)
@@ -633,7 +647,7 @@ class Runner:
         for schema, table in sources:
             con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {self._source_sql(table, window, excluded)}")
         for r in refs:
-            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window)}")
+            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window, excluded)}")
         for v in self.project.view_closure(m.name):
             if v.language == "python":
                 con.register(f"__{v.name}_arrow", run_python_model(v, con).to_arrow())

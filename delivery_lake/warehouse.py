@@ -155,7 +155,7 @@ class Warehouse:
             for model, d, build_id in con.execute(f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}").fetchall():
                 held.setdefault(model, {})[d] = build_id
             existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
-            models = [*self.project.materialized(), *external_models(self.lake)]
+            models = [*self.project.published(), *external_models(self.lake)]
             for m in models:
                 report.tables.append(self._refresh_table(con, m, held.get(m.name, {}), m.name in existing))
             for stale in sorted(existing - {m.name for m in models} - {META_TABLE}):

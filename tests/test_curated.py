@@ -25,7 +25,10 @@ from delivery_lake.warehouse import Warehouse
 from tests.test_landing import land_all
 
 DAYS = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
-PARTITIONED = ["fct_deliveries", "fct_feedback", "agg_client_daily_kpis", "agg_driver_daily_performance", "agg_depot_daily_load"]
+PARTITIONED = [
+    "int_deliveries_enriched", "fct_deliveries", "fct_feedback", "agg_client_daily_kpis", "agg_driver_daily_performance",
+    "agg_depot_daily_load",
+]
 
 
 @dataclass

@@ -49,7 +49,11 @@ def test_layers_marts_and_contract_columns(project: Project) -> None:
     for name in TABLES:
         stg = project[f"stg_{name}"]
         assert stg.is_view and stg.layer == "staging" and stg.sources == (("raw", name),)
-    assert {m.name for m in project.materialized()} == MARTS
+    # The warehouse gets the marts; the shared intermediate is a table in the curated zone only
+    # (four marts read one date of it instead of each re-deriving it from four days of raw).
+    assert {m.name for m in project.materialized()} == MARTS | {"int_deliveries_enriched"}
+    assert {m.name for m in project.published()} == MARTS
+    assert project["int_deliveries_enriched"].layer == "intermediate"
     assert all(project[m].layer == "marts" for m in MARTS)
     assert [c.name for c in project["fct_deliveries"].columns] == FCT_DELIVERIES
     assert [c.name for c in project["agg_client_daily_kpis"].columns] == CLIENT_KPIS
@@ -57,7 +61,7 @@ def test_layers_marts_and_contract_columns(project: Project) -> None:
     assert types["is_on_time"] == "BOOLEAN" and types["date"] == "DATE" and types["order_value"] == "DECIMAL(12,2)"
     assert types["promised_by"] == "TIMESTAMP WITH TIME ZONE"
     # Facts and daily aggregates are partitioned by date, dimensions are not.
-    assert {m.name for m in project.materialized() if m.is_partitioned} == {n for n in MARTS if not n.startswith("dim_")}
+    assert {m.name for m in project.published() if m.is_partitioned} == {n for n in MARTS if not n.startswith("dim_")}
     assert project["fct_feedback"].language == "python"
     # Every mart says what it is and its grain, and documents every column.
     for name in MARTS:
@@ -80,10 +84,13 @@ def test_dag_matches_the_ref_and_source_calls(project: Project) -> None:
         relations = {t.name for t in tree.find_all(exp.Table)} - ctes
         assert relations == set(m.refs) | {source_view(*s) for s in m.sources}, m.name
     # The views a mart compiles in, and what it reads through them.
-    assert [v.name for v in project.view_closure("fct_deliveries")] == ["stg_deliveries", "stg_orders", "int_deliveries_enriched"]
+    assert [v.name for v in project.view_closure("int_deliveries_enriched")] == ["stg_deliveries", "stg_orders"]
+    assert project.view_closure("fct_deliveries") == []
     refs, sources = project.inputs("agg_client_daily_kpis")
-    assert refs == [] and set(sources) == {("raw", "deliveries"), ("raw", "orders"), ("raw", "customer_feedback")}
-    assert project.effective_lookback("fct_deliveries") == 3 and project.effective_lookback("fct_feedback") == 0
+    assert refs == ["int_deliveries_enriched"] and set(sources) == {("raw", "customer_feedback")}
+    # The 3-day lookback is the intermediate's: a mart reads one date of it.
+    assert project.effective_lookback("int_deliveries_enriched") == 3
+    assert project.effective_lookback("fct_deliveries") == 0 and project.effective_lookback("fct_feedback") == 0
 
 
 def test_header_config_and_python_model(project: Project) -> None:
@@ -197,8 +204,8 @@ def test_sentiment_accuracy_as_documented() -> None:
 def test_curated_asset_graph(project: Project) -> None:
     graph = defs.resolve_asset_graph()
     curated = {k for k in graph.get_all_asset_keys() if k.path[0] == "curated"}
-    assert curated == {dg.AssetKey(["curated", n]) for n in MARTS} | {WAREHOUSE_KEY}
-    for name in MARTS:
+    assert curated == {dg.AssetKey(["curated", n]) for n in [*MARTS, "int_deliveries_enriched"]} | {WAREHOUSE_KEY}
+    for name in [*MARTS, "int_deliveries_enriched"]:
         m = project[name]
         node = graph.get(dg.AssetKey(["curated", name]))
         assert node.group_name == "curated"
@@ -211,8 +218,8 @@ def test_curated_asset_graph(project: Project) -> None:
         assert node.description.startswith(m.description)
         if m.is_partitioned:
             assert node.backfill_policy == dg.BackfillPolicy.single_run()
-    fct = next(a for a in CURATED_ASSETS if a.key == dg.AssetKey(["curated", "fct_deliveries"]))
-    mapping = fct.get_partition_mapping(dg.AssetKey(["raw", "deliveries"]))
+    enriched = next(a for a in CURATED_ASSETS if a.key == dg.AssetKey(["curated", "int_deliveries_enriched"]))
+    mapping = enriched.get_partition_mapping(dg.AssetKey(["raw", "deliveries"]))
     assert isinstance(mapping, dg.MultiToSingleDimensionPartitionMapping) and mapping.partition_dimension_name == "date"
     assert set(graph.get(WAREHOUSE_KEY).parent_keys) == {dg.AssetKey(["curated", n]) for n in MARTS}
 

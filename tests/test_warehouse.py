@@ -47,7 +47,7 @@ def _count(path: Path, table: str = "fct_deliveries") -> int:
 
 def test_every_mart_is_a_commented_table(wh: Warehouse) -> None:
     report = wh.refresh()
-    assert {t.table for t in report.tables} == {m.name for m in wh.project.materialized()}
+    assert {t.table for t in report.tables} == {m.name for m in wh.project.published()}
     assert all(t.mode == "full" for t in report.tables)
     con = duckdb.connect(str(wh.path), read_only=True)
     try:
@@ -55,7 +55,7 @@ def test_every_mart_is_a_commented_table(wh: Warehouse) -> None:
         assert "Grain: one row per delivery_id" in tables["fct_deliveries"]
         cols = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'agg_client_daily_kpis'").fetchall())
         assert cols["on_time_rate"] == "On-time deliveries / all deliveries dispatched that day."
-        for m in wh.project.materialized():
+        for m in wh.project.published():
             n = con.execute(f"SELECT count(*) FROM {m.name}").fetchone()[0]
             want = sum(wh.lake.read_json(p)["rows"] for p in wh.lake.list_build_manifests("curated", m.name).values())
             assert n == want > 0, m.name

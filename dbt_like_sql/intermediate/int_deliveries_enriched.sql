@@ -2,8 +2,11 @@
 -- One definition of "on time": delivered, and delivered_at <= promised_by.
 -- A delivery whose order is missing (quarantined, or in a blocked partition) keeps null order attributes.
 -- grain: one row per delivery_id
+-- partition_by: date
 -- lookback_days: 3
+-- materialized: table
 -- (orders are created up to two days before dispatch; three covers midnight crossings)
+-- (a table, not a view: four marts read it, and each used to re-derive it from four days of raw orders)
 
 with deliveries as (
     select * from {{ ref('stg_deliveries') }}
