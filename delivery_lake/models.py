@@ -480,11 +480,12 @@ class Project:
         return ""
 
 
-def _cache_file(root: Path, paths: list[Path]) -> Path:
+def _cache_file(root: Path, paths: list[Path], library: Path = Path(contract.__file__).parent) -> Path:
     """Where a parsed project is cached, named by everything the parse depends on: the model
-    files, this module and the contract (parsing rules, raw schemas), DuckDB and sqlglot."""
+    files, the library's source (parsing rules, the contract's raw schemas, and whatever a
+    Python model imports, e.g. the sentiment lexicon), DuckDB and sqlglot."""
     h = hashlib.sha256(str(root.resolve()).encode())
-    for p in (Path(__file__), Path(contract.__file__)):
+    for p in sorted(library.rglob("*.py")):
         h.update(p.read_bytes())
     h.update(f"{duckdb.__version__}|{importlib.metadata.version('sqlglot')}".encode())
     for p in paths:

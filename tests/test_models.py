@@ -263,3 +263,18 @@ def test_parsed_project_is_cached_and_follows_the_files(tmp_path: Path, monkeypa
     edited = Project.load(root)
     assert "Edited description line." in edited["dim_clients"].description
     assert len(list((tmp_path / "cache").glob("project-*.json"))) == 2
+
+
+def test_project_cache_follows_the_library_a_python_model_imports(tmp_path: Path) -> None:
+    """fct_feedback's columns come from running it, and it imports delivery_lake.sentiment:
+    a change anywhere in the library must not serve a stale project."""
+    import delivery_lake.models as models_module
+
+    root = _copy_models(tmp_path)
+    library = tmp_path / "delivery_lake"
+    shutil.copytree(Path(models_module.__file__).parent, library, ignore=shutil.ignore_patterns("__pycache__"))
+    paths = sorted(root.rglob("*.sql"))
+    first = models_module._cache_file(root, paths, library)
+    assert models_module._cache_file(root, paths, library) == first
+    (library / "sentiment.py").write_text((library / "sentiment.py").read_text() + "\n# a lexicon change\n")
+    assert models_module._cache_file(root, paths, library) != first
