@@ -363,15 +363,13 @@ class Landing:
             self._load_rejects(con, table, entries)
             self._mark_duplicates(con, table)
             self._lines(con)
-            if requested is None:
-                out.read = con.execute(
-                    "SELECT (SELECT count(*) FROM typed) + (SELECT count(*) FROM rejected)"
-                ).fetchone()[0]
             if "clients" in parent_keys:
                 out.registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()}
             counts = self._counts(con, table)
+            if requested is None:
+                out.read = sum(ok + bad for *_, ok, bad in counts.typed) + sum(n for *_, n in counts.rejected)
             if table.is_fact:
-                out.learned = self._learn(con, table, entries, counts)
+                out.learned = self._learn(entries, counts)
             targets = self._targets(table, requested, counts)
             with staging_dir(self.settings) as stage:
                 out.partitions = self._write_partitions(con, table, targets, counts, stage, landed_at)
@@ -497,7 +495,7 @@ class Landing:
         rejected = con.execute("SELECT _file_rank, _date, count(*) FROM rejected GROUP BY ALL").fetchall()
         return _Counts(typed, rejected)
 
-    def _learn(self, con: Any, table: Table, entries: list[FileEntry], counts: _Counts) -> list[FileEntry]:
+    def _learn(self, entries: list[FileEntry], counts: _Counts) -> list[FileEntry]:
         """Index entries of the provisional files of this batch, from what was just read.
 
         The same partition rule as the index scan (a row's date, else the name's date; the

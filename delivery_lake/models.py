@@ -29,6 +29,7 @@ How a build reads its inputs:
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -48,7 +49,7 @@ import duckdb
 from delivery_lake import contract, gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES
-from delivery_lake.storage import Lake, staging_dir
+from delivery_lake.storage import Lake, staging_dir, write_file_atomic
 
 if TYPE_CHECKING:
     import polars as pl
@@ -345,13 +346,8 @@ class Project:
 
     def _save(self, dest: Path) -> None:
         doc = [{**asdict(m), "path": str(m.path)} for m in self.models.values()]
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex}")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, dest)
-        except OSError:
-            pass  # a read-only cache only costs the next process the parse
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next process the parse
+            write_file_atomic(dest, json.dumps(doc).encode())
 
     @classmethod
     def _from_json(cls, root: Path, doc: list[dict[str, Any]]) -> Project:
@@ -761,7 +757,8 @@ class Runner:
         workers = max(1, self.settings.duckdb_threads) if self.settings and few_dates else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while pending:
-                ready = [m for m in pending if not any(r in {p.name for p in pending} for r in self.project.inputs(m.name)[0])]
+                waiting = {p.name for p in pending}
+                ready = [m for m in pending if not any(r in waiting for r in self.project.inputs(m.name)[0])]
                 if not ready:
                     raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
                 pending = [m for m in pending if m not in ready]

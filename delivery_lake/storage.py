@@ -189,15 +189,7 @@ class Lake:
         if self.is_s3:
             self.fs.pipe_file(dest, data)
             return
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_file_atomic(dest, data)
 
     def write_json(self, dest: str, obj: Any) -> None:
         self.write_bytes(dest, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
@@ -248,6 +240,19 @@ def configure_duckdb(con: duckdb.DuckDBPyConnection, settings: Settings | None) 
     if settings is not None:
         con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+
+
+def write_file_atomic(dest: str | Path, data: bytes) -> None:
+    """Replace a local file whole (temporary name, then rename): readers see the old or the new."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @contextmanager

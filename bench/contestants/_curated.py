@@ -5,23 +5,17 @@ warehouse refresh; `full=True` rebuilds everything and a new warehouse file).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 ENTRY_POINT = "delivery_lake.warehouse.build_curated"
 
 
-def entry_point() -> tuple[str, Callable[..., Any]]:
-    from delivery_lake.warehouse import build_curated
-
-    return ENTRY_POINT, build_curated
-
-
 def refresh(settings: Any, dates: list[str] | None) -> str:
     """Build the curated layer (all of it when `dates` is None); returns the entry point used."""
-    label, fn = entry_point()
+    from delivery_lake.warehouse import build_curated
+
     if dates is None:
-        fn(settings, full=True)
+        build_curated(settings, full=True)
     else:
-        fn(settings, dates=dates)
-    return label
+        build_curated(settings, dates=dates)
+    return ENTRY_POINT
