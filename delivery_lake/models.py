@@ -35,10 +35,11 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -62,6 +63,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
 ZONE = "curated"
 HEADER_KEYS = ("grain", "partition_by", "lookback_days", "materialized")
 RESERVED_NAMES = {"warehouse"}
+GRAIN_KEY = re.compile(r"one row per (?:\((?P<keys>[\w\s,]+)\)|(?P<key>\w+))")
 
 
 class ModelError(ValueError):
@@ -103,6 +105,15 @@ class Model:
     @property
     def is_partitioned(self) -> bool:
         return self.partition_by is not None
+
+    @property
+    def grain_columns(self) -> list[str]:
+        """The key columns the grain names ("one row per delivery_id", "one row per (date, depot_id)")."""
+        found = GRAIN_KEY.match(self.grain or "")
+        if not found:
+            return []
+        keys = [k.strip() for k in (found["keys"] or found["key"]).split(",")]
+        return keys if set(keys) <= {c.name for c in self.columns} else []
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -711,8 +722,13 @@ class Runner:
 
     def _publish(self, con: duckdb.DuckDBPyConnection, m: Model, d: str | None, where: str, stage: Path, result: ModelResult) -> int:
         local = stage / f"{m.name}_{d or 'all'}.parquet"
-        # ORDER BY ALL: the same inputs give the same file, byte for byte.
-        con.execute(f"COPY (SELECT * FROM __out {where} ORDER BY ALL) TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)")
+        # A total order, so the same inputs give the same file, byte for byte: the grain's key,
+        # then a hash of the whole row for rows that share it (the grain is not enforced here).
+        # ORDER BY ALL does the same but builds a sort key of every column: 0.44 -> 0.31 s on
+        # a day of int_deliveries_enriched (127k rows, 22 columns).
+        keys = m.grain_columns
+        order = ", ".join([*map(_quote, keys), "hash(__out)"]) if keys else "ALL"
+        con.execute(f"COPY (SELECT * FROM __out {where} ORDER BY {order}) TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)")
         rows = int(con.execute(f"SELECT count(*) FROM read_parquet({_lit(str(local))})").fetchone()[0])  # type: ignore[index]
         digest = hashlib.sha256(local.read_bytes()).hexdigest()
         size = self.lake.publish_file(local, self.lake.data_file(ZONE, m.name, d))
@@ -749,29 +765,46 @@ class Runner:
         results: dict[str, ModelResult] = {}
         failed: set[str] = set()
         pending = [m for m in self.project.materialized() if m.name in names]
-        # For a few dates, models whose inputs are built run side by side: each is a small
-        # query that keeps one core busy. A full refresh runs them one at a time: each query
-        # then uses every core already, and two at once only add memory (1.2 -> 1.8 GiB and
-        # 28 -> 32 s for the 30-day benchmark lake).
+        selected = {m.name for m in pending}
+        # A model starts as soon as the refs it waits on are built, not when a whole round
+        # is: for a new day int_deliveries_enriched's four marts need not wait for fct_feedback.
+        # Among ready models, those others wait on start first, then date-partitioned ones
+        # (a day's fact) before whole small tables (dimensions).
+        waited_on = {r: sum(r in self.project.inputs(m.name)[0] for m in pending) for r in selected}
+        # For a few dates, models run side by side: each is a small query that keeps one core
+        # busy. A full refresh runs them one at a time: each query then uses every core already,
+        # and two at once only add memory (1.2 -> 1.8 GiB and 28 -> 32 s for the 30-day
+        # benchmark lake).
         few_dates = not full_refresh and wanted_dates is not None and len(wanted_dates) <= 7
         workers = max(1, self.settings.duckdb_threads) if self.settings and few_dates else 1
+        running: dict[Future[ModelResult], str] = {}
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            while pending:
-                waiting = {p.name for p in pending}
-                ready = [m for m in pending if not any(r in waiting for r in self.project.inputs(m.name)[0])]
-                if not ready:
-                    raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
-                pending = [m for m in pending if m not in ready]
-                jobs = {}
+            while pending or running:
+                unfinished = {m.name for m in pending} | set(running.values())
+                ready = [m for m in pending if not any(r in unfinished for r in self.project.inputs(m.name)[0])]
+                skipped = False
                 for m in ready:
                     upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
                     if upstream_failed:
+                        pending.remove(m)
                         failed.add(m.name)
                         results[m.name] = ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built")
-                        continue
+                        skipped = True
+                if skipped:
+                    continue  # models downstream of a skipped one are skipped before anything starts
+                # Only as many as there are free workers, so a model that becomes ready later
+                # is not queued behind ones nothing waits on.
+                for m in sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned))[: workers - len(running)]:
+                    pending.remove(m)
                     run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
-                    jobs[m.name] = pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)
-                for name, fut in jobs.items():
+                    running[pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)] = m.name
+                if not running:
+                    if pending:
+                        raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
                     try:
                         results[name] = fut.result()
                     except GateBlocked as exc:

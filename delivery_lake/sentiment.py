@@ -133,17 +133,27 @@ def topic_expr(text: pl.Expr) -> pl.Expr:
 
 
 def label_comments(frame: pl.LazyFrame, column: str = "comment") -> pl.LazyFrame:
-    """Adds sentiment_score, sentiment and topic; all null where the comment is null or blank."""
+    """Adds sentiment_score, sentiment and topic; all null where the comment is null or blank.
+
+    The ~100 cue expressions run once per distinct comment, joined back by value: feedback
+    repeats itself ("Quick and friendly"), and a day of 36k generated ratings holds 23
+    distinct comments (labelling 0.55 -> 0.07 s). With all-distinct text it costs one
+    extra hash join.
+    """
     text = pl.col(column)
-    has_text = text.is_not_null() & (text.str.strip_chars() != "")
     score = score_expr(text)
-    return frame.with_columns(
-        pl.when(has_text).then(score).alias("sentiment_score"),
-        pl.when(has_text)
-        .then(pl.when(score >= 2).then(pl.lit("positive")).when(score <= -2).then(pl.lit("negative")).otherwise(pl.lit("neutral")))
-        .alias("sentiment"),
-        pl.when(has_text).then(topic_expr(text)).alias("topic"),
+    labels = (
+        frame.select(text)
+        .filter(text.is_not_null() & (text.str.strip_chars() != ""))
+        .unique()
+        .with_columns(
+            score.alias("sentiment_score"),
+            pl.when(score >= 2).then(pl.lit("positive")).when(score <= -2).then(pl.lit("negative")).otherwise(pl.lit("neutral")).alias("sentiment"),
+            topic_expr(text).alias("topic"),
+        )
     )
+    # A left join keeps every row (and its order); null and blank comments find no label.
+    return frame.join(labels, on=column, how="left", nulls_equal=False, maintain_order="left")
 
 
 def classify(comments: list[str | None]) -> list[tuple[str | None, str | None]]:

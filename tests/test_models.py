@@ -198,6 +198,67 @@ def test_sentiment_accuracy_as_documented() -> None:
     assert classify(["Not on time and not polite"])[0][0] == "negative"
 
 
+def test_comments_are_labelled_once_per_distinct_text_in_row_order() -> None:
+    import polars as pl
+
+    from delivery_lake.sentiment import label_comments
+
+    comments = ["Parcel arrived damaged", None, "Quick and friendly", "   ", "Parcel arrived damaged", "ok", None]
+    frame = pl.LazyFrame({"id": range(len(comments)), "comment": comments}, schema={"id": pl.Int64, "comment": pl.Utf8})
+    out = label_comments(frame).collect()
+    assert out["id"].to_list() == list(range(len(comments)))  # every row, in its order
+    assert out["sentiment"].to_list() == ["negative", None, "positive", None, "negative", "neutral", None]
+    assert out["topic"].to_list() == ["parcel_condition", None, "punctuality", None, "parcel_condition", "general", None]
+    # The same label as each comment classified alone.
+    assert list(zip(out["sentiment"], out["topic"], strict=True)) == [classify([c])[0] for c in comments]
+
+
+@pytest.mark.parametrize(
+    ("model", "grain", "keys"),
+    [
+        ("fct_deliveries", "one row per delivery_id", ["delivery_id"]),
+        ("fct_deliveries", "one row per delivery_id, partitioned by dispatch date", ["delivery_id"]),
+        ("agg_client_daily_kpis", "one row per (date, client_id)", ["date", "client_id"]),
+        ("fct_deliveries", "one row per parcel_id", []),  # not a column: files fall back to ORDER BY ALL
+        ("fct_deliveries", None, []),
+    ],
+)
+def test_grain_names_the_sort_key_of_published_files(project: Project, model: str, grain: str | None, keys: list[str]) -> None:
+    from dataclasses import replace
+
+    assert replace(project[model], grain=grain).grain_columns == keys
+
+
+def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fct_deliveries waits on int_deliveries_enriched only: it must start while fct_feedback
+    (no relation, started alongside int) is still running."""
+    import threading
+
+    from delivery_lake.config import Settings
+    from delivery_lake.models import ModelResult, Runner
+
+    started: list[str] = []
+    downstream_started = threading.Event()
+
+    def fake_build(self: Runner, name: str, dates: list[str] | None = None, full_refresh: bool = False) -> ModelResult:
+        started.append(name)
+        if name == "fct_deliveries":
+            downstream_started.set()
+        if name == "fct_feedback":
+            # Round-by-round scheduling would start fct_deliveries only after this returns.
+            assert downstream_started.wait(timeout=20), "fct_deliveries waited for an unrelated model"
+        return ModelResult(name, dates=list(dates or [None]))
+
+    monkeypatch.setattr(Runner, "build_model", fake_build)
+    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=tmp_path / "inbox")
+    assert settings.duckdb_threads >= 2
+    results = Runner(None, project, settings).build(dates=["2026-01-05"])  # type: ignore[arg-type]
+    assert {r.model for r in results} == {m.name for m in project.materialized()}
+    assert started.index("int_deliveries_enriched") < started.index("fct_deliveries")
+    # The model four others wait on starts first.
+    assert started[0] == "int_deliveries_enriched"
+
+
 # ---- Dagster ------------------------------------------------------------------------------------------
 
 
