@@ -146,6 +146,7 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
                 "partitions_loaded": sum(t.partitions_loaded for t in report.tables),
                 "rows": dg.MetadataValue.json({t.table: t.rows for t in report.tables}),
                 "bytes": report.bytes,
+                "vacuumed": report.vacuumed,
                 "duration_s": report.seconds,
             }
         )

@@ -43,6 +43,14 @@ ZONE = "curated"
 
 META_COMMENT = "Which curated build of each partition every table holds (used by the refresh)."
 META_TABLE = "_warehouse_partitions"
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group size
+# Each refresh leaves partly filled row groups behind (a day's remainder; a dimension
+# reloaded whole leaves its deleted one). A checkpoint merges them and reclaims deleted
+# rows ("vacuum") only once a table holds this many more row groups than its rows need,
+# or a refresh deleted half a row group's worth of rows. Merging rewrites neighbouring row
+# groups: appending a day to the 30-day benchmark warehouse cost a 0.5-0.65 s checkpoint
+# with it, 0.004 s without.
+SPARE_ROW_GROUPS = 16
 
 
 class WarehouseError(RuntimeError):
@@ -56,6 +64,7 @@ class TableRefresh:
     partitions_loaded: int = 0
     partitions_removed: int = 0
     rows: int = 0
+    rows_deleted: int = 0
 
 
 @dataclass
@@ -64,6 +73,7 @@ class WarehouseReport:
     tables: list[TableRefresh] = field(default_factory=list)
     seconds: float = 0.0
     bytes: int = 0
+    vacuumed: bool = True  # whether the checkpoint merged row groups and reclaimed deleted rows
 
     @property
     def changed(self) -> list[str]:
@@ -163,9 +173,30 @@ class Warehouse:
                 con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
                 report.tables.append(TableRefresh(stale, "dropped"))
             con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
+            report.vacuumed = self._worth_vacuuming(con, report)
+            if not report.vacuumed:
+                con.execute("SET max_vacuum_tasks = 0")
             con.execute("CHECKPOINT")
         finally:
             con.close()
+
+    @staticmethod
+    def _worth_vacuuming(con: duckdb.DuckDBPyConnection, report: WarehouseReport) -> bool:
+        """Vacuum when tables were (re)built or dropped, this refresh deleted half a row group's
+        worth of rows, or a changed table holds more than SPARE_ROW_GROUPS row groups beyond
+        what its rows need (see SPARE_ROW_GROUPS)."""
+        if any(t.mode in ("full", "dropped") for t in report.tables):
+            return True
+        if sum(t.rows_deleted for t in report.tables) >= ROW_GROUP_ROWS // 2:
+            return True
+        for t in report.tables:
+            if t.mode == "incremental":
+                groups = con.execute(
+                    f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info({_lit(t.table)})"
+                ).fetchone()[0]  # type: ignore[index]
+                if groups > -(-t.rows // ROW_GROUP_ROWS) + SPARE_ROW_GROUPS:
+                    return True
+        return False
 
     def _settle(self, database: Path) -> None:
         """Checkpoint a freshly built file once more, in a session of its own.
@@ -206,11 +237,12 @@ class Warehouse:
         try:
             for d in [*load, *remove]:
                 if m.is_partitioned and d is not None:
-                    con.execute(f"DELETE FROM {_q(m.name)} WHERE {_q(m.partition_by or '')} = ?::DATE", [d])
+                    deleted = con.execute(f"DELETE FROM {_q(m.name)} WHERE {_q(m.partition_by or '')} = ?::DATE", [d]).fetchone()
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ? AND date = ?::DATE", [m.name, d])
                 else:
-                    con.execute(f"DELETE FROM {_q(m.name)}")
+                    deleted = con.execute(f"DELETE FROM {_q(m.name)}").fetchone()
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
+                result.rows_deleted += int(deleted[0])  # type: ignore[index]
             if load:
                 files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in load)
                 cols = ", ".join(_q(c.name) for c in m.columns)

@@ -172,3 +172,50 @@ def test_cli_query_in_a_subprocess_has_no_traceback(wh: Warehouse, tmp_path: Pat
     bad = subprocess.run([sys.executable, "-m", "delivery_lake.cli", "query", "SELEC 1"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert "Parser Error" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
+
+
+def _forget_day(path: Path, project: Project) -> None:
+    """Take DAY out of the file, as if that day had not arrived yet (a compact file: closing checkpoints)."""
+    con = duckdb.connect(str(path))
+    try:
+        for m in project.published():
+            if m.is_partitioned:
+                con.execute(f"DELETE FROM {m.name} WHERE date = DATE '{DAY}'")
+        con.execute(f"DELETE FROM {META_TABLE} WHERE date = DATE '{DAY}'")
+    finally:
+        con.close()
+
+
+def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Settings, Lake, Project], monkeypatch: pytest.MonkeyPatch) -> None:
+    import delivery_lake.warehouse as warehouse
+
+    settings, lake, project = built
+    assert wh.refresh(full=True).vacuumed
+    full = Warehouse(lake, project, wh.path.parent / "full.duckdb")
+    full.refresh(full=True)
+    sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
+
+    # A new day is appended: nothing deleted, row groups well under the spare count -> no vacuum.
+    _forget_day(wh.path, project)
+    report = wh.refresh()
+    appended = {t.table for t in report.tables if t.mode == "incremental"}
+    assert appended == {m.name for m in project.published() if m.is_partitioned}
+    assert sum(t.rows_deleted for t in report.tables) == 0 and report.vacuumed is False
+    assert query(wh.path, sql) == query(full.path, sql)
+
+    # A rebuilt day replaces its rows: once half a row group's worth is deleted, the checkpoint vacuums.
+    Runner(lake, project, settings).build(["fct_deliveries"], dates=[DAY])
+    monkeypatch.setattr(warehouse, "ROW_GROUP_ROWS", 2)
+    report = wh.refresh()
+    fct = {t.table: t for t in report.tables}["fct_deliveries"]
+    day_rows = query(full.path, f"SELECT count(*) FROM fct_deliveries WHERE date = DATE '{DAY}'")[1][0][0]
+    assert fct.rows_deleted == day_rows > 0
+    assert report.vacuumed is True
+    monkeypatch.undo()
+
+    # Appends alone vacuum once a table holds more row groups than it needs plus the spare ones.
+    monkeypatch.setattr(warehouse, "SPARE_ROW_GROUPS", 0)
+    _forget_day(wh.path, project)
+    report = wh.refresh()
+    assert sum(t.rows_deleted for t in report.tables) == 0 and report.vacuumed is True
+    assert query(wh.path, sql) == query(full.path, sql)
