@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -330,3 +331,29 @@ def test_published_files_are_in_grain_order(built: Built) -> None:
         assert frame.select(keys).equals(frame.select(keys).sort(keys)), model
     dims = pl.read_parquet(built.lake.data_file("curated", "dim_drivers"))
     assert dims["driver_id"].to_list() == sorted(dims["driver_id"].to_list())
+
+
+def test_an_order_landed_twice_does_not_fan_out_its_delivery(built: Built, tmp_path: Path) -> None:
+    """The same order_id in two raw partitions (a re-export under another client): the delivery
+    keeps one row, with the attributes of the copy created last."""
+    b = copy_of(built, tmp_path)
+    day = DAYS[2]
+    before = pl.read_parquet(b.lake.data_file("curated", "int_deliveries_enriched", day))
+    target = before.filter(pl.col("created_at").is_not_null())["order_id"][0]
+    orders = raw(b.lake, "orders").filter(pl.col("order_id") == target)
+    assert orders.height == 1
+    original = orders.row(0, named=True)
+    later = orders.drop("date", "client").with_columns(
+        pl.col("created_at") + pl.duration(minutes=5), pl.lit(4321.5).cast(orders.schema["order_value"]).alias("order_value")
+    )
+    dest = Path(b.lake.data_file("raw", "orders", str(original["date"]), "C999"))
+    dest.parent.mkdir(parents=True)
+    later.write_parquet(dest)
+
+    Runner(b.lake, b.project, b.settings).build(["int_deliveries_enriched"], dates=[day])
+    after = pl.read_parquet(b.lake.data_file("curated", "int_deliveries_enriched", day))
+    assert after.height == before.height
+    row = after.filter(pl.col("order_id") == target)
+    assert row.height == before.filter(pl.col("order_id") == target).height == 1
+    assert row["order_value"].to_list() == [4321.5]
+    assert row["created_at"].to_list() == [original["created_at"] + timedelta(minutes=5)]

@@ -13,9 +13,13 @@ with deliveries as (
 ),
 
 orders as (
-    select * from {{ ref('stg_orders') }}
-    -- a key seen in two partitions must not fan deliveries out
-    qualify row_number() over (partition by order_id order by created_at desc) = 1
+    -- a key seen in two partitions must not fan deliveries out: its latest copy wins
+    -- (one arg_max pass; QUALIFY row_number() = 1 read the four days of orders twice: 0.65 -> 0.54 s a day)
+    select
+        order_id,
+        unnest(arg_max(struct_pack(depot_id, created_at, promised_by, weight_kg, parcels, priority, order_value), created_at))
+    from {{ ref('stg_orders') }}
+    group by order_id
 ),
 
 joined as (
