@@ -255,8 +255,8 @@ def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Proje
     results = Runner(None, project, settings).build(dates=["2026-01-05"])  # type: ignore[arg-type]
     assert {r.model for r in results} == {m.name for m in project.materialized()}
     assert started.index("int_deliveries_enriched") < started.index("fct_deliveries")
-    # The model four others wait on starts first.
-    assert started[0] == "int_deliveries_enriched"
+    # The model four others wait on is in the first pair handed to the two workers.
+    assert "int_deliveries_enriched" in started[:2]
 
 
 # ---- Dagster ------------------------------------------------------------------------------------------
