@@ -18,11 +18,11 @@ LAKE_PORT ?= 8333
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
 
+# Bytecode is compiled here, once: with PYTHONDONTWRITEBYTECODE set (as on our machines)
+# Python never caches it, and every process recompiled what it imported (polars 0.8 s).
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "uv==$$(grep '^uv==' constraints.txt | cut -d= -f3)"
-	# Bytecode is compiled here, once: with PYTHONDONTWRITEBYTECODE set (as on our machines)
-	# Python never caches it, and every process recompiled what it imported (polars 0.8 s).
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt --compile-bytecode -e '.[dev]'
 	$(BIN)/python -m compileall -q delivery_lake assets bench
 	touch $@
