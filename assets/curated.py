@@ -105,10 +105,14 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         runner = Runner(lake, project, lakehouse.settings())
         dates = list(context.partition_keys) if m.is_partitioned else None
         result = runner.build_model(m.name, dates)
-        context.log.info(f"{m.name}: {result.rows} rows over {len(result.dates)} partition(s) in {result.seconds}s")
+        if result.up_to_date:
+            context.log.info(f"{m.name}: up to date, its inputs have not changed since its last build ({result.rows} rows)")
+        else:
+            context.log.info(f"{m.name}: {result.rows} rows over {len(result.dates)} partition(s) in {result.seconds}s")
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": result.rows,
+                "up_to_date": result.up_to_date,
                 "rows_by_date": dg.MetadataValue.json(result.rows_by_date),
                 "excluded_partitions": dg.MetadataValue.json(result.excluded),
                 "duration_s": result.seconds,
@@ -147,6 +151,7 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
                 "rows": dg.MetadataValue.json({t.table: t.rows for t in report.tables}),
                 "bytes": report.bytes,
                 "vacuumed": report.vacuumed,
+                "started_from": report.base,
                 "duration_s": report.seconds,
             }
         )

@@ -7,12 +7,16 @@ import os
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, render_markdown
+
+if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; commands that do not build skip them
+    from delivery_lake.models import ModelResult
 
 # Piped output (make, CI logs) gets a width that fits the summary tables.
 console = Console() if sys.stdout.isatty() else Console(width=150)
@@ -92,6 +96,15 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _print_builds(results: list[ModelResult]) -> None:
+    for r in results:
+        if r.skipped:
+            state = f"skipped ({r.skipped})"
+        else:
+            state = f"{r.rows:,} rows, {len(r.dates)} partition(s)" + (", up to date" if r.up_to_date else "")
+        console.print(f"{r.model:<32} {state} {r.seconds:.2f}s", markup=False)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from delivery_lake.models import Project, Runner
     from delivery_lake.storage import Lake
@@ -103,17 +116,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not args.model:
         results, wh = build_curated(settings, dates=args.date or None, full=args.full_refresh)
-        for r in results:
-            state = f"skipped ({r.skipped})" if r.skipped else f"{r.rows:,} rows, {len(r.dates)} partition(s)"
-            console.print(f"{r.model:<32} {state} {r.seconds:.2f}s", markup=False)
+        _print_builds(results)
         console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
         return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0
     lake = Lake.from_settings(settings)
     project = Project.load()
     results = Runner(lake, project, settings).build(args.model or None, dates=args.date or None, full_refresh=args.full_refresh)
-    for r in results:
-        state = f"skipped ({r.skipped})" if r.skipped else f"{r.rows:,} rows, {len(r.dates)} partition(s)"
-        console.print(f"{r.model:<32} {state} {r.seconds:.2f}s", markup=False)
+    _print_builds(results)
     wh = Warehouse(lake, project, settings.warehouse_path).refresh(full=args.full_refresh)
     console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
     return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0

@@ -321,9 +321,12 @@ def _empty_sql(columns: list[ColumnInfo]) -> str:
 class Project:
     """Every model of a models folder, in dependency order, with its output columns."""
 
-    def __init__(self, root: Path, models: dict[str, Model]):
+    def __init__(self, root: Path, models: dict[str, Model], digest: str = ""):
         self.root = root
         self.models = models
+        # What the models' output depends on besides their inputs: the model files, the
+        # library, DuckDB and sqlglot (a build whose inputs and digest match is up to date).
+        self.digest = digest
 
     @classmethod
     def load(cls, root: Path | str = MODELS_DIR, cache: bool = True) -> Project:
@@ -337,10 +340,11 @@ class Project:
             for p in sorted([*root.rglob("*.sql"), *root.rglob("*.py")])
             if not p.name.startswith("_") and "__pycache__" not in p.parts
         ]
-        cached = _cache_file(root, paths) if cache else None
+        digest = _project_digest(root, paths)
+        cached = _cache_file(digest) if cache else None
         if cached is not None and cached.exists():
             try:
-                return cls._from_json(root, json.loads(cached.read_text()))
+                return cls._from_json(root, json.loads(cached.read_text()), digest)
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable or from an older layout: parse again
         found: dict[str, Model] = {}
@@ -349,7 +353,7 @@ class Project:
             if model.name in found:
                 raise ModelError(f"{path}: model name {model.name!r} is also defined by {found[model.name].path}")
             found[model.name] = model
-        project = cls(root, {n: found[n] for n in _toposort(found)})
+        project = cls(root, {n: found[n] for n in _toposort(found)}, digest)
         project._describe()
         if cached is not None:
             project._save(cached)
@@ -361,7 +365,7 @@ class Project:
             write_file_atomic(dest, json.dumps(doc).encode())
 
     @classmethod
-    def _from_json(cls, root: Path, doc: list[dict[str, Any]]) -> Project:
+    def _from_json(cls, root: Path, doc: list[dict[str, Any]], digest: str) -> Project:
         models: dict[str, Model] = {}
         for d in doc:
             m = Model(
@@ -374,7 +378,7 @@ class Project:
                 }
             )
             models[m.name] = m
-        return cls(root, models)
+        return cls(root, models, digest)
 
     def __getitem__(self, name: str) -> Model:
         return self.models[name]
@@ -487,18 +491,23 @@ class Project:
         return ""
 
 
-def _cache_file(root: Path, paths: list[Path], library: Path = Path(contract.__file__).parent) -> Path:
-    """Where a parsed project is cached, named by everything the parse depends on: the model
-    files, the library's source (parsing rules, the contract's raw schemas, and whatever a
-    Python model imports, e.g. the sentiment lexicon), DuckDB and sqlglot."""
+def _project_digest(root: Path, paths: list[Path], library: Path = Path(contract.__file__).parent) -> str:
+    """Everything parsing and building the models depends on: the model files, the library's
+    source (parsing rules, the contract's raw schemas, the runner, and whatever a Python model
+    imports, e.g. the sentiment lexicon), DuckDB and sqlglot."""
     h = hashlib.sha256(str(root.resolve()).encode())
     for p in sorted(library.rglob("*.py")):
         h.update(p.read_bytes())
     h.update(f"{duckdb.__version__}|{importlib.metadata.version('sqlglot')}".encode())
     for p in paths:
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _cache_file(digest: str) -> Path:
+    """Where a parsed project is cached, named by its digest."""
     base = os.environ.get("DELIVERY_LAKE_CACHE_DIR") or Path.home() / ".cache" / "delivery_lake"
-    return Path(base) / f"project-{h.hexdigest()[:24]}.json"
+    return Path(base) / f"project-{digest[:24]}.json"
 
 
 def _toposort(models: dict[str, Model]) -> list[str]:
@@ -562,6 +571,10 @@ class ModelResult:
     seconds: float = 0.0
     skipped: str | None = None
     removed: list[str] = field(default_factory=list)
+    # A whole-table model whose inputs (and the project digest) are what its last build read
+    # is not rebuilt: `up_to_date` is then set and rows come from that build's manifest.
+    inputs: str | None = None
+    up_to_date: bool = False
 
 
 def _date_window(dates: list[str], lookback: int) -> tuple[str, str]:
@@ -602,6 +615,33 @@ class Runner:
     def available_dates(self, model: str) -> list[str]:
         """Dates any raw fact the model depends on has data for (what a full refresh builds)."""
         return sorted({d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t)})
+
+    def inputs_digest(self, m: Model) -> str | None:
+        """What a whole-table model reads, as a digest: the project digest, the version of each
+        raw dimension file (size and mtime, or ETag on S3) and the build id of each whole-table
+        ref. None for models that read date partitions (they rebuild the dates they are given)
+        and when an input is missing or gate-blocked (the build then says why)."""
+        if m.is_partitioned:
+            return None
+        refs, sources = self.project.inputs(m.name)
+        parts = [self.project.digest]
+        for _, table in sorted(sources):
+            if TABLES[table].is_fact or self.blocked(table):
+                return None
+            try:
+                info = self.lake.fs.info(self.lake.data_file("raw", table))
+            except FileNotFoundError:
+                return None
+            version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+            parts.append(f"raw.{table} {info.get('size')} {version}")
+        for r in sorted(refs):
+            if self.project[r].is_partitioned:
+                return None
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, r))
+            if not doc:
+                return None
+            parts.append(f"{r} {doc['build_id']}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def _source_sql(self, table: str, window: tuple[str, str] | None, excluded: dict[str, list[list[str | None]]]) -> str:
         t = TABLES[table]
@@ -684,6 +724,14 @@ class Runner:
             if not wanted and not result.removed:
                 result.skipped = "no dates to build"
                 return result
+        else:
+            result.inputs = self.inputs_digest(m)
+            last = self.lake.read_json(self.lake.build_manifest(ZONE, name)) if result.inputs and not full_refresh else None
+            if last and last.get("inputs") == result.inputs and self.lake.exists(self.lake.data_file(ZONE, name)):
+                result.up_to_date, result.rows, result.dates = True, int(last["rows"]), [None]
+                result.excluded = last.get("excluded_partitions") or {}
+                result.seconds = round(time.monotonic() - started, 3)
+                return result
         window = _date_window(wanted, self.project.effective_lookback(name)) if wanted else None
         con = self.lake.duckdb()
         try:
@@ -746,6 +794,7 @@ class Runner:
                 "built_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "excluded_partitions": result.excluded,
                 "columns": [[c.name, c.type] for c in m.columns],
+                "inputs": result.inputs,
             },
         )
         return rows

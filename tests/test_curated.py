@@ -357,3 +357,32 @@ def test_an_order_landed_twice_does_not_fan_out_its_delivery(built: Built, tmp_p
     assert row.height == before.filter(pl.col("order_id") == target).height == 1
     assert row["order_value"].to_list() == [4321.5]
     assert row["created_at"].to_list() == [original["created_at"] + timedelta(minutes=5)]
+
+
+def test_a_dimension_whose_inputs_did_not_change_is_not_rebuilt(built: Built, tmp_path: Path) -> None:
+    """A new day of facts does not rebuild (nor reload into the warehouse) the dimensions."""
+    b = copy_of(built, tmp_path)
+    dims = ["dim_clients", "dim_depots", "dim_drivers", "dim_vehicles"]
+    before = {m: manifest(b.lake, m, None) for m in dims}
+    wh = Warehouse(b.lake, b.project, tmp_path / "wh.duckdb")
+    wh.refresh()
+
+    results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(dates=[DAYS[-1]])}
+    assert {m for m, r in results.items() if r.up_to_date} == set(dims)
+    assert {m: results[m].rows for m in dims} == {m: before[m]["rows"] for m in dims}
+    assert {m: manifest(b.lake, m, None) for m in dims} == before  # not even rewritten
+    assert not set(dims) & set(wh.refresh().changed)
+
+    # Clients re-landed (same rows, a new file): only the model reading them is rebuilt, to the same bytes.
+    Landing(b.lake, b.settings.inbox_dir, b.settings).land_dimension(TABLES["clients"])
+    results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(dims)}
+    assert {m for m, r in results.items() if not r.up_to_date} == {"dim_clients"}
+    rebuilt = manifest(b.lake, "dim_clients", None)
+    assert rebuilt["build_id"] != before["dim_clients"]["build_id"] and rebuilt["sha256"] == before["dim_clients"]["sha256"]
+    assert set(wh.refresh().changed) & set(dims) == {"dim_clients"}
+
+    # Changed model code or library (the project digest), or a full refresh, rebuilds them all.
+    edited = Project(b.project.root, b.project.models, digest="another library")
+    assert not any(r.up_to_date for r in Runner(b.lake, edited, b.settings).build(dims))
+    assert not any(r.up_to_date for r in Runner(b.lake, b.project, b.settings).build(dims, full_refresh=True))
+    assert all(r.up_to_date for r in Runner(b.lake, b.project, b.settings).build(dims))

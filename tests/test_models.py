@@ -328,14 +328,16 @@ def test_parsed_project_is_cached_and_follows_the_files(tmp_path: Path, monkeypa
 
 def test_project_cache_follows_the_library_a_python_model_imports(tmp_path: Path) -> None:
     """fct_feedback's columns come from running it, and it imports delivery_lake.sentiment:
-    a change anywhere in the library must not serve a stale project."""
+    a change anywhere in the library must not serve a stale project (nor leave a built
+    model up to date: the digest is part of its inputs)."""
     import delivery_lake.models as models_module
 
     root = _copy_models(tmp_path)
     library = tmp_path / "delivery_lake"
     shutil.copytree(Path(models_module.__file__).parent, library, ignore=shutil.ignore_patterns("__pycache__"))
     paths = sorted(root.rglob("*.sql"))
-    first = models_module._cache_file(root, paths, library)
-    assert models_module._cache_file(root, paths, library) == first
+    first = models_module._project_digest(root, paths, library)
+    assert models_module._project_digest(root, paths, library) == first
     (library / "sentiment.py").write_text((library / "sentiment.py").read_text() + "\n# a lexicon change\n")
-    assert models_module._cache_file(root, paths, library) != first
+    assert models_module._project_digest(root, paths, library) != first
+    assert models_module._cache_file(models_module._project_digest(root, paths, library)) != models_module._cache_file(first)

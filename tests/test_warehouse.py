@@ -174,16 +174,18 @@ def test_cli_query_in_a_subprocess_has_no_traceback(wh: Warehouse, tmp_path: Pat
     assert "Parser Error" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
 
 
-def _forget_day(path: Path, project: Project) -> None:
-    """Take DAY out of the file, as if that day had not arrived yet (a compact file: closing checkpoints)."""
-    con = duckdb.connect(str(path))
-    try:
-        for m in project.published():
-            if m.is_partitioned:
-                con.execute(f"DELETE FROM {m.name} WHERE date = DATE '{DAY}'")
-        con.execute(f"DELETE FROM {META_TABLE} WHERE date = DATE '{DAY}'")
-    finally:
-        con.close()
+def _forget_day(wh: Warehouse, project: Project) -> None:
+    """Take DAY out of the live file and its spare, as if that day had not arrived yet (compact
+    files: closing checkpoints)."""
+    for path in (wh.path, wh.spare_path):
+        con = duckdb.connect(str(path))
+        try:
+            for m in project.published():
+                if m.is_partitioned:
+                    con.execute(f"DELETE FROM {m.name} WHERE date = DATE '{DAY}'")
+            con.execute(f"DELETE FROM {META_TABLE} WHERE date = DATE '{DAY}'")
+        finally:
+            con.close()
 
 
 def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Settings, Lake, Project], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,7 +198,7 @@ def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Setti
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
 
     # A new day is appended: nothing deleted, row groups well under the spare count -> no vacuum.
-    _forget_day(wh.path, project)
+    _forget_day(wh, project)
     report = wh.refresh()
     appended = {t.table for t in report.tables if t.mode == "incremental"}
     assert appended == {m.name for m in project.published() if m.is_partitioned}
@@ -204,6 +206,8 @@ def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Setti
     assert query(wh.path, sql) == query(full.path, sql)
 
     # A rebuilt day replaces its rows: once half a row group's worth is deleted, the checkpoint vacuums.
+    # (The spare is one refresh behind: after one more refresh both files hold the day.)
+    assert wh.refresh().base == "spare"
     Runner(lake, project, settings).build(["fct_deliveries"], dates=[DAY])
     monkeypatch.setattr(warehouse, "ROW_GROUP_ROWS", 2)
     report = wh.refresh()
@@ -215,7 +219,78 @@ def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Setti
 
     # Appends alone vacuum once a table holds more row groups than it needs plus the spare ones.
     monkeypatch.setattr(warehouse, "SPARE_ROW_GROUPS", 0)
-    _forget_day(wh.path, project)
+    _forget_day(wh, project)
     report = wh.refresh()
     assert sum(t.rows_deleted for t in report.tables) == 0 and report.vacuumed is True
     assert query(wh.path, sql) == query(full.path, sql)
+
+
+def _held_builds(path: Path) -> dict[tuple[str, str | None], str]:
+    rows = query(path, f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}")[1]
+    return {(m, d): b for m, d, b in rows}
+
+
+def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+    settings, lake, project = built
+    full = Warehouse(lake, project, wh.path.parent / "full.duckdb")
+    sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
+
+    # A new file leaves a copy of itself as the spare (catching up an old one would reload everything).
+    assert wh.refresh(full=True).base == "new"
+    assert _held_builds(wh.spare_path) == _held_builds(wh.path)
+
+    # Each refresh starts from the spare and leaves the file it replaced as the next spare.
+    Runner(lake, project, settings).build(["fct_deliveries"], dates=[DAY])
+    before = _held_builds(wh.path)
+    report = wh.refresh()
+    assert report.base == "spare" and report.changed == ["fct_deliveries"]
+    assert _held_builds(wh.spare_path) == before != _held_builds(wh.path)
+    full.refresh(full=True)
+    assert query(wh.path, sql) == query(full.path, sql)
+
+    # The spare is one refresh behind: the next refresh reloads what the previous one did too.
+    Runner(lake, project, settings).build(["agg_client_daily_kpis"], dates=[DAY])
+    report = wh.refresh()
+    assert report.base == "spare" and sorted(report.changed) == ["agg_client_daily_kpis", "fct_deliveries"]
+    full.refresh(full=True)
+    for table in ("fct_deliveries", "agg_client_daily_kpis"):
+        sql = f"SELECT * FROM {table} ORDER BY ALL"
+        assert query(wh.path, sql) == query(full.path, sql), table
+
+    # A session in this process still reading the spare (it was live when opened): DuckDB's
+    # file lock does not conflict within a process, so the refresh must notice and copy.
+    con = duckdb.connect(str(wh.spare_path), read_only=True)
+    try:
+        n = con.execute("SELECT count(*) FROM fct_deliveries").fetchone()[0]
+        Runner(lake, project, settings).build(["fct_deliveries"], dates=[DAY])
+        assert wh.refresh().base == "copy"
+        assert con.execute("SELECT count(*) FROM fct_deliveries").fetchone()[0] == n
+    finally:
+        con.close()
+
+    # A session in another process: its lock refuses the write, the refresh copies instead.
+    spare = str(wh.spare_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import duckdb, sys\n"
+            f"con = duckdb.connect({spare!r}, read_only=True)\n"
+            "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
+            "sys.stdin.readline()\n"
+            "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        seen = int(holder.stdout.readline())
+        Runner(lake, project, settings).build(["fct_deliveries"], dates=[DAY])
+        assert wh.refresh().base == "copy"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert int(holder.stdout.readline()) == seen  # its snapshot was not written to
+    finally:
+        holder.communicate(timeout=60)
+    full.refresh(full=True)
+    sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
+    assert query(wh.path, sql) == query(full.path, sql)
+    assert sorted(p.name for p in wh.path.parent.iterdir() if p.name.startswith(".delivery")) == [".delivery.duckdb.spare"]
