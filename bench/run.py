@@ -249,16 +249,16 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
     if not warehouse:
         raise RuntimeError("the full curated build wrote no warehouse file")
     out["curated_full"] = r.summary("curated_full")
-    # The day arrives at a lake whose curated layer and warehouse are built and refreshed daily,
-    # as in production: the last day's daily refresh runs once more (untimed), so the
-    # warehouse's spare file is one refresh behind, as it is every day but the first after a
-    # full build.
-    base = r.run_dir / f"full-{s.reps - 1}"
-    r.run(
-        "refresh_last_day",
-        "incremental.py",
-        ["--mode", "refresh-day", "--inbox", str(inbox), "--work", str(base), "--day", series.day(facts["days"] - 1)],
-    )
+    # The day arrives at a lake kept up to date by daily runs, as in production: curated layer
+    # and warehouse built for the first N-1 days, then day N's daily refresh (both untimed).
+    # The warehouse's spare file is then one refresh behind, as it is every day but the first
+    # after a full build, and the new day's refresh catches it up by appending day N too.
+    base = r.run_dir / "daily"
+    trash.discard(base)
+    shutil.copytree(Path(facts["ours_work"]), base)
+    days = [series.day(i) for i in range(facts["days"])]
+    for name, dates in (("curated_first_days", days[:-1]), ("curated_last_day", days[-1:])):
+        r.run(name, "incremental.py", ["--mode", "daily-refresh", "--inbox", str(inbox), "--work", str(base), "--day", ",".join(dates)])
     for rep in range(s.reps):
         work = r.run_dir / f"inc-{rep}"
         trash.discard(work)

@@ -593,6 +593,9 @@ class Runner:
         self.lake, self.project, self.settings = lake, project, settings or lake.settings
         self._partitions: dict[str, list[tuple[str, str]]] = {}
         self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
+        # While build() runs, models get cursors of one in-memory DuckDB instance (temp tables
+        # and views stay private to each): one thread pool and no new instance per model.
+        self._shared: duckdb.DuckDBPyConnection | None = None
 
     # -- inputs
     def raw_partitions(self, table: str, window: tuple[str, str] | None = None) -> list[tuple[str, str]]:
@@ -733,7 +736,7 @@ class Runner:
                 result.seconds = round(time.monotonic() - started, 3)
                 return result
         window = _date_window(wanted, self.project.effective_lookback(name)) if wanted else None
-        con = self.lake.duckdb()
+        con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
         try:
             result.excluded = self._prepare(con, m, window)
             if m.language == "python":
@@ -828,38 +831,43 @@ class Runner:
         few_dates = not full_refresh and wanted_dates is not None and len(wanted_dates) <= 7
         workers = max(1, self.settings.duckdb_threads) if self.settings and few_dates else 1
         running: dict[Future[ModelResult], str] = {}
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            while pending or running:
-                unfinished = {m.name for m in pending} | set(running.values())
-                ready = [m for m in pending if not any(r in unfinished for r in self.project.inputs(m.name)[0])]
-                skipped = False
-                for m in ready:
-                    upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
-                    if upstream_failed:
+        self._shared = self.lake.duckdb()
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                while pending or running:
+                    unfinished = {m.name for m in pending} | set(running.values())
+                    ready = [m for m in pending if not any(r in unfinished for r in self.project.inputs(m.name)[0])]
+                    skipped = False
+                    for m in ready:
+                        upstream_failed = [r for r in self.project.inputs(m.name)[0] if r in failed]
+                        if upstream_failed:
+                            pending.remove(m)
+                            failed.add(m.name)
+                            results[m.name] = ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built")
+                            skipped = True
+                    if skipped:
+                        continue  # models downstream of a skipped one are skipped before anything starts
+                    # Only as many as there are free workers, so a model that becomes ready later
+                    # is not queued behind ones nothing waits on.
+                    for m in sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned))[: workers - len(running)]:
                         pending.remove(m)
-                        failed.add(m.name)
-                        results[m.name] = ModelResult(m.name, skipped=f"upstream {', '.join(upstream_failed)} not built")
-                        skipped = True
-                if skipped:
-                    continue  # models downstream of a skipped one are skipped before anything starts
-                # Only as many as there are free workers, so a model that becomes ready later
-                # is not queued behind ones nothing waits on.
-                for m in sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned))[: workers - len(running)]:
-                    pending.remove(m)
-                    run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
-                    running[pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)] = m.name
-                if not running:
-                    if pending:
-                        raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    name = running.pop(fut)
-                    try:
-                        results[name] = fut.result()
-                    except GateBlocked as exc:
-                        failed.add(name)
-                        results[name] = ModelResult(name, skipped=str(exc))
+                        run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
+                        running[pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)] = m.name
+                    if not running:
+                        if pending:
+                            raise ModelError(f"models wait on each other: {', '.join(m.name for m in pending)}")
+                        break
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        name = running.pop(fut)
+                        try:
+                            results[name] = fut.result()
+                        except GateBlocked as exc:
+                            failed.add(name)
+                            results[name] = ModelResult(name, skipped=str(exc))
+        finally:
+            self._shared.close()
+            self._shared = None
         return [results[m.name] for m in self.project.materialized() if m.name in results]
 
 

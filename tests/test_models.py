@@ -236,6 +236,7 @@ def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Proje
 
     from delivery_lake.config import Settings
     from delivery_lake.models import ModelResult, Runner
+    from delivery_lake.storage import Lake
 
     started: list[str] = []
     downstream_started = threading.Event()
@@ -252,7 +253,7 @@ def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Proje
     monkeypatch.setattr(Runner, "build_model", fake_build)
     settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=tmp_path / "inbox")
     assert settings.duckdb_threads >= 2
-    results = Runner(None, project, settings).build(dates=["2026-01-05"])  # type: ignore[arg-type]
+    results = Runner(Lake.from_settings(settings), project, settings).build(dates=["2026-01-05"])
     assert {r.model for r in results} == {m.name for m in project.materialized()}
     assert started.index("int_deliveries_enriched") < started.index("fct_deliveries")
     # The model four others wait on is in the first pair handed to the two workers.

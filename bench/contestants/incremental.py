@@ -6,9 +6,9 @@ built (the harness copies the lake of `full-curated`); the inbox now also holds 
 and refresh the curated tables for that date.
 `--mode full-curated`: build the whole curated layer (and warehouse) over the lake, the
 second half of a full rebuild.
-`--mode refresh-day`: rebuild the curated tables of `--day` and refresh the warehouse, as the
-daily run of that day did (untimed: it puts the lake in its everyday state, where the
-warehouse's spare file is one refresh behind).
+`--mode daily-refresh`: build the curated tables of `--day` (comma-separated dates) and
+refresh the warehouse, as daily runs do (untimed: the harness brings a landed lake to its
+everyday state with it, see bench/run.py).
 
     python bench/contestants/incremental.py --mode new-day --inbox DIR --work DIR --day YYYY-MM-DD --result FILE
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["new-day", "full-curated", "refresh-day"], required=True)
+    p.add_argument("--mode", choices=["new-day", "full-curated", "daily-refresh"], required=True)
     p.add_argument("--inbox", required=True)
     p.add_argument("--work", required=True, help="folder holding lake/ and data/ of a previous landing")
     p.add_argument("--day")
@@ -68,7 +68,7 @@ def main() -> None:
         out["curated"] = _curated.refresh(settings, [a.day])
     else:
         landed_s = 0.0
-        out["curated"] = _curated.refresh(settings, [a.day] if a.mode == "refresh-day" else None)
+        out["curated"] = _curated.refresh(settings, a.day.split(",") if a.mode == "daily-refresh" else None)
     out["landing_seconds"] = landed_s
     out["warehouse"] = str(settings.warehouse_path) if settings.warehouse_path.exists() else None
     Path(a.result).write_text(json.dumps({"seconds": time.perf_counter() - started, **out}))
