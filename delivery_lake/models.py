@@ -38,7 +38,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -803,10 +803,15 @@ class Runner:
         return rows
 
     def build(
-        self, select: Iterable[str] | None = None, dates: Iterable[str] | None = None, full_refresh: bool = False
+        self,
+        select: Iterable[str] | None = None,
+        dates: Iterable[str] | None = None,
+        full_refresh: bool = False,
+        on_built: Callable[[str], None] | None = None,
     ) -> list[ModelResult]:
         """Build table models in dependency order; a model whose input is gate-blocked is skipped
-        together with everything downstream of it, the others still build."""
+        together with everything downstream of it, the others still build. `on_built(name)` is
+        called as each model's build finishes (the warehouse loads it while others build)."""
         names = [m.name for m in self.project.materialized()] if select is None else list(select)
         unknown = [n for n in names if n not in self.project.models]
         if unknown:
@@ -865,6 +870,9 @@ class Runner:
                         except GateBlocked as exc:
                             failed.add(name)
                             results[name] = ModelResult(name, skipped=str(exc))
+                            continue
+                        if on_built is not None:
+                            on_built(name)
         finally:
             self._shared.close()
             self._shared = None

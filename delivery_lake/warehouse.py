@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,64 +130,33 @@ class Warehouse:
         return self.path.with_name(f".{self.path.name}.spare")
 
     def refresh(self, full: bool = False) -> WarehouseReport:
-        started = time.monotonic()
+        """Bring every table to the curated state and publish the file."""
+        try:
+            with self.refreshing(full) as session:
+                pass
+        except duckdb.Error:
+            if full:
+                raise
+            # The starting file is unusable (e.g. someone changed a table in the live file).
+            with self.refreshing(full=True) as session:
+                pass
+        return session.report
+
+    @contextmanager
+    def refreshing(self, full: bool = False) -> Iterator[RefreshSession]:
+        """One refresh, under the refresh lock from start to publish. Inside the block, tables can
+        be brought up to date while their models still build (`RefreshSession.follow`); leaving
+        it applies every table once more, checkpoints and publishes. An exception in the block
+        discards the building file: nothing is published."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        report = WarehouseReport(str(self.path))
         with _refresh_lock(self.path):
-            token = uuid.uuid4().hex[:12]
-            building = self.path.with_name(f".{self.path.name}.{token}.building")
-            keep = self.path.with_name(f".{self.path.name}.{token}.keep")
+            session = RefreshSession(self, full)
             try:
-                bases = ["spare", "copy", "new"] if self.path.exists() and not full else ["new"]
-                for base in bases:
-                    if base == "spare" and not self._take_spare(building):
-                        continue
-                    if base == "copy":
-                        # The live file is only ever replaced whole and never opened for writing
-                        # by the pipeline, so this copy is a consistent snapshot.
-                        shutil.copyfile(self.path, building)
-                    try:
-                        self._apply(building, report)
-                    except duckdb.Error:
-                        if base == "new":
-                            raise
-                        # Unusable: a session in another process still has the spare open (DuckDB's
-                        # file lock refuses the write), or someone wrote to the live file.
-                        building.unlink(missing_ok=True)
-                        building.with_name(building.name + ".wal").unlink(missing_ok=True)
-                        report.tables.clear()
-                        continue
-                    report.base = base
-                    break
-                if report.base == "new":
-                    self._settle(building)
-                wal = building.with_name(building.name + ".wal")
-                if wal.exists():
-                    raise WarehouseError(f"{wal} left behind after checkpoint; not publishing")
-                with open(building, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                # The live file being replaced becomes the next refresh's starting point, unless
-                # this refresh changed so much that a copy of the new file is the cheaper one.
-                loaded, total = sum(t.rows_loaded for t in report.tables), sum(t.rows for t in report.tables)
-                if report.base != "new" and loaded <= SPARE_CATCH_UP_SHARE * total:
-                    os.link(self.path, keep)
-                else:
-                    shutil.copyfile(building, keep)
-                    with open(keep, "rb+") as fh:
-                        os.fsync(fh.fileno())
-                os.replace(building, self.path)
-                os.replace(keep, self.spare_path)
-                dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                session.open()
+                yield session
+                session.finish()
             finally:
-                for leftover in (building, building.with_name(building.name + ".wal"), keep):
-                    leftover.unlink(missing_ok=True)
-        report.bytes = self.path.stat().st_size
-        report.seconds = round(time.monotonic() - started, 3)
-        return report
+                session.close()
 
     def _take_spare(self, building: Path) -> bool:
         """Move the spare to `building` unless this process still has it open.
@@ -213,31 +184,6 @@ class Warehouse:
         return True
 
     # ---------------------------------------------------------------------------------------------
-    def _apply(self, database: Path, report: WarehouseReport) -> None:
-        con = self.lake.duckdb(str(database))
-        try:
-            con.execute(
-                f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
-            )
-            held: dict[str, dict[str | None, str]] = {}
-            for model, d, build_id in con.execute(f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}").fetchall():
-                held.setdefault(model, {})[d] = build_id
-            existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
-            models = [*self.project.published(), *external_models(self.lake)]
-            for m in models:
-                report.tables.append(self._refresh_table(con, m, held.get(m.name, {}), m.name in existing))
-            for stale in sorted(existing - {m.name for m in models} - {META_TABLE}):
-                con.execute(f"DROP TABLE {_q(stale)}")
-                con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
-                report.tables.append(TableRefresh(stale, "dropped"))
-            con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
-            report.vacuumed = self._worth_vacuuming(con, report)
-            if not report.vacuumed:
-                con.execute("SET max_vacuum_tasks = 0")
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-
     @staticmethod
     def _worth_vacuuming(con: duckdb.DuckDBPyConnection, report: WarehouseReport) -> bool:
         """Vacuum when tables were (re)built or dropped, this refresh deleted half a row group's
@@ -271,7 +217,9 @@ class Warehouse:
         finally:
             con.close()
 
-    def _refresh_table(self, con: duckdb.DuckDBPyConnection, m: Model, held: dict[str | None, str], exists: bool) -> TableRefresh:
+    def _refresh_table(
+        self, con: duckdb.DuckDBPyConnection, m: Model, held: dict[str | None, str], exists: bool, skip: frozenset[str] = frozenset()
+    ) -> TableRefresh:
         state = self.curated_state(m)
         want_cols = [(c.name, c.type) for c in m.columns]
         have_cols = (
@@ -284,8 +232,8 @@ class Warehouse:
             con.execute(f"CREATE TABLE {_q(m.name)} ({cols})")
             con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
         else:
-            load = sorted((d for d, doc in state.items() if held.get(d) != doc["build_id"]), key=str)
-            remove = sorted((d for d in held if d not in state), key=str)
+            load = sorted((d for d, doc in state.items() if held.get(d) != doc["build_id"] and d not in skip), key=str)
+            remove = sorted((d for d in held if d not in state and d not in skip), key=str)
             mode = "incremental" if load or remove else "unchanged"
         result = TableRefresh(m.name, mode, len(load), len(remove))
         if mode == "unchanged":
@@ -326,6 +274,183 @@ class Warehouse:
         for c in m.columns:
             if c.description:
                 con.execute(f"COMMENT ON COLUMN {_q(m.name)}.{_q(c.name)} IS {_lit(c.description)}")
+
+
+class RefreshSession:
+    """The state of one refresh (see `Warehouse.refreshing`): the building file, its connection,
+    which build of every partition it holds, and the report."""
+
+    def __init__(self, warehouse: Warehouse, full: bool):
+        self.wh, self.full = warehouse, full
+        self.report = WarehouseReport(str(warehouse.path))
+        token = uuid.uuid4().hex[:12]
+        self.building = warehouse.path.with_name(f".{warehouse.path.name}.{token}.building")
+        self.keep = warehouse.path.with_name(f".{warehouse.path.name}.{token}.keep")
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.held: dict[str, dict[str | None, str]] = {}
+        self.existing: set[str] = set()
+        self.tables: dict[str, TableRefresh] = {}
+        self._started = time.monotonic()
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- the starting file
+    def open(self) -> None:
+        bases = ["spare", "copy", "new"] if self.wh.path.exists() and not self.full else ["new"]
+        for base in bases:
+            if base == "spare" and not self.wh._take_spare(self.building):
+                continue
+            if base == "copy":
+                # The live file is only ever replaced whole and never opened for writing by the
+                # pipeline, so this copy is a consistent snapshot.
+                shutil.copyfile(self.wh.path, self.building)
+            try:
+                self._connect()
+            except duckdb.Error:
+                if base == "new":
+                    raise
+                # Unusable: a session in another process still has the spare open (DuckDB's file
+                # lock refuses the write), or the file is not one this code can read.
+                self._discard()
+                continue
+            self.report.base = base
+            return
+
+    def _connect(self) -> None:
+        con = self.wh.lake.duckdb(str(self.building))
+        try:
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
+            )
+            for model, d, build_id in con.execute(f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}").fetchall():
+                self.held.setdefault(model, {})[d] = build_id
+            self.existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+        except BaseException:
+            con.close()
+            raise
+        self.con = con
+
+    def _discard(self) -> None:
+        for leftover in (self.building, self.building.with_name(self.building.name + ".wal"), self.keep):
+            leftover.unlink(missing_ok=True)
+
+    # -- bringing tables up to date
+    def _models(self) -> dict[str, Model]:
+        return {m.name: m for m in [*self.wh.project.published(), *external_models(self.wh.lake)]}
+
+    def apply(self, names: Iterable[str] | None = None, skip: frozenset[str] = frozenset()) -> None:
+        """Bring these tables (all when None) to the curated state, leaving out the dates in `skip`."""
+        assert self.con is not None
+        models = self._models()
+        for name in models if names is None else [n for n in names if n in models]:
+            m = models[name]
+            t = self.wh._refresh_table(self.con, m, self.held.get(name, {}), name in self.existing, skip)
+            if t.mode != "unchanged":
+                rows = self.con.execute(f"SELECT date::VARCHAR, build_id FROM {META_TABLE} WHERE model = ?", [name]).fetchall()
+                self.held[name] = {d: b for d, b in rows}
+                self.existing.add(name)
+            self._merge(t)
+
+    def _merge(self, t: TableRefresh) -> None:
+        before = self.tables.get(t.table)
+        if before is None:
+            self.tables[t.table] = t
+            return
+        modes = {before.mode, t.mode}
+        before.mode = "full" if "full" in modes else "incremental" if "incremental" in modes else "unchanged"
+        before.partitions_loaded += t.partitions_loaded
+        before.partitions_removed += t.partitions_removed
+        before.rows_deleted += t.rows_deleted
+        before.rows_loaded += t.rows_loaded
+        before.rows = t.rows
+
+    def follow(self, skip: Iterable[str] | None = None) -> None:
+        """Apply tables in a worker thread while models build: first, unless `skip` is None (a
+        full rebuild), every table as the curated layer stands now, leaving out the dates in
+        `skip` (about to be rebuilt); then each model passed to `feed` as its build finishes.
+        The work of a refresh then overlaps the builds (a day on the benchmark lake: catching
+        the spare up and loading the early marts)."""
+        first = None if skip is None else frozenset(skip)
+
+        def work() -> None:
+            try:
+                if first is not None:
+                    self.apply(skip=first)
+                while (name := self._queue.get()) is not None:
+                    self.apply([name])
+            except BaseException as exc:  # re-raised by finish()
+                self._error = exc
+
+        self._worker = threading.Thread(target=work, name="warehouse-refresh", daemon=True)
+        self._worker.start()
+
+    def feed(self, name: str) -> None:
+        if self._worker is not None:
+            self._queue.put(name)
+
+    def _stop(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    # -- publishing
+    def finish(self) -> None:
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        assert self.con is not None
+        con, report = self.con, self.report
+        self.apply()
+        models = self._models()
+        dropped = []
+        for stale in sorted(self.existing - set(models) - {META_TABLE}):
+            con.execute(f"DROP TABLE {_q(stale)}")
+            con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
+            dropped.append(TableRefresh(stale, "dropped"))
+        report.tables = [*(self.tables[n] for n in models), *dropped]
+        con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
+        report.vacuumed = self.wh._worth_vacuuming(con, report)
+        if not report.vacuumed:
+            con.execute("SET max_vacuum_tasks = 0")
+        con.execute("CHECKPOINT")
+        con.close()
+        self.con = None
+        if report.base == "new":
+            self.wh._settle(self.building)
+        wal = self.building.with_name(self.building.name + ".wal")
+        if wal.exists():
+            raise WarehouseError(f"{wal} left behind after checkpoint; not publishing")
+        with open(self.building, "rb+") as fh:
+            os.fsync(fh.fileno())
+        # The live file being replaced becomes the next refresh's starting point, unless this
+        # refresh changed so much that a copy of the new file is the cheaper one.
+        loaded, total = sum(t.rows_loaded for t in report.tables), sum(t.rows for t in report.tables)
+        path = self.wh.path
+        if report.base != "new" and loaded <= SPARE_CATCH_UP_SHARE * total:
+            os.link(path, self.keep)
+        else:
+            shutil.copyfile(self.building, self.keep)
+            with open(self.keep, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(self.building, path)
+        os.replace(self.keep, self.wh.spare_path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        report.bytes = path.stat().st_size
+        report.seconds = round(time.monotonic() - self._started, 3)
+
+    def close(self) -> None:
+        """Release everything; after a failure, the building file is discarded unpublished."""
+        self._stop()
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        self._discard()
 
 
 # ---- tables built outside the SQL project ----------------------------------------------------------
@@ -408,5 +533,9 @@ def build_curated(settings: Settings, dates: list[str] | None = None, full: bool
 
     lake = Lake.from_settings(settings)
     project = Project.load()
-    results = Runner(lake, project, settings).build(None, dates=dates, full_refresh=full)
-    return results, Warehouse(lake, project, settings.warehouse_path).refresh(full=full)
+    with Warehouse(lake, project, settings.warehouse_path).refreshing(full=full) as session:
+        # Tables are loaded while the models build: a new file from each model as it is built,
+        # the spare first caught up with what is already built (the dates being built aside).
+        session.follow(skip=None if full else dates or [])
+        results = Runner(lake, project, settings).build(None, dates=dates, full_refresh=full, on_built=session.feed)
+    return results, session.report

@@ -294,3 +294,39 @@ def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse,
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
     assert query(wh.path, sql) == query(full.path, sql)
     assert sorted(p.name for p in wh.path.parent.iterdir() if p.name.startswith(".delivery")) == [".delivery.duckdb.spare"]
+
+
+def test_tables_load_while_their_models_build_and_a_failed_build_publishes_nothing(
+    wh: Warehouse, built: tuple[Settings, Lake, Project]
+) -> None:
+    settings, lake, project = built
+    wh.refresh(full=True)
+    live = wh.path.stat().st_ino
+    models = ["fct_deliveries", "agg_client_daily_kpis"]
+
+    with pytest.raises(RuntimeError, match="a model failed"), wh.refreshing() as session:
+        session.follow(skip=[DAY])
+        Runner(lake, project, settings).build(models, dates=[DAY], on_built=session.feed)
+        raise RuntimeError("a model failed")
+    assert wh.path.stat().st_ino == live  # the live file was not replaced
+    assert not list(wh.path.parent.glob(".*.building*")) and not list(wh.path.parent.glob(".*.keep"))
+
+    fed: list[str] = []
+    with wh.refreshing() as session:
+        session.follow(skip=[DAY])
+
+        def feed(name: str) -> None:
+            fed.append(name)
+            session.feed(name)
+
+        Runner(lake, project, settings).build(models, dates=[DAY], on_built=feed)
+    assert sorted(fed) == sorted(models)
+    report = {t.table: t for t in session.report.tables}
+    assert {n for n, t in report.items() if t.mode != "unchanged"} == set(models)
+    assert all(report[n].partitions_loaded == 1 for n in models)  # the rebuilt day, loaded once
+    assert wh.path.stat().st_ino != live
+    full = Warehouse(lake, project, wh.path.parent / "full.duckdb")
+    full.refresh(full=True)
+    for table in models:
+        sql = f"SELECT * FROM {table} ORDER BY ALL"
+        assert query(wh.path, sql) == query(full.path, sql), table
