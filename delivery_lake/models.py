@@ -462,7 +462,7 @@ class Project:
                         con.execute(f"CREATE VIEW {_quote(m.name)} AS {m.compiled_sql}")
                     else:
                         frame = run_python_model(m, con)
-                        con.register(f"__{m.name}_arrow", frame.to_arrow())
+                        con.register(f"__{m.name}_arrow", ArrowStream(frame))
                         con.execute(f"CREATE TABLE {_quote(m.name)} AS SELECT * FROM {_quote('__' + m.name + '_arrow')}")
                     described = con.execute(f"DESCRIBE SELECT * FROM {_quote(m.name)}").fetchall()
                 except (duckdb.Error, pl.exceptions.PolarsError) as exc:
@@ -535,6 +535,22 @@ def _toposort(models: dict[str, Model]) -> list[str]:
     return order
 
 
+class ArrowStream:
+    """A Polars frame as an Arrow C stream, which DuckDB scans as a table.
+
+    Frames cross between DuckDB and Polars through the Arrow PyCapsule interface both ways
+    (`pl.DataFrame(relation)`, `register(name, ArrowStream(frame))`) rather than `.pl()` and
+    `.to_arrow()`, which go through pyarrow: importing it and converting cost 0.12 CPU s
+    of a day's refresh, for no change in types or values.
+    """
+
+    def __init__(self, frame: pl.DataFrame):
+        self.frame = frame
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self.frame.__arrow_c_stream__(requested_schema)
+
+
 def run_python_model(m: Model, con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Import the model file and run `model(ref, source)` against relations of `con`."""
     import polars as pl
@@ -547,12 +563,12 @@ def run_python_model(m: Model, con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     def ref(name: str) -> pl.LazyFrame:
         if name not in m.refs:
             raise ModelError(f"{m.path}: ref({name!r}) is not declared in REFS")
-        return con.sql(f"SELECT * FROM {_quote(name)}").pl().lazy()
+        return pl.DataFrame(con.sql(f"SELECT * FROM {_quote(name)}")).lazy()
 
     def source(schema: str, table: str) -> pl.LazyFrame:
         if (schema, table) not in m.sources:
             raise ModelError(f"{m.path}: source({schema!r}, {table!r}) is not declared in SOURCES")
-        return con.sql(f"SELECT * FROM {_quote(source_view(schema, table))}").pl().lazy()
+        return pl.DataFrame(con.sql(f"SELECT * FROM {_quote(source_view(schema, table))}")).lazy()
 
     result = module.model(ref, source)
     return result.collect() if isinstance(result, pl.LazyFrame) else result
@@ -618,6 +634,13 @@ class Runner:
     def available_dates(self, model: str) -> list[str]:
         """Dates any raw fact the model depends on has data for (what a full refresh builds)."""
         return sorted({d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t)})
+
+    def _last_rows(self, m: Model) -> int:
+        """Rows of the model's latest built partition (0 if never built): its expected cost."""
+        manifests = self.lake.list_build_manifests(ZONE, m.name)
+        latest = max(manifests, key=lambda d: d or "", default=None)
+        doc = self.lake.read_json(manifests[latest]) if manifests else None
+        return int(doc.get("rows", 0)) if doc else 0
 
     def inputs_digest(self, m: Model) -> str | None:
         """What a whole-table model reads, as a digest: the project digest, the version of each
@@ -701,7 +724,7 @@ class Runner:
             con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window, excluded)}")
         for v in self.project.view_closure(m.name):
             if v.language == "python":
-                con.register(f"__{v.name}_arrow", run_python_model(v, con).to_arrow())
+                con.register(f"__{v.name}_arrow", ArrowStream(run_python_model(v, con)))
                 con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS SELECT * FROM {_quote('__' + v.name + '_arrow')}")
             else:
                 con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS {v.compiled_sql}")
@@ -740,7 +763,7 @@ class Runner:
         try:
             result.excluded = self._prepare(con, m, window)
             if m.language == "python":
-                con.register("__model_arrow", run_python_model(m, con).to_arrow())
+                con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
                 query = "SELECT * FROM __model_arrow"
             else:
                 query = m.compiled_sql or ""
@@ -826,9 +849,16 @@ class Runner:
         pending = [m for m in self.project.materialized() if m.name in names]
         # A model starts as soon as the refs it waits on are built, not when a whole round
         # is: for a new day int_deliveries_enriched's four marts need not wait for fct_feedback.
-        # Among ready models, those others wait on start first, then date-partitioned ones
-        # (a day's fact) before whole small tables (dimensions).
         waited_on = {r.name: sum(r.name in self.project.inputs(m.name)[0] for m in pending) for r in pending}
+        last_rows = {m.name: self._last_rows(m) for m in pending}
+
+        def start_order(ready: list[Model]) -> list[Model]:
+            # Models others wait on first, then date-partitioned ones (a day's fact) before whole
+            # small tables (dimensions), then the biggest output last time: the longest build
+            # must not be left for last (fct_deliveries after the three small aggregates cost
+            # a day's refresh 0.05-0.08 s).
+            return sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned, -last_rows[m.name]))
+
         # For a few dates, models run side by side: each is a small query that keeps one core
         # busy. A full refresh runs them one at a time: each query then uses every core already,
         # and two at once only add memory (1.2 -> 1.8 GiB and 28 -> 32 s for the 30-day
@@ -854,7 +884,7 @@ class Runner:
                         continue  # models downstream of a skipped one are skipped before anything starts
                     # Only as many as there are free workers, so a model that becomes ready later
                     # is not queued behind ones nothing waits on.
-                    for m in sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned))[: workers - len(running)]:
+                    for m in start_order(ready)[: workers - len(running)]:
                         pending.remove(m)
                         run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
                         running[pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)] = m.name

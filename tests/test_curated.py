@@ -405,3 +405,26 @@ def test_the_models_of_a_run_share_one_duckdb_instance(built: Built, tmp_path: P
     assert {r.model: r.rows_by_date for r in results} == {
         m: {d: manifest(built.lake, m, d)["rows"] for d in DAYS[1:3]} for m in PARTITIONED
     }
+
+
+def test_the_biggest_model_of_a_wave_starts_first(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Among models ready together, the one with the biggest output last time starts first:
+    fct_deliveries before the three small aggregates that become ready with it."""
+    import dataclasses
+
+    from delivery_lake.models import ModelResult
+
+    b = copy_of(built, tmp_path)
+    started: list[str] = []
+
+    def record(self: Runner, name: str, dates: list[str] | None = None, full_refresh: bool = False) -> ModelResult:
+        started.append(name)
+        return ModelResult(name, dates=list(dates or [None]))
+
+    monkeypatch.setattr(Runner, "build_model", record)
+    one_worker = dataclasses.replace(b.settings, duckdb_threads=1)  # one at a time: the order is the choice
+    Runner(b.lake, b.project, one_worker).build(dates=[DAYS[-1]])
+    aggs = ["agg_client_daily_kpis", "agg_depot_daily_load", "agg_driver_daily_performance"]
+    assert manifest(b.lake, "fct_deliveries", DAYS[-1])["rows"] > max(manifest(b.lake, a, DAYS[-1])["rows"] for a in aggs)
+    assert started[0] == "int_deliveries_enriched"
+    assert all(started.index("fct_deliveries") < started.index(a) for a in aggs), started
