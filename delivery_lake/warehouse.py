@@ -13,6 +13,8 @@ What the building file starts from: the file the previous refresh replaced, kept
 live file; else (first build, `full=True`) an empty file. Copying costs O(history) on every
 refresh (222 MB, 0.45-0.57 s for the 30-day benchmark warehouse); bringing the spare forward
 costs only what changed since it was live. So the warehouse takes twice its size on disk.
+A refresh is a session (`Warehouse.refreshing`): `build_curated` loads each mart into the
+building file as soon as its model is built, while the others still build.
 
 Incremental: each warehouse table remembers, in `_warehouse_partitions`, the build id of every
 curated partition it holds. A refresh compares them with the curated manifests and only
@@ -57,7 +59,7 @@ ROW_GROUP_ROWS = 122_880  # DuckDB's row group size
 # or a refresh deleted half a row group's worth of rows. Merging rewrites neighbouring row
 # groups: appending a day to the 30-day benchmark warehouse cost a 0.5-0.65 s checkpoint
 # with it, 0.004 s without.
-SPARE_ROW_GROUPS = 16
+SLACK_ROW_GROUPS = 16
 # A refresh that loaded more than this share of the file's rows (a full build, a long
 # backfill) leaves a copy of the new file as the spare: catching the old one up next time
 # would reload as much again, where a copy costs only reading and writing the file.
@@ -187,8 +189,8 @@ class Warehouse:
     @staticmethod
     def _worth_vacuuming(con: duckdb.DuckDBPyConnection, report: WarehouseReport) -> bool:
         """Vacuum when tables were (re)built or dropped, this refresh deleted half a row group's
-        worth of rows, or a changed table holds more than SPARE_ROW_GROUPS row groups beyond
-        what its rows need (see SPARE_ROW_GROUPS)."""
+        worth of rows, or a changed table holds more than SLACK_ROW_GROUPS row groups beyond
+        what its rows need (see SLACK_ROW_GROUPS)."""
         if any(t.mode in ("full", "dropped") for t in report.tables):
             return True
         if sum(t.rows_deleted for t in report.tables) >= ROW_GROUP_ROWS // 2:
@@ -198,7 +200,7 @@ class Warehouse:
                 groups = con.execute(
                     f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info({_lit(t.table)})"
                 ).fetchone()[0]  # type: ignore[index]
-                if groups > -(-t.rows // ROW_GROUP_ROWS) + SPARE_ROW_GROUPS:
+                if groups > -(-t.rows // ROW_GROUP_ROWS) + SLACK_ROW_GROUPS:
                     return True
         return False
 

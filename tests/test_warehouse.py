@@ -197,7 +197,7 @@ def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Setti
     full.refresh(full=True)
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
 
-    # A new day is appended: nothing deleted, row groups well under the spare count -> no vacuum.
+    # A new day is appended: nothing deleted, row groups well under the slack -> no vacuum.
     _forget_day(wh, project)
     report = wh.refresh()
     appended = {t.table for t in report.tables if t.mode == "incremental"}
@@ -217,8 +217,8 @@ def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Setti
     assert report.vacuumed is True
     monkeypatch.undo()
 
-    # Appends alone vacuum once a table holds more row groups than it needs plus the spare ones.
-    monkeypatch.setattr(warehouse, "SPARE_ROW_GROUPS", 0)
+    # Appends alone vacuum once a table holds more row groups than it needs plus the slack.
+    monkeypatch.setattr(warehouse, "SLACK_ROW_GROUPS", 0)
     _forget_day(wh, project)
     report = wh.refresh()
     assert sum(t.rows_deleted for t in report.tables) == 0 and report.vacuumed is True
