@@ -152,6 +152,11 @@ class Warehouse:
         discards the building file: nothing is published."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _refresh_lock(self.path):
+            # Under the lock no other refresh runs: building files left here were left by a
+            # refresh that died (killed process, power loss) and are never published.
+            for pattern in (f".{self.path.name}.*.building", f".{self.path.name}.*.building.wal", f".{self.path.name}.*.keep"):
+                for leftover in self.path.parent.glob(pattern):
+                    leftover.unlink(missing_ok=True)
             session = RefreshSession(self, full)
             try:
                 session.open()

@@ -330,3 +330,15 @@ def test_tables_load_while_their_models_build_and_a_failed_build_publishes_nothi
     for table in models:
         sql = f"SELECT * FROM {table} ORDER BY ALL"
         assert query(wh.path, sql) == query(full.path, sql), table
+
+
+def test_a_refresh_removes_what_a_dead_refresh_left(wh: Warehouse) -> None:
+    wh.refresh()
+    dead = [wh.path.with_name(f".{wh.path.name}.0123456789ab{suffix}") for suffix in (".building", ".building.wal", ".keep")]
+    for p in dead:
+        p.write_bytes(b"half written")
+    other = wh.path.with_name("analyst_notes.duckdb")  # not the refresh's: left alone
+    other.write_bytes(b"x")
+    assert wh.refresh().base == "spare"
+    assert not any(p.exists() for p in dead) and other.exists()
+    assert _count(wh.path) > 0
