@@ -227,6 +227,7 @@ class Warehouse:
     def _refresh_table(
         self, con: duckdb.DuckDBPyConnection, m: Model, held: dict[str | None, str], exists: bool, skip: frozenset[str] = frozenset()
     ) -> TableRefresh:
+        """Bring one table to its curated state; `held` (date -> build id it holds) is updated in place."""
         state = self.curated_state(m)
         want_cols = [(c.name, c.type) for c in m.columns]
         have_cols = (
@@ -272,6 +273,11 @@ class Warehouse:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if mode == "full":
+            held.clear()
+        for d in remove:
+            held.pop(d, None)
+        held.update({d: state[d]["build_id"] for d in load})
         result.rows = int(con.execute(f"SELECT count(*) FROM {_q(m.name)}").fetchone()[0])  # type: ignore[index]
         return result
 
@@ -297,6 +303,8 @@ class RefreshSession:
         self.held: dict[str, dict[str | None, str]] = {}
         self.existing: set[str] = set()
         self.tables: dict[str, TableRefresh] = {}
+        # Published models and external tables, listed once: their specs are read from the lake.
+        self.models = {m.name: m for m in [*warehouse.project.published(), *external_models(warehouse.lake)]}
         self._started = time.monotonic()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -343,19 +351,12 @@ class RefreshSession:
             leftover.unlink(missing_ok=True)
 
     # -- bringing tables up to date
-    def _models(self) -> dict[str, Model]:
-        return {m.name: m for m in [*self.wh.project.published(), *external_models(self.wh.lake)]}
-
     def apply(self, names: Iterable[str] | None = None, skip: frozenset[str] = frozenset()) -> None:
         """Bring these tables (all when None) to the curated state, leaving out the dates in `skip`."""
         assert self.con is not None
-        models = self._models()
-        for name in models if names is None else [n for n in names if n in models]:
-            m = models[name]
-            t = self.wh._refresh_table(self.con, m, self.held.get(name, {}), name in self.existing, skip)
+        for name in self.models if names is None else [n for n in names if n in self.models]:
+            t = self.wh._refresh_table(self.con, self.models[name], self.held.setdefault(name, {}), name in self.existing, skip)
             if t.mode != "unchanged":
-                rows = self.con.execute(f"SELECT date::VARCHAR, build_id FROM {META_TABLE} WHERE model = ?", [name]).fetchall()
-                self.held[name] = {d: b for d, b in rows}
                 self.existing.add(name)
             self._merge(t)
 
@@ -410,13 +411,12 @@ class RefreshSession:
         assert self.con is not None
         con, report = self.con, self.report
         self.apply()
-        models = self._models()
         dropped = []
-        for stale in sorted(self.existing - set(models) - {META_TABLE}):
+        for stale in sorted(self.existing - set(self.models) - {META_TABLE}):
             con.execute(f"DROP TABLE {_q(stale)}")
             con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
             dropped.append(TableRefresh(stale, "dropped"))
-        report.tables = [*(self.tables[n] for n in models), *dropped]
+        report.tables = [*(self.tables[n] for n in self.models), *dropped]
         con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
         report.vacuumed = self.wh._worth_vacuuming(con, report)
         if not report.vacuumed:
