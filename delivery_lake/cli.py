@@ -116,14 +116,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not args.model:
         results, wh = build_curated(settings, dates=args.date or None, full=args.full_refresh)
-        _print_builds(results)
-        console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
-        return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0
-    lake = Lake.from_settings(settings)
-    project = Project.load()
-    results = Runner(lake, project, settings).build(args.model or None, dates=args.date or None, full_refresh=args.full_refresh)
+    else:
+        lake = Lake.from_settings(settings)
+        project = Project.load()
+        results = Runner(lake, project, settings).build(args.model, dates=args.date or None, full_refresh=args.full_refresh)
+        wh = Warehouse(lake, project, settings.warehouse_path).refresh(full=args.full_refresh)
     _print_builds(results)
-    wh = Warehouse(lake, project, settings.warehouse_path).refresh(full=args.full_refresh)
     console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
     return 1 if any(r.skipped and r.skipped != "no dates to build" for r in results) else 0
 

@@ -342,3 +342,33 @@ def test_a_refresh_removes_what_a_dead_refresh_left(wh: Warehouse) -> None:
     assert wh.refresh().base == "spare"
     assert not any(p.exists() for p in dead) and other.exists()
     assert _count(wh.path) > 0
+
+
+def test_cli_build_all_models_or_some(
+    built: tuple[Settings, Lake, Project], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`delivery-lake build`: every model for a date (with the warehouse), or only `--model`s."""
+    settings, lake, _ = built
+    for folder in ("data", "lake"):  # a copy: the build rewrites curated files
+        shutil.copytree(Path(settings.lake_url).parent / folder, tmp_path / folder)
+    warehouse = tmp_path / "wh" / "delivery.duckdb"
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
+    monkeypatch.setenv("INBOX_DIR", str(settings.inbox_dir))
+    monkeypatch.setenv("WAREHOUSE_PATH", str(warehouse))
+    assert main(["build"]) == 2
+    assert "pass --date" in capsys.readouterr().out
+
+    assert main(["build", "--date", DAY]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.strip().splitlines()}
+    assert set(lines) >= {m.name for m in Project.load().materialized()} | {"warehouse"}
+    assert "1 partition(s)" in lines["fct_deliveries"] and "up to date" in lines["dim_clients"]
+    assert f"warehouse {warehouse}:" in out
+    days = sorted(r[0] for r in query(warehouse, "SELECT DISTINCT date::VARCHAR FROM fct_deliveries")[1])
+    assert days == lake.list_dates("curated", "fct_deliveries") and len(days) > 1  # every built date, not only DAY
+
+    assert main(["build", "--date", DAY, "--model", "agg_client_daily_kpis"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in out] == ["agg_client_daily_kpis", "warehouse"]
+    assert "1 table(s) refreshed" in out[-1]
