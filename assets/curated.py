@@ -54,10 +54,10 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
             deps.append(dg.AssetDep(key))
             if m.is_partitioned:
                 unpartitioned.append(key)
-    lookback = project.effective_lookback(m.name)
+    lookbacks = project.input_lookbacks(m.name)
     for r in refs:
         upstream = project[r]
-        if upstream.is_partitioned and m.is_partitioned and lookback:
+        if upstream.is_partitioned and m.is_partitioned and (lookback := lookbacks.get(r, 0)):
             deps.append(dg.AssetDep(model_key(r), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-lookback)))
         else:
             deps.append(dg.AssetDep(model_key(r)))

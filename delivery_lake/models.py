@@ -7,7 +7,8 @@ Project layout (`dbt_like_sql/`, see its README):
     marts/{dim,fct,agg}_<...>.sql  tables, published to the curated zone of the lake
     marts/<name>.py                the same, as a Polars model (REFS/SOURCES/COLUMNS + model())
 
-A model's dependencies are its `{{ ref('model') }}` and `{{ source('raw', 'table') }}` calls.
+A model's dependencies are its `{{ ref('model') }}` and `{{ source('raw', 'table') }}` calls;
+either takes `lookback_days=N` for that input alone (`{{ ref('stg_orders', lookback_days=3) }}`).
 Only those `{{ ... }}` calls are templated (each parsed as a Python call expression); the SQL
 around them is parsed by sqlglot to check it is one query and to read the column comments.
 The header (leading `--` lines, or a Python model's docstring) holds the description and
@@ -19,8 +20,10 @@ How a build reads its inputs:
   them, whatever its SQL. A blocked dimension snapshot fails the models that read it.
 - Views (staging, intermediate) are not materialized: they are created inside the DuckDB
   connection of each table model that needs them.
-- A partitioned model built for dates S reads partitioned inputs only for dates
-  [min(S) - lookback_days, max(S)], then keeps the rows whose partition column is in S.
+- A partitioned model built for dates S reads each partitioned input only for dates
+  [min(S) - lookback, max(S)], then keeps the rows whose partition column is in S. An input's
+  lookback is the largest `lookback_days` on its way in: the headers of the model and of the
+  views it goes through, and the calls that name it.
   Each date is published as one object (`curated/{model}/date=D/data.parquet`) by the same
   atomic replacement as raw, followed by its manifest (`_meta/curated/...`) whose build id
   lets the warehouse reload only what changed.
@@ -95,6 +98,8 @@ class Model:
     refs: tuple[str, ...]
     sources: tuple[tuple[str, str], ...]
     compiled_sql: str | None = None
+    # `lookback_days=N` of a ref or source call, keyed by the model name or "raw.<table>".
+    call_lookbacks: dict[str, int] = field(default_factory=dict)
     column_docs: dict[str, str] = field(default_factory=dict)
     columns: list[ColumnInfo] = field(default_factory=list)
 
@@ -131,8 +136,9 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...]]:
-    """`ref('x')` / `source('raw', 'y')` parsed as a Python call; anything else is an error."""
+def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...], int | None]:
+    """`ref('x')` / `source('raw', 'y')`, each with an optional `lookback_days=N`, parsed as a
+    Python call; anything else is an error."""
     try:
         node = ast.parse(expr, mode="eval").body
     except SyntaxError as exc:
@@ -141,12 +147,17 @@ def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...]]:
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id in ("ref", "source")
-        and not node.keywords
         and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
     )
     if not ok:
         raise ModelError(f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, got {{{{ {expr} }}}}")
     assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    lookback: int | None = None
+    for kw in node.keywords:
+        value = kw.value.value if isinstance(kw.value, ast.Constant) else None
+        if kw.arg != "lookback_days" or type(value) is not int or value < 0:
+            raise ModelError(f"{path}: the only option of ref() and source() is lookback_days=<days, 0 or more>, got {{{{ {expr} }}}}")
+        lookback = value
     args = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
     if node.func.id == "ref" and len(args) != 1:
         raise ModelError(f"{path}: ref() takes one model name, got {{{{ {expr} }}}}")
@@ -155,21 +166,26 @@ def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...]]:
             raise ModelError(f"{path}: source() takes ('raw', table), got {{{{ {expr} }}}}")
         if args[1] not in TABLES:
             raise ModelError(f"{path}: source('raw', {args[1]!r}) is not a table of the contract")
-    return node.func.id, args
+    return node.func.id, args, lookback
 
 
-def render(text: str, path: Path) -> tuple[str, list[str], list[tuple[str, str]]]:
-    """Replace the template calls by relation names; return (sql, refs, sources) in call order."""
+def render(text: str, path: Path) -> tuple[str, list[str], list[tuple[str, str]], dict[str, int]]:
+    """Replace the template calls by relation names; return (sql, refs, sources) in call order
+    and the `lookback_days` of the calls that set one (the largest, if an input is named twice)."""
     out: list[str] = []
     refs: list[str] = []
     sources: list[tuple[str, str]] = []
+    lookbacks: dict[str, int] = {}
     pos = 0
     while (start := text.find("{{", pos)) >= 0:
         end = text.find("}}", start)
         if end < 0:
             raise ModelError(f"{path}: '{{{{' without a closing '}}}}'")
-        kind, args = _parse_call(text[start + 2 : end].strip(), path)
+        kind, args, lookback = _parse_call(text[start + 2 : end].strip(), path)
         out.append(text[pos:start])
+        if lookback is not None:
+            key = args[0] if kind == "ref" else f"{args[0]}.{args[1]}"
+            lookbacks[key] = max(lookbacks.get(key, 0), lookback)
         if kind == "ref":
             refs.append(args[0])
             out.append(_quote(args[0]))
@@ -178,7 +194,7 @@ def render(text: str, path: Path) -> tuple[str, list[str], list[tuple[str, str]]
             out.append(_quote(source_view(args[0], args[1])))
         pos = end + 2
     out.append(text[pos:])
-    return "".join(out), list(dict.fromkeys(refs)), list(dict.fromkeys(sources))
+    return "".join(out), list(dict.fromkeys(refs)), list(dict.fromkeys(sources)), lookbacks
 
 
 def parse_header(lines: Iterable[str]) -> tuple[str, dict[str, str]]:
@@ -282,10 +298,10 @@ def parse_model(path: Path, root: Path) -> Model:
     text = path.read_text()
     if path.suffix == ".sql":
         description, config = parse_header(_sql_header(text))
-        compiled, refs, sources = render(text, path)
+        compiled, refs, sources, lookbacks = render(text, path)
         docs = column_comments(compiled, path)
         return Model(name, path, "sql", layer, description, **_config(path, layer, config), refs=tuple(refs),
-                     sources=tuple(sources), compiled_sql=compiled, column_docs=docs)
+                     sources=tuple(sources), compiled_sql=compiled, column_docs=docs, call_lookbacks=lookbacks)
     try:
         module = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
@@ -412,23 +428,24 @@ class Project:
         sources = [s for m in closure for s in m.sources]
         return list(dict.fromkeys(refs)), list(dict.fromkeys(sources))
 
-    def effective_lookback(self, name: str) -> int:
-        return max(m.lookback_days for m in [*self.view_closure(name), self.models[name]])
-
-    def source_lookbacks(self, name: str) -> dict[str, int]:
-        """Raw fact -> how many days before a built date the model reads it: the largest
-        `lookback_days` on a path of views from the model down to that source."""
+    def input_lookbacks(self, name: str) -> dict[str, int]:
+        """Each input a table model reads (a table model's name, or "raw.<table>") -> how many
+        days before a built date it reads that input: the largest `lookback_days` on its way
+        in, from the headers of the model and its views and from the calls that name it."""
         out: dict[str, int] = {}
 
         def walk(n: str, lookback: int) -> None:
             m = self.models[n]
             lookback = max(lookback, m.lookback_days)
-            for _, t in m.sources:
-                if TABLES[t].is_fact:
-                    out[t] = max(out.get(t, 0), lookback)
+            for schema, t in m.sources:
+                key = f"{schema}.{t}"
+                out[key] = max(out.get(key, 0), lookback, m.call_lookbacks.get(key, 0))
             for r in m.refs:
+                days = max(lookback, m.call_lookbacks.get(r, 0))
                 if self.models[r].is_view:
-                    walk(r, lookback)
+                    walk(r, days)
+                else:
+                    out[r] = max(out.get(r, 0), days)
 
         walk(name, 0)
         return out
@@ -715,13 +732,21 @@ class Runner:
         # The date column is inside each file; hive parsing is off so it is not read twice.
         return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, window: tuple[str, str] | None) -> dict[str, list[list[str | None]]]:
+    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str]) -> dict[str, list[list[str | None]]]:
+        """The model's inputs as temp views; with `dates`, each partitioned input covers only
+        those dates and its own lookback before them."""
         excluded: dict[str, list[list[str | None]]] = {}
         refs, sources = self.project.inputs(m.name)
+        lookbacks = self.project.input_lookbacks(m.name)
+
+        def window(key: str) -> tuple[str, str] | None:
+            return _date_window(dates, lookbacks.get(key, 0)) if dates else None
+
         for schema, table in sources:
-            con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {self._source_sql(table, window, excluded)}")
+            sql = self._source_sql(table, window(f"{schema}.{table}"), excluded)
+            con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {sql}")
         for r in refs:
-            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window, excluded)}")
+            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window(r), excluded)}")
         for v in self.project.view_closure(m.name):
             if v.language == "python":
                 con.register(f"__{v.name}_arrow", ArrowStream(run_python_model(v, con)))
@@ -758,10 +783,9 @@ class Runner:
                 result.excluded = last.get("excluded_partitions") or {}
                 result.seconds = round(time.monotonic() - started, 3)
                 return result
-        window = _date_window(wanted, self.project.effective_lookback(name)) if wanted else None
         con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
         try:
-            result.excluded = self._prepare(con, m, window)
+            result.excluded = self._prepare(con, m, wanted)
             if m.language == "python":
                 con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
                 query = "SELECT * FROM __model_arrow"
@@ -911,17 +935,25 @@ class Runner:
 
 def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None) -> list[str]:
     """Curated dates to rebuild when raw fact `table -> dates` changed: each date plus the
-    `lookback_days` after it with which a model reads that table (a re-landed order changes
-    the deliveries dispatched up to that many days later). Partitioned models reading other
-    partitioned table models by ref see the same dates (their refs are date-aligned)."""
-    out: set[str] = set()
-    for m in project.materialized():
+    lookback after it with which a model reads that table (a re-landed order changes the
+    deliveries dispatched up to that many days later), and so on down partitioned refs (a
+    model reading another one N days back sees its rebuilt dates N days later too)."""
+
+    def spread(dates: Iterable[str], lookback: int) -> set[str]:
+        return {(date.fromisoformat(d) + timedelta(days=k)).isoformat() for d in dates for k in range(lookback + 1)}
+
+    per_model: dict[str, set[str]] = {}
+    for m in project.materialized():  # dependency order: a ref's dates are known before its readers'
         if not m.is_partitioned:
             continue
-        for t, lookback in project.source_lookbacks(m.name).items():
-            for d in changed.get(t, ()):
-                first = date.fromisoformat(d)
-                out.update((first + timedelta(days=k)).isoformat() for k in range(lookback + 1))
+        hit: set[str] = set()
+        for key, lookback in project.input_lookbacks(m.name).items():
+            if key.startswith("raw."):
+                hit |= spread(changed.get(key.split(".", 1)[1], ()), lookback)
+            elif key in per_model:
+                hit |= spread(per_model[key], lookback)
+        per_model[m.name] = hit
+    out = set().union(*per_model.values())
     if existing is not None:
         out &= set(existing)
     return sorted(out)

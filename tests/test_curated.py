@@ -258,6 +258,27 @@ def test_a_new_day_rebuilds_only_that_day(tmp_path: Path, inbox: Path, built: Bu
         assert manifest(lake, m, new)["sha256"] == manifest(built.lake, m, new)["sha256"], m
 
 
+def test_a_date_reads_each_input_over_its_own_lookback(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int_deliveries_enriched reads orders three days back and deliveries of the built date
+    only; the file is the same as the full build's, byte for byte."""
+    b = copy_of(built, tmp_path)
+    runner = Runner(b.lake, b.project, b.settings)
+    windows: dict[str, tuple[str, str] | None] = {}
+    listed = runner.raw_partitions
+
+    def spy(table: str, window: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        windows[table] = window
+        return listed(table, window)
+
+    monkeypatch.setattr(runner, "raw_partitions", spy)
+    day = DAYS[3]
+    runner.build(["int_deliveries_enriched"], dates=[day])
+    assert windows == {"deliveries": (day, day), "orders": (DAYS[0], day)}
+    built_again = manifest(b.lake, "int_deliveries_enriched", day)
+    assert built_again["build_id"] != manifest(built.lake, "int_deliveries_enriched", day)["build_id"]
+    assert built_again["sha256"] == manifest(built.lake, "int_deliveries_enriched", day)["sha256"]
+
+
 def test_full_refresh_is_explicit_and_prunes(built: Built, tmp_path: Path) -> None:
     b = copy_of(built, tmp_path)
     runner = Runner(b.lake, b.project, b.settings)

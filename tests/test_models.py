@@ -90,9 +90,10 @@ def test_dag_matches_the_ref_and_source_calls(project: Project) -> None:
     assert project.view_closure("fct_deliveries") == []
     refs, sources = project.inputs("agg_client_daily_kpis")
     assert refs == ["int_deliveries_enriched"] and set(sources) == {("raw", "customer_feedback")}
-    # The 3-day lookback is the intermediate's: a mart reads one date of it.
-    assert project.effective_lookback("int_deliveries_enriched") == 3
-    assert project.effective_lookback("fct_deliveries") == 0 and project.effective_lookback("fct_feedback") == 0
+    # Orders are read three days back, the day's deliveries alone; a mart reads one date of the intermediate.
+    assert project.input_lookbacks("int_deliveries_enriched") == {"raw.deliveries": 0, "raw.orders": 3}
+    assert project.input_lookbacks("fct_deliveries") == {"int_deliveries_enriched": 0}
+    assert project.input_lookbacks("fct_feedback") == {"raw.customer_feedback": 0}
 
 
 def test_header_config_and_python_model(project: Project) -> None:
@@ -112,8 +113,40 @@ def test_affected_dates_follow_lookback() -> None:
     assert affected_dates(project, {"orders": ["2026-01-11"], "deliveries": ["2026-01-11"]}, existing) == ["2026-01-11"]
     # A corrected old orders day: that day and the dispatch days its orders can reach.
     assert affected_dates(project, {"orders": ["2026-01-06"]}, existing) == ["2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
-    # Feedback feeds no lookback model.
+    # Deliveries and feedback are read for the built date only.
+    assert affected_dates(project, {"deliveries": ["2026-01-06"]}, existing) == ["2026-01-06"]
     assert affected_dates(project, {"customer_feedback": ["2026-01-06"]}, existing) == ["2026-01-06"]
+
+
+def test_lookback_per_input(tmp_path: Path) -> None:
+    """`lookback_days` on a ref or source call applies to that input; a view's header to what it reads;
+    a partitioned model reading another one days back spreads that model's rebuilt dates."""
+    files = {
+        "staging/stg_o.sql": "-- lookback_days: 1\nselect * from {{ source('raw', 'orders') }}",
+        "marts/a.sql": (
+            "-- partition_by: date\n"
+            "select d.* from {{ source('raw', 'deliveries') }} as d\n"
+            "join {{ ref('stg_o', lookback_days=2) }} as o using (order_id)"
+        ),
+        "marts/b.sql": "-- partition_by: date\nselect * from {{ ref('a', lookback_days=4) }}",
+        "marts/c.sql": "-- partition_by: date\n-- lookback_days: 1\nselect * from {{ source('raw', 'deliveries', lookback_days=0) }}",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    project = Project.load(tmp_path, cache=False)
+    assert project["a"].call_lookbacks == {"stg_o": 2}
+    assert project.input_lookbacks("a") == {"raw.deliveries": 0, "raw.orders": 2}
+    assert project.input_lookbacks("b") == {"a": 4}
+    # A header is the floor for every input of its model; a call can only widen it.
+    assert project.input_lookbacks("c") == {"raw.deliveries": 1}
+    assert affected_dates(project, {"deliveries": ["2026-01-10"]}) == [f"2026-01-{d}" for d in range(10, 15)]
+    assert affected_dates(project, {"orders": ["2026-01-10"]}) == [f"2026-01-{d}" for d in range(10, 17)]
+    # In Dagster, b's date D depends on a's dates D-4..D.
+    assets = {a.key: a for a in build_curated_assets(project)}
+    mapping = assets[dg.AssetKey(["curated", "b"])].get_partition_mapping(dg.AssetKey(["curated", "a"]))
+    assert isinstance(mapping, dg.TimeWindowPartitionMapping)
+    assert (mapping.start_offset, mapping.end_offset) == (-4, 0)
 
 
 @pytest.mark.parametrize(
@@ -123,6 +156,9 @@ def test_affected_dates_follow_lookback() -> None:
         ({"marts/a.sql": "select * from {{ ref('nope') }}"}, "a.sql: ref('nope') names no model"),
         ({"marts/a.sql": "select * from {{ source('raw', 'parcels') }}"}, "a.sql: source('raw', 'parcels') is not a table"),
         ({"marts/a.sql": "select * from {{ var('x') }}"}, "a.sql: only {{ ref('model') }}"),
+        ({"marts/a.sql": "select * from {{ ref('x', lookback_days=-1) }}"}, "a.sql: the only option of ref() and source() is lookback_days"),
+        ({"marts/a.sql": "select * from {{ ref('x', days=2) }}"}, "a.sql: the only option of ref() and source() is lookback_days"),
+        ({"marts/a.sql": "select * from {{ ref('x', lookback_days='3') }}"}, "a.sql: the only option"),
         ({"marts/a.sql": "select * from {{ ref('x') "}, "a.sql: '{{' without a closing"),
         ({"marts/a.sql": "select from where ("}, "a.sql: SQL does not parse"),
         ({"marts/a.sql": "drop table x"}, "a.sql: a model is a query"),

@@ -3,9 +3,9 @@
 -- A delivery whose order is missing (quarantined, or in a blocked partition) keeps null order attributes.
 -- grain: one row per delivery_id
 -- partition_by: date
--- lookback_days: 3
 -- materialized: table
--- (orders are created up to two days before dispatch; three covers midnight crossings)
+-- (orders are read three days back: created up to two days before dispatch, three covers
+-- midnight crossings; deliveries only for the dates built)
 -- (a table, not a view: four marts read it, and each used to re-derive it from four days of raw orders)
 
 with deliveries as (
@@ -18,7 +18,7 @@ orders as (
     select
         order_id,
         unnest(arg_max(struct_pack(depot_id, created_at, promised_by, weight_kg, parcels, priority, order_value), created_at))
-    from {{ ref('stg_orders') }}
+    from {{ ref('stg_orders', lookback_days=3) }}
     group by order_id
 ),
 
