@@ -240,6 +240,11 @@ def configure_duckdb(con: duckdb.DuckDBPyConnection, settings: Settings | None) 
     if settings is not None:
         con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
         con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+        # An in-memory database spills past memory_limit into ./.tmp of whatever folder the
+        # process runs in (a full build of the benchmark lake did, inside the checkout).
+        # DuckDB creates the folder when it first spills, but not its parents.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{str(settings.data_dir / '.duckdb_tmp').replace(chr(39), chr(39) * 2)}'")
 
 
 def write_file_atomic(dest: str | Path, data: bytes) -> None:

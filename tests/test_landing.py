@@ -353,3 +353,25 @@ def test_client_id_that_is_not_path_safe_is_quarantined_not_written_as_a_folder(
     assert "client=C001" in folders
     for r in reports.values():
         assert r.read == r.landed + r.quarantined
+
+
+def test_duckdb_spills_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query bigger than memory_limit spills into DATA_DIR/.duckdb_tmp, not into ./.tmp of
+    whatever folder the process runs in."""
+    import dataclasses
+
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    settings = dataclasses.replace(
+        Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "data" / "lake")), duckdb_memory_limit="30MB"
+    )
+    con = Lake.from_settings(settings).duckdb()
+    total = con.execute(
+        "SELECT count(*), sum(x) FROM (SELECT (i * 7919) % 1000003 AS x, repeat('a', 20) AS s FROM range(3000000) t(i) ORDER BY x, s)"
+    ).fetchone()
+    assert total == (3_000_000, sum((i * 7919) % 1000003 for i in range(3_000_000)))
+    # It did spill, there (DuckDB removes the folder it made when the connection closes).
+    assert [p.name for p in (tmp_path / "data" / ".duckdb_tmp").iterdir()]
+    assert not (cwd / ".tmp").exists()
+    con.close()
