@@ -628,7 +628,7 @@ class Landing:
         existing_bad: set[str] = set()
         for d in sorted({res.date for res in results.values()}, key=str):
             folder = self.lake.partition_dir("quarantine", table.name, d)
-            existing_bad.update(self.lake.fs.glob(folder + ("/*/" if d else "/") + "data.parquet"))
+            existing_bad.update(self.lake.glob(folder + ("/*/" if d else "/") + "data.parquet"))
         out: list[PartitionResult] = []
         for (d, c), res in results.items():
             date, client = res.date, res.client
@@ -734,7 +734,7 @@ def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]
     entries = InboxIndex(lake, inbox, table).entries(rescan=True)
     landed: dict[str, int] = defaultdict(int)
     quarantined: dict[str, int] = defaultdict(int)
-    manifests = lake.fs.glob(
+    manifests = lake.glob(
         lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json")
     )
     for m in manifests:

@@ -14,7 +14,7 @@ def table_totals(lake: Lake, table: str) -> dict[str, Any]:
     pattern = "/**/*.json" if TABLES[table].is_fact else "/manifest.json"
     landed = quarantined = partitions = 0
     reasons: dict[str, int] = defaultdict(int)
-    for path in lake.fs.glob(lake.meta_path("landing", table) + pattern):
+    for path in lake.glob(lake.meta_path("landing", table) + pattern):
         doc = lake.read_json(path)
         landed += doc["landed"]
         quarantined += doc["quarantined"]

@@ -282,10 +282,19 @@ class Warehouse:
         return result
 
     def _comment(self, con: duckdb.DuckDBPyConnection, m: Model) -> None:
+        """Table and column comments from the model, written only where they differ: each
+        COMMENT alters the catalog, and a day's refresh re-wrote about 20 per table unchanged."""
         text = m.description + (f" Grain: {m.grain}." if m.grain else "")
-        con.execute(f"COMMENT ON TABLE {_q(m.name)} IS {_lit(text)}")
+        row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [m.name]).fetchone()
+        if row is None or row[0] != text:
+            con.execute(f"COMMENT ON TABLE {_q(m.name)} IS {_lit(text)}")
+        have = dict(
+            con.execute(
+                "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [m.name]
+            ).fetchall()
+        )
         for c in m.columns:
-            if c.description:
+            if c.description and have.get(c.name) != c.description:
                 con.execute(f"COMMENT ON COLUMN {_q(m.name)}.{_q(c.name)} IS {_lit(c.description)}")
 
 

@@ -3,6 +3,8 @@ concurrent readers, and the read-only `delivery-lake query` command."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -64,6 +66,28 @@ def test_every_mart_is_a_commented_table(wh: Warehouse) -> None:
     finally:
         con.close()
     assert not list(wh.path.parent.glob(".*building*"))  # nothing left beside the live file
+
+
+def test_comments_follow_the_model_files(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+    """A refresh that reloads a table brings its comments to the model's text (the others stay)."""
+    settings, lake, project = built
+    wh.refresh()
+    m = project["agg_client_daily_kpis"]
+    edited = copy.copy(m)
+    edited.description = "Client KPIs, reworded."
+    edited.columns = [dataclasses.replace(c, description="Share delivered by the promise.") if c.name == "on_time_rate" else c for c in m.columns]
+    Runner(lake, project, settings).build([m.name], dates=[DAY])
+    report = {t.table: t for t in Warehouse(lake, Project(project.root, {**project.models, m.name: edited}, project.digest), wh.path).refresh().tables}
+    assert report[m.name].mode == "incremental"
+    con = duckdb.connect(str(wh.path), read_only=True)
+    try:
+        table = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ?", [m.name]).fetchone()[0]
+        cols = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [m.name]).fetchall())
+    finally:
+        con.close()
+    assert table.startswith("Client KPIs, reworded.")
+    assert cols["on_time_rate"] == "Share delivered by the promise."
+    assert cols["revenue"] == next(c.description for c in m.columns if c.name == "revenue") != ""
 
 
 def test_refresh_reloads_only_changed_partitions(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
