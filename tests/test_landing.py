@@ -375,3 +375,22 @@ def test_duckdb_spills_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mo
     assert [p.name for p in (tmp_path / "data" / ".duckdb_tmp").iterdir()]
     assert not (cwd / ".tmp").exists()
     con.close()
+
+
+def test_local_listing_matches_fsspec(local_settings: Settings) -> None:
+    """Lake.glob lists a local lake with the standard library: the same paths as fsspec's glob
+    for every pattern the library uses, `**` included."""
+    lake, _, _ = land_all(local_settings)
+    patterns = [
+        lake.table_dir("raw", "orders") + "/date=*/client=*/data.parquet",
+        lake.table_dir("raw", "orders") + "/date=*/**/data.parquet",
+        lake.table_dir("raw", "clients") + "/data.parquet",
+        lake.table_dir("quarantine", "orders") + "/date=*/*/data.parquet",
+        lake.meta_path("landing", "orders") + "/**/*.json",
+        lake.meta_path("landing", "clients") + "/manifest.json",
+        lake.meta_path("no_such_zone", "orders") + "/*.json",
+    ]
+    for pattern in patterns:
+        assert lake.glob(pattern) == sorted(lake.fs.glob(pattern)), pattern
+    assert len(lake.glob(patterns[0])) == len(lake.list_partitions("raw", "orders")) > 10
+    assert lake.glob(patterns[3])  # the dirty export quarantines orders
