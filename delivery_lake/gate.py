@@ -33,7 +33,7 @@ def record(lake: Lake, table: str, passed: bool, details: dict[str, Any], date: 
 
 
 def statuses(lake: Lake, table: str) -> list[dict[str, Any]]:
-    return [lake.read_json(p) for p in sorted(lake.glob(lake.meta_path("quality", table) + "/**/*.json"))]
+    return [lake.read_json(p) for p in lake.glob(lake.meta_path("quality", table) + "/**/*.json")]
 
 
 def blocked_partitions(lake: Lake, table: str) -> set[tuple[str | None, str | None]]:

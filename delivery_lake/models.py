@@ -136,6 +136,11 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def source_key(schema: str, table: str) -> str:
+    """How a source is named among a model's inputs (`Project.input_lookbacks`): "raw.orders"."""
+    return f"{schema}.{table}"
+
+
 def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...], int | None]:
     """`ref('x')` / `source('raw', 'y')`, each with an optional `lookback_days=N`, parsed as a
     Python call; anything else is an error."""
@@ -184,7 +189,7 @@ def render(text: str, path: Path) -> tuple[str, list[str], list[tuple[str, str]]
         kind, args, lookback = _parse_call(text[start + 2 : end].strip(), path)
         out.append(text[pos:start])
         if lookback is not None:
-            key = args[0] if kind == "ref" else f"{args[0]}.{args[1]}"
+            key = args[0] if kind == "ref" else source_key(args[0], args[1])
             lookbacks[key] = max(lookbacks.get(key, 0), lookback)
         if kind == "ref":
             refs.append(args[0])
@@ -438,7 +443,7 @@ class Project:
             m = self.models[n]
             lookback = max(lookback, m.lookback_days)
             for schema, t in m.sources:
-                key = f"{schema}.{t}"
+                key = source_key(schema, t)
                 out[key] = max(out.get(key, 0), lookback, m.call_lookbacks.get(key, 0))
             for r in m.refs:
                 days = max(lookback, m.call_lookbacks.get(r, 0))
@@ -743,7 +748,7 @@ class Runner:
             return _date_window(dates, lookbacks.get(key, 0)) if dates else None
 
         for schema, table in sources:
-            sql = self._source_sql(table, window(f"{schema}.{table}"), excluded)
+            sql = self._source_sql(table, window(source_key(schema, table)), excluded)
             con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {sql}")
         for r in refs:
             con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window(r), excluded)}")
@@ -946,12 +951,13 @@ def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing
     for m in project.materialized():  # dependency order: a ref's dates are known before its readers'
         if not m.is_partitioned:
             continue
+        refs, sources = project.inputs(m.name)
+        lookbacks = project.input_lookbacks(m.name)
         hit: set[str] = set()
-        for key, lookback in project.input_lookbacks(m.name).items():
-            if key.startswith("raw."):
-                hit |= spread(changed.get(key.split(".", 1)[1], ()), lookback)
-            elif key in per_model:
-                hit |= spread(per_model[key], lookback)
+        for schema, t in sources:
+            hit |= spread(changed.get(t, ()), lookbacks[source_key(schema, t)])
+        for r in refs:
+            hit |= spread(per_model.get(r, ()), lookbacks[r])
         per_model[m.name] = hit
     out = set().union(*per_model.values())
     if existing is not None:

@@ -199,7 +199,7 @@ class Quality:
         """Path -> document of the landing manifests matching `pattern` (cached during a batch)."""
         if self._manifests is not None and pattern in self._manifests:
             return self._manifests[pattern]
-        found = {p: self.lake.read_json(p) or {} for p in sorted(self.lake.glob(pattern))}
+        found = {p: self.lake.read_json(p) or {} for p in self.lake.glob(pattern)}
         if self._manifests is not None:
             self._manifests[pattern] = found
         return found
