@@ -60,5 +60,10 @@ class Settings:
             mlflow_artifacts_dir=Path(_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts"))).resolve(),  # type: ignore[arg-type]
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
         )
+        # Paths passed in are made absolute like the ones read above: the inbox index and the
+        # manifests key files by path, so `inbox` and `/abs/inbox` must be one and the same.
+        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
+            if overrides.get(name) is not None:
+                overrides[name] = Path(overrides[name]).resolve()  # type: ignore[arg-type]
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

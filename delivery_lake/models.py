@@ -796,11 +796,15 @@ class Runner:
                 query = "SELECT * FROM __model_arrow"
             else:
                 query = m.compiled_sql or ""
+            # Several dates: the query runs once into a temp table that each date's file is cut
+            # from. One file (a day's refresh, a whole table): the query streams straight into
+            # it, without materialising its output first.
+            kind = "TABLE" if m.is_partitioned and len(wanted) > 1 else "VIEW"
             if m.is_partitioned:
                 in_list = ", ".join(f"DATE {_lit(d)}" for d in wanted) or "NULL"
-                con.execute(f"CREATE TEMP TABLE __out AS SELECT * FROM ({query}) WHERE {_quote(m.partition_by or '')} IN ({in_list})")
+                con.execute(f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) WHERE {_quote(m.partition_by or '')} IN ({in_list})")
             else:
-                con.execute(f"CREATE TEMP TABLE __out AS {query}")
+                con.execute(f"CREATE TEMP {kind} __out AS {query}")
             got = [(str(r[0]), str(r[1])) for r in con.execute("DESCRIBE __out").fetchall()]
             if got != [(c.name, c.type) for c in m.columns]:
                 raise ModelError(f"{m.path}: output columns changed while loading: {got}")
@@ -831,9 +835,14 @@ class Runner:
         # a day of int_deliveries_enriched (127k rows, 22 columns).
         keys = m.grain_columns
         order = ", ".join([*map(_quote, keys), "hash(__out)"]) if keys else "ALL"
+        # Every column is written OPTIONAL. DuckDB writes a column REQUIRED when the statistics
+        # of what it copies rule out NULL, and those come from the whole batch in a temp table
+        # or from the query plan for one date: the same rows would make different files (and
+        # partitions of one model different Parquet schemas) depending on how they were built.
+        cols = ", ".join(f"CASE WHEN {q} IS NULL THEN NULL ELSE {q} END AS {q}" for q in map(_quote, (c.name for c in m.columns)))
         # COPY returns the rows it wrote: no second read of the file to count them.
         rows = int(
-            con.execute(f"COPY (SELECT * FROM __out {where} ORDER BY {order}) TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]  # type: ignore[index]
+            con.execute(f"COPY (SELECT {cols} FROM __out {where} ORDER BY {order}) TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]  # type: ignore[index]
         )
         digest = hashlib.sha256(local.read_bytes()).hexdigest()
         size = self.lake.publish_file(local, self.lake.data_file(ZONE, m.name, d))

@@ -394,3 +394,21 @@ def test_local_listing_matches_fsspec(local_settings: Settings) -> None:
         assert lake.glob(pattern) == sorted(lake.fs.glob(pattern)), pattern
     assert len(lake.glob(patterns[0])) == len(lake.list_partitions("raw", "orders")) > 10
     assert lake.glob(patterns[3])  # the dirty export quarantines orders
+
+
+def test_relative_inbox_reuses_the_index(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same inbox named relative to the working folder is the same inbox: no CSV is scanned again."""
+    land_all(local_settings)
+    monkeypatch.chdir(local_settings.inbox_dir.parent)
+    relative = Settings.from_env(
+        data_dir=local_settings.data_dir, lake_url=local_settings.lake_url, inbox_dir=Path(local_settings.inbox_dir.name)
+    )
+    assert relative.inbox_dir == local_settings.inbox_dir
+
+    def no_scan(*_a: object, **_k: object) -> None:
+        raise AssertionError("an indexed CSV was scanned again")
+
+    monkeypatch.setattr(inbox_module, "_scan", no_scan)
+    landing = Landing(Lake.from_settings(relative), relative.inbox_dir, relative)
+    report = landing.land_fact(TABLES["orders"], {DAY: None})
+    assert report.landed > 0
