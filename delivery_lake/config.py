@@ -46,8 +46,8 @@ class Settings:
         values: dict[str, object] = dict(
             data_dir=data_dir,
             lake_url=_env("LAKE_URL", str(data_dir / "lake")),
-            inbox_dir=Path(_env("INBOX_DIR", str(data_dir / "inbox"))).resolve(),  # type: ignore[arg-type]
-            warehouse_path=Path(_env("WAREHOUSE_PATH", str(data_dir / "warehouse" / "delivery.duckdb"))).resolve(),  # type: ignore[arg-type]
+            inbox_dir=_env("INBOX_DIR", str(data_dir / "inbox")),
+            warehouse_path=_env("WAREHOUSE_PATH", str(data_dir / "warehouse" / "delivery.duckdb")),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
             aws_access_key_id=_env("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
@@ -57,13 +57,13 @@ class Settings:
             duckdb_memory_limit=_env("DUCKDB_MEMORY_LIMIT", "1GB"),
             duckdb_threads=int(_env("DUCKDB_THREADS", "2")),  # type: ignore[arg-type]
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
-            mlflow_artifacts_dir=Path(_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts"))).resolve(),  # type: ignore[arg-type]
+            mlflow_artifacts_dir=_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts")),
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
         )
-        # Paths passed in are made absolute like the ones read above: the inbox index and the
-        # manifests key files by path, so `inbox` and `/abs/inbox` must be one and the same.
-        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
-            if overrides.get(name) is not None:
-                overrides[name] = Path(overrides[name]).resolve()  # type: ignore[arg-type]
         values.update(overrides)
+        # Every path absolute, read or passed in: the inbox index and the manifests key files by
+        # path, so `inbox` and `/abs/inbox` must be one and the same.
+        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
+            if values[name] is not None:
+                values[name] = Path(values[name]).resolve()  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
