@@ -677,11 +677,9 @@ class Runner:
             if TABLES[table].is_fact or self.blocked(table):
                 return None
             try:
-                info = self.lake.fs.info(self.lake.data_file("raw", table))
+                parts.append(f"raw.{table} {self.lake.version(self.lake.data_file('raw', table))}")
             except FileNotFoundError:
                 return None
-            version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-            parts.append(f"raw.{table} {info.get('size')} {version}")
         for r in sorted(refs):
             if self.project[r].is_partitioned:
                 return None

@@ -260,6 +260,11 @@ class Warehouse:
             if load:
                 files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in load)
                 cols = ", ".join(_q(c.name) for c in m.columns)
+                # One file (a day's partition) may be appended in any order: DuckDB's
+                # order-preserving insert cost a day of fct_deliveries 0.33 s instead of 0.26.
+                # Several files keep their order, so each row group holds few dates and the
+                # zone maps keep a date's DELETE and analysts' date filters cheap.
+                con.execute(f"SET preserve_insertion_order = {'false' if len(load) == 1 else 'true'}")
                 inserted = con.execute(
                     f"INSERT INTO {_q(m.name)} ({cols}) SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
                 ).fetchone()

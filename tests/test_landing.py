@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -394,6 +397,32 @@ def test_local_listing_matches_fsspec(local_settings: Settings) -> None:
         assert lake.glob(pattern) == sorted(lake.fs.glob(pattern)), pattern
     assert len(lake.glob(patterns[0])) == len(lake.list_partitions("raw", "orders")) > 10
     assert lake.glob(patterns[3])  # the dirty export quarantines orders
+
+
+def test_a_local_lake_reads_without_fsspec(local_settings: Settings) -> None:
+    """A process working on a local lake never imports fsspec (60-120 ms of every start), and
+    what it reads through `os` agrees with fsspec: existence, JSON, a file's version."""
+    lake, _, _ = land_all(local_settings)
+    clients = lake.data_file("raw", "clients")
+    info = lake.fs.info(clients)
+    assert lake.version(clients) == f"{info['size']} {info['mtime']}"
+    manifest = lake.meta_path("landing", "clients", "manifest.json")
+    code = (
+        "import json, sys\n"
+        "from delivery_lake.storage import Lake\n"
+        f"lake = Lake({lake.url!r})\n"
+        f"doc = lake.read_json({manifest!r})\n"
+        f"print(json.dumps([lake.exists({clients!r}), lake.exists({clients!r} + '.gone'), lake.version({clients!r}),\n"
+        f"    doc['table'] if doc else None, lake.read_json({manifest!r} + '.gone', 'default'),\n"
+        "    len(lake.list_partitions('raw', 'orders')), 'fsspec' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert json.loads(out) == [
+        True, False, lake.version(clients), "clients", "default", len(lake.list_partitions("raw", "orders")), False
+    ]
+    assert lake.list_partitions("raw", "orders")
+    with pytest.raises(FileNotFoundError):
+        lake.version(clients + ".gone")
 
 
 def test_relative_inbox_reuses_the_index(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
