@@ -109,13 +109,14 @@ def expected_client_kpis(lake: Lake) -> pl.DataFrame:
         (pl.col("status") == "delivered").sum().alias("delivered"),
         (pl.col("status") == "failed").sum().alias("failed"),
         (pl.col("status") == "returned").sum().alias("returned"),
+        pl.col("is_on_time").fill_null(False).sum().alias("on_time"),
         (pl.col("is_on_time").fill_null(False).sum() / pl.len()).alias("on_time_rate"),
         pl.col("minutes").mean().round(2).alias("avg_delivery_minutes"),  # the mart rounds float means
         pl.col("order_value").cast(pl.Float64).sum().alias("revenue"),
     )
     fb = raw(lake, "customer_feedback").group_by("date", "client_id").agg(pl.col("rating").mean().alias("avg_rating"))
     out = per_delivery.join(fb, on=["date", "client_id"], how="full", coalesce=True)
-    return out.with_columns(pl.col("deliveries", "delivered", "failed", "returned").fill_null(0), pl.col("revenue").fill_null(0.0))
+    return out.with_columns(pl.col("deliveries", "delivered", "failed", "returned", "on_time").fill_null(0), pl.col("revenue").fill_null(0.0))
 
 
 # ---- tests -----------------------------------------------------------------------------------------------

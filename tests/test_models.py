@@ -31,8 +31,8 @@ FCT_DELIVERIES = [
     "is_on_time", "late_minutes", "distance_km", "attempts", "weight_kg", "priority", "order_value",
 ]
 CLIENT_KPIS = [
-    "date", "client_id", "deliveries", "delivered", "failed", "returned", "on_time_rate", "avg_delivery_minutes",
-    "avg_rating", "revenue",
+    "date", "client_id", "deliveries", "delivered", "failed", "returned", "on_time", "on_time_rate",
+    "avg_delivery_minutes", "avg_rating", "revenue",
 ]
 
 

@@ -54,6 +54,7 @@ def q3_depot_load(f):  # type: ignore[no-untyped-def]
     g = f.groupby(["date", "depot"], sort=True).agg(
         deliveries=("delivery_id", "size"), weight_kg=("weight_kg", "sum"), drivers=("driver_id", "nunique")
     )
+    g["weight_kg"] = g["weight_kg"].round(3)  # as the warehouse's mart keeps it
     return g.reset_index()[["date", "depot", "deliveries", "weight_kg", "drivers"]]
 
 

@@ -1,10 +1,11 @@
--- On-time rate per client per day (grain: date x client_id), on the dispatch date.
+-- On-time rate per client per day (grain: date x client_id), on the dispatch date, from the
+-- mart the curated layer keeps for it (rows for feedback-only days carry no deliveries).
 SELECT
     date,
     client_id,
-    count(*) AS deliveries,
-    count(*) FILTER (WHERE is_on_time) AS on_time,
-    count(*) FILTER (WHERE is_on_time) / count(*) AS on_time_rate
-FROM fct_deliveries
-GROUP BY date, client_id
+    deliveries,
+    on_time,
+    on_time_rate
+FROM agg_client_daily_kpis
+WHERE deliveries > 0
 ORDER BY date, client_id

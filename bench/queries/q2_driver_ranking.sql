@@ -1,11 +1,12 @@
--- Driver ranking over the whole period: on-time rate, then volume (dense rank, 1 = best).
+-- Driver ranking over the whole period: on-time rate, then volume (dense rank, 1 = best),
+-- rolled up from the daily driver mart.
 WITH per_driver AS (
     SELECT
         driver_id,
-        count(*) AS deliveries,
-        count(*) FILTER (WHERE is_on_time) AS on_time,
-        count(*) FILTER (WHERE is_on_time) / count(*) AS on_time_rate
-    FROM fct_deliveries
+        sum(deliveries) AS deliveries,
+        sum(on_time_deliveries) AS on_time,
+        sum(on_time_deliveries) / sum(deliveries) AS on_time_rate
+    FROM agg_driver_daily_performance
     GROUP BY driver_id
 )
 SELECT

@@ -1,10 +1,10 @@
--- Depot load per day (grain: date x depot): deliveries dispatched, weight, active drivers.
+-- Depot load per day (grain: date x depot): deliveries dispatched, weight, active drivers,
+-- from the daily depot mart.
 SELECT
     date,
-    depot,
-    count(*) AS deliveries,
-    sum(weight_kg) AS weight_kg,
-    count(DISTINCT driver_id) AS drivers
-FROM fct_deliveries
-GROUP BY date, depot
+    depot_id AS depot,
+    deliveries,
+    weight_kg,
+    drivers_active AS drivers
+FROM agg_depot_daily_load
 ORDER BY date, depot

@@ -46,6 +46,7 @@ final as (
         coalesce(d.delivered, 0) as delivered,  -- Of which delivered.
         coalesce(d.failed, 0) as failed,  -- Of which failed.
         coalesce(d.returned, 0) as returned,  -- Of which returned to sender.
+        coalesce(d.on_time, 0) as on_time,  -- Of which delivered by the promised time.
         -- [service]
         d.on_time / nullif(d.deliveries, 0) as on_time_rate,  -- On-time deliveries / all deliveries dispatched that day.
         d.avg_delivery_minutes,  -- Mean minutes dispatch -> delivery, delivered only.
