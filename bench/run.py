@@ -27,11 +27,10 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from bench import checks
+from bench.contestants.kpi_duckdb import QUERIES
 from bench.data import FACTS, Series, describe, ensure_series, fact_bytes, inbox_view, shape_for
 from bench.measure import Measurement, run_contestant
-from bench.settings import BENCH_DIR, BenchSettings
-
-QUERIES = BENCH_DIR / "queries"
+from bench.settings import BenchSettings
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 GIB = 2**30
