@@ -31,6 +31,10 @@ class Settings:
     quarantine_threshold: float = 0.02
     # ...but only once at least this many rows are quarantined (small partitions are noisy).
     quarantine_min_rows: int = 5
+    # A child row whose parent fact (a delivery's order) has not landed is held as pending;
+    # once the lake holds data this many partition dates past the row's date, it is
+    # quarantined as `orphan:<column>` instead.
+    orphan_grace_days: int = 3
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
     # MLflow: tracking store (any MLflow URI; default an embedded SQLite file under data_dir),
@@ -54,6 +58,7 @@ class Settings:
             aws_region=_env("AWS_REGION", "us-east-1"),
             quarantine_threshold=float(_env("QUARANTINE_THRESHOLD", "0.02")),  # type: ignore[arg-type]
             quarantine_min_rows=int(_env("QUARANTINE_MIN_ROWS", "5")),  # type: ignore[arg-type]
+            orphan_grace_days=int(_env("ORPHAN_GRACE_DAYS", "3")),  # type: ignore[arg-type]
             duckdb_memory_limit=_env("DUCKDB_MEMORY_LIMIT", "1GB"),
             duckdb_threads=int(_env("DUCKDB_THREADS", "2")),  # type: ignore[arg-type]
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),

@@ -5,6 +5,9 @@ Layout (Hive style, so DuckDB, Polars and pyarrow read it with hive partitioning
     {LAKE_URL}/raw/{table}/date=YYYY-MM-DD/client={client_id}/data.parquet   facts
     {LAKE_URL}/raw/{table}/data.parquet                                      dimensions
     {LAKE_URL}/quarantine/{table}/date=.../client=.../data.parquet           rejected rows
+    {LAKE_URL}/pending/{table}/date=.../client=.../data.parquet              rows waiting for a parent
+    {LAKE_URL}/history/{table}/date=.../client=.../data.parquet              versions a correction replaced
+    {LAKE_URL}/lastgood/{table}/date=.../client=.../data.parquet             last version that passed the gate
     {LAKE_URL}/curated/{model}/date=YYYY-MM-DD/data.parquet                  partitioned marts
     {LAKE_URL}/curated/{model}/data.parquet                                  unpartitioned marts
     {LAKE_URL}/ml/{table}/date=YYYY-MM-DD/data.parquet                       model features
