@@ -48,32 +48,33 @@ class ExpectQuarantineRatioToBeAtMost(BatchExpectation):
 
 
 class ExpectPartitionRowsToReconcile(BatchExpectation):
-    """Rows read from the source files of this partition = rows landed + rows quarantined.
+    """Rows the source files hold for this partition = rows landed + quarantined + held.
 
-    A source file may feed several partitions, so the reconciliation is per file, as the
-    landing does it: `read` is what the inbox index counted in the files that fed this
-    partition (the sensor's scan, or the counts a first backfill took while reading), `quarantined` is this partition's quarantine
-    count and `other_partitions` what the other partitions' manifests say they took from
-    the same files. The landed side of this partition is measured here, from its data file.
+    Per partition, so a verdict never depends on which other partitions of the same files have
+    landed yet (a file spanning many dates lands over several runs): `read` is what the inbox
+    index counted in this partition's (date, client) of each source file, `quarantined` its
+    quarantine count and `held` the rows accounted for without landing (replayed: identical to
+    what an earlier file landed; superseded: corrected by a later file, kept in history; pending:
+    waiting for their parent). The landed side is measured here, from the partition's data file.
     """
 
     read: int | SuiteParameterDict
     quarantined: int | SuiteParameterDict
-    other_partitions: int | SuiteParameterDict = 0
+    held: int | SuiteParameterDict = 0
 
     metric_dependencies = ("table.row_count",)
-    success_keys = ("read", "quarantined", "other_partitions")
+    success_keys = ("read", "quarantined", "held")
     domain_keys: ClassVar[tuple[str, ...]] = ("batch_id", "row_condition", "condition_parser")
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "production", "tags": ["delivery_lake"], "contributors": []}
 
     def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None) -> dict:
         kw = self._get_success_kwargs()
         landed = int(metrics["table.row_count"])
-        read, quarantined, others = int(kw["read"]), int(kw["quarantined"]), int(kw["other_partitions"])
+        read, quarantined, held = int(kw["read"]), int(kw["quarantined"]), int(kw["held"])
         return {
-            "success": landed + quarantined + others == read,
+            "success": landed + quarantined + held == read,
             "result": {
-                "observed_value": landed + quarantined + others,
-                "details": {"landed": landed, "quarantined": quarantined, "other_partitions": others, "read": read},
+                "observed_value": landed + quarantined + held,
+                "details": {"landed": landed, "quarantined": quarantined, "held": held, "read": read},
             },
         }

@@ -26,22 +26,40 @@ exactly one place, and `read = landed + quarantined` holds per file.
 from __future__ import annotations
 
 import csv
+import hashlib
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import FileEntry, InboxIndex, InputError, csv_source_sql, ensure_rejects_table, read_header
-from delivery_lake.storage import UNASSIGNED_CLIENT, Lake, staging_dir
+from delivery_lake.storage import DATA_FILE, UNASSIGNED_CLIENT, Lake, staging_dir
 
 
 class LandingError(RuntimeError):
     pass
+
+
+# What became of a row that parsed and passed every rule, besides landing:
+REPLAYED = "replayed"  # same key and content as the version landed from an earlier file
+SUPERSEDED = "superseded"  # an earlier file's version that a later file corrected (kept in history/)
+PENDING = "pending"  # waits for its parent fact (a delivery's order) to land (kept in pending/)
+STATES = ("landed", "quarantined", REPLAYED, SUPERSEDED, PENDING)
+# A child's parent is looked up first among the parent partitions of these days around the
+# child's date (orders are created before their deliveries); keys not found there are looked up
+# in the whole parent table, so this only decides what is read first, never what is found.
+PARENT_WINDOW_DAYS = 3
+
+
+def _zero() -> dict[str, int]:
+    return dict.fromkeys(STATES, 0)
 
 
 @dataclass
@@ -51,9 +69,19 @@ class PartitionResult:
     client: str | None
     landed: int = 0
     quarantined: int = 0
+    replayed: int = 0
+    superseded: int = 0
+    pending: int = 0
     bytes: int = 0
+    # False when the partition's data file was already exactly what this landing produced
+    # (a re-sent file): nothing was rewritten, so nothing downstream needs to change.
+    changed: bool = True
     by_reason: dict[str, int] = field(default_factory=dict)
     by_file: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> int:
+        return self.landed + self.quarantined + self.replayed + self.superseded + self.pending
 
 
 @dataclass
@@ -78,8 +106,24 @@ class LandingReport:
         return sum(p.quarantined for p in self.partitions)
 
     @property
+    def replayed(self) -> int:
+        return sum(p.replayed for p in self.partitions)
+
+    @property
+    def superseded(self) -> int:
+        return sum(p.superseded for p in self.partitions)
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in self.partitions)
+
+    @property
     def bytes(self) -> int:
         return sum(p.bytes for p in self.partitions)
+
+    @property
+    def changed_partitions(self) -> list[tuple[str | None, str | None]]:
+        return [(p.date, p.client) for p in self.partitions if p.changed]
 
     @property
     def by_reason(self) -> dict[str, int]:
@@ -90,10 +134,12 @@ class LandingReport:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def check_reconciled(self) -> None:
-        if self.read != self.landed + self.quarantined:
+        accounted = sum(p.accounted for p in self.partitions)
+        if self.read != accounted:
             raise LandingError(
                 f"{self.table}: rows do not reconcile: read {self.read} != landed {self.landed} "
-                f"+ quarantined {self.quarantined}"
+                f"+ quarantined {self.quarantined} + replayed {self.replayed} + superseded {self.superseded} "
+                f"+ pending {self.pending}"
             )
 
 
@@ -154,7 +200,7 @@ def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list
     # The reasons list is only built for failing rows (CASE evaluates branches selectively).
     return f"""
         SELECT *, CASE WHEN {ok} THEN []::VARCHAR[] ELSE {reasons} END AS _rs,
-               {date_expr} AS _date, {client_expr} AS _client
+               NULL::VARCHAR AS _state, NULL::VARCHAR AS _pending_on, {date_expr} AS _date, {client_expr} AS _client
         FROM src
     """
 
@@ -168,12 +214,30 @@ class _BatchResult:
     learned: list[FileEntry] = field(default_factory=list)
 
 
+class CountRow(NamedTuple):
+    """Rows of one (file, partition, raw client) by what became of them."""
+
+    rank: int
+    file: str
+    date: str | None
+    client: str | None
+    raw_client: str
+    landed: int
+    quarantined: int
+    replayed: int
+    superseded: int
+    pending: int
+
+    @property
+    def total(self) -> int:
+        return self.landed + self.quarantined + self.replayed + self.superseded + self.pending
+
+
 @dataclass
 class _Counts:
     """One aggregate over `typed` (and `rejected`) that planning, manifests and the index share."""
 
-    # (_file_rank, _file, _date, _client, raw client, valid rows, quarantined rows)
-    typed: list[tuple[int, str, str | None, str | None, str, int, int]]
+    typed: list[CountRow]
     # (_file_rank, _date, rejected lines)
     rejected: list[tuple[int, str | None, int]]
 
@@ -189,6 +253,9 @@ class _PlanChanged(Exception):
 class Landing:
     def __init__(self, lake: Lake, inbox: Path, settings: Settings):
         self.lake, self.inbox, self.settings = lake, Path(inbox), settings
+        # Whole-table key sets of fact parents, loaded once per landing and only when a child's
+        # parent was not found near its own date (see _hold_for_parents).
+        self._parent_lock = threading.Lock()
 
     def index(self, table: Table) -> InboxIndex:
         return InboxIndex(self.lake, self.inbox, table)
@@ -284,7 +351,7 @@ class Landing:
         self, table: Table, entries: list[FileEntry], requested: dict[str, list[str] | None] | None
     ) -> LandingReport:
         started = time.monotonic()
-        # File rank decides duplicates: later arrivals (modification time, then name) win.
+        # File rank decides versions: later arrivals (modification time, then name) win.
         entries = sorted(entries, key=lambda e: (Path(e.path).stat().st_mtime_ns, e.path))
         report = LandingReport(table=table.name, files=[e.path for e in entries])
         report.schema = {c.name: c.duckdb_type for c in table.columns}
@@ -317,10 +384,13 @@ class Landing:
         # Each batch's query runs on its calling thread: more DuckDB threads would only
         # contend with the other batches for the same cores.
         base.execute(f"SET threads = {max(1, self.settings.duckdb_threads // workers)}")
+        ctx = _LandingContext(base=base, table=table, landed_at=landed_at)
         try:
-            parent_keys = self._load_parent_keys(base, table)  # shared by the batches' cursors
+            ctx.parent_keys = self._load_parent_keys(base, table)  # shared by the batches' cursors
+            ctx.clock = self._lake_clock(table, requested)
+            ctx.verdicts = _passed_versions(self.lake, table.name) if table.is_fact else {}
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(self._land_batch, base, parent_keys, table, b, w, landed_at) for b, w in jobs]
+                futures = [pool.submit(self._land_batch, ctx, b, w) for b, w in jobs]
                 for fut in futures:  # in batch order, so the report is deterministic
                     try:
                         result = fut.result()
@@ -344,35 +414,42 @@ class Landing:
             self._check_partition_reconciliation(report, report.entries, requested, registered)
         return report
 
-    def _land_batch(
-        self,
-        base: Any,
-        parent_keys: dict[str, str],
-        table: Table,
-        entries: list[FileEntry],
-        requested: dict[str, list[str] | None] | None,
-        landed_at: str,
-    ) -> _BatchResult:
+    def _lake_clock(self, table: Table, requested: dict[str, list[str] | None] | None) -> str | None:
+        """The newest partition date of this table and of its fact parents, the landing's own
+        dates included: the grace period of pending rows is counted in partition dates, so a
+        replay of the same files always decides the same way."""
+        if not table.is_fact or not _fact_parents(table):
+            return None
+        dates = set(requested or ())
+        for name in [table.name, *(p for _, p in _fact_parents(table))]:
+            dates.update(self.lake.list_dates("raw", name)[-1:])
+        return max(dates) if dates else None
+
+    def _land_batch(self, ctx: _LandingContext, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> _BatchResult:
+        table = ctx.table
         out = _BatchResult()
-        con = base.cursor()
+        con = ctx.base.cursor()
         try:
             self._load_sources(con, table, entries)
             con.execute(
-                f"CREATE TEMP TABLE typed AS {_typed_select(table, parent_keys, [e.nominal_date for e in entries])}"
+                f"CREATE TEMP TABLE typed AS {_typed_select(table, ctx.parent_keys, [e.nominal_date for e in entries])}"
             )
             self._load_rejects(con, table, entries)
-            self._mark_duplicates(con, table)
+            self._classify_versions(con, table, entries)
+            if table.is_fact:
+                self._hold_for_parents(con, ctx, entries)
+            self._replayed_bad_rows(con, table)
             self._lines(con)
-            if "clients" in parent_keys:
-                out.registered = {r[0] for r in con.execute(f"SELECT k FROM {parent_keys['clients']}").fetchall()}
+            if "clients" in ctx.parent_keys:
+                out.registered = {r[0] for r in con.execute(f"SELECT k FROM {ctx.parent_keys['clients']}").fetchall()}
             counts = self._counts(con, table)
             if requested is None:
-                out.read = sum(ok + bad for *_, ok, bad in counts.typed) + sum(n for *_, n in counts.rejected)
+                out.read = sum(r.total for r in counts.typed) + sum(n for *_, n in counts.rejected)
             if table.is_fact:
-                out.learned = self._learn(entries, counts)
+                out.learned = self._index_entries(entries, counts)
             targets = self._targets(table, requested, counts)
             with staging_dir(self.settings) as stage:
-                out.partitions = self._write_partitions(con, table, targets, counts, stage, landed_at)
+                out.partitions = _PartitionWriter(self.lake, con, ctx, stage).write(targets, counts)
             out.preview = self._preview(con, table)
             return out
         finally:
@@ -382,7 +459,7 @@ class Landing:
         out: dict[str, str] = {}
         for parent in table.parents:
             if TABLES[parent].is_fact:
-                continue  # fact-to-fact references are checked across tables by the suites
+                continue  # fact parents are looked up per batch (_hold_for_parents)
             path = self.lake.data_file("raw", parent)
             if not self.lake.exists(path):
                 raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
@@ -426,7 +503,8 @@ class Landing:
         rejects = " UNION ALL ".join(
             f"""SELECT {i} AS _file_rank, {_lit(e.path)} AS _file,
                        {_lit(e.nominal_date or "unknown") if table.is_fact else "NULL::VARCHAR"} AS _date, line,
-                       string_agg(DISTINCT {reason}, ';' ORDER BY {reason}) AS reasons, first(csv_line) AS csv_line
+                       string_agg(DISTINCT {reason}, ';' ORDER BY {reason}) AS reasons, first(csv_line) AS csv_line,
+                       false AS _replayed
                 FROM rej{i} GROUP BY line"""
             for i, e in enumerate(entries)
         )
@@ -452,23 +530,158 @@ class Landing:
             marks = ", ".join("?" for _ in range(len(table.columns) + 2))
             con.executemany(f"INSERT INTO rejected_fields VALUES ({marks})", rows)
 
-    def _mark_duplicates(self, con: Any, table: Table) -> None:
-        """Among valid rows of a key, the last file then the last line wins; the others are quarantined.
+    def _classify_versions(self, con: Any, table: Table, entries: list[FileEntry]) -> None:
+        """Decide, for each key seen more than once among valid rows, which copy lands.
 
-        Found with a grouped aggregate (keys seen twice are rare) and fixed with a small
+        - Within one file, the last line is that file's version; its other lines of the key are
+          a conflict, quarantined as `duplicate`.
+        - Across files, the latest file's version is the key's content. Earlier versions with
+          the same content are `replayed` (counted, not rewritten), different ones `superseded`
+          (kept in history/ with the file that replaced them).
+        - Of the copies carrying the winning content the earliest one lands, so a re-sent file
+          leaves the partition byte-identical.
+
+        Keys seen twice are rare: they are found with a grouped aggregate and fixed with a small
         UPDATE, so `typed` keeps its file order and needs no sort.
         """
         key = _q(table.key)
+        content = "hash(" + ", ".join(_q(c.name) for c in table.columns) + ")"
         con.execute(
-            f"""UPDATE typed SET _rs = ['duplicate']
-                FROM (SELECT {key} AS k, max({{'f': _file_rank, 'o': _ord}}) AS winner
-                      FROM typed WHERE len(_rs) = 0 GROUP BY {key} HAVING count(*) > 1) d
-                WHERE typed.{key} = d.k AND len(typed._rs) = 0
-                  AND {{'f': typed._file_rank, 'o': typed._ord}} <> d.winner"""
+            f"""CREATE TEMP TABLE versions AS
+                WITH v AS (
+                    SELECT t.{key} AS k, t._file_rank AS f, t._ord AS o, {content} AS h
+                    FROM typed t
+                    SEMI JOIN (SELECT {key} AS k FROM typed WHERE len(_rs) = 0 GROUP BY ALL HAVING count(*) > 1) d
+                        ON t.{key} = d.k
+                    WHERE len(t._rs) = 0
+                ),
+                ranked AS (
+                    SELECT *,
+                           max(o) OVER (PARTITION BY k, f) AS file_last,
+                           first(h ORDER BY f DESC, o DESC) OVER (PARTITION BY k) AS win_h,
+                           max(f) OVER (PARTITION BY k) AS win_f
+                    FROM v
+                ),
+                keeper AS (  -- the earliest file whose version carries the winning content
+                    SELECT k, min(f) AS keep_f FROM ranked WHERE o = file_last AND h = win_h GROUP BY k
+                )
+                SELECT f, o, win_f,
+                       CASE WHEN o <> file_last THEN 'duplicate'
+                            WHEN h <> win_h THEN '{SUPERSEDED}'
+                            ELSE '{REPLAYED}' END AS state
+                FROM ranked JOIN keeper USING (k)
+                WHERE o <> file_last OR f <> keep_f"""
+        )
+        con.execute(
+            """UPDATE typed SET _rs = CASE WHEN v.state = 'duplicate' THEN ['duplicate'] ELSE _rs END,
+                                _state = CASE WHEN v.state = 'duplicate' THEN NULL ELSE v.state END
+               FROM versions v WHERE typed._file_rank = v.f AND typed._ord = v.o"""
+        )
+        # Who replaced a superseded version, and when that file arrived (its modification time,
+        # so a replay of the same files writes the same history).
+        con.execute("CREATE TEMP TABLE files (rank BIGINT, path VARCHAR, arrived VARCHAR)")
+        con.executemany(
+            "INSERT INTO files VALUES (?, ?, ?)",
+            [
+                (i, e.path, datetime.fromtimestamp(Path(e.path).stat().st_mtime, UTC).isoformat(timespec="seconds"))
+                for i, e in enumerate(entries)
+            ],
         )
 
+    def _replayed_bad_rows(self, con: Any, table: Table) -> None:
+        """A bad row (or unparseable line) that an earlier file already brought, word for word,
+        is a replay too: re-sending a file must not quarantine its bad lines twice, or a re-sent
+        day would double its quarantine ratio and block."""
+        content = "hash(" + ", ".join(_q(c.name) for c in table.columns) + ", _rs)"
+        con.execute(
+            f"""UPDATE typed SET _state = '{REPLAYED}', _rs = []::VARCHAR[]
+                FROM (SELECT _file_rank AS f, _ord AS o,
+                             min(_file_rank) OVER (PARTITION BY {content}) AS first_f
+                      FROM typed WHERE len(_rs) > 0) r
+                WHERE typed._file_rank = r.f AND typed._ord = r.o AND r.first_f < r.f"""
+        )
+        con.execute(
+            """UPDATE rejected SET _replayed = true
+               FROM (SELECT _file_rank AS f, line AS l, min(_file_rank) OVER (PARTITION BY csv_line) AS first_f
+                     FROM rejected) r
+               WHERE rejected._file_rank = r.f AND rejected.line = r.l AND r.first_f < r.f"""
+        )
+
+    def _hold_for_parents(self, con: Any, ctx: _LandingContext, entries: list[FileEntry]) -> None:
+        """Hold back rows whose parent fact has not landed: `pending` within the grace period,
+        quarantined as `orphan:<column>` after it (ORPHAN_GRACE_DAYS partition dates).
+
+        A child never lands without its parent, so the marts never compute a delivery from an
+        order that is not there and no check blocks a partition for a parent that is merely late.
+        The lookup reads the parent's key column near the batch's dates first; only keys not
+        found there are looked up in the whole parent table.
+        """
+        table = ctx.table
+        batch_dates = sorted(d for e in entries for d in e.dates if d != "unknown")
+        for column, parent in _fact_parents(table):
+            col = _q(column)
+            pkey = _q(TABLES[parent].key)
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE wanted AS SELECT DISTINCT {col} AS k FROM typed
+                    WHERE len(_rs) = 0 AND _state IS NULL AND {col} IS NOT NULL"""
+            )
+            if not con.execute("SELECT count(*) FROM wanted").fetchone()[0]:
+                continue
+            near = self._parent_files(parent, batch_dates)
+            if near:
+                con.execute(
+                    f"""DELETE FROM wanted WHERE k IN (
+                            SELECT {pkey} FROM read_parquet([{', '.join(_lit(f) for f in near)}]))"""
+                )
+            if con.execute("SELECT count(*) FROM wanted").fetchone()[0]:
+                everywhere = self._all_parent_keys(ctx, parent)
+                con.execute(f"DELETE FROM wanted WHERE k IN (SELECT k FROM {everywhere})")
+            if not con.execute("SELECT count(*) FROM wanted").fetchone()[0]:
+                continue
+            expired = (
+                "false"
+                if ctx.clock is None
+                else f"date_diff('day', TRY_CAST(_date AS DATE), DATE {_lit(ctx.clock)}) > {int(self.settings.orphan_grace_days)}"
+            )
+            con.execute(
+                f"""UPDATE typed SET _rs = CASE WHEN {expired} THEN ['orphan:{column}'] ELSE _rs END,
+                                    _state = CASE WHEN {expired} THEN NULL ELSE '{PENDING}' END
+                    WHERE len(_rs) = 0 AND _state IS NULL AND {col} IN (SELECT k FROM wanted)"""
+            )
+            con.execute(
+                f"UPDATE typed SET _pending_on = {_lit(column)} WHERE _state = '{PENDING}' AND _pending_on IS NULL"
+            )
+
+    def _parent_files(self, parent: str, dates: list[str]) -> list[str]:
+        if not dates:
+            return []
+        first = date.fromisoformat(min(dates)) - timedelta(days=PARENT_WINDOW_DAYS)
+        last = date.fromisoformat(max(dates)) + timedelta(days=1)
+        days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+        return [self.lake.uri(self.lake.data_file("raw", parent, d, c)) for d, c in self.lake.list_partitions("raw", parent, dates=days)]
+
+    def _all_parent_keys(self, ctx: _LandingContext, parent: str) -> str:
+        """A table of every landed key of `parent`, built once per landing on the shared instance."""
+        name = f"all_keys_{parent}"
+        with self._parent_lock:
+            if name not in ctx.loaded:
+                files = [self.lake.uri(self.lake.data_file("raw", parent, d, c)) for d, c in self.lake.list_partitions("raw", parent)]
+                cur = ctx.base.cursor()
+                try:
+                    if files:
+                        cur.execute(
+                            f"CREATE TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
+                            f"FROM read_parquet([{', '.join(_lit(f) for f in files)}])"
+                        )
+                    else:
+                        cur.execute(f"CREATE TABLE {name} (k VARCHAR)")
+                finally:
+                    cur.close()
+                ctx.loaded.add(name)
+        return name
+
     def _lines(self, con: Any) -> None:
-        """Record-based line numbers (header = line 1) of quarantined rows, accounting for rejected lines.
+        """Record-based line numbers (header = line 1) of rows that do not land, accounting for rejected lines.
 
         A parsed row with ordinal k sits on line k + 1 + (rejected lines before it); the j-th
         rejected line r_j has r_j - j - 1 parsed rows before it.
@@ -479,9 +692,9 @@ class Landing:
                FROM rejected"""
         )
         con.execute(
-            """CREATE TEMP TABLE bad_lines AS
+            f"""CREATE TEMP TABLE bad_lines AS
                SELECT t._file_rank, t._ord, t._ord + 1 + count(g.good_before) AS _line
-               FROM (SELECT _file_rank, _ord FROM typed WHERE len(_rs) > 0) t
+               FROM (SELECT _file_rank, _ord FROM typed WHERE len(_rs) > 0 OR _state IN ('{SUPERSEDED}', '{PENDING}')) t
                LEFT JOIN rej_gaps g ON g._file_rank = t._file_rank AND g.good_before < t._ord
                GROUP BY t._file_rank, t._ord"""
         )
@@ -489,13 +702,18 @@ class Landing:
     def _counts(self, con: Any, table: Table) -> _Counts:
         raw_client = f"coalesce({_q(table.client_column)}, '')" if table.client_column else "''"
         typed = con.execute(
-            f"""SELECT _file_rank, _file, _date, _client, {raw_client}, count(*) FILTER (len(_rs) = 0), count(*) FILTER (len(_rs) > 0)
+            f"""SELECT _file_rank, _file, _date, _client, {raw_client},
+                       count(*) FILTER (len(_rs) = 0 AND _state IS NULL),
+                       count(*) FILTER (len(_rs) > 0),
+                       count(*) FILTER (_state = '{REPLAYED}'),
+                       count(*) FILTER (_state = '{SUPERSEDED}'),
+                       count(*) FILTER (_state = '{PENDING}')
                 FROM typed GROUP BY ALL"""
         ).fetchall()
         rejected = con.execute("SELECT _file_rank, _date, count(*) FROM rejected GROUP BY ALL").fetchall()
-        return _Counts(typed, rejected)
+        return _Counts([CountRow(*r) for r in typed], rejected)
 
-    def _learn(self, entries: list[FileEntry], counts: _Counts) -> list[FileEntry]:
+    def _index_entries(self, entries: list[FileEntry], counts: _Counts) -> list[FileEntry]:
         """Index entries of the provisional files of this batch, from what was just read.
 
         The same partition rule as the index scan (a row's date, else the name's date; the
@@ -507,10 +725,10 @@ class Landing:
             return []
         parts: dict[int, dict[str, dict[str, int]]] = {i: {} for i in provisional}
         malformed: dict[int, int] = dict.fromkeys(provisional, 0)
-        for rank, _f, d, _c, raw, ok, bad in counts.typed:
-            if rank in parts:
-                by_client = parts[rank].setdefault(d, {})
-                by_client[raw] = by_client.get(raw, 0) + ok + bad
+        for row in counts.typed:
+            if row.rank in parts:
+                by_client = parts[row.rank].setdefault(row.date or "unknown", {})
+                by_client[row.raw_client] = by_client.get(row.raw_client, 0) + row.total
         for rank, _d, n in counts.rejected:
             if rank in malformed:
                 malformed[rank] += n
@@ -529,150 +747,27 @@ class Landing:
         if not table.is_fact:
             return [(None, None)]
         assert requested is not None
-        present: dict[str, set[str]] = defaultdict(set)
-        for _r, _f, d, c, _raw, _ok, _bad in counts.typed:
-            present[d].add(c)
+        present: dict[str | None, set[str | None]] = defaultdict(set)
+        for row in counts.typed:
+            present[row.date].add(row.client)
         for _r, d, _n in counts.rejected:
             present[d].add(UNASSIGNED_CLIENT)
         out: list[tuple[str | None, str | None]] = []
         for d in sorted(requested):
             clients = requested[d]
-            wanted = set(present.get(d, set()) - {UNASSIGNED_CLIENT}) if clients is None else set(clients)
+            found = {c for c in present.get(d, set()) if c is not None}
+            wanted = found - {UNASSIGNED_CLIENT} if clients is None else set(clients)
             for c in sorted(wanted):
                 out.append((d, c))
             # Rows that belong to no client are quarantined with every landing of their date.
-            if UNASSIGNED_CLIENT in present.get(d, set()):
+            if UNASSIGNED_CLIENT in found:
                 out.append((d, UNASSIGNED_CLIENT))
-        return out
-
-    def _write_partitions(
-        self,
-        con: Any,
-        table: Table,
-        targets: list[tuple[str | None, str | None]],
-        counts: _Counts,
-        stage: Path,
-        landed_at: str,
-    ) -> list[PartitionResult]:
-        """Write every target partition with two COPY statements, then publish them one object each."""
-        cols = ", ".join(_q(c.name) for c in table.columns)
-        text_cols = ", ".join(f"{_q(c.name)}::VARCHAR AS {_q(c.name)}" for c in table.columns)
-        field_cols = ", ".join(f"f.{_q(c.name)}" for c in table.columns)
-        con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
-        keys = [(d or "_", c or "_") for d, c in targets]
-        # One statement for all targets (executemany runs one INSERT per row: 24 ms for a day's 76).
-        if keys:
-            con.execute("INSERT INTO targets VALUES " + ", ".join(["(?, ?)"] * len(keys)), [v for k in keys for v in k])
-        key = "coalesce(_date, '_') AS d, coalesce(_client, '_') AS c"
-        wanted = set(keys)
-        everything = all((d or "_", c or "_") in wanted for _r, _f, d, c, _raw, _ok, _bad in counts.typed)
-        # A backfill wants every partition of the batch: no need to filter (or copy) `typed`.
-        picked_from = (
-            "typed"
-            if everything
-            else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
-        )
-        con.execute(f"CREATE OR REPLACE TEMP VIEW picked AS SELECT {key}, * FROM {picked_from}")
-        good_dir, bad_dir = stage / "good", stage / "bad"
-        # No ORDER BY: `typed` is in file order and DuckDB keeps insertion order in the write.
-        con.execute(
-            f"""COPY (SELECT d, c, {cols} FROM picked WHERE len(_rs) = 0)
-                TO '{good_dir}' (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
-        )
-        unassigned = _lit(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW bad AS
-                SELECT d, c, {text_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
-                       _file AS _source_file, b._line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
-                       {_lit(landed_at)} AS _landed_at
-                FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE len(_rs) > 0
-                UNION ALL
-                SELECT coalesce(r._date, '_'), {unassigned}, {field_cols},
-                       split_part(r.reasons, ';', 1), r.reasons, r._file, r.line::BIGINT, r.csv_line, {_lit(landed_at)}
-                FROM rejected r JOIN rejected_fields f USING (_file_rank, line)
-                SEMI JOIN targets ON coalesce(r._date, '_') = d AND {unassigned} = c"""
-        )
-        con.execute("CREATE OR REPLACE TEMP TABLE bad_rows AS SELECT * FROM bad")  # usually a handful of rows
-        if con.execute("SELECT count(*) FROM bad_rows").fetchone()[0]:
-            con.execute(
-                f"""COPY (SELECT * FROM bad_rows ORDER BY d, c, _source_file, _source_line)
-                    TO '{bad_dir}' (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
-            )
-        empty_good, empty_bad = stage / "empty_good.parquet", stage / "empty_bad.parquet"
-
-        def empty(path: Path, select: str) -> Path:
-            if not path.exists():
-                con.execute(f"COPY ({select} LIMIT 0) TO '{path}' (FORMAT parquet)")
-            return path
-
-        results: dict[tuple[str, str], PartitionResult] = {
-            (d or "_", c or "_"): PartitionResult(table.name, d, c) for d, c in targets
-        }
-        for _r, f, d, c, _raw, ok, q in counts.typed:
-            res = results.get((d or "_", c or "_"))
-            if res is not None:
-                slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
-                slot["landed"] += int(ok)
-                slot["quarantined"] += int(q)
-        for d, c, reason, f, unparsed, n in con.execute(
-            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
-        ).fetchall():
-            res = results[(d, c)]
-            res.by_reason[reason] = res.by_reason.get(reason, 0) + int(n)
-            if unparsed:  # lines the reader rejected are not in `picked`
-                slot = res.by_file.setdefault(f, {"landed": 0, "quarantined": 0})
-                slot["quarantined"] += int(n)
-
-        # Publish, per partition: quarantine, then data, then the manifest that vouches for both.
-        # Quarantine objects that may need emptying: only this batch's dates are listed.
-        existing_bad: set[str] = set()
-        for d in sorted({res.date for res in results.values()}, key=str):
-            folder = self.lake.partition_dir("quarantine", table.name, d)
-            existing_bad.update(self.lake.glob(folder + ("/*/" if d else "/") + "data.parquet"))
-        out: list[PartitionResult] = []
-        for (d, c), res in results.items():
-            date, client = res.date, res.client
-            res.landed = sum(v["landed"] for v in res.by_file.values())
-            res.quarantined = sum(v["quarantined"] for v in res.by_file.values())
-            sub = Path(f"d={d}") / f"c={c}"
-            good, bad = _single_file(good_dir / sub), _single_file(bad_dir / sub)
-            if good is None and res.landed and client != UNASSIGNED_CLIENT:
-                # The writer named the folder differently (an escaped value): never publish an
-                # empty file for rows the manifest would count as landed.
-                raise LandingError(f"{table.name} {date}/{client}: {res.landed} rows counted, no file written")
-            bad_dest = self.lake.data_file("quarantine", table.name, date, client)
-            if bad is not None:
-                self.lake.publish_file(bad, bad_dest, move=True)
-            elif bad_dest in existing_bad:
-                self.lake.publish_file(empty(empty_bad, "SELECT * EXCLUDE (d, c) FROM bad_rows"), bad_dest)
-            if client != UNASSIGNED_CLIENT:
-                dest = self.lake.data_file("raw", table.name, date, client)
-                res.bytes = (
-                    self.lake.publish_file(good, dest, move=True)
-                    if good
-                    else self.lake.publish_file(empty(empty_good, f"SELECT {cols} FROM typed"), dest)
-                )
-            self.lake.write_json(
-                manifest_path(self.lake, table.name, date, client),
-                {
-                    "table": table.name,
-                    "date": date,
-                    "client": client,
-                    "landed": res.landed,
-                    "quarantined": res.quarantined,
-                    "by_reason": res.by_reason,
-                    "by_file": res.by_file,
-                    "bytes": res.bytes,
-                    "landed_at": landed_at,
-                },
-            )
-            out.append(res)
         return out
 
     def _preview(self, con: Any, table: Table, n: int = 5) -> list[dict[str, Any]]:
         cols = [c.name for c in table.columns]
         rows = con.execute(
-            f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 LIMIT {n}"
+            f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 AND _state IS NULL LIMIT {n}"
         ).fetchall()
         return [
             {c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(cols, r, strict=True)} for r in rows
@@ -685,9 +780,9 @@ class Landing:
         requested: dict[str, list[str] | None],
         registered: set[str],
     ) -> None:
-        """Per date: rows the inbox index counted for the landed partitions == landed + quarantined."""
+        """Per date: rows the inbox index counted for the landed partitions == every row accounted for."""
         for d, clients in requested.items():
-            got = sum(p.landed + p.quarantined for p in report.partitions if p.date == d)
+            got = sum(p.accounted for p in report.partitions if p.date == d)
             expected = 0
             for e in entries:
                 for c, n in e.partitions.get(d, {}).items():
@@ -697,7 +792,272 @@ class Landing:
                     expected += e.malformed
             report.read += expected
             if got != expected:
-                raise LandingError(f"{report.table} {d}: read {expected} rows but landed + quarantined {got}")
+                raise LandingError(f"{report.table} {d}: read {expected} rows but accounted for {got} "
+                                   "(landed + quarantined + replayed + superseded + pending)")
+
+
+@dataclass
+class _LandingContext:
+    """What the batches of one landing share."""
+
+    base: Any
+    table: Table
+    landed_at: str
+    parent_keys: dict[str, str] = field(default_factory=dict)
+    clock: str | None = None
+    # (date, client) -> sha256 of the data file a passing verdict was computed on
+    verdicts: dict[tuple[str | None, str | None], str] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)
+
+
+def _fact_parents(table: Table) -> list[tuple[str, str]]:
+    """(column, parent table) of the references from this table to other fact tables."""
+    return [
+        (c.name, c.references[0])
+        for c in table.columns
+        if c.references and c.references[0] != table.name and TABLES[c.references[0]].is_fact
+    ]
+
+
+def _passed_versions(lake: Lake, table: str) -> dict[tuple[str | None, str | None], str]:
+    """Partitions whose latest verdict passed, with the data file's sha256 it was computed on."""
+    return {
+        (s.get("date"), s.get("client")): s["data_sha256"]
+        for s in gate.statuses(lake, table)
+        if s.get("passed") and s.get("data_sha256")
+    }
+
+
+class _PartitionWriter:
+    """Writes one batch's target partitions: data, quarantine, pending rows and history.
+
+    Each kind is cut into per-partition files by one COPY ... PARTITION_BY in a local staging
+    folder, then published object by object (storage.py). A partition whose content is what
+    the lake already holds is not published again (a re-sent file rewrites nothing); the
+    manifest, published last, vouches for every object of the partition.
+    """
+
+    def __init__(self, lake: Lake, con: Any, ctx: _LandingContext, stage: Path):
+        self.lake, self.con, self.ctx, self.stage = lake, con, ctx, stage
+        self.table = ctx.table
+        self.cols = ", ".join(_q(c.name) for c in self.table.columns)
+
+    def write(self, targets: list[tuple[str | None, str | None]], counts: _Counts) -> list[PartitionResult]:
+        con, table = self.con, self.table
+        con.execute("CREATE OR REPLACE TEMP TABLE targets (d VARCHAR, c VARCHAR)")
+        keys = [(d or "_", c or "_") for d, c in targets]
+        # One statement for all targets (executemany runs one INSERT per row: slow for a day's partitions).
+        if keys:
+            con.execute("INSERT INTO targets VALUES " + ", ".join(["(?, ?)"] * len(keys)), [v for k in keys for v in k])
+        wanted = set(keys)
+        everything = all((r.date or "_", r.client or "_") in wanted for r in counts.typed)
+        # A backfill wants every partition of the batch: no need to filter (or copy) `typed`.
+        picked_from = (
+            "typed" if everything else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW picked AS SELECT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c, * FROM {picked_from}"
+        )
+        # No ORDER BY: `typed` is in file order and DuckDB keeps insertion order in the write.
+        con.execute(
+            f"""COPY (SELECT d, c, {self.cols} FROM picked WHERE len(_rs) = 0 AND _state IS NULL)
+                TO '{self.stage / "good"}' (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
+        )
+        self._side_tables()
+        results = self._results(targets, counts)
+        digests = {kind: self._digests(kind) for kind in ("bad_rows", "pending_rows", "history_rows")}
+        existing_bad = self._existing("quarantine", results)
+        existing_pending = self._existing("pending", results)
+        existing_history = self._existing("history", results)
+        out = []
+        for (d, c), res in results.items():
+            old = self.lake.read_json(manifest_path(self.lake, table.name, res.date, res.client)) or {}
+            manifest: dict[str, Any] = {}
+            self._publish_side(
+                "quarantine", "bad_rows", res, (d, c), digests, old, existing_bad, manifest, empty_ok=True
+            )
+            self._publish_side("pending", "pending_rows", res, (d, c), digests, old, existing_pending, manifest)
+            self._publish_side("history", "history_rows", res, (d, c), digests, old, existing_history, manifest)
+            if res.client != UNASSIGNED_CLIENT:
+                self._publish_data(res, (d, c), old, manifest)
+            manifest |= {
+                "table": table.name,
+                "date": res.date,
+                "client": res.client,
+                "landed": res.landed,
+                "quarantined": res.quarantined,
+                "replayed": res.replayed,
+                "superseded": res.superseded,
+                "pending": res.pending,
+                "by_reason": res.by_reason,
+                "by_file": res.by_file,
+                "bytes": res.bytes,
+                "landed_at": self.ctx.landed_at if res.changed or not old else old.get("landed_at", self.ctx.landed_at),
+            }
+            self.lake.write_json(manifest_path(self.lake, table.name, res.date, res.client), manifest)
+            out.append(res)
+        return out
+
+    # -- staging ---------------------------------------------------------------------------
+    def _side_tables(self) -> None:
+        """Quarantined, pending and superseded rows of the picked partitions (usually a handful)."""
+        con, table = self.con, self.table
+        text_cols = ", ".join(f"{_q(c.name)}::VARCHAR AS {_q(c.name)}" for c in table.columns)
+        field_cols = ", ".join(f"f.{_q(c.name)}" for c in table.columns)
+        unassigned = _lit(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
+        landed_at = _lit(self.ctx.landed_at)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE bad_rows AS
+                SELECT d, c, {text_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
+                       _file AS _source_file, b._line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
+                       {landed_at} AS _landed_at
+                FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE len(_rs) > 0
+                UNION ALL
+                SELECT coalesce(r._date, '_'), {unassigned}, {field_cols},
+                       split_part(r.reasons, ';', 1), r.reasons, r._file, r.line::BIGINT, r.csv_line, {landed_at}
+                FROM rejected r JOIN rejected_fields f USING (_file_rank, line)
+                SEMI JOIN targets ON coalesce(r._date, '_') = d AND {unassigned} = c
+                WHERE NOT r._replayed"""
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE pending_rows AS
+                SELECT d, c, {self.cols}, _pending_on, _file AS _source_file, b._line::BIGINT AS _source_line
+                FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE _state = '{PENDING}'"""
+        )
+        key = _q(table.key)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE history_rows AS
+                SELECT d, c, {', '.join(f'p.{_q(c.name)}' for c in table.columns)},
+                       p._file AS _source_file, b._line::BIGINT AS _source_line,
+                       f.path AS _superseded_by, f.arrived AS _superseded_at
+                FROM picked p JOIN bad_lines b USING (_file_rank, _ord)
+                JOIN versions v ON v.f = p._file_rank AND v.o = p._ord
+                JOIN files f ON f.rank = v.win_f
+                WHERE p._state = '{SUPERSEDED}'"""
+        )
+        order = {"bad_rows": "_source_file, _source_line", "pending_rows": "_source_file, _source_line",
+                 "history_rows": f"{key}, _superseded_at, _source_file, _source_line"}
+        for name, by in order.items():
+            if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]:
+                con.execute(
+                    f"""COPY (SELECT * FROM {name} ORDER BY d, c, {by}) TO '{self.stage / name}'
+                        (FORMAT parquet, PARTITION_BY (d, c), FILENAME_PATTERN 'data')"""
+                )
+
+    def _digests(self, name: str) -> dict[tuple[str, str], str]:
+        """A content digest per partition (arrival stamps left out), to tell a change from a replay."""
+        cols = [r[0] for r in self.con.execute(f"DESCRIBE {name}").fetchall() if r[0] not in ("d", "c", "_landed_at")]
+        rows = self.con.execute(
+            f"SELECT d, c, count(*), sum(hash({', '.join(_q(c) for c in cols)}))::VARCHAR FROM {name} GROUP BY ALL"
+        ).fetchall()
+        return {(d, c): f"{n}:{h}" for d, c, n, h in rows}
+
+    def _existing(self, zone: str, results: dict[tuple[str, str], PartitionResult]) -> set[str]:
+        """Objects of `zone` under this batch's dates (only those may need emptying)."""
+        found: set[str] = set()
+        for d in sorted({res.date for res in results.values()}, key=str):
+            folder = self.lake.partition_dir(zone, self.table.name, d)
+            found.update(self.lake.glob(folder + ("/*/" if d else "/") + DATA_FILE))
+        return found
+
+    def _results(self, targets: list[tuple[str | None, str | None]], counts: _Counts) -> dict[tuple[str, str], PartitionResult]:
+        # `changed` turns true as soon as an object of the partition is published or removed.
+        results: dict[tuple[str, str], PartitionResult] = {
+            (d or "_", c or "_"): PartitionResult(self.table.name, d, c, changed=False) for d, c in targets
+        }
+        for row in counts.typed:
+            res = results.get((row.date or "_", row.client or "_"))
+            if res is not None:
+                slot = res.by_file.setdefault(row.file, _zero())
+                for state, n in (
+                    ("landed", row.landed),
+                    ("quarantined", row.quarantined),
+                    (REPLAYED, row.replayed),
+                    (SUPERSEDED, row.superseded),
+                    (PENDING, row.pending),
+                ):
+                    slot[state] += int(n)
+        for d, c, reason, f, unparsed, n in self.con.execute(
+            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
+        ).fetchall():
+            res = results[(d, c)]
+            res.by_reason[reason] = res.by_reason.get(reason, 0) + int(n)
+            if unparsed:  # lines the reader rejected are not in `picked`
+                res.by_file.setdefault(f, _zero())["quarantined"] += int(n)
+        unassigned = UNASSIGNED_CLIENT if self.table.is_fact else "_"
+        for d, f, n in self.con.execute(
+            "SELECT coalesce(_date, '_'), _file, count(*) FROM rejected WHERE _replayed GROUP BY ALL"
+        ).fetchall():
+            res = results.get((d, unassigned))
+            if res is not None:
+                res.by_file.setdefault(f, _zero())[REPLAYED] += int(n)
+        for res in results.values():
+            for state in STATES:
+                setattr(res, state, sum(v[state] for v in res.by_file.values()))
+        return results
+
+    # -- publishing --------------------------------------------------------------------------
+    def _staged(self, name: str, key: tuple[str, str]) -> Path | None:
+        return _single_file(self.stage / name / f"d={key[0]}" / f"c={key[1]}")
+
+    def _publish_side(
+        self,
+        zone: str,
+        name: str,
+        res: PartitionResult,
+        key: tuple[str, str],
+        digests: dict[str, dict[tuple[str, str], str]],
+        old: dict[str, Any],
+        existing: set[str],
+        manifest: dict[str, Any],
+        empty_ok: bool = False,
+    ) -> None:
+        dest = self.lake.data_file(zone, self.table.name, res.date, res.client)
+        digest = digests[name].get(key)
+        manifest[f"{zone}_digest"] = digest
+        staged = self._staged(name, key)
+        if staged is not None:
+            if digest == old.get(f"{zone}_digest") and dest in existing:
+                return  # the same rows are there already
+            self.lake.publish_file(staged, dest, move=True)
+            res.changed = True
+        elif dest in existing:
+            res.changed = True
+            if empty_ok:
+                # An empty quarantine object, not a delete: a reader listing the zone sees the
+                # partition go from some rows to none, never a half-deleted folder.
+                empty = self.stage / f"empty_{name}.parquet"
+                if not empty.exists():
+                    self.con.execute(f"COPY (SELECT * EXCLUDE (d, c) FROM {name} LIMIT 0) TO '{empty}' (FORMAT parquet)")
+                self.lake.publish_file(empty, dest)
+            else:
+                # Pending and history objects exist only while they hold rows (the release scan
+                # lists pending/), so emptied ones go; Lake.delete verifies the delete.
+                self.lake.delete(dest)
+
+    def _publish_data(self, res: PartitionResult, key: tuple[str, str], old: dict[str, Any], manifest: dict[str, Any]) -> None:
+        dest = self.lake.data_file("raw", self.table.name, res.date, res.client)
+        good = self._staged("good", key)
+        if good is None and res.landed:
+            # The writer named the folder differently (an escaped value): never publish an
+            # empty file for rows the manifest would count as landed.
+            raise LandingError(f"{self.table.name} {res.date}/{res.client}: {res.landed} rows counted, no file written")
+        if good is None:
+            good = self.stage / "empty_good.parquet"
+            if not good.exists():
+                self.con.execute(f"COPY (SELECT {self.cols} FROM typed LIMIT 0) TO '{good}' (FORMAT parquet)")
+        sha = hashlib.sha256(good.read_bytes()).hexdigest()
+        manifest["sha256"] = sha
+        res.bytes = good.stat().st_size
+        if old.get("sha256") == sha and self.lake.exists(dest):
+            return  # byte-identical to what is landed: a replay rewrites nothing
+        res.changed = True
+        # Keep the version the gate last passed before replacing it: while the new version is
+        # blocked, the curated layer reads that one instead (models.Runner).
+        passed_sha = self.ctx.verdicts.get((res.date, res.client))
+        if passed_sha is not None and passed_sha == old.get("sha256") and self.lake.exists(dest):
+            self.lake.copy(dest, self.lake.data_file("lastgood", self.table.name, res.date, res.client))
+        self.lake.publish_file(good, dest, move=good.name == DATA_FILE)
 
 
 def _single_file(folder: Path) -> Path | None:
@@ -730,16 +1090,59 @@ def manifest_path(lake: Lake, table: str, date: str | None, client: str | None) 
 
 def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]]:
     """Per source file: rows read (a fresh scan, not the cached index, which a landing may have
-    filled from its own read) vs landed + quarantined (manifests)."""
+    filled from its own read) vs what the manifests say became of them."""
     entries = InboxIndex(lake, inbox, table).entries(rescan=True)
-    landed: dict[str, int] = defaultdict(int)
-    quarantined: dict[str, int] = defaultdict(int)
+    accounted: dict[str, dict[str, int]] = defaultdict(_zero)
     manifests = lake.glob(
         lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json")
     )
     for m in manifests:
         doc = lake.read_json(m)
         for f, v in doc["by_file"].items():
-            landed[f] += v["landed"]
-            quarantined[f] += v["quarantined"]
-    return {e.path: {"read": e.rows, "landed": landed[e.path], "quarantined": quarantined[e.path]} for e in entries}
+            for state in STATES:
+                accounted[f][state] += int(v.get(state, 0))
+    return {e.path: {"read": e.rows, **accounted[e.path]} for e in entries}
+
+
+def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]:
+    """Child partitions holding pending rows that a landing would now decide differently:
+    a parent arrived, or the grace period ran out. `table -> date -> clients`.
+
+    Every path that lands (the CLI's run, the inbox sensor, a backfill) asks this after its
+    landings and re-lands what it returns; re-landing reads the inbox again, so the decision
+    is the landing's own, never a second implementation of it.
+    """
+    out: dict[str, dict[str, set[str]]] = {}
+    con = lake.duckdb()
+    try:
+        for table in TABLES.values():
+            parents = _fact_parents(table)
+            if not table.is_fact or not parents:
+                continue
+            pending = lake.list_partitions("pending", table.name)
+            if not pending:
+                continue
+            files = ", ".join(_lit(lake.uri(lake.data_file("pending", table.name, d, c))) for d, c in pending)
+            clock = max(
+                [d for _d in (lake.list_dates("raw", n)[-1:] for n in [table.name, *(p for _, p in parents)]) for d in _d],
+                default=None,
+            )
+            grace = int(settings.orphan_grace_days)
+            for column, parent in parents:
+                parent_files = lake.list_partitions("raw", parent)
+                known = (
+                    f"SELECT {_q(TABLES[parent].key)} AS k FROM read_parquet([{', '.join(_lit(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
+                    if parent_files
+                    else "SELECT NULL::VARCHAR AS k WHERE false"
+                )
+                expired = "false" if clock is None else f"date_diff('day', date, DATE {_lit(clock)}) > {grace}"
+                rows = con.execute(
+                    f"""SELECT DISTINCT CAST(date AS VARCHAR), client
+                        FROM read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}})
+                        WHERE _pending_on = {_lit(column)} AND ({expired} OR {_q(column)} IN ({known}))"""
+                ).fetchall()
+                for d, c in rows:
+                    out.setdefault(table.name, {}).setdefault(d, set()).add(c)
+    finally:
+        con.close()
+    return out

@@ -104,6 +104,9 @@ class PartitionValidation:
     docs_url: str | None = None
     seconds: float = 0.0
     error: str | None = None
+    # sha256 of the data file validated: the landing keeps this version as the partition's last
+    # good one when a later version replaces it (see landing._PartitionWriter._publish_data).
+    data_sha256: str | None = None
 
     @property
     def failed_errors(self) -> list[Outcome]:
@@ -131,6 +134,7 @@ class PartitionValidation:
             "docs_url": self.docs_url,
             "seconds": self.seconds,
             "error": self.error,
+            "data_sha256": self.data_sha256,
         }
 
 
@@ -328,34 +332,25 @@ class Quality:
         ).fetchall()
         return sorted(r[0] for r in rows)
 
-    def _reconciliation(self, table: Table, manifest: dict[str, Any], date: str | None, client: str | None) -> tuple[int, int]:
-        """(rows read from this partition's source files, rows other partitions took from them).
+    def _reconciliation(self, table: Table, manifest: dict[str, Any], date: str | None, client: str | None) -> int:
+        """Rows this partition's source files hold for it, as the inbox index counted them.
 
-        Per source file, as the landing reconciles: the inbox index count
-        against every manifest that names the file (only the dates the file touches are read).
+        Per partition, not per file: other partitions of the same files may land in later runs,
+        and this verdict must not depend on them.
         """
         by_file = manifest.get("by_file", {})
         paths = [Path(f) for f in by_file if Path(f).exists()]
         entries = {e.path: e for e in InboxIndex(self.lake, self.settings.inbox_dir, table).entries(paths=paths)} if paths else {}
-        read = others = 0
+        read = 0
         for f, counts in by_file.items():
             e = entries.get(f)
             if e is None:  # file archived since: only the manifests know
-                read += counts["landed"] + counts["quarantined"]
-                continue
-            read += e.rows
-            if not table.is_fact:
-                continue
-            me = manifest_path(self.lake, table.name, date, client)
-            for d in sorted(e.dates):
-                pattern = self.lake.meta_path("landing", table.name, f"date={d}") + "/*.json"
-                for path, doc in self._landing_manifests(pattern).items():
-                    if path.endswith(me.rsplit("/", 1)[-1]) and f"date={date}" in path:
-                        continue
-                    other = doc.get("by_file", {}).get(f)
-                    if other:
-                        others += other["landed"] + other["quarantined"]
-        return read, others
+                read += sum(int(v) for v in counts.values())
+            elif not table.is_fact:
+                read += e.rows
+            else:
+                read += e.partitions.get(date or "", {}).get(client or "", 0)
+        return read
 
     def _volume_bounds(self, table: Table, date: str, client: str, suite_meta: dict[str, Any]) -> tuple[int, int]:
         vol = DEFAULT_VOLUME | (suite_meta.get("volume") or {})
@@ -374,13 +369,14 @@ class Quality:
     def raw_parameters(self, con: Any, table: Table, date: str | None, client: str | None) -> dict[str, Any]:
         manifest = self.lake.read_json(manifest_path(self.lake, table.name, date, client)) or {}
         quarantined = int(manifest.get("quarantined", 0))
-        read, others = self._reconciliation(table, manifest, date, client)
+        held = sum(int(manifest.get(k, 0)) for k in ("replayed", "superseded", "pending"))
+        read = self._reconciliation(table, manifest, date, client)
         params: dict[str, Any] = {
             "quarantined": quarantined,
             "manifest_landed": int(manifest.get("landed", -1)),
             # No manifest: the data did not come through the landing; make reconciliation fail.
             "read": read if manifest else -1,
-            "other_partitions": others,
+            "held": held,
             "quarantine_threshold": self.settings.quarantine_threshold,
             "quarantine_min_rows": self.settings.quarantine_min_rows,
             "keys_elsewhere": self._keys_elsewhere(con, table, date, client),
@@ -390,6 +386,10 @@ class Quality:
         lo, hi = (0, UNBOUNDED) if date is None or client is None else self._volume_bounds(
             table, date, client, load_suite_doc(table.name).get("meta", {})
         )
+        if int(manifest.get("pending", 0)):
+            # Rows waiting for their parents are part of the day: a partition missing them is
+            # incomplete (and reported pending), not abnormally small.
+            lo = 0
         params |= {"volume_min": lo, "volume_max": hi}
         return params
 
@@ -414,6 +414,7 @@ class Quality:
         if not self.lake.exists(path):
             pv.error = f"no data file at {self.lake.uri(path)}"
             return pv, None
+        pv.data_sha256 = self.lake.sha256(path)
         con = self.lake.duckdb()
         try:
             df = self._read_partition(con, table, self.lake.uri(path))

@@ -24,6 +24,7 @@ never pick them up.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -160,6 +161,13 @@ class Lake:
         info = self.fs.info(path)
         return f"{info.get('size')} {info.get('ETag') or info.get('LastModified')}"
 
+    def sha256(self, path: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") if self.is_s3 else open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
     def read_json(self, path: str, default: Any = None) -> Any:
         try:
             with self.fs.open(path, "rb") if self.is_s3 else open(path, "rb") as fh:
@@ -215,6 +223,20 @@ class Lake:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return size
+
+    def copy(self, src: str, dest: str) -> None:
+        """Copy one object within the lake, atomically at the destination (server-side on S3)."""
+        if self.is_s3:
+            self.fs.copy(src, dest)
+            return
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def write_bytes(self, dest: str, data: bytes) -> None:
         if self.is_s3:

@@ -36,6 +36,12 @@ def land_all(settings: Settings) -> tuple[Lake, Landing, dict]:
     return lake, landing, reports
 
 
+def accounted(r: object) -> int:
+    """Every way a row can be accounted for, from a LandingReport or a reconcile() entry."""
+    states = ("landed", "quarantined", "replayed", "superseded", "pending")
+    return sum(r[s] if isinstance(r, dict) else getattr(r, s) for s in states)
+
+
 def count_records(path: Path) -> int:
     """Independent count of CSV records (quoted newlines included), not using DuckDB."""
     text = path.read_bytes().decode("utf-8", errors="replace")
@@ -87,12 +93,13 @@ def test_layout_types_and_reconciliation(settings: Settings) -> None:
     assert dupes == 0
     con.close()
 
-    # read = landed + quarantined, per source file, against an independent CSV count.
+    # read = landed + quarantined + replayed + superseded + pending, per source file, against an
+    # independent CSV count.
     for table in TABLES.values():
         per_file = reconcile(lake, settings.inbox_dir, table)
         assert per_file, table.name
         for path, c in per_file.items():
-            assert c["read"] == c["landed"] + c["quarantined"], (table.name, path, c)
+            assert c["read"] == accounted(c), (table.name, path, c)
             assert c["read"] == count_records(Path(path)), (table.name, path)
     # The dirty export really was dirty, and the dirt was caught with reasons.
     reasons = reports["orders"].by_reason | reports["deliveries"].by_reason | reports["customer_feedback"].by_reason
@@ -214,33 +221,105 @@ def test_extra_columns_are_recorded_not_fatal(local_settings: Settings) -> None:
     assert "manager" not in read_table(lake, "raw", "depots").column_names
 
 
-def test_duplicates_across_files_last_file_wins(local_settings: Settings) -> None:
+def _csv_rows(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8", "replace"), newline="")))
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    path.write_text(buf.getvalue())
+
+
+def _data_files(lake: Lake, zone: str, table: str) -> dict[str, tuple[str, int]]:
+    """path -> (sha256, mtime_ns) of every data file of a zone's table (local lake)."""
+    root = Path(lake.table_dir(zone, table))
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*.parquet"))
+    }
+
+
+def test_a_corrected_file_supersedes_and_keeps_the_old_version_as_history(local_settings: Settings) -> None:
     lake, landing, _ = land_all(local_settings)
     src = local_settings.inbox_dir / "orders" / f"{DAY}.csv"
     con = lake.duckdb()
     order_id = con.execute(
         f"SELECT min(order_id) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) WHERE date = '{DAY}'"
     ).fetchone()[0]
-    lines = src.read_bytes().decode("utf-8", "replace").split("\n")
-    header = lines[0]
-    fields = next(csv.reader([next(ln for ln in lines if ln.startswith(order_id + ","))]))
-    fields[12] = "4321.00"  # a correction of order_value in a later file
+    rows = _csv_rows(src)
+    header = rows[0]
+    line = next(i for i, r in enumerate(rows) if r and r[0] == order_id) + 1  # record-based, header = line 1
+    fields = list(rows[line - 1])
+    old_value = fields[header.index("order_value")]
+    fields[header.index("order_value")] = "4321.00"  # a correction of order_value in a later file
     correction = local_settings.inbox_dir / "orders" / f"{DAY}-correction.csv"
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header.split(","), fields])
-    correction.write_text(buf.getvalue())
+    _write_csv(correction, [header, fields])
     report = landing.land_fact(TABLES["orders"], {DAY: None})
-    con = lake.duckdb()
+
     landed = con.execute(
         f"SELECT order_value::VARCHAR FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}') WHERE order_id = ?",
         [order_id],
     ).fetchall()
-    quarantined = con.execute(
-        f"SELECT _reason, _source_file FROM read_parquet('{lake.glob_uri('quarantine', 'orders', True)}') WHERE order_id = ? AND _reason = 'duplicate'",
+    assert landed == [("4321.00",)]
+    history = con.execute(
+        f"""SELECT order_value::VARCHAR, _source_file, _source_line, _superseded_by
+            FROM read_parquet('{lake.glob_uri('history', 'orders', True)}') WHERE order_id = ?""",
         [order_id],
     ).fetchall()
-    assert landed == [("4321.00",)]
-    assert quarantined == [("duplicate", str(src))]
+    assert history == [(f"{float(old_value):.2f}", str(src), line, str(correction))]
+    # A correction is not bad data: nothing quarantined for it, counted as superseded.
+    quarantined = con.execute(
+        f"SELECT count(*) FROM read_parquet('{lake.glob_uri('quarantine', 'orders', True)}') WHERE order_id = ?",
+        [order_id],
+    ).fetchone()[0]
+    assert quarantined == 0
+    assert report.superseded == 1
+    for path, v in reconcile(lake, local_settings.inbox_dir, TABLES["orders"]).items():
+        assert v["read"] == accounted(v), path
+
+
+def test_a_re_sent_file_changes_no_file_and_counts_as_replayed(local_settings: Settings) -> None:
+    lake, landing, reports = land_all(local_settings)
+    before = {z: _data_files(lake, z, "deliveries") for z in ("raw", "quarantine")}
+    src = local_settings.inbox_dir / "deliveries" / f"{DAY}.csv"
+    copy = local_settings.inbox_dir / "deliveries" / f"{DAY}-resent.csv"
+    copy.write_bytes(src.read_bytes())
+    report = landing.land_fact(TABLES["deliveries"], {DAY: None})
+
+    assert {z: _data_files(lake, z, "deliveries") for z in ("raw", "quarantine")} == before
+    assert report.changed_partitions == []
+    day_first = [p for p in reports["deliveries"].partitions if p.date == DAY]
+    # Every line of the copy, bad ones included, is a replay of the original file: the day's
+    # landed, quarantined and pending counts are what they were, so its quality is unchanged.
+    assert report.replayed == count_records(copy)
+    for state in ("landed", "quarantined", "pending"):
+        assert getattr(report, state) == sum(getattr(p, state) for p in day_first), state
+    for path, v in reconcile(lake, local_settings.inbox_dir, TABLES["deliveries"]).items():
+        assert v["read"] == accounted(v), path
+
+
+def test_two_versions_of_a_key_in_one_file_remain_a_conflict(local_settings: Settings) -> None:
+    lake, landing, _ = land_all(local_settings)
+    src = local_settings.inbox_dir / "orders" / f"{DAY}.csv"
+    rows = _csv_rows(src)
+    header = rows[0]
+    once = [r for r in rows[1:] if r and sum(1 for x in rows[1:] if x and x[0] == r[0]) == 1]
+    first = next(r for r in once if r[0].startswith("O"))
+    changed = list(first)
+    changed[header.index("order_value")] = "777.00"
+    _write_csv(src, [*rows, changed])
+    report = landing.land_fact(TABLES["orders"], {DAY: None})
+    con = lake.duckdb()
+    q = con.execute(
+        f"SELECT _reason FROM read_parquet('{lake.glob_uri('quarantine', 'orders', True)}') WHERE order_id = ?",
+        [first[0]],
+    ).fetchall()
+    landed = con.execute(
+        f"SELECT order_value::VARCHAR FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}') WHERE order_id = ?",
+        [first[0]],
+    ).fetchall()
+    assert q == [("duplicate",)] and landed == [("777.00",)]
     assert report.by_reason["duplicate"] >= 1
 
 
@@ -267,8 +346,9 @@ def test_backfill_reads_each_csv_once_and_indexes_what_it_read(local_settings: S
             # what the landing learned is exactly what the index scan finds
             assert cached[str(p)] == inbox_module._scan(lake, p, t).to_json()
             assert sum(sum(c.values()) for c in cached[str(p)]["partitions"].values()) + cached[str(p)]["malformed"] == count_records(p)
-        assert reports[t.name].read == reports[t.name].landed + reports[t.name].quarantined
-    assert {r: v["read"] == v["landed"] + v["quarantined"] for r, v in reconcile(lake, local_settings.inbox_dir, TABLES["orders"]).items()}
+        assert reports[t.name].read == accounted(reports[t.name])
+    for path, v in reconcile(lake, local_settings.inbox_dir, TABLES["orders"]).items():
+        assert v["read"] == accounted(v), path
 
 
 def test_file_touching_dates_its_name_does_not_announce(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,7 +435,7 @@ def test_client_id_that_is_not_path_safe_is_quarantined_not_written_as_a_folder(
     assert not any("ACME" in f or "%" in f for f in folders)
     assert "client=C001" in folders
     for r in reports.values():
-        assert r.read == r.landed + r.quarantined
+        assert r.read == accounted(r)
 
 
 def test_duckdb_spills_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
