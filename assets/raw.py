@@ -34,6 +34,13 @@ def report_metadata(report: LandingReport, uri: str) -> dict[str, dg.MetadataVal
         "rows_read": report.read,
         "rows_landed": report.landed,
         "rows_quarantined": report.quarantined,
+        "rows_replayed": report.replayed,
+        "rows_superseded": report.superseded,
+        "rows_pending": report.pending,
+        "partitions_changed": len([p for p in report.changed_partitions if p[1] != "_unassigned"]),
+        "pending_by_partition": dg.MetadataValue.json(
+            {f"{p.date}/{p.client}": p.pending for p in report.partitions if p.pending}
+        ),
         "quarantined_by_reason": dg.MetadataValue.json(report.by_reason),
         "bytes_written": report.bytes,
         "source_files": len(report.files),
@@ -49,11 +56,16 @@ def report_metadata(report: LandingReport, uri: str) -> dict[str, dg.MetadataVal
 def build_landing_asset(table: Table) -> dg.AssetsDefinition:
     """The landing asset for one feed; facts are date x client partitioned, dimensions are not."""
     dim_parents = [dg.AssetKey(["raw", p]) for p in table.parents if not TABLES[p].is_fact]
+    # A child fact lands after its parent fact in a run that has both (its rows wait for their
+    # parents otherwise); same partitions, so the mapping is the identity.
+    fact_parents = [dg.AssetKey(["raw", p]) for p in table.parents if TABLES[p].is_fact]
     common = dict(
         key=dg.AssetKey(["raw", table.name]),
         group_name="raw",
-        description=f"{table.description}\n\nLanded from `INBOX_DIR/{table.name}/*.csv`; bad rows go to quarantine with a reason.",
-        deps=dim_parents,
+        description=f"{table.description}\n\nLanded from `INBOX_DIR/{table.name}/*.csv`; bad rows go to quarantine with a reason, "
+        "rows identical to what an earlier file landed count as replayed, corrected versions move to history/, "
+        "and rows whose parent fact has not landed wait in pending/.",
+        deps=dim_parents + fact_parents,
         kinds={"parquet", "duckdb"},
         metadata={"dagster/column_schema": _schema(table), "contract_key": table.key},
     )

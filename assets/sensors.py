@@ -11,6 +11,7 @@ from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, scan_changes
+from delivery_lake.landing import releasable
 from delivery_lake.planning import plan_runs
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -45,9 +46,36 @@ def run_requests_for(changes: InboxChanges, client_order: list[str], reason: str
     return requests
 
 
+def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> list[dg.RunRequest]:
+    """Runs that re-land the child partitions whose pending rows a landing would now decide
+    differently. The run key is the set itself: a run that could not release them is not
+    requested again and again, and a new arrival changes the set."""
+    wanted = releasable(lakehouse.lake(), lakehouse.settings())
+    if not wanted:
+        return []
+    digest = hashlib.sha1(json.dumps({t: {d: sorted(c) for d, c in v.items()} for t, v in wanted.items()}, sort_keys=True).encode()).hexdigest()[:12]
+    requests = []
+    for plan in plan_runs(wanted, client_order):
+        requests.append(
+            dg.RunRequest(
+                run_key=f"release:{digest}:{plan.first_date}:{plan.last_date}:{plan.first_client}:{plan.last_client}:{','.join(plan.tables)}",
+                asset_selection=[dg.AssetKey(["raw", t]) for t in plan.tables],
+                tags={
+                    RANGE_START: _key(plan.first_date, plan.first_client),
+                    RANGE_END: _key(plan.last_date, plan.last_client),
+                    "delivery_lake/trigger": "release",
+                },
+            )
+        )
+    return requests
+
+
 @dg.sensor(
     name="inbox_sensor",
-    description="Lands files as they arrive in INBOX_DIR: one run per exact rectangle of touched partitions.",
+    description=(
+        "Lands files as they arrive in INBOX_DIR: one run per exact rectangle of touched partitions. "
+        "When nothing new arrived, re-lands child partitions whose pending rows' parents have landed."
+    ),
     target=RAW_DIMENSION_KEYS + RAW_FACT_KEYS,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -57,6 +85,10 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     cursor = json.loads(context.cursor) if context.cursor else {}
     changes = scan_changes(lakehouse.lake(), settings.inbox_dir, cursor)
     if changes.empty:
+        released = release_requests(lakehouse, list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client")))
+        if released:
+            context.log.info(f"{len(released)} run(s) to land rows whose parents arrived (or whose grace period ended)")
+            return dg.SensorResult(run_requests=released)
         reason = f"no new files in {settings.inbox_dir}"
         if changes.errors:
             reason = "files rejected: " + " | ".join(changes.errors)

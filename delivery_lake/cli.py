@@ -1,4 +1,4 @@
-"""`delivery-lake` command line: generate, run, build, query, summary, reconcile, contract."""
+"""`delivery-lake` command line: generate, run, build, query, summary, history, reconcile, contract."""
 
 from __future__ import annotations
 
@@ -64,18 +64,66 @@ def print_summary(settings: Settings) -> None:
 
     summary = lake_summary(settings)
     t = RichTable(title=f"Lake {summary['lake']}")
-    for col in ("table", "partitions", "rows landed", "rows quarantined", "top quarantine reasons"):
-        t.add_column(col, justify="right" if col.startswith(("rows", "part")) else "left")
+    cols = ("table", "partitions", "rows landed", "rows quarantined", "replayed", "superseded", "pending", "blocked", "top quarantine reasons")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("table", "top quarantine reasons") else "right")
     for name, s in summary["tables"].items():
         reasons = ", ".join(f"{r} {n}" for r, n in list(s["by_reason"].items())[:3])
-        t.add_row(name, str(s["partitions"]), f"{s['landed']:,}", f"{s['quarantined']:,}", reasons)
+        p = summary["partitions"].get(name)
+        # Blocked rows are landed but kept from the marts: say so rather than leave them out.
+        blocked = f"{p['blocked']} ({p['blocked_rows']:,} rows)" if p and p["blocked"] else "-" if p is None else "0"
+        t.add_row(
+            name, str(s["partitions"]), f"{s['landed']:,}", f"{s['quarantined']:,}",
+            f"{s['replayed']:,}", f"{s['superseded']:,}", f"{s['pending']:,}", blocked, reasons,
+        )
     console.print(t)
+    if summary["incomplete"]:
+        console.print(f"{len(summary['incomplete'])} partition(s) blocked or pending:", markup=False)
+        for line in summary["incomplete"]:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+    else:
+        console.print("no partition blocked or pending", markup=False)
     for extra in summary.get("sections", []):
         console.print(extra)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     print_summary(Settings.from_env())
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    import json
+
+    from delivery_lake.history import key_history
+    from delivery_lake.storage import Lake
+
+    settings = Settings.from_env()
+    versions = key_history(Lake.from_settings(settings), TABLES[args.table], args.key)
+    if not versions:
+        print(f"error: no {args.table} row with {TABLES[args.table].key} = {args.key!r} (not landed, pending nor superseded)", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(versions, default=str, indent=1))
+        return 0
+    console.print(f"{args.table} {TABLES[args.table].key}={args.key}: {len(versions)} version(s), newest first", markup=False)
+    for i, v in enumerate(versions):
+        where = "/".join(str(v[k]) for k in ("date", "client") if v.get(k) is not None) or args.table
+        if v["version"] == "superseded":
+            head = (
+                f"superseded  {where} from {v['source_file']} line {v['source_line']}, "
+                f"replaced by {v['superseded_by']} at {v['superseded_at']}"
+            )
+        else:
+            head = f"{v['version']:<11} {where}" + (f" from {v['source_file']} line {v['source_line']}" if v.get("source_file") else "")
+        console.print(head, markup=False, soft_wrap=True)
+        newer = versions[i - 1]["values"] if i else None
+        if newer is None:
+            body = "  ".join(f"{k}={val}" for k, val in v["values"].items())
+        else:
+            changed = [f"{k}: {val} -> {newer.get(k)}" for k, val in v["values"].items() if newer.get(k) != val]
+            body = "changed since: " + ("; ".join(changed) if changed else "nothing (same values)")
+        console.print(f"    {body}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -202,8 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=_cmd_query)
 
-    s = sub.add_parser("summary", help="rows landed and quarantined per table")
+    s = sub.add_parser("summary", help="rows landed, quarantined, replayed, superseded and pending per table; blocked and pending partitions")
     s.set_defaults(func=_cmd_summary)
+
+    h = sub.add_parser("history", help="every version of one row: the landed one, pending ones, those later files corrected")
+    h.add_argument("table", choices=[t.name for t in TABLES.values() if t.is_fact])
+    h.add_argument("key", help="the row's key, e.g. an order_id")
+    h.add_argument("--format", choices=("text", "json"), default="text")
+    h.set_defaults(func=_cmd_history)
 
     rc = sub.add_parser("reconcile", help="check read = landed + quarantined for every source file")
     rc.add_argument("-v", "--verbose", action="store_true")

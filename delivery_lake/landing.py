@@ -415,15 +415,12 @@ class Landing:
         return report
 
     def _lake_clock(self, table: Table, requested: dict[str, list[str] | None] | None) -> str | None:
-        """The newest partition date of this table and of its fact parents, the landing's own
-        dates included: the grace period of pending rows is counted in partition dates, so a
-        replay of the same files always decides the same way."""
-        if not table.is_fact or not _fact_parents(table):
-            return None
-        dates = set(requested or ())
-        for name in [table.name, *(p for _, p in _fact_parents(table))]:
-            dates.update(self.lake.list_dates("raw", name)[-1:])
-        return max(dates) if dates else None
+        """How far the parent feeds have got: the newest partition date of this table's fact
+        parents. The grace period of pending rows is counted in those dates, so a child only
+        becomes an orphan once its parent's feed has moved on without it (a parent feed that is
+        merely late holds its children as pending), and a replay of the same files decides the
+        same way."""
+        return parent_clock(self.lake, table)
 
     def _land_batch(self, ctx: _LandingContext, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> _BatchResult:
         table = ctx.table
@@ -810,6 +807,14 @@ class _LandingContext:
     loaded: set[str] = field(default_factory=set)
 
 
+def parent_clock(lake: Lake, table: Table) -> str | None:
+    """The newest landed partition date among the fact parents of `table` (None without any)."""
+    if not table.is_fact:
+        return None
+    dates = [d for _, parent in _fact_parents(table) for d in lake.list_dates("raw", parent)[-1:]]
+    return max(dates) if dates else None
+
+
 def _fact_parents(table: Table) -> list[tuple[str, str]]:
     """(column, parent table) of the references from this table to other fact tables."""
     return [
@@ -1123,10 +1128,7 @@ def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]
             if not pending:
                 continue
             files = ", ".join(_lit(lake.uri(lake.data_file("pending", table.name, d, c))) for d, c in pending)
-            clock = max(
-                [d for _d in (lake.list_dates("raw", n)[-1:] for n in [table.name, *(p for _, p in parents)]) for d in _d],
-                default=None,
-            )
+            clock = parent_clock(lake, table)
             grace = int(settings.orphan_grace_days)
             for column, parent in parents:
                 parent_files = lake.list_partitions("raw", parent)

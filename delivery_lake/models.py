@@ -17,7 +17,13 @@ The header (leading `--` lines, or a Python model's docstring) holds the descrip
 How a build reads its inputs:
 - `source('raw', t)` is a view over an explicit list of raw Parquet files, listed once per
   runner: partitions the quality gate blocked are not in the list, so no model can read
-  them, whatever its SQL. A blocked dimension snapshot fails the models that read it.
+  them, whatever its SQL (their last version that passed the gate, kept in `lastgood/`, is
+  read in their place when there is one). A blocked dimension snapshot fails the models that
+  read it.
+- A child fact's parent (contract `references` between two facts a model reads) is looked up
+  outside the parent's lookback when the lookback misses it; the cells whose input is still held
+  back (blocked, or parent unreadable) are given to the model as the `held_cells` view and
+  recorded in its manifests, so that no mart computes them from partial input.
 - Views (staging, intermediate) are not materialized: they are created inside the DuckDB
   connection of each table model that needs them.
 - A partitioned model built for dates S reads each partitioned input only for dates
@@ -65,7 +71,12 @@ if TYPE_CHECKING:
 MODELS_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
 ZONE = "curated"
 HEADER_KEYS = ("grain", "partition_by", "lookback_days", "materialized")
-RESERVED_NAMES = {"warehouse"}
+# The cells of a build whose input is held back (blocked, or a parent not readable), as a temp
+# view the runner gives every model: a relation of the build, not a model (see Runner._prepare).
+HELD_CELLS = "held_cells"
+# Relations a model may read that are neither refs nor sources: the runner provides them.
+RUNNER_RELATIONS = (HELD_CELLS,)
+RESERVED_NAMES = {"warehouse", *RUNNER_RELATIONS}
 GRAIN_KEY = re.compile(r"one row per (?:\((?P<keys>[\w\s,]+)\)|(?P<key>\w+))")
 
 
@@ -339,6 +350,40 @@ def _empty_sql(columns: list[ColumnInfo]) -> str:
     return "SELECT " + ", ".join(f"NULL::{c.type} AS {_quote(c.name)}" for c in columns) + " WHERE false"
 
 
+HeldCell = tuple[str, str, str]  # (date, client_id, reason)
+
+
+def held_cells_sql(cells: Iterable[HeldCell]) -> str:
+    """The `held_cells` relation: (date DATE, client_id VARCHAR, reason VARCHAR), empty when nothing is held."""
+    rows = sorted(set(cells))
+    if not rows:
+        return "SELECT NULL::DATE AS \"date\", NULL::VARCHAR AS client_id, NULL::VARCHAR AS reason WHERE false"
+    values = ", ".join(f"(DATE {_lit(d)}, {_lit(c)}, {_lit(r)})" for d, c, r in rows)
+    return f"SELECT * FROM (VALUES {values}) AS t(\"date\", client_id, reason)"
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    """A raw fact column that references another raw fact's key (deliveries.order_id -> orders.order_id)."""
+
+    child: str
+    column: str
+    parent: str
+    key: str
+
+
+def parent_links(tables: Iterable[str]) -> list[ParentLink]:
+    """The fact-to-fact references whose both ends are among `tables` (the raw facts one model reads)."""
+    names = set(tables)
+    return [
+        ParentLink(t, c.name, c.references[0], c.references[1])
+        for t in sorted(names)
+        if TABLES[t].is_fact
+        for c in TABLES[t].columns
+        if c.references and c.references[0] != t and c.references[0] in names and TABLES[c.references[0]].is_fact
+    ]
+
+
 class Project:
     """Every model of a models folder, in dependency order, with its output columns."""
 
@@ -478,6 +523,7 @@ class Project:
             con.execute("SET TimeZone = 'UTC'")
             for t in TABLES:
                 con.execute(f"CREATE VIEW {_quote(source_view('raw', t))} AS {_empty_source_sql(t)}")
+            con.execute(f"CREATE VIEW {HELD_CELLS} AS {held_cells_sql([])}")
             for m in self.models.values():
                 try:
                     if m.language == "sql":
@@ -606,6 +652,12 @@ class ModelResult:
     rows: int = 0
     rows_by_date: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    # Blocked raw partitions read from their last version that passed the gate instead.
+    served_last_good: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    # [date, client_id, reason] of the built dates whose input was held back (Runner._prepare).
+    held_cells: list[list[str]] = field(default_factory=list)
+    # Parent partitions read outside the lookback because a child of the built dates needed them.
+    parents_found: dict[str, list[list[str]]] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: str | None = None
     removed: list[str] = field(default_factory=list)
@@ -613,6 +665,32 @@ class ModelResult:
     # is not rebuilt: `up_to_date` is then set and rows come from that build's manifest.
     inputs: str | None = None
     up_to_date: bool = False
+
+
+@dataclass
+class _Reads:
+    """What one build read besides its SQL, for its manifests: raw partitions left out or served
+    from lastgood/, parent partitions found outside a lookback, and the held cells."""
+
+    excluded: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    served_last_good: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    parents_found: dict[str, list[list[str]]] = field(default_factory=dict)
+    held: set[HeldCell] = field(default_factory=set)
+    # Raw fact -> the (date, client, file) it reads and the SQL of its view, which a parent
+    # lookup widens.
+    files: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def note(record: dict[str, list[list[Any]]], source: str, parts: Iterable[list[Any]]) -> None:
+        new = [list(p) for p in parts]
+        if new:
+            known = record.setdefault(source, [])
+            known += [p for p in new if p not in known]
+
+    def held_at(self, d: str | None) -> list[list[str]]:
+        """The held cells of date `d` (all of them for a whole-table build), sorted."""
+        return [list(c) for c in sorted(self.held) if d is None or c[0] == d]
 
 
 def _date_window(dates: list[str], lookback: int) -> tuple[str, str]:
@@ -631,6 +709,7 @@ class Runner:
         self.lake, self.project, self.settings = lake, project, settings or lake.settings
         self._partitions: dict[str, list[tuple[str, str]]] = {}
         self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
+        self._last_good: dict[tuple[str, str, str], bool] = {}
         # While build() runs, models get cursors of one in-memory DuckDB instance (temp tables
         # and views stay private to each): one thread pool and no new instance per model.
         self._shared: duckdb.DuckDBPyConnection | None = None
@@ -689,45 +768,66 @@ class Runner:
             parts.append(f"{r} {doc['build_id']}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
-    def _source_sql(self, table: str, window: tuple[str, str] | None, excluded: dict[str, list[list[str | None]]]) -> str:
-        t = TABLES[table]
+    def _dimension_sql(self, table: str) -> str:
+        if (None, None) in self.blocked(table):
+            raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
+        path = self.lake.data_file("raw", table)
+        if not self.lake.exists(path):
+            raise GateBlocked(f"raw.{table} has not been landed")
+        return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
+
+    def _has_last_good(self, table: str, d: str, c: str) -> bool:
+        if (table, d, c) not in self._last_good:
+            self._last_good[(table, d, c)] = self.lake.exists(self.lake.data_file("lastgood", table, d, c))
+        return self._last_good[(table, d, c)]
+
+    def _fact_files(
+        self, table: str, window: tuple[str, str] | None
+    ) -> tuple[list[tuple[str, str, str]], list[list[str]], list[list[str]]]:
+        """What a build may read of a raw fact: (date, client, file) of each landed partition, a
+        blocked one read from its last version that passed the gate when there is one (listed
+        second), left out otherwise (listed third)."""
         blocked = self.blocked(table)
-        if not t.is_fact:
-            if (None, None) in blocked:
-                raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
-            path = self.lake.data_file("raw", table)
-            if not self.lake.exists(path):
-                raise GateBlocked(f"raw.{table} has not been landed")
-            return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
-        files = []
+        files: list[tuple[str, str, str]] = []
+        excluded: list[list[str]] = []
+        served: list[list[str]] = []
         for d, c in self.raw_partitions(table, window):
-            if (d, c) in blocked or (d, None) in blocked:
-                excluded.setdefault(f"raw.{table}", []).append([d, c])
-                continue
-            files.append(_lit(self.lake.uri(self.lake.data_file("raw", table, d, c))))
-        if not files:
+            if (d, c) not in blocked and (d, None) not in blocked:
+                files.append((d, c, self.lake.data_file("raw", table, d, c)))
+            elif self._has_last_good(table, d, c):
+                files.append((d, c, self.lake.data_file("lastgood", table, d, c)))
+                served.append([d, c])
+            else:
+                excluded.append([d, c])
+        return files, served, excluded
+
+    def _files_sql(self, table: str, paths: list[str], where: str = "") -> str:
+        if not paths:
             return _empty_source_sql(table)
-        cols = ", ".join(_quote(c) for c in t.column_names)
+        cols = ", ".join(_quote(c) for c in TABLES[table].column_names)
         return (
-            f"SELECT {cols}, \"date\" FROM read_parquet([{', '.join(files)}], hive_partitioning = true, "
-            "hive_types = {'date': DATE, 'client': VARCHAR})"
+            f"SELECT {cols}, \"date\" FROM read_parquet([{', '.join(_lit(self.lake.uri(p)) for p in paths)}], "
+            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}){where}"
         )
 
-    def _curated_sql(
-        self, m: Model, window: tuple[str, str] | None, excluded: dict[str, list[list[str | None]]]
-    ) -> str:
+    def _curated_sql(self, m: Model, window: tuple[str, str] | None, reads: _Reads) -> str:
         if not m.is_partitioned:
             path = self.lake.data_file(ZONE, m.name)
             if not self.lake.exists(path):
                 raise ModelError(f"{m.name} has not been built yet (needed downstream); build it first")
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name)) or {}
+            reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
             return f"SELECT * FROM read_parquet({_lit(self.lake.uri(path))})"
         dates = [d for d in self.lake.list_dates(ZONE, m.name) if not window or window[0] <= d <= window[1]]
-        # Raw partitions the gate kept out of what this model reads stay on its record too.
+        # What the gate kept out of (or served from lastgood/ to) this model's input stays on its
+        # record too, and so do the cells the input held back: a reader of a held cell holds it.
         for d in dates:
             doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name, d)) or {}
             for source, parts in (doc.get("excluded_partitions") or {}).items():
-                known = excluded.setdefault(source, [])
-                known += [p for p in parts if p not in known]
+                reads.note(reads.excluded, source, parts)
+            for source, parts in (doc.get("served_last_good") or {}).items():
+                reads.note(reads.served_last_good, source, parts)
+            reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
         if not dates:
             return _empty_sql(m.columns)
         files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in dates)
@@ -735,28 +835,96 @@ class Runner:
         # The date column is inside each file; hive parsing is off so it is not read twice.
         return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str]) -> dict[str, list[list[str | None]]]:
+    def _resolve_parents(
+        self, con: duckdb.DuckDBPyConnection, link: ParentLink, dates: list[str], windowed: bool, reads: _Reads
+    ) -> None:
+        """Hold the cells of child rows (of the built dates) whose parent is not readable.
+
+        The landing lets a child into raw only once its parent is in raw, so a parent key the
+        model's view of the parent lacks either landed outside the parent's lookback, or sits in a
+        partition the gate keeps out (or that was removed). The lookback is only an optimisation:
+        keys it misses are looked up across every readable parent partition, reading the key
+        column alone, and the rows that hold them are added to the parent's view. A child whose
+        parent is still not found is never computed with null parent attributes: its cell is held.
+        """
+        child, parent = _quote(source_view("raw", link.child)), _quote(source_view("raw", link.parent))
+        col, key = _quote(link.column), _quote(link.key)
+        client = _quote(TABLES[link.child].client_column or "client_id")
+        built = f' AND c."date" IN ({", ".join(f"DATE {_lit(d)}" for d in dates)})' if dates else ""
+        missing, found = f"__missing_{link.child}_{link.column}", f"__found_{link.child}_{link.column}"
+        # An anti join on the key columns: the scans of both views read nothing else.
+        con.execute(
+            f'CREATE TEMP TABLE {missing} AS SELECT c."date" AS d, c.{client} AS client_id, c.{col} AS k '
+            f"FROM {child} AS c ANTI JOIN {parent} AS p ON p.{key} = c.{col} WHERE c.{col} IS NOT NULL{built}"
+        )
+        if not con.execute(f"SELECT count(*) FROM {missing}").fetchone()[0]:  # type: ignore[index]
+            return
+        con.execute(f"CREATE TEMP TABLE {found} AS SELECT d, client_id AS client, k FROM {missing} WHERE false")
+        if windowed:
+            readable, served, _ = self._fact_files(link.parent, None)
+            read = {(d, c) for d, c, _ in reads.files[link.parent]}
+            others = {(d, c): f for d, c, f in readable if (d, c) not in read}
+            if others:
+                con.execute(
+                    f'INSERT INTO {found} SELECT DISTINCT "date", client, {key} FROM read_parquet('
+                    f"[{', '.join(_lit(self.lake.uri(f)) for f in others.values())}], hive_partitioning = true, "
+                    f"hive_types = {{'date': DATE, 'client': VARCHAR}}) WHERE {key} IN (SELECT k FROM {missing})"
+                )
+            parts = [(str(d), str(c)) for d, c in con.execute(f"SELECT DISTINCT d, client FROM {found} ORDER BY ALL").fetchall()]
+            if parts:
+                source = source_key("raw", link.parent)
+                reads.note(reads.parents_found, source, [[d, c] for d, c in parts])
+                reads.note(reads.served_last_good, source, [p for p in served if tuple(p) in parts])
+                # Only the rows of the keys looked for: the rest of those partitions lies outside
+                # the lookback, and a model counting parents over its window must not see it.
+                extra = self._files_sql(link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})")
+                reads.views[link.parent] = f"{reads.views[link.parent]} UNION ALL {extra}"
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {parent} AS {reads.views[link.parent]}")
+        reason = f"parent unavailable: {source_key('raw', link.parent)}"
+        for d, c, n in con.execute(
+            f"SELECT d, client_id, count(*) FROM {missing} ANTI JOIN {found} USING (k) GROUP BY ALL"
+        ).fetchall():
+            reads.held.add((str(d), str(c), f"{reason} ({n} row{'s' if n != 1 else ''})"))
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str]) -> _Reads:
         """The model's inputs as temp views; with `dates`, each partitioned input covers only
-        those dates and its own lookback before them."""
-        excluded: dict[str, list[list[str | None]]] = {}
+        those dates and its own lookback before them. Also `held_cells`: the cells of the built
+        dates whose input is held back (a blocked raw partition of the date itself, a child whose
+        parent is not readable, and the cells the model's refs held for the dates it reads)."""
+        reads = _Reads()
         refs, sources = self.project.inputs(m.name)
         lookbacks = self.project.input_lookbacks(m.name)
 
         def window(key: str) -> tuple[str, str] | None:
             return _date_window(dates, lookbacks.get(key, 0)) if dates else None
 
+        facts: list[str] = []
         for schema, table in sources:
-            sql = self._source_sql(table, window(source_key(schema, table)), excluded)
+            key = source_key(schema, table)
+            if not TABLES[table].is_fact:
+                sql = self._dimension_sql(table)
+            else:
+                facts.append(table)
+                files, served, excluded = self._fact_files(table, window(key))
+                reads.files[table] = files
+                reads.note(reads.served_last_good, key, served)
+                reads.note(reads.excluded, key, excluded)
+                if lookbacks.get(key, 0) == 0:  # a blocked partition read at an earlier date is the child check's business
+                    reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
+                sql = reads.views[table] = self._files_sql(table, [f for *_, f in files])
             con.execute(f"CREATE TEMP VIEW {_quote(source_view(schema, table))} AS {sql}")
         for r in refs:
-            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window(r), excluded)}")
+            con.execute(f"CREATE TEMP VIEW {_quote(r)} AS {self._curated_sql(self.project[r], window(r), reads)}")
+        for link in parent_links(facts):
+            self._resolve_parents(con, link, dates, window(source_key("raw", link.parent)) is not None, reads)
+        con.execute(f"CREATE TEMP VIEW {HELD_CELLS} AS {held_cells_sql(reads.held)}")
         for v in self.project.view_closure(m.name):
             if v.language == "python":
                 con.register(f"__{v.name}_arrow", ArrowStream(run_python_model(v, con)))
                 con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS SELECT * FROM {_quote('__' + v.name + '_arrow')}")
             else:
                 con.execute(f"CREATE TEMP VIEW {_quote(v.name)} AS {v.compiled_sql}")
-        return excluded
+        return reads
 
     # -- builds
     def build_model(self, name: str, dates: Iterable[str] | None = None, full_refresh: bool = False) -> ModelResult:
@@ -784,11 +952,15 @@ class Runner:
             if last and last.get("inputs") == result.inputs and self.lake.exists(self.lake.data_file(ZONE, name)):
                 result.up_to_date, result.rows, result.dates = True, int(last["rows"]), [None]
                 result.excluded = last.get("excluded_partitions") or {}
+                result.served_last_good = last.get("served_last_good") or {}
+                result.held_cells = last.get("held_cells") or []
                 result.seconds = round(time.monotonic() - started, 3)
                 return result
         con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
         try:
-            result.excluded = self._prepare(con, m, wanted)
+            reads = self._prepare(con, m, wanted)
+            result.excluded, result.served_last_good, result.parents_found = reads.excluded, reads.served_last_good, reads.parents_found
+            result.held_cells = [c for d in (wanted if m.is_partitioned else [None]) for c in reads.held_at(d)]
             if m.language == "python":
                 con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
                 query = "SELECT * FROM __model_arrow"
@@ -855,6 +1027,9 @@ class Runner:
                 "build_id": uuid.uuid4().hex,
                 "built_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "excluded_partitions": result.excluded,
+                "served_last_good": result.served_last_good,
+                "parents_found": result.parents_found,
+                "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
                 "columns": [[c.name, c.type] for c in m.columns],
                 "inputs": result.inputs,
             },
@@ -943,6 +1118,21 @@ class Runner:
             self._shared.close()
             self._shared = None
         return [results[m.name] for m in self.project.materialized() if m.name in results]
+
+
+def held_dates(lake: Lake, project: Project) -> list[str]:
+    """Dates of the models that join a child fact to its parent whose last build held cells back
+    for an unavailable parent. A parent that lands or is unblocked may be far from the child's
+    date (beyond any lookback), so these dates are rebuilt whenever facts change; they are few."""
+    out: set[str] = set()
+    for m in project.materialized():
+        if not m.is_partitioned or not parent_links(project.fact_sources(m.name)):
+            continue
+        for d, path in lake.list_build_manifests(ZONE, m.name).items():
+            doc = lake.read_json(path) or {}
+            if d and any("parent unavailable" in str(cell[-1]) for cell in doc.get("held_cells") or []):
+                out.add(d)
+    return sorted(out)
 
 
 def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None) -> list[str]:

@@ -15,11 +15,13 @@ from typing import Any
 
 from delivery_lake.config import Settings
 from delivery_lake.inbox import scan_changes
+from delivery_lake.landing import releasable
 from delivery_lake.planning import plan_runs
 from delivery_lake.storage import Lake
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+MAX_RELEASE_ROUNDS = 3
 
 
 @dataclass
@@ -84,6 +86,26 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
     return False
 
 
+def _land_facts(
+    defs: Any, instance: Any, settings: Settings, facts: dict[str, dict[str, set[str]]], clients: list[str], outcome: RunOutcome, trigger: str
+) -> bool:
+    import dagster as dg
+
+    for plan in plan_runs(facts, clients):
+        tags = {
+            RANGE_START: str(dg.MultiPartitionKey({"date": plan.first_date, "client": plan.first_client})),
+            RANGE_END: str(dg.MultiPartitionKey({"date": plan.last_date, "client": plan.last_client})),
+            "delivery_lake/trigger": trigger,
+        }
+        label = f"{', '.join(plan.tables)} {plan.first_date}..{plan.last_date} x {plan.first_client}..{plan.last_client}"
+        if trigger != "cli":
+            label = f"{trigger}: {label}"
+        keys = [dg.AssetKey(["raw", t]) for t in plan.tables]
+        if not _execute(defs, instance, settings, keys, tags, outcome, label):
+            return False
+    return True
+
+
 def _date_blocks(dates: list[str]) -> list[tuple[str, str]]:
     """Consecutive runs of ISO dates: one Dagster run per block rebuilds exactly those dates."""
     blocks: list[tuple[str, str]] = []
@@ -103,11 +125,14 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
     """
     from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
     from delivery_lake.contract import FACTS
-    from delivery_lake.models import affected_dates
+    from delivery_lake.models import affected_dates, held_dates
 
     changed = {t: list(by_date) for t, by_date in changes.facts.items()}
     existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
-    for first, last in _date_blocks(affected_dates(PROJECT, changed, existing)):
+    dates = set(affected_dates(PROJECT, changed, existing))
+    if changed:
+        dates |= set(held_dates(lake, PROJECT)) & existing
+    for first, last in _date_blocks(sorted(dates)):
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, CURATED_PARTITIONED_KEYS, tags, outcome, f"curated {first}..{last}"):
             return False
@@ -171,16 +196,20 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         if not _execute(defs, instance, settings, keys, {"delivery_lake/trigger": "cli"}, outcome, "dimensions: " + ", ".join(changes.dimensions)):
             return outcome
     clients = list(instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
-    for plan in plan_runs(changes.facts, clients):
-        tags = {
-            RANGE_START: str(dg.MultiPartitionKey({"date": plan.first_date, "client": plan.first_client})),
-            RANGE_END: str(dg.MultiPartitionKey({"date": plan.last_date, "client": plan.last_client})),
-            "delivery_lake/trigger": "cli",
-        }
-        label = f"{', '.join(plan.tables)} {plan.first_date}..{plan.last_date} x {plan.first_client}..{plan.last_client}"
-        keys = [dg.AssetKey(["raw", t]) for t in plan.tables]
-        if not _execute(defs, instance, settings, keys, tags, outcome, label):
+    if not _land_facts(defs, instance, settings, changes.facts, clients, outcome, "cli"):
+        return outcome
+    # Rows that waited for parents which have now landed (or whose grace period ran out) are
+    # landed again by their partitions; each round can only shrink what waits, so it stops.
+    for _ in range(MAX_RELEASE_ROUNDS):
+        released = releasable(lake, settings)
+        if not released:
+            break
+        outcome.lines.append("release: " + ", ".join(f"{t} {len(v)} date(s)" for t, v in released.items()))
+        if not _land_facts(defs, instance, settings, released, clients, outcome, "release"):
             return outcome
+        for t, by_date in released.items():
+            for d, cs in by_date.items():
+                changes.facts.setdefault(t, {}).setdefault(d, set()).update(cs)
     if not _run_curated(defs, instance, settings, lake, changes, outcome):
         return outcome
     if not _run_ml(defs, instance, settings, lake, changes, outcome):

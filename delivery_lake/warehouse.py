@@ -22,6 +22,10 @@ deletes and reloads the partitions whose build changed (a new day costs one day'
 on the spare); a table whose columns changed is reloaded whole. `full=True` rebuilds the file
 from scratch. Tables are self-contained (no views over the lake), so the file works with any
 DuckDB client and no lake credentials.
+
+Besides the marts, every refresh rebuilds `partition_status` (one row per raw fact partition:
+gate status, pending rows, what the marts serve) from the lake's manifests, through the same
+function `delivery-lake summary` uses (completeness.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ ZONE = "curated"
 
 META_COMMENT = "Which curated build of each partition every table holds (used by the refresh)."
 META_TABLE = "_warehouse_partitions"
+# Built from the lake's manifests on every refresh, not from a curated model (see completeness.py).
+STATUS_TABLE = "partition_status"
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group size
 # Each refresh leaves partly filled row groups behind (a day's remainder; a dimension
 # reloaded whole leaves its deleted one). A checkpoint merges them and reclaims deleted
@@ -89,6 +95,8 @@ class WarehouseReport:
     bytes: int = 0
     vacuumed: bool = True  # whether the checkpoint merged row groups and reclaimed deleted rows
     base: str = "new"  # what the refresh started from: "spare", "copy" (of the live file) or "new"
+    # Kept apart from `tables` (the curated ones, which `changed` and the vacuum decision follow).
+    partition_status: TableRefresh | None = None
 
     @property
     def changed(self) -> list[str]:
@@ -287,20 +295,79 @@ class Warehouse:
         return result
 
     def _comment(self, con: duckdb.DuckDBPyConnection, m: Model) -> None:
-        """Table and column comments from the model, written only where they differ: each
-        COMMENT alters the catalog, and a day's refresh re-wrote about 20 per table unchanged."""
         text = m.description + (f" Grain: {m.grain}." if m.grain else "")
-        row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [m.name]).fetchone()
-        if row is None or row[0] != text:
-            con.execute(f"COMMENT ON TABLE {_q(m.name)} IS {_lit(text)}")
-        have = dict(
-            con.execute(
-                "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [m.name]
-            ).fetchall()
-        )
-        for c in m.columns:
-            if c.description and have.get(c.name) != c.description:
-                con.execute(f"COMMENT ON COLUMN {_q(m.name)}.{_q(c.name)} IS {_lit(c.description)}")
+        _write_comments(con, m.name, text, [(c.name, c.description) for c in m.columns])
+
+    def _refresh_partition_status(self, con: duckdb.DuckDBPyConnection) -> TableRefresh:
+        """(Re)build `partition_status` from the lake's manifests as they stand now.
+
+        Its rows depend on the gate and the landing, which change without any curated build,
+        so it is recomputed on every refresh; it is only rewritten when a row differs, so a
+        refresh that changes nothing leaves the file's catalog and row groups alone."""
+        import pyarrow as pa
+
+        from delivery_lake import completeness
+
+        statuses = completeness.partition_statuses(self.lake, completeness.fact_sources(self.project))
+        rows = completeness.warehouse_rows(statuses)
+        names = [n for n, _, _ in completeness.COLUMNS]
+        want_cols = [(n, t) for n, t, _ in completeness.COLUMNS]
+        cols_sql = ", ".join(f"{_q(n)} {t}" for n, t in want_cols)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __partition_status ({cols_sql})")
+        # Dates and timestamps travel as text and are cast by DuckDB: ISO strings either way.
+        schema = pa.schema([(n, pa.int64() if t == "BIGINT" else pa.string()) for n, t in want_cols])
+        staged = pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows], schema=schema)
+        con.register("__partition_status_arrow", staged)
+        try:
+            select = ", ".join(f"{_q(n)}::{t}" for n, t in want_cols)
+            con.execute(f"INSERT INTO __partition_status SELECT {select} FROM __partition_status_arrow")
+        finally:
+            con.unregister("__partition_status_arrow")
+        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [STATUS_TABLE]).fetchone()[0]  # type: ignore[index]
+        have_cols = [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {STATUS_TABLE}").fetchall()] if exists else []
+        result = TableRefresh(STATUS_TABLE, "unchanged", rows=len(rows))
+        con.execute("BEGIN")
+        try:
+            if have_cols != want_cols:
+                result.mode = "full"
+                con.execute(f"DROP TABLE IF EXISTS {STATUS_TABLE}")
+                con.execute(f"CREATE TABLE {STATUS_TABLE} ({cols_sql})")
+            else:
+                differ = con.execute(
+                    f"""SELECT count(*) FROM (
+                        (SELECT * FROM __partition_status EXCEPT ALL SELECT * FROM {STATUS_TABLE})
+                        UNION ALL
+                        (SELECT * FROM {STATUS_TABLE} EXCEPT ALL SELECT * FROM __partition_status))"""
+                ).fetchone()[0]  # type: ignore[index]
+                if differ:
+                    result.mode = "incremental"
+                    result.rows_deleted = int(con.execute(f"DELETE FROM {STATUS_TABLE}").fetchone()[0])  # type: ignore[index]
+            if result.mode != "unchanged":
+                cols = ", ".join(map(_q, names))
+                con.execute(f"INSERT INTO {STATUS_TABLE} ({cols}) SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id")
+                result.rows_loaded = len(rows)
+            _write_comments(con, STATUS_TABLE, completeness.TABLE_COMMENT, [(n, c) for n, _, c in completeness.COLUMNS])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.execute("DROP TABLE IF EXISTS __partition_status")
+        return result
+
+
+def _write_comments(con: duckdb.DuckDBPyConnection, table: str, text: str, columns: list[tuple[str, str]]) -> None:
+    """Table and column comments, written only where they differ: each COMMENT alters the
+    catalog, and a day's refresh re-wrote about 20 per table unchanged."""
+    row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchone()
+    if row is None or row[0] != text:
+        con.execute(f"COMMENT ON TABLE {_q(table)} IS {_lit(text)}")
+    have = dict(
+        con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchall()
+    )
+    for name, description in columns:
+        if description and have.get(name) != description:
+            con.execute(f"COMMENT ON COLUMN {_q(table)}.{_q(name)} IS {_lit(description)}")
 
 
 class RefreshSession:
@@ -426,11 +493,12 @@ class RefreshSession:
         con, report = self.con, self.report
         self.apply()
         dropped = []
-        for stale in sorted(self.existing - set(self.models) - {META_TABLE}):
+        for stale in sorted(self.existing - set(self.models) - {META_TABLE, STATUS_TABLE}):
             con.execute(f"DROP TABLE {_q(stale)}")
             con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
             dropped.append(TableRefresh(stale, "dropped"))
         report.tables = [*(self.tables[n] for n in self.models), *dropped]
+        report.partition_status = self.wh._refresh_partition_status(con)
         con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
         report.vacuumed = self.wh._worth_vacuuming(con, report)
         if not report.vacuumed:

@@ -49,3 +49,20 @@ def settings(request: pytest.FixtureRequest, local_settings: Settings, inbox: Pa
         aws_access_key_id=s3.aws_access_key_id,
         aws_secret_access_key=s3.aws_secret_access_key,
     )
+
+
+@pytest.fixture()
+def run_cli(monkeypatch: pytest.MonkeyPatch):
+    """`delivery-lake run` through the Dagster definitions, recorded in an ephemeral instance."""
+    import dagster as dg
+
+    import delivery_lake.orchestrate as orch
+
+    instance = dg.DagsterInstance.ephemeral()
+    monkeypatch.setattr(orch, "dagster_instance", lambda _settings: instance)
+
+    def run(settings: Settings, full: bool = True) -> orch.RunOutcome:
+        return orch.run_inbox(settings, full=full)
+
+    run.instance = instance  # type: ignore[attr-defined]
+    return run

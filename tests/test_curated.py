@@ -3,11 +3,12 @@ gating, incremental day-by-day builds, determinism, and the same on S3."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,7 @@ from polars.testing import assert_frame_equal
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
-from delivery_lake.generator import COMMENTS
+from delivery_lake.generator import COMMENTS, generate
 from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
 from delivery_lake.models import Project, Runner, affected_dates
@@ -395,12 +396,23 @@ def test_a_dimension_whose_inputs_did_not_change_is_not_rebuilt(built: Built, tm
     assert {m: manifest(b.lake, m, None) for m in dims} == before  # not even rewritten
     assert not set(dims) & set(wh.refresh().changed)
 
-    # Clients re-landed (same rows, a new file): only the model reading them is rebuilt, to the same bytes.
+    # Clients re-landed with the same rows: the landing rewrites nothing, so nothing is rebuilt.
+    Landing(b.lake, b.settings.inbox_dir, b.settings).land_dimension(TABLES["clients"])
+    assert all(r.up_to_date for r in Runner(b.lake, b.project, b.settings).build(dims))
+    # A client renamed (in a copy of the shared inbox): only the model reading clients is rebuilt.
+    inbox = tmp_path / "inbox"
+    shutil.copytree(b.settings.inbox_dir, inbox)
+    b = Built(_settings(tmp_path, inbox), b.lake, b.project)
+    [src] = list_files(b.settings.inbox_dir, "clients")
+    lines = src.read_text().splitlines(keepends=True)
+    cells = lines[1].split(",")
+    cells[1] = "Renamed Trading Co"
+    src.write_text(lines[0] + ",".join(cells) + "".join(lines[2:]))
     Landing(b.lake, b.settings.inbox_dir, b.settings).land_dimension(TABLES["clients"])
     results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(dims)}
     assert {m for m, r in results.items() if not r.up_to_date} == {"dim_clients"}
     rebuilt = manifest(b.lake, "dim_clients", None)
-    assert rebuilt["build_id"] != before["dim_clients"]["build_id"] and rebuilt["sha256"] == before["dim_clients"]["sha256"]
+    assert rebuilt["build_id"] != before["dim_clients"]["build_id"] and rebuilt["sha256"] != before["dim_clients"]["sha256"]
     assert set(wh.refresh().changed) & set(dims) == {"dim_clients"}
 
     # Changed model code or library (the project digest), or a full refresh, rebuilds them all.
@@ -474,3 +486,174 @@ def test_a_date_rebuilt_alone_is_byte_identical_to_the_full_build(built: Built, 
             assert kinds == [("OPTIONAL",)], m
     finally:
         con.close()
+
+
+# ---- held input: parents outside the lookback, blocked partitions, last good versions ---------------
+
+
+def _held(doc_or_result: dict | object) -> list[list[str]]:
+    return doc_or_result["held_cells"] if isinstance(doc_or_result, dict) else doc_or_result.held_cells  # type: ignore[attr-defined]
+
+
+def test_an_order_created_long_before_dispatch_is_found_outside_the_lookback(tmp_path: Path) -> None:
+    """int_deliveries_enriched reads orders 3 days back; a delivery whose order was created 10 days
+    before dispatch still gets that order's promise: the lookback decides what is read first, not
+    what is found. The incremental build equals the full refresh byte for byte."""
+    inbox = tmp_path / "inbox"
+    generate(inbox, start=date(2026, 1, 1), days=12, clients=1, orders_per_day=15, seed=3, dirty_rate=0, progress=False)
+    day, early = "2026-01-12", "2026-01-02"
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def write(path: Path, records: list[dict[str, str]]) -> None:
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(records[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(records)
+
+    delivery = next(r for r in rows(inbox / "deliveries" / f"{day}.csv") if r["status"] == "delivered")
+    origin = next(p for p in sorted((inbox / "orders").glob("*.csv")) if any(r["order_id"] == delivery["order_id"] for r in rows(p)))
+    assert origin.stem >= "2026-01-10"  # generated close to dispatch: moving it is what makes the case
+    order = next(r for r in rows(origin) if r["order_id"] == delivery["order_id"])
+    write(origin, [r for r in rows(origin) if r["order_id"] != delivery["order_id"]])
+    # Created ten days before dispatch, promised an hour after the delivery: on time only if the
+    # promise is found (without it, the delivery would be computed as late).
+    order["created_at"] = f"{early}T09:00:00Z"
+    delivered_at = datetime.fromisoformat(delivery["delivered_at"].replace("Z", "+00:00"))
+    promised = (delivered_at + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    order["promised_by"] = promised
+    write(inbox / "orders" / f"{early}.csv", [*rows(inbox / "orders" / f"{early}.csv"), order])
+
+    settings = _settings(tmp_path, inbox)
+    lake, _, _ = land_all(settings)
+    assert (early, "C001") in lake.list_partitions("raw", "orders")
+    models = ["int_deliveries_enriched", "fct_deliveries", "agg_client_daily_kpis"]
+    results = {r.model: r for r in Runner(lake, Project.load(), settings).build(models, dates=[day])}
+
+    fct = pl.read_parquet(lake.data_file("curated", "fct_deliveries", day))
+    got = fct.filter(pl.col("delivery_id") == delivery["delivery_id"]).row(0, named=True)
+    assert got["promised_by"].strftime("%Y-%m-%dT%H:%M:%SZ") == promised
+    assert got["is_on_time"] is True and got["late_minutes"] == 0
+    # Independent: every delivery of the day joined to its order from the CSVs, wherever it was created.
+    orders = pl.concat([pl.read_csv(p, infer_schema=False) for p in sorted((inbox / "orders").glob("*.csv"))])
+    want = (
+        pl.read_csv(inbox / "deliveries" / f"{day}.csv", infer_schema=False)
+        .join(orders.select("order_id", "promised_by"), on="order_id", how="left")
+        .select("delivery_id", "promised_by", ((pl.col("status") == "delivered") & (pl.col("delivered_at") <= pl.col("promised_by"))).alias("is_on_time"))
+        .sort("delivery_id")
+    )
+    assert want["promised_by"].null_count() == 0
+    assert_frame_equal(fct.select("delivery_id", pl.col("promised_by").dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "is_on_time").sort("delivery_id"), want)
+    doc = manifest(lake, "int_deliveries_enriched", day)
+    assert doc["parents_found"] == {"raw.orders": [[early, "C001"]]} and doc["held_cells"] == []
+    assert results["int_deliveries_enriched"].held_cells == [] == results["agg_client_daily_kpis"].held_cells
+    kpis = pl.read_parquet(lake.data_file("curated", "agg_client_daily_kpis", day)).row(0, named=True)
+    assert kpis["on_time"] == want["is_on_time"].sum()
+
+    incremental = {m: manifest(lake, m, day)["sha256"] for m in models}
+    Runner(lake, Project.load(), settings).build(models, full_refresh=True)
+    assert {m: manifest(lake, m, day)["sha256"] for m in models} == incremental
+    assert manifest(lake, "int_deliveries_enriched", day)["parents_found"] == {}  # a full refresh reads every order already
+
+
+def test_a_blocked_deliveries_partition_holds_its_cell_instead_of_zeros(built: Built, tmp_path: Path) -> None:
+    """Feedback of (D, C) is good, its deliveries are blocked: the client KPIs have no row for the
+    cell (not one with deliveries = 0 and revenue = 0.00), and the build says which cell and why."""
+    b = copy_of(built, tmp_path)
+    day, client = DAYS[2], "C002"
+    assert raw(b.lake, "customer_feedback").filter((pl.col("date").cast(pl.Utf8) == day) & (pl.col("client") == client)).height > 0
+    gate.record(b.lake, "deliveries", False, {"check": "test"}, day, client)
+    results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=[day])}
+
+    cell = [[day, client, "blocked: raw.deliveries"]]
+    for m in ("int_deliveries_enriched", "fct_deliveries", "agg_client_daily_kpis", "agg_driver_daily_performance", "agg_depot_daily_load"):
+        assert _held(results[m]) == cell == _held(manifest(b.lake, m, day)), m
+    assert _held(results["fct_feedback"]) == []  # its own input is whole
+    kpis = pl.read_parquet(b.lake.data_file("curated", "agg_client_daily_kpis", day))
+    assert client not in kpis["client_id"].to_list() and kpis.height == 3
+    want = expected_client_kpis(built.lake).filter((pl.col("date").cast(pl.Utf8) == day) & (pl.col("client_id") != client))
+    assert_frame_equal(
+        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("client_id"), want.sort("client_id").select(kpis.columns),
+        check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9,
+    )
+    assert client in pl.read_parquet(b.lake.data_file("curated", "fct_feedback", day))["client_id"].to_list()
+    for m in ("agg_driver_daily_performance", "agg_depot_daily_load"):
+        assert pl.read_parquet(b.lake.data_file("curated", m, day))["complete"].unique().to_list() == [False], m
+        assert curated(b.lake, m).filter(pl.col("date").cast(pl.Utf8) != day)["complete"].all(), m
+
+
+def _orders_of(lake: Lake, d: str, client: str) -> pl.DataFrame:
+    return pl.read_parquet(lake.data_file("raw", "orders", d, client))
+
+
+def test_a_blocked_orders_partition_holds_the_cells_of_its_deliveries(built: Built, tmp_path: Path) -> None:
+    """Orders of (D, C) blocked, their deliveries good: no mart computes an on-time rate without
+    the promise. The deliveries' cells are held (absent from the client KPIs, none of their
+    deliveries in fct_deliveries with a null promise), and the driver and depot marts say so."""
+    b = copy_of(built, tmp_path)
+    blocked_day, client = DAYS[1], "C003"
+    gate.record(b.lake, "orders", False, {"check": "test"}, blocked_day, client)
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=DAYS)
+
+    # Independent: the deliveries whose order lies in the blocked partition, per (date, client).
+    blocked_orders = _orders_of(b.lake, blocked_day, client)["order_id"]
+    hit = (
+        raw(b.lake, "deliveries").filter(pl.col("order_id").is_in(blocked_orders.implode()))
+        .group_by(pl.col("date").cast(pl.Utf8), "client_id").len().sort("date", "client_id")
+    )
+    assert hit.height >= 2  # dispatched on the day and the next ones
+    held = {(d, c): n for d, c, n in hit.iter_rows()}
+    for d in DAYS:
+        doc = manifest(b.lake, "int_deliveries_enriched", d)
+        want = [[d, c, f"parent unavailable: raw.orders ({n} row{'s' if n != 1 else ''})"] for (dd, c), n in held.items() if dd == d]
+        assert doc["held_cells"] == want, d
+        assert manifest(b.lake, "agg_client_daily_kpis", d)["held_cells"] == want, d
+
+    kpis = curated(b.lake, "agg_client_daily_kpis")
+    cells = set(zip(kpis["date"].cast(pl.Utf8), kpis["client_id"], strict=True))
+    assert cells.isdisjoint(held) and len(cells) == len(DAYS) * 4 - len(held)
+    want_kpis = expected_client_kpis(built.lake).filter(
+        ~pl.struct(pl.col("date").cast(pl.Utf8), "client_id").is_in([{"date": d, "client_id": c} for d, c in held])
+    )
+    assert_frame_equal(
+        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id"), want_kpis.sort("date", "client_id").select(kpis.columns),
+        check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9,
+    )
+    fct = curated(b.lake, "fct_deliveries")
+    assert fct["promised_by"].null_count() == 0 and fct["is_on_time"].null_count() == 0
+    assert not set(zip(fct["date"].cast(pl.Utf8), fct["client_id"], strict=True)) & set(held)
+    held_dates = {d for d, _ in held}
+    for m in ("agg_driver_daily_performance", "agg_depot_daily_load"):
+        complete = curated(b.lake, m).group_by(pl.col("date").cast(pl.Utf8)).agg(pl.col("complete").unique())
+        assert {d: v for d, v in complete.iter_rows()} == {d: [d not in held_dates] for d in DAYS}, m
+
+
+def test_a_blocked_partition_with_a_last_good_copy_is_read_from_it(built: Built, tmp_path: Path) -> None:
+    """Orders of (D, C) re-landed with other promises and blocked, the version before kept in
+    lastgood/: the marts are computed from that version, and the builds say they were."""
+    b = copy_of(built, tmp_path)
+    blocked_day, client = DAYS[1], "C003"
+    path = Path(b.lake.data_file("raw", "orders", blocked_day, client))
+    last_good = Path(b.lake.data_file("lastgood", "orders", blocked_day, client))
+    last_good.parent.mkdir(parents=True)
+    shutil.copyfile(path, last_good)
+    changed = pl.read_parquet(path).with_columns(pl.col("promised_by") - pl.duration(hours=12))
+    changed.write_parquet(path)
+    gate.record(b.lake, "orders", False, {"check": "test"}, blocked_day, client)
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=DAYS)
+
+    # The changed version would move on-time counts: reading it by mistake could not pass below.
+    hit = raw(b.lake, "deliveries").filter(pl.col("order_id").is_in(changed["order_id"].implode()))
+    assert hit["date"].cast(pl.Utf8).unique().len() >= 2
+    kpis = curated(b.lake, "agg_client_daily_kpis").with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id")
+    want = expected_client_kpis(built.lake).sort("date", "client_id").select(kpis.columns)  # the old orders, read independently
+    assert kpis.height == len(DAYS) * 4
+    assert_frame_equal(kpis, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert curated(b.lake, "fct_deliveries")["promised_by"].sort().equals(curated(built.lake, "fct_deliveries")["promised_by"].sort())
+    for m in ("int_deliveries_enriched", "fct_deliveries", "agg_client_daily_kpis"):
+        doc = manifest(b.lake, m, DAYS[2])
+        assert doc["served_last_good"] == {"raw.orders": [[blocked_day, client]]}, m
+        assert doc["held_cells"] == [] and "raw.orders" not in doc["excluded_partitions"], m
+    assert all(curated(b.lake, m)["complete"].all() for m in ("agg_driver_daily_performance", "agg_depot_daily_load"))

@@ -18,7 +18,16 @@ from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
 from delivery_lake.generator import COMMENTS
-from delivery_lake.models import MODELS_DIR, ModelError, Project, affected_dates, source_view
+from delivery_lake.models import (
+    MODELS_DIR,
+    RUNNER_RELATIONS,
+    ModelError,
+    ParentLink,
+    Project,
+    affected_dates,
+    parent_links,
+    source_view,
+)
 from delivery_lake.sentiment import classify
 
 MARTS = {
@@ -84,7 +93,8 @@ def test_dag_matches_the_ref_and_source_calls(project: Project) -> None:
         tree = sqlglot.parse_one(m.compiled_sql or "", read="duckdb")
         ctes = {c.alias for c in tree.find_all(exp.CTE)}
         relations = {t.name for t in tree.find_all(exp.Table)} - ctes
-        assert relations == set(m.refs) | {source_view(*s) for s in m.sources}, m.name
+        # held_cells is no input: the runner gives it to every build (it creates no dependency).
+        assert relations - set(RUNNER_RELATIONS) == set(m.refs) | {source_view(*s) for s in m.sources}, m.name
     # The views a mart compiles in, and what it reads through them.
     assert [v.name for v in project.view_closure("int_deliveries_enriched")] == ["stg_deliveries", "stg_orders"]
     assert project.view_closure("fct_deliveries") == []
@@ -147,6 +157,44 @@ def test_lookback_per_input(tmp_path: Path) -> None:
     mapping = assets[dg.AssetKey(["curated", "b"])].get_partition_mapping(dg.AssetKey(["curated", "a"]))
     assert isinstance(mapping, dg.TimeWindowPartitionMapping)
     assert (mapping.start_offset, mapping.end_offset) == (-4, 0)
+
+
+def test_held_cells_is_a_relation_of_every_build_not_a_model(tmp_path: Path) -> None:
+    """A model may read `held_cells` (the runner provides it): it parses, is described, documents
+    its columns, and adds no dependency; no model may take the name."""
+    files = {
+        "marts/a.sql": (
+            "-- One row per delivery that is not held.\n-- partition_by: date\n"
+            "select\n    d.delivery_id,  -- Delivery.\n    d.date,  -- Dispatch date.\n"
+            "    h.date is null as complete  -- No held cell that day.\n"
+            "from {{ source('raw', 'deliveries') }} as d\n"
+            "left join (select distinct date from held_cells) as h using (date)\n"
+            "anti join held_cells as held using (date, client_id)"
+        ),
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    project = Project.load(tmp_path, cache=False)
+    a = project["a"]
+    assert a.refs == () and a.sources == (("raw", "deliveries"),)
+    assert [(c.name, c.type, c.description) for c in a.columns] == [
+        ("delivery_id", "VARCHAR", "Delivery."), ("date", "DATE", "Dispatch date."), ("complete", "BOOLEAN", "No held cell that day."),
+    ]
+    (tmp_path / "marts" / "held_cells.sql").write_text("select 1 as x")
+    with pytest.raises(ModelError, match="'held_cells' is a reserved model name"):
+        Project.load(tmp_path, cache=False)
+
+
+def test_parent_links_follow_the_contract_between_facts_read_together() -> None:
+    links = parent_links(["orders", "deliveries", "customer_feedback"])
+    assert links == [
+        ParentLink("customer_feedback", "order_id", "orders", "order_id"),
+        ParentLink("deliveries", "order_id", "orders", "order_id"),
+    ]
+    # Only when the model reads both ends: a mart of deliveries and feedback looks nothing up.
+    assert parent_links(["deliveries", "customer_feedback"]) == []
+    assert parent_links(["deliveries", "orders", "clients"]) == [ParentLink("deliveries", "order_id", "orders", "order_id")]
 
 
 @pytest.mark.parametrize(

@@ -185,17 +185,6 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
 # ---- Dagster: checks in the same run, one bad partition does not hold back the good ones ---------
 
 
-def _run_cli(settings: Settings, instance: dg.DagsterInstance, full: bool = True):
-    import delivery_lake.orchestrate as orch
-
-    real = orch.dagster_instance
-    orch.dagster_instance = lambda s: instance  # type: ignore[assignment]
-    try:
-        return orch.run_inbox(settings, full=full)
-    finally:
-        orch.dagster_instance = real  # type: ignore[assignment]
-
-
 def _check_eval(instance: dg.DagsterInstance, table: str, zone: str = "raw"):
     key = dg.AssetCheckKey(dg.AssetKey([zone, table]), "gx_suite")
     return instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0].event.dagster_event.event_specific_data
@@ -205,13 +194,14 @@ def _mart_rows(lake: Lake, model: str, date: str) -> list[dict]:
     return pq.read_table(lake.data_file("curated", model, date)).to_pylist()
 
 
-def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Settings) -> None:
+def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Settings, run_cli) -> None:
     src = qs.inbox_dir / "deliveries" / f"{DAY}.csv"
     original = src.read_text()
-    edit_rows(src, "C002", 3, "order_id", "O-NOWHERE")  # passes landing (fact-to-fact FK)
+    # C002: 12 rows out of range, quarantined at landing: a feed that broken blocks its partition.
+    many_bad = edit_rows(src, "C002", 12, "distance_km", "-1")
     few_bad = edit_rows(src, "C001", 1, "distance_km", "-1")  # quarantined at landing, under 2 %
-    instance = dg.DagsterInstance.ephemeral()
-    outcome = _run_cli(qs, instance)
+    instance = run_cli.instance
+    outcome = run_cli(qs)
     assert outcome.success, outcome.failure  # the run is not failed by a blocked partition
     lake = Lake.from_settings(qs)
 
@@ -222,8 +212,10 @@ def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Setti
     assert md["blocked_partitions"].value == [f"{DAY}/C002"]
     assert md["partitions_validated"].value == 9 and md["partitions_passed"].value == 8
     failed = md["per_partition"].value[f"{DAY}/C002"]["failed"]
-    assert failed[0]["expectation"] == "expect_column_values_to_be_in_set(order_id)"
-    assert failed[0]["unexpected_count"] == 3 and failed[0]["sample"] == ["O-NOWHERE"] * 3
+    assert [f["expectation"] for f in failed] == ["expect_quarantine_ratio_to_be_at_most"]
+    landed_c002 = lake.read_json(lake.meta_path("landing", "deliveries", f"date={DAY}", "client=C002.json"))
+    assert landed_c002["quarantined"] == len(many_bad) == 12
+    assert float(failed[0]["observed"]) == pytest.approx(12 / (landed_c002["landed"] + 12), abs=1e-4)
     assert md["per_partition"].value[f"{DAY}/C002"]["data_docs"].endswith(".html")
     assert gate.blocked_partitions(lake, "deliveries") == {(DAY, "C002")}
 
@@ -241,7 +233,7 @@ def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Setti
 
     # Fixed at the source and re-run (only what changed): the partition passes and reaches the mart.
     src.write_text(original)
-    assert _run_cli(qs, instance, full=False).success
+    assert run_cli(qs, full=False).success
     assert gate.blocked_partitions(lake, "deliveries") == set()
     assert _check_eval(instance, "deliveries").passed
     assert len([r for r in _mart_rows(lake, "fct_deliveries", DAY) if r["client_id"] == "C002"]) > 0

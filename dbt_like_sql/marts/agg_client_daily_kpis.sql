@@ -1,5 +1,8 @@
 -- Daily service KPIs per client: volumes, outcomes, on-time rate, speed, satisfaction and revenue.
 -- Deliveries count on their dispatch date; ratings on the date the feedback was submitted.
+-- Held input: a (date, client_id) cell whose deliveries or feedback are held back (blocked, or orders
+-- unavailable; see held_cells in the README) has no row at all, never one with zeros or a rate computed
+-- from part of the day. A cell with feedback but no deliveries is a real row (deliveries = 0).
 -- Float sums and means are rounded (km and kg to 3 decimals, minutes to 2) so a rebuild of the same inputs gives the same file.
 -- grain: one row per (date, client_id)
 -- partition_by: date
@@ -24,6 +27,7 @@ delivery_kpis as (
         round(avg(delivery_minutes), 2) as avg_delivery_minutes,
         sum(order_value) as revenue
     from deliveries
+    anti join held_cells as held using (date, client_id)
     group by all
 ),
 
@@ -33,6 +37,7 @@ feedback_kpis as (
         client_id,
         avg(rating) as avg_rating
     from feedback
+    anti join held_cells as held on held.date = feedback.submitted_date and held.client_id = feedback.client_id
     group by all
 ),
 

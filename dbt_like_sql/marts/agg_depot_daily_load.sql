@@ -1,5 +1,6 @@
 -- Daily load per depot: parcels dispatched against the depot's capacity, staff and fleet in use, service.
--- Deliveries whose order (hence pickup depot) is unknown are left out.
+-- Held input: deliveries of held (date, client_id) cells (see held_cells in the README), whose order and
+-- hence pickup depot may be unreadable, are not in int_deliveries_enriched; `complete` is false for that date.
 -- Float sums and means are rounded (km and kg to 3 decimals, minutes to 2) so a rebuild of the same inputs gives the same file.
 -- grain: one row per (date, depot_id)
 -- partition_by: date
@@ -10,6 +11,10 @@ with deliveries as (
 
 depots as (
     select * from {{ ref('stg_depots') }}
+),
+
+held_dates as (
+    select distinct date from held_cells
 ),
 
 per_depot as (
@@ -46,9 +51,12 @@ final as (
         -- [service]
         p.on_time / p.deliveries as on_time_rate,  -- On-time deliveries / all deliveries dispatched that day.
         p.failed,  -- Failed deliveries.
-        p.returned  -- Returned deliveries.
+        p.returned,  -- Returned deliveries.
+        -- [completeness]
+        h.date is null as complete  -- False when some deliveries of that date are held back (a blocked partition or an unavailable order): the row counts only the others.
     from per_depot as p
     left join depots as dp using (depot_id)
+    left join held_dates as h using (date)
 )
 
 select * from final

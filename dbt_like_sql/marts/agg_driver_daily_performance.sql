@@ -1,4 +1,6 @@
 -- Daily performance per driver: workload, outcomes, punctuality and distance, for dispatch planning and coaching.
+-- Held input: deliveries of held (date, client_id) cells (see held_cells in the README) are not in
+-- int_deliveries_enriched; a driver's row then counts only the rest, and `complete` is false for the whole date.
 -- Float sums and means are rounded (km and kg to 3 decimals, minutes to 2) so a rebuild of the same inputs gives the same file.
 -- grain: one row per (date, driver_id)
 -- partition_by: date
@@ -9,6 +11,10 @@ with deliveries as (
 
 drivers as (
     select * from {{ ref('stg_drivers') }}
+),
+
+held_dates as (
+    select distinct date from held_cells
 ),
 
 per_driver as (
@@ -56,9 +62,12 @@ final as (
         p.weight_kg,  -- Total weight carried (orders known).
         p.parcels,  -- Total parcels carried (orders known).
         p.clients_served,  -- Distinct clients served.
-        p.vehicles_used  -- Distinct vehicles used.
+        p.vehicles_used,  -- Distinct vehicles used.
+        -- [completeness]
+        h.date is null as complete  -- False when some deliveries of that date are held back (a blocked partition or an unavailable order): the row counts only the others.
     from per_driver as p
     left join drivers as dr using (driver_id)
+    left join held_dates as h using (date)
 )
 
 select * from final

@@ -1,5 +1,7 @@
 -- Delivery fact: every delivery with its order attributes and the governed on-time verdict.
--- is_on_time = status 'delivered' and delivered_at <= promised_by (null when the order, hence the promise, is unknown).
+-- is_on_time = status 'delivered' and delivered_at <= promised_by; every delivery here has its order.
+-- Held input: deliveries of held (date, client_id) cells (a blocked partition, or an order the gate holds back;
+-- see held_cells in the README) are not in int_deliveries_enriched, so not here either: the build manifest lists them.
 -- grain: one row per delivery_id, partitioned by dispatch date
 -- partition_by: date
 

@@ -2,6 +2,9 @@
 
 The label comes from a weighted keyword lexicon (delivery_lake/sentiment.py, which
 documents the method and its measured accuracy); it is null when there is no comment.
+Held input: feedback of a blocked raw partition is not read (the gate keeps it out);
+the build manifest lists the cell in held_cells. Feedback needs no order to be labelled,
+so nothing else is held back.
 grain: one row per feedback_id, partitioned by submission date
 partition_by: date
 """
