@@ -34,8 +34,8 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple[str, ...] | None = None
-    # (table, column) of the parent key; checked at landing when the parent is a
-    # dimension (already landed), otherwise left to the cross-table suites.
+    # (table, column) of the parent key, checked at landing: a dimension parent must be
+    # there (else `orphan:<column>`); a fact parent may come later (the row waits as pending).
     references: tuple[str, str] | None = None
 
     @property
@@ -225,7 +225,7 @@ DELIVERIES = Table(
     client_column="client_id",
     columns=(
         _col("delivery_id", "string", "Delivery key."),
-        _col("order_id", "string", "Order delivered (checked across tables by the suites).", references=("orders", "order_id")),
+        _col("order_id", "string", "Order delivered; the row waits in pending/ until its order has landed.", references=("orders", "order_id")),
         _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
         _col("driver_id", "string", "Courier.", references=("drivers", "driver_id")),
         _col("vehicle_id", "string", "Vehicle used.", references=("vehicles", "vehicle_id")),
@@ -256,7 +256,7 @@ CUSTOMER_FEEDBACK = Table(
     client_column="client_id",
     columns=(
         _col("feedback_id", "string", "Feedback key."),
-        _col("order_id", "string", "Order rated (checked across tables by the suites).", references=("orders", "order_id")),
+        _col("order_id", "string", "Order rated; the row waits in pending/ until its order has landed.", references=("orders", "order_id")),
         _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
         _col("submitted_at", "timestamp", "When it was left (UTC); partition date."),
         _col("rating", "int", "Stars, 1 to 5.", min=1, max=5),
@@ -299,6 +299,20 @@ def render_markdown() -> str:
         "Timestamps are ISO 8601 instants stored as UTC. Fact tables are partitioned by the UTC "
         "date of their partition column and by `client_id`. Rows that break a rule below are "
         "quarantined with the reason, never dropped.",
+        "",
+        "What becomes of a row, besides landing or quarantine (each file reconciles as "
+        "`read = landed + quarantined + replayed + superseded + pending`):",
+        "",
+        "- **replayed**: the key and every value equal the version an earlier file brought (a re-sent "
+        "file); counted, nothing rewritten, not counted against quality.",
+        "- **superseded**: a later file (modification time, then name) brought the key with other "
+        "values; the later version lands and this one is kept in `history/` with its file, line, the "
+        "file that replaced it and when. Two versions of a key inside one file are a conflict: the "
+        "earlier line is quarantined as `duplicate`.",
+        "- **pending**: a reference to another fact (`-> orders.order_id`) whose row has not landed "
+        "yet; held in `pending/` and landed by the first landing after the parent arrives. Once the "
+        "parent feed has landed data more than `ORPHAN_GRACE_DAYS` (default 3) partition dates past "
+        "the row's date without it, the row is quarantined as `orphan:<column>`.",
         "",
     ]
     for t in TABLES.values():
