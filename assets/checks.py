@@ -60,7 +60,7 @@ def _split(key: str | None, partitioned_by_client: bool) -> tuple[str | None, st
     return key, None
 
 
-def check_result(results: Sequence[Any], docs_index: str | None) -> dg.AssetCheckResult:
+def check_result(results: Sequence[Any], docs_index: str | None, extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     """Summarise per-partition validations into one check result (run grain, see module doc)."""
     blocked = [r for r in results if not r.passed]
     warned = [r for r in results if r.passed and r.warnings]
@@ -98,6 +98,7 @@ def check_result(results: Sequence[Any], docs_index: str | None) -> dg.AssetChec
         "per_partition": dg.MetadataValue.json(per_partition),
         "seconds_per_partition": round(sum(r.seconds for r in results) / len(results), 3) if results else 0.0,
     }
+    metadata |= extra or {}
     if docs_index:
         metadata["data_docs"] = dg.MetadataValue.url(f"file://{docs_index}")
     first = next((r for r in blocked if r.docs_url), None)
@@ -136,7 +137,15 @@ def build_suite_check(asset_key: dg.AssetKey, suite: str, mart: bool, partitione
         for r in results:
             if not r.passed:
                 context.log.warning(f"{suite} {r.key} BLOCKED: " + ", ".join(o.label for o in r.failed_errors) + (r.error or ""))
-        return check_result(results, str(quality.docs_dir / "index.html"))
+        # Children whose foreign-key checks read the partitions just landed have stale verdicts now.
+        children = [t.name for t in TABLES.values() if not mart and suite in t.parents and t.name != suite]
+        revalidated = quality.revalidate_stale(children) if children else {}
+        extra: dict[str, Any] = {}
+        if revalidated:
+            stale = {t: sorted(r.key for r in rs) for t, rs in revalidated.items()}
+            context.log.info(f"revalidated stale verdicts of {stale}")
+            extra["revalidated_children"] = dg.MetadataValue.json(stale)
+        return check_result(results, str(quality.docs_dir / "index.html"), extra)
 
     return _check
 

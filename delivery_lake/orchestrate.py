@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from delivery_lake.config import Settings
+from delivery_lake.contract import FACTS
 from delivery_lake.inbox import scan_changes
 from delivery_lake.landing import releasable
 from delivery_lake.planning import plan_runs
+from delivery_lake.quality import Quality
 from delivery_lake.storage import Lake
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -124,7 +126,6 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
     block of consecutive dates is safe whatever the check results of the raw run were.
     """
     from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
-    from delivery_lake.contract import FACTS
     from delivery_lake.models import affected_dates, held_dates
 
     changed = {t: list(by_date) for t, by_date in changes.facts.items()}
@@ -210,6 +211,15 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         for t, by_date in released.items():
             for d, cs in by_date.items():
                 changes.facts.setdefault(t, {}).setdefault(d, set()).update(cs)
+    # A verdict computed before a partition or a parent it checked against changed is stale:
+    # recomputed here, before the curated layer reads the partition.
+    for table, results in Quality(lake, settings).revalidate_stale([t.name for t in FACTS]).items():
+        outcome.lines.append(
+            f"revalidated {table}: {len(results)} partition(s) whose data or parents changed since their check"
+        )
+        for r in results:
+            if r.date and r.client:
+                changes.facts.setdefault(table, {}).setdefault(r.date, set()).add(r.client)
     if not _run_curated(defs, instance, settings, lake, changes, outcome):
         return outcome
     if not _run_ml(defs, instance, settings, lake, changes, outcome):

@@ -107,6 +107,8 @@ class PartitionValidation:
     # sha256 of the data file validated: the landing keeps this version as the partition's last
     # good one when a later version replaces it (see landing._PartitionWriter._publish_data).
     data_sha256: str | None = None
+    # "table/date/client" -> sha256 of each parent partition the foreign-key checks read
+    parents: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def failed_errors(self) -> list[Outcome]:
@@ -135,6 +137,7 @@ class PartitionValidation:
             "seconds": self.seconds,
             "error": self.error,
             "data_sha256": self.data_sha256,
+            "parents": self.parents,
         }
 
 
@@ -187,6 +190,8 @@ class Quality:
         # Landing manifests listed and read during the same batch (every partition's
         # reconciliation and volume bounds read its neighbours' and its history's).
         self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
+        # Parent fact partitions the current validation's foreign-key check read.
+        self._read_parents: set[tuple[str, str, str]] = set()
 
     def _snapshot(self, con: Any, key: tuple[str, ...], sql: str) -> str:
         """A relation name for `sql`: a view on this connection, or a cached Arrow copy during a batch."""
@@ -305,15 +310,20 @@ class Quality:
                 out[f"{c.name}_parents"] = []
                 continue
             pk = _q(c.references[1])
-            sources = [f"SELECT {pk} AS k FROM read_parquet('{src}')"]
-            if parent.is_fact and self.lake.list_dates("quarantine", parent.name):
-                # A parent set aside at landing is a known id with a bad row (reported in its
-                # own quarantine), not an orphan: an orphan is an id found nowhere.
-                qsrc = self.lake.glob_uri("quarantine", parent.name, True)
-                sources.append(f"SELECT {pk} AS k FROM read_parquet('{qsrc}', union_by_name = true) WHERE _reason <> 'duplicate'")
-            snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k FROM ({' UNION ALL '.join(sources)})")
-            rows = con.execute(f"SELECT DISTINCT k FROM {snap} WHERE k IN (SELECT {_q(c.name)} FROM part)").fetchall()
-            out[f"{c.name}_parents"] = sorted(r[0] for r in rows)
+            if parent.is_fact:
+                # Where each parent key lives: the verdict records the versions of the parent
+                # partitions it read, so a change there makes it stale (see `stale`).
+                sources = [
+                    f"SELECT {pk} AS k, CAST(date AS VARCHAR) AS d, client AS c "
+                    f"FROM read_parquet('{src}', hive_partitioning = true)"
+                ]
+            else:
+                sources = [f"SELECT {pk} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"]
+            snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k, d, c FROM ({' UNION ALL '.join(sources)})")
+            rows = con.execute(f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {_q(c.name)} FROM part)").fetchall()
+            out[f"{c.name}_parents"] = sorted({r[0] for r in rows})
+            if parent.is_fact:
+                self._read_parents.update((parent.name, d, cl) for _k, d, cl in rows if d is not None)
         return out
 
     def _keys_elsewhere(self, con: Any, table: Table, date: str | None, client: str | None) -> list[str]:
@@ -415,11 +425,15 @@ class Quality:
             pv.error = f"no data file at {self.lake.uri(path)}"
             return pv, None
         pv.data_sha256 = self.lake.sha256(path)
+        self._read_parents = set()
         con = self.lake.duckdb()
         try:
             df = self._read_partition(con, table, self.lake.uri(path))
             pv.rows = len(df)
             params = self.raw_parameters(con, table, date, client)
+            pv.parents = {
+                f"{t}/{d}/{c}": self._data_version(t, d, c) for t, d, c in sorted(self._read_parents)
+            }
             pv.outcomes, identifier = self._run(table_name, df, params, "-".join(p for p in (table_name, date, client) if p))
         finally:
             con.close()
@@ -472,6 +486,45 @@ class Quality:
                 pv.docs_url = self.docs_url(ident)
             gate.record(self.lake, table, pv.passed, pv.details(), date, client)
             out.append(pv)
+
+    # -- stale verdicts ---------------------------------------------------------------------------
+    def _data_version(self, table: str, date: str | None, client: str | None) -> str | None:
+        """The sha256 the landing recorded for a partition's data file (None if never landed)."""
+        doc = self.lake.read_json(manifest_path(self.lake, table, date, client)) or {}
+        return doc.get("sha256")
+
+    def stale(self, table: str) -> list[tuple[str | None, str | None]]:
+        """Partitions whose verdict was computed from something that has changed since: their own
+        data file, or a parent partition their foreign-key checks read. Verdicts from before
+        versions were recorded are taken as they are."""
+        versions: dict[tuple[str, str | None, str | None], str | None] = {}
+
+        def version(t: str, d: str | None, c: str | None) -> str | None:
+            if (t, d, c) not in versions:
+                versions[(t, d, c)] = self._data_version(t, d, c)
+            return versions[(t, d, c)]
+
+        out = []
+        for s in gate.statuses(self.lake, table):
+            d, c = s.get("date"), s.get("client")
+            if not s.get("data_sha256"):  # a mart's verdict, or one recorded before versions were
+                continue
+            changed = version(table, d, c) not in (None, s["data_sha256"])
+            for ref, sha in (s.get("parents") or {}).items():
+                t, pd, pc = ref.split("/", 2)
+                changed = changed or version(t, pd, pc) != sha
+            if changed:
+                out.append((d, c))
+        return sorted(out, key=lambda k: (k[0] or "", k[1] or ""))
+
+    def revalidate_stale(self, tables: list[str]) -> dict[str, list[PartitionValidation]]:
+        """Recompute every stale verdict of `tables`; returns what was revalidated, per table."""
+        out: dict[str, list[PartitionValidation]] = {}
+        for t in tables:
+            stale = self.stale(t)
+            if stale:
+                out[t] = self.validate_and_record(t, stale)
+        return out
 
     # -- Data Docs -------------------------------------------------------------------------------
     def docs_url(self, identifier: Any) -> str | None:

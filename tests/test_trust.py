@@ -263,3 +263,36 @@ def test_an_orphan_waits_through_the_grace_period_then_is_quarantined_with_its_r
     assert blocked(lake) == {}
     # Nothing blocks for the orphan either: one quarantined row is under the threshold.
     assert_every_file_reconciles(lake, ts)
+
+
+def test_a_verdict_is_recomputed_when_a_parent_partition_it_checked_changes(ts: Settings) -> None:
+    from delivery_lake.quality import Quality
+
+    lake = Lake.from_settings(ts)
+    landing = Landing(lake, ts.inbox_dir, ts)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    for t in FACTS:
+        landing.land_fact(t, {d: None for d in DATES})
+    quality = Quality(lake, ts)
+    for t in FACTS:
+        quality.validate_and_record(t.name, lake.list_partitions("raw", t.name))
+    assert {t.name: quality.stale(t.name) for t in FACTS} == {t.name: [] for t in FACTS}
+    assert blocked(lake) == {}
+
+    # An order that deliveries already reference disappears from a re-export of its day.
+    src = ts.inbox_dir / "orders" / f"{DAY}.csv"
+    rows = _records(src)
+    deliveries = [r for f in list_files(ts.inbox_dir, "deliveries") for r in _records(f)]
+    gone = next(r for r in rows if any(d["order_id"] == r["order_id"] for d in deliveries))
+    _write(src, [r for r in rows if r is not gone], list(rows[0]))
+    landing.land_fact(TABLES["orders"], {DAY: None})
+    quality.validate_and_record("orders", lake.list_partitions("raw", "orders", dates=[DAY]))
+    child = next(d for d in deliveries if d["order_id"] == gone["order_id"])
+    cell = (child["dispatched_at"][:10], child["client_id"])
+    assert cell in quality.stale("deliveries")
+
+    revalidated = quality.revalidate_stale(["deliveries", "customer_feedback"])
+    assert cell in {(r.date, r.client) for r in revalidated["deliveries"]}
+    assert cell in gate.blocked_partitions(lake, "deliveries")  # the FK check saw the order gone
+    assert quality.stale("deliveries") == []
