@@ -58,6 +58,10 @@ def plan_runs(wanted: dict[str, dict[str, set[str]]], client_order: list[str]) -
             ):
                 for c0, c1 in shape:
                     blocks[(d0, d1, c0, c1)].append(table)
+    # Runs holding a parent table go first (the wanted dict lists tables in landing order), so a
+    # delivery's order has landed before the delivery's own run and it never waits as pending.
+    rank = {t: i for i, t in enumerate(wanted)}
     return [
-        RunPlan(tuple(sorted(tables)), d0, d1, c0, c1) for (d0, d1, c0, c1), tables in sorted(blocks.items())
+        RunPlan(tuple(sorted(tables)), d0, d1, c0, c1)
+        for (d0, d1, c0, c1), tables in sorted(blocks.items(), key=lambda kv: (min(rank[t] for t in kv[1]), kv[0]))
     ]
