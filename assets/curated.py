@@ -115,6 +115,10 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
                 "up_to_date": result.up_to_date,
                 "rows_by_date": dg.MetadataValue.json(result.rows_by_date),
                 "excluded_partitions": dg.MetadataValue.json(result.excluded),
+                # Cells left out (or flagged incomplete) because their input is blocked or their
+                # parent unavailable: what a reader must not mistake for zeros.
+                "held_cells": dg.MetadataValue.json(result.held_cells),
+                "served_last_good": dg.MetadataValue.json(result.served_last_good),
                 "duration_s": result.seconds,
                 "location": dg.MetadataValue.path(lake.uri(lake.table_dir("curated", m.name))),
             }
@@ -143,6 +147,8 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
     def _warehouse(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         settings = lakehouse.settings()
         report = Warehouse(lakehouse.lake(), project, settings.warehouse_path).refresh()
+        for warning in report.warnings:
+            context.log.warning(warning)
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(report.path),
@@ -152,6 +158,7 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
                 "bytes": report.bytes,
                 "vacuumed": report.vacuumed,
                 "started_from": report.base,
+                "warnings": dg.MetadataValue.json(list(report.warnings)),
                 "duration_s": report.seconds,
             }
         )

@@ -2,9 +2,13 @@
 
 import dagster as dg
 
-# Fixed at definition time (partition sets cannot depend on the environment); dates
-# before it are rejected by Dagster, so keep it earlier than any data you land.
-PARTITION_START = "2025-01-01"
+from delivery_lake.config import partition_start
+
+# Read from the environment (PARTITION_START) when the definitions load, not per run: Dagster
+# fixes a partitions definition when it loads the code location, so a new value needs a
+# reload. Not a secret; the inbox scan refuses files dated before it, naming them, rather
+# than let Dagster reject the partition mid-run.
+PARTITION_START = partition_start()
 
 CLIENT_PARTITIONS = dg.DynamicPartitionsDefinition(name="client")
 # end_offset=1: today's partition exists, so files for the running day can land.

@@ -128,7 +128,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from delivery_lake.landing import reconcile
+    from delivery_lake.landing import STATES, reconcile
     from delivery_lake.storage import Lake
 
     settings = Settings.from_env()
@@ -136,10 +136,16 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     bad = 0
     for table in TABLES.values():
         for path, c in reconcile(lake, settings.inbox_dir, table).items():
-            ok = c["read"] == c["landed"] + c["quarantined"]
+            if "error" in c:  # not read: every file still gets its line, and the audit goes on
+                bad += 1
+                console.print(f"UNREAD   {c['error']}", markup=False, soft_wrap=True)
+                continue
+            # replayed, superseded and pending rows are accounted for too, not lost
+            ok = c["read"] == sum(c[s] for s in STATES)
             bad += not ok
             if not ok or args.verbose:
-                console.print(f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} landed {c['landed']} quarantined {c['quarantined']}")
+                states = " ".join(f"{s} {c[s]}" for s in STATES if c[s] or s in ("landed", "quarantined"))
+                console.print(f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} {states}", markup=False, soft_wrap=True)
     console.print("all files reconcile" if not bad else f"[red]{bad} file(s) do not reconcile[/red]")
     return 1 if bad else 0
 
@@ -180,10 +186,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
     import duckdb
 
-    from delivery_lake.warehouse import WarehouseError, query
+    from delivery_lake.warehouse import QueryRefused, WarehouseError, query
 
     try:
         columns, rows = query(Settings.from_env().warehouse_path, args.sql)
+    except QueryRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
     except (duckdb.Error, WarehouseError) as exc:
         # DuckDB's own message is what an analyst needs; a traceback is noise.
         print(f"error: {exc}", file=sys.stderr)
@@ -283,9 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         models = sys.modules.get("delivery_lake.models")
-        if models is None or not isinstance(exc, models.ModelError | models.GateBlocked):
+        if models is not None and isinstance(exc, models.ModelError | models.GateBlocked):
+            console.print(f"error: {exc}", markup=False)
+            return 2
+        from delivery_lake.config import Settings
+        from delivery_lake.storage import exception_chain, explain_storage_failure
+
+        explained = explain_storage_failure(exception_chain(exc), Settings.from_env())
+        if explained is None:
             raise
-        console.print(f"error: {exc}", markup=False)
+        print(f"error: {explained}", file=sys.stderr)  # one line, never wrapped
         return 2
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+
+# Early enough that a history export lands without configuration; a daily partition with no
+# data costs Dagster a little (the UI lists it) and the lake nothing.
+DEFAULT_PARTITION_START = "2015-01-01"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -37,6 +42,8 @@ class Settings:
     orphan_grace_days: int = 3
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
+    # First date partition of the fact tables (YYYY-MM-DD): rows dated before it cannot land.
+    partition_start: str = DEFAULT_PARTITION_START
     # MLflow: tracking store (any MLflow URI; default an embedded SQLite file under data_dir),
     # where new experiments put their artifacts, and the UI base used to link runs.
     mlflow_tracking_uri: str = ""
@@ -61,6 +68,7 @@ class Settings:
             orphan_grace_days=int(_env("ORPHAN_GRACE_DAYS", "3")),  # type: ignore[arg-type]
             duckdb_memory_limit=_env("DUCKDB_MEMORY_LIMIT", "1GB"),
             duckdb_threads=int(_env("DUCKDB_THREADS", "2")),  # type: ignore[arg-type]
+            partition_start=_env("PARTITION_START", DEFAULT_PARTITION_START),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifacts_dir=_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts")),
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
@@ -71,4 +79,13 @@ class Settings:
         for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
             if values[name] is not None:
                 values[name] = Path(values[name]).resolve()  # type: ignore[arg-type]
+        try:
+            values["partition_start"] = date.fromisoformat(str(values["partition_start"])).isoformat()
+        except ValueError:
+            raise ValueError(f"PARTITION_START={values['partition_start']!r} is not a date (YYYY-MM-DD)") from None
         return cls(**values)  # type: ignore[arg-type]
+
+
+def partition_start() -> str:
+    """PARTITION_START as the partition definitions need it when they load (see assets/partitions.py)."""
+    return Settings.from_env().partition_start

@@ -1,23 +1,38 @@
 """What has arrived in the inbox, and which partitions each file touches.
 
-Files are found by convention (`INBOX/<table>/*.csv`; names starting with `_` or `.`
-are ignored). A fact file may touch several dates and clients, so each file is scanned
-once (one streaming DuckDB pass over two columns) and the result is cached in the lake
-under `_meta/inbox_index/`, keyed by the file's size and modification time.
+Files are found by convention: `INBOX/<table>/*.csv`, or compressed as `*.csv.gz` (gzip)
+or `*.csv.zst` (zstd), read as they stream, never decompressed whole. Any other file in a
+feed folder is refused by name (`refused_files`) rather than silently left out. Names
+starting with `.` or `_` are ignored: that is where copy tools, editors and exporters
+keep files still being written (`.orders.csv.swp`, rsync's `.name.XXXXXX`, `_tmp_...`)
+before renaming them, and landing one of those would land half a file.
+
+A fact file may touch several dates and clients, so each file is scanned once (one
+streaming DuckDB pass over two columns) and the result is cached in the lake under
+`_meta/inbox_index/`, keyed by the file's size and modification time.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
+from delivery_lake.config import DEFAULT_PARTITION_START
 from delivery_lake.contract import TABLES, Table
 from delivery_lake.storage import Lake
 
 DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 # Bumped when what a scan counts changes, so older cached entries are scanned again.
-INDEX_VERSION = 2
+# 3: a name's date counts only when it is a real date (2026-02-30 is none).
+INDEX_VERSION = 3
+# Name ending -> DuckDB's `compression=` (None: plain text): its CSV reader decompresses
+# gzip and zstd as it goes, and no other codec (bz2, xz, zip).
+READABLE = {".csv": None, ".csv.gz": "gzip", ".csv.zst": "zstd"}
+# DuckDB's max_line_size for a source CSV, and how far the header check reads.
+MAX_LINE = 10_000_000
 
 
 class InputError(ValueError):
@@ -60,11 +75,63 @@ class FileEntry:
         }
 
 
-def list_files(inbox: Path, table: str) -> list[Path]:
+def compression(path: Path | str) -> str | None:
+    """DuckDB's `compression=` for a source file (None: plain CSV). KeyError if it is not read."""
+    name = Path(path).name.lower()
+    for ending, codec in READABLE.items():
+        if name.endswith(ending):
+            return codec
+    raise KeyError(str(path))
+
+
+def _readable(p: Path) -> bool:
+    try:
+        compression(p)
+    except KeyError:
+        return False
+    return True
+
+
+def _feed_files(inbox: Path, table: str) -> list[Path]:
     folder = Path(inbox) / table
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv" and p.name[0] not in "._")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name[0] not in "._")
+
+
+def list_files(inbox: Path, table: str) -> list[Path]:
+    """The files of a feed that are landed: plain or compressed CSV."""
+    return [p for p in _feed_files(inbox, table) if _readable(p)]
+
+
+def refused_files(inbox: Path, table: str) -> list[tuple[Path, str]]:
+    """The other files of a feed folder, each with why it is not read.
+
+    An exporter that switches to `.xlsx` or `.csv.bz2` must hear about it: left out
+    silently, its data would just never arrive.
+    """
+    return [(p, _refusal(p)) for p in _feed_files(inbox, table) if not _readable(p)]
+
+
+def _refusal(p: Path) -> str:
+    accepted = ", ".join(READABLE)
+    if Path(p.stem).suffix.lower() == ".csv":
+        return f"{p}: {p.suffix} compression is not read; send it as {accepted}"
+    return (
+        f"{p}: not a CSV export ({p.suffix or 'no extension'}); only {accepted} files are landed: "
+        "export it as UTF-8 CSV or move it out of the inbox"
+    )
+
+
+def name_date(path: Path | str) -> str | None:
+    """The date a file's name announces, if it is a real date (`2026-02-30` is not one)."""
+    found = DATE_IN_NAME.search(Path(path).name)
+    if not found:
+        return None
+    try:
+        return date.fromisoformat(found.group(1)).isoformat()
+    except ValueError:
+        return None
 
 
 def fingerprint(path: Path) -> str:
@@ -72,22 +139,81 @@ def fingerprint(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def _open(path: Path, codec: str | None) -> Any:
+    if codec == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if codec == "zstd":
+        import pyarrow as pa  # the standard library of Python < 3.14 has no zstd
+
+        return pa.input_stream(str(path), compression="zstd")
+    return open(path, "rb")
+
+
+def _head(path: Path) -> tuple[bytes, bool]:
+    """The header line, raw, and whether a non-blank line follows it. Read a chunk at a time
+    and only as far as that takes: a compressed file is never decompressed whole, a first
+    data line of megabytes is not read to its end."""
+    codec = compression(path)
+    buf = bytearray()
+    try:
+        with _open(path, codec) as fh:
+            while len(buf) <= MAX_LINE:
+                end = buf.find(b"\n")
+                rest = buf[end + 1 :] if end >= 0 else b""
+                if end >= 0 and (rest.strip() or b"\n" in rest):
+                    break
+                chunk = fh.read(1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+    except (OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as {codec} ({exc}); re-send the file") from None
+    header, _, rest = bytes(buf).partition(b"\n")
+    return header.removesuffix(b"\r"), bool(rest.split(b"\n", 1)[0].strip())
+
+
+def _not_utf8(first: bytes) -> str | None:
+    """What a header line that is not UTF-8 looks like instead; None if it is UTF-8.
+
+    Without this, a UTF-16 export fails as 'missing every contract column', which sends
+    people looking at the columns rather than at the encoding.
+    """
+    if first.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "looks like UTF-32"
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "looks like UTF-16"
+    if b"\x00" in first:
+        return "looks like UTF-32" if b"\x00\x00\x00" in first else "looks like UTF-16"
+    try:
+        first.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the header has bytes that are not UTF-8: Windows-1252 or Latin-1, perhaps"
+    return None
+
+
 def read_header(path: Path, table: Table) -> list[str]:
     """The file's header, validated against the contract. Raises InputError naming the file and column."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if not _readable(path):
+        raise InputError(_refusal(path))
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (expected a header with columns {', '.join(table.column_names)})")
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8-sig", errors="replace").strip("\r\n")
-        second = fh.readline()
+    first, has_rows = _head(path)
+    problem = _not_utf8(first)
+    if problem:
+        raise InputError(f"{path}: not UTF-8 text ({problem}); re-export the file as UTF-8")
+    if not first.strip():
+        raise InputError(f"{path}: the first line is blank (expected a header with columns {', '.join(table.column_names)})")
     import csv
 
-    header = [h.strip() for h in next(csv.reader([first]))]
+    header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig")]))]
     missing = [c for c in table.column_names if c not in header]
     if missing:
         raise InputError(f"{path}: header is missing contract column(s) {', '.join(missing)} for table {table.name}")
-    if not second.strip():
+    if not has_rows:
         raise InputError(f"{path}: header only, no data rows (table {table.name})")
     return header
 
@@ -109,11 +235,14 @@ def csv_source_sql(path: Path | str, header: list[str], table: Table, rejects_ta
         "escape='\"'",
         "auto_detect=false",
         f"columns={{{columns}}}",
-        "max_line_size=10000000",
+        f"max_line_size={MAX_LINE}",
         "store_rejects=true",
         f"rejects_table='{rejects_table}'",
         f"rejects_scan='{rejects_table}_scan'",
     ]
+    codec = compression(path)
+    if codec:
+        opts.append(f"compression='{codec}'")
     return f"read_csv('{_sql_str(str(path))}', {', '.join(opts)})"
 
 
@@ -127,8 +256,10 @@ def _sql_str(s: str) -> str:
 
 
 def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
+    import duckdb
+
     header = read_header(path, table)
-    name_date = DATE_IN_NAME.search(path.name)
+    nominal = name_date(path)
     con = lake.duckdb()
     try:
         src = csv_source_sql(path, header, table, "rej")
@@ -147,9 +278,11 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
             rows = [(None, "", con.execute(f"SELECT count(*), {parse_all} FROM {src}").fetchall()[0][0])]
         ensure_rejects_table(con, "rej")
         malformed = con.execute("SELECT count(DISTINCT line) FROM rej").fetchone()[0]
+    except duckdb.Error as exc:
+        # a compressed file cut short, for one: name the file, not just DuckDB's complaint
+        raise InputError(f"{path}: cannot be read ({str(exc).splitlines()[0]}); re-send the file") from None
     finally:
         con.close()
-    nominal = name_date.group(1) if name_date else None
     if table.is_fact and nominal is None:
         by_date: dict[str, int] = {}
         for d, _c, n in rows:
@@ -180,6 +313,7 @@ class InboxIndex:
         dates: set[str] | None = None,
         defer_scan: bool = False,
         rescan: bool = False,
+        errors: dict[str, str] | None = None,
     ) -> list[FileEntry]:
         """Scan results for `paths` (default: every file of the table).
 
@@ -188,38 +322,52 @@ class InboxIndex:
         With `defer_scan`, a file not scanned yet whose name carries a date is returned as a
         provisional entry touching that date only, without reading it. With `rescan`, every
         file is scanned again, whatever the cache holds (an audit wants its own count).
+        With `errors`, a file that cannot be read is recorded there (path -> why) and left
+        out, instead of raising: one bad file does not hide what the others hold.
         """
         cached: dict = self.lake.read_json(self._cache_path, default={}) or {}
         out: list[FileEntry] = []
         changed = False
         for path in paths if paths is not None else list_files(self.inbox, self.table.name):
-            if dates is not None:
-                named = DATE_IN_NAME.search(path.name)
-                try:
-                    read_header(path, self.table)
-                except InputError:
-                    if named and named.group(1) not in dates:
-                        continue
+            try:
+                entry, scanned = self._entry(path, cached, dates, defer_scan, rescan)
+            except InputError as exc:
+                if errors is None:
                     raise
-            fp = fingerprint(path)
-            hit = None if rescan else cached.get(str(path))
-            if hit and hit.get("fingerprint") == fp and hit.get("v") == INDEX_VERSION:
-                out.append(
-                    FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"])
-                )
+                errors[str(path)] = str(exc)
                 continue
-            named = DATE_IN_NAME.search(path.name)
-            if defer_scan and named:
-                header = read_header(path, self.table)
-                out.append(FileEntry(str(path), fp, named.group(1), {named.group(1): {}}, 0, header, provisional=True))
+            if entry is None:
                 continue
-            entry = _scan(self.lake, path, self.table)
-            cached[str(path)] = entry.to_json()
+            if scanned:
+                cached[str(path)] = entry.to_json()
+                changed = True
             out.append(entry)
-            changed = True
         if changed and refresh:
             self.lake.write_json(self._cache_path, cached)
         return out
+
+    def _entry(
+        self, path: Path, cached: dict, dates: set[str] | None, defer_scan: bool, rescan: bool
+    ) -> tuple[FileEntry | None, bool]:
+        """One file's entry (None: skipped), and whether it was scanned just now."""
+        named = name_date(path)
+        if dates is not None:
+            try:
+                read_header(path, self.table)
+            except InputError:
+                # by the name's text: a broken `2026-02-30.csv` is no reason to stop other days
+                announced = DATE_IN_NAME.search(path.name)
+                if announced and announced.group(1) not in dates:
+                    return None, False
+                raise
+        fp = fingerprint(path)
+        hit = None if rescan else cached.get(str(path))
+        if hit and hit.get("fingerprint") == fp and hit.get("v") == INDEX_VERSION:
+            return FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"]), False
+        if defer_scan and named:
+            header = read_header(path, self.table)
+            return FileEntry(str(path), fp, named, {named: {}}, 0, header, provisional=True), False
+        return _scan(self.lake, path, self.table), True
 
     def remember(self, entries: list[FileEntry]) -> None:
         """Cache scan results learned elsewhere (a landing counts partitions as it reads)."""
@@ -264,15 +412,69 @@ class InboxChanges:
         return not self.dimensions and not self.facts
 
 
-def scan_changes(lake: Lake, inbox: Path, cursor: dict[str, str] | None) -> InboxChanges:
+def partition_bounds(partition_start: str, today: date | None = None) -> tuple[str, str]:
+    """The first and last date a fact partition can have: PARTITION_START, and today in UTC
+    (the daily partitions have end_offset=1: today's partition exists, tomorrow's not yet)."""
+    return partition_start, (today or datetime.now(UTC).date()).isoformat()
+
+
+def date_problem(entry: FileEntry, table: Table, bounds: tuple[str, str]) -> str | None:
+    """Why a fact file cannot land by its dates (None: it can).
+
+    Checked when the inbox is scanned, before any run: a date outside the partition range
+    would otherwise fail the Dagster run that asks for it, naming neither file nor table,
+    and a file with no date at all has no partition to go to.
+    """
+    if not table.is_fact:
+        return None
+    dates = sorted(entry.dates)
+    if not dates or any(not _is_date(d) for d in dates):
+        found = DATE_IN_NAME.search(Path(entry.path).name)
+        in_name = f"{found.group(1)} in its name is not a real date" if found else "its name holds no YYYY-MM-DD date"
+        unread = f" ({entry.malformed} line(s) could not be read)" if entry.malformed else ""
+        return (
+            f"{entry.path}: no date to file it under: {in_name} and no row has a {table.partition_column}{unread}; "
+            "name the file for its day or fix its rows"
+        )
+    first, last = bounds
+    out = []
+    early = [d for d in dates if d < first]
+    if early:
+        out.append(f"{_span(early)} before PARTITION_START {first} (set PARTITION_START to land them)")
+    late = [d for d in dates if d > last]
+    if late:
+        out.append(f"{_span(late)} after today ({last}, UTC), the last date partition")
+    return f"{entry.path}: " + "; ".join(out) if out else None
+
+
+def _span(dates: list[str]) -> str:
+    return f"date {dates[0]} is" if len(dates) == 1 else f"dates {dates[0]}..{dates[-1]} are"
+
+
+def _is_date(d: str) -> bool:
+    try:
+        date.fromisoformat(d)
+    except ValueError:
+        return False
+    return len(d) == 10
+
+
+def scan_changes(
+    lake: Lake, inbox: Path, cursor: dict[str, str] | None, partition_start: str | None = None
+) -> InboxChanges:
     """Files that are new or changed since `cursor` (path -> fingerprint), and what they touch.
 
-    `cursor=None` treats every file as new (a full refresh).
+    `cursor=None` treats every file as new (a full refresh). A file that cannot land (not a
+    readable CSV, a bad header, dates outside the partitions starting at `partition_start`,
+    default the lake's settings) is in `errors` by name, and left out of the rest.
     """
+    if partition_start is None:
+        partition_start = lake.settings.partition_start if lake.settings else DEFAULT_PARTITION_START
+    bounds = partition_bounds(partition_start)
     seen = dict(cursor or {})
     dims: list[str] = []
     facts: dict[str, dict[str, set[str]]] = {}
-    errors: list[str] = []
+    errors: list[str] = [why for table in TABLES for _p, why in refused_files(inbox, table)]
     for table in TABLES.values():
         changed = []
         for p in list_files(inbox, table.name):
@@ -286,10 +488,21 @@ def scan_changes(lake: Lake, inbox: Path, cursor: dict[str, str] | None) -> Inbo
             changed.append(p)
         if not changed:
             continue
-        for p in changed:
-            seen[str(p)] = fingerprint(p)
         if not table.is_fact:
+            for p in changed:
+                seen[str(p)] = fingerprint(p)
             dims.append(table.name)
             continue
-        facts[table.name] = touched_partitions(InboxIndex(lake, inbox, table).entries(paths=changed))
+        unread: dict[str, str] = {}
+        landable = []
+        for e in InboxIndex(lake, inbox, table).entries(paths=changed, errors=unread):
+            problem = date_problem(e, table, bounds)
+            if problem:
+                errors.append(problem)
+                continue
+            seen[e.path] = e.fingerprint
+            landable.append(e)
+        errors.extend(unread.values())
+        if landable:
+            facts[table.name] = touched_partitions(landable)
     return InboxChanges(seen, dims, facts, errors)

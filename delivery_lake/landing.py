@@ -755,7 +755,11 @@ class Landing:
             found = {c for c in present.get(d, set()) if c is not None}
             wanted = found - {UNASSIGNED_CLIENT} if clients is None else set(clients)
             for c in sorted(wanted):
-                out.append((d, c))
+                # A client asked for with no row that day and nothing landed before gets no empty
+                # partition (a run may name it only to land the date's rows of no client); one
+                # landed before is emptied, so a corrected export can take rows away.
+                if c in found or self.lake.exists(manifest_path(self.lake, table.name, d, c)):
+                    out.append((d, c))
             # Rows that belong to no client are quarantined with every landing of their date.
             if UNASSIGNED_CLIENT in found:
                 out.append((d, UNASSIGNED_CLIENT))
@@ -1093,10 +1097,18 @@ def manifest_path(lake: Lake, table: str, date: str | None, client: str | None) 
     return lake.meta_path("landing", table, f"date={date}", f"client={client}.json")
 
 
-def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]]:
+def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, Any]]:
     """Per source file: rows read (a fresh scan, not the cached index, which a landing may have
-    filled from its own read) vs what the manifests say became of them."""
-    entries = InboxIndex(lake, inbox, table).entries(rescan=True)
+    filled from its own read) vs what the manifests say became of them.
+
+    A file of the feed folder that cannot be read (not a CSV it lands, a bad header, not
+    UTF-8...) maps to `{"error": why}`: the audit goes on with the other files, and a file
+    never read is never mistaken for one that reconciles.
+    """
+    from delivery_lake.inbox import refused_files
+
+    unread: dict[str, str] = {str(p): why for p, why in refused_files(inbox, table.name)}
+    entries = InboxIndex(lake, inbox, table).entries(rescan=True, errors=unread)
     accounted: dict[str, dict[str, int]] = defaultdict(_zero)
     manifests = lake.glob(
         lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json")
@@ -1106,7 +1118,38 @@ def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, int]
         for f, v in doc["by_file"].items():
             for state in STATES:
                 accounted[f][state] += int(v.get(state, 0))
-    return {e.path: {"read": e.rows, **accounted[e.path]} for e in entries}
+    out: dict[str, dict[str, Any]] = {e.path: {"read": e.rows, **accounted[e.path]} for e in entries}
+    out.update({path: {"error": why} for path, why in unread.items()})
+    return dict(sorted(out.items()))
+
+
+def unreconciled(lake: Lake, inbox: Path, table: Table, paths: list[str]) -> list[str]:
+    """The files among `paths` whose rows, as the inbox index counted them, are not all accounted
+    for by the manifests of the dates they touch: one line each, naming the file."""
+    entries = {e.path: e for e in InboxIndex(lake, inbox, table).entries(paths=[Path(p) for p in paths])}
+    docs: dict[str, dict[str, Any]] = {}
+    out = []
+    for path in paths:
+        e = entries.get(path)
+        if e is None:
+            continue
+        if table.is_fact:
+            patterns = [lake.meta_path("landing", table.name, f"date={d}") + "/*.json" for d in sorted(e.dates)]
+        else:
+            patterns = [manifest_path(lake, table.name, None, None)]
+        for pattern in patterns:
+            for m in lake.glob(pattern):
+                if m not in docs:
+                    docs[m] = lake.read_json(m) or {}
+        counts = _zero()
+        for m in (m for pattern in patterns for m in lake.glob(pattern)):
+            for state in STATES:
+                counts[state] += int((docs[m].get("by_file") or {}).get(path, {}).get(state, 0))
+        accounted = sum(counts.values())
+        if accounted != e.rows:
+            detail = ", ".join(f"{s} {n}" for s, n in counts.items())
+            out.append(f"{path}: rows do not reconcile: read {e.rows}, accounted for {accounted} ({detail})")
+    return out
 
 
 def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]:

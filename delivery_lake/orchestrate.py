@@ -7,19 +7,23 @@ library works without it.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from delivery_lake.config import Settings
-from delivery_lake.contract import FACTS
+from delivery_lake.contract import FACTS, TABLES
 from delivery_lake.inbox import scan_changes
-from delivery_lake.landing import releasable
+from delivery_lake.landing import releasable, unreconciled
 from delivery_lake.planning import plan_runs
 from delivery_lake.quality import Quality
-from delivery_lake.storage import Lake
+from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -34,15 +38,64 @@ class RunOutcome:
     run_ids: list[str] = field(default_factory=list)
 
 
+# What the embedded instance's dagster.yaml says when we create it: no telemetry (the CLI
+# must not print a banner, and a lakehouse should not phone home by default).
+INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+PID_TAG, HOST_TAG = "delivery_lake/pid", "delivery_lake/host"
+
+
+@contextmanager
+def _instance_lock(home: Path) -> Iterator[None]:
+    """One process at a time creates the instance's storage: two first runs started together
+    would otherwise both create the SQLite schema, and the second dies half-way through."""
+    with open(home / ".instance.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def dagster_instance(settings: Settings) -> Any:
     import dagster as dg
 
     if not os.environ.get("DAGSTER_HOME"):
-        home = settings.data_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+        os.environ["DAGSTER_HOME"] = str(settings.data_dir / "dagster_home")
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    with _instance_lock(home):
+        config = home / "dagster.yaml"
+        if not config.exists():
+            write_file_atomic(config, INSTANCE_YAML.encode())
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # creates the storage's schema now, under the lock
+    return instance
+
+
+def fail_dead_runs(instance: Any) -> list[str]:
+    """Runs this machine started in process whose process is gone (killed, crashed) stay
+    STARTED forever in the instance; mark them failed so the UI tells the truth."""
+    import dagster as dg
+
+    host = socket.gethostname()
+    dead = []
+    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=active, tags={HOST_TAG: host})):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(run, message=f"process {pid} ended before the run finished (killed or crashed)")
+            dead.append(run.run_id)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags: dict[str, str], outcome: RunOutcome, label: str) -> bool:
@@ -68,7 +121,7 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
             selection=dg.AssetSelection.assets(*keys),
             instance=instance,
             resources=resources,
-            tags=tags,
+            tags={**tags, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
             raise_on_error=False,
             # The CLI prints its own summary; step logs stay in the run history.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -77,15 +130,25 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
     if result.success:
         outcome.lines.append(f"ok   {label} (run {result.run_id[:8]})")
         return True
-    failed = [
-        f"{ev.step_key}: {ev.event_specific_data.error.message.strip().splitlines()[-1] if ev.event_specific_data.error else ''}"
-        for ev in result.all_events
-        if ev.is_step_failure
-    ]
+    failed = [_step_failure(ev, settings) for ev in result.all_events if ev.is_step_failure]
     outcome.success = False
     outcome.failure = f"{label} (run {result.run_id[:8]}): " + ("; ".join(failed) or "see the run in the Dagster UI")
     outcome.lines.append(f"FAIL {outcome.failure}")
     return False
+
+
+def _step_failure(event: Any, settings: Settings) -> str:
+    """One line for a failed step: the storage failure explained when that is what it was (the
+    root cause sits at the end of Dagster's error chain, under its own wrapper), else the error's
+    last line."""
+    error = event.event_specific_data.error
+    chain = []
+    while error is not None:
+        chain.append((error.cls_name or "", error.message or ""))
+        error = error.cause or error.context
+    explained = explain_storage_failure(reversed(chain), settings)
+    last = chain[0][1].strip().splitlines()[-1] if chain and chain[0][1].strip() else ""
+    return f"{event.step_key}: {explained or last}"
 
 
 def _land_facts(
@@ -182,13 +245,21 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
 
     instance = dagster_instance(settings)
     lake = Lake.from_settings(settings)
+    outcome = RunOutcome()
+    dead = fail_dead_runs(instance)
+    if dead:
+        outcome.lines.append(f"marked {len(dead)} run(s) failed whose process had died: {', '.join(r[:8] for r in dead)}")
     cursor_path = lake.meta_path("cli_cursor.json")
     cursor = None if full else lake.read_json(cursor_path, default={})
     changes = scan_changes(lake, settings.inbox_dir, cursor)
-    outcome = RunOutcome()
+    changed_paths = [p for p, fp in changes.cursor.items() if (cursor or {}).get(p) != fp]
     for err in changes.errors:
         outcome.lines.append(f"SKIP {err}")
     if changes.empty:
+        if changes.errors:  # files arrived, and every one of them was refused
+            outcome.success = False
+            outcome.failure = f"{len(changes.errors)} file(s) could not be landed: " + " | ".join(changes.errors)
+            return outcome
         outcome.lines.append(f"nothing to do: no {'new ' if not full else ''}files in {settings.inbox_dir}")
         return outcome
 
@@ -220,6 +291,18 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         for r in results:
             if r.date and r.client:
                 changes.facts.setdefault(table, {}).setdefault(r.date, set()).add(r.client)
+    # Every row of every file this run read must be accounted for: a file whose rows went
+    # nowhere (a date no run was planned for, a failure that left no manifest) fails the run.
+    bad = [
+        line
+        for table in TABLES.values()
+        for line in unreconciled(lake, settings.inbox_dir, table, [p for p in changed_paths if Path(p).parent.name == table.name])
+    ]
+    if bad:
+        outcome.success = False
+        outcome.failure = f"{len(bad)} file(s) do not reconcile: " + " | ".join(bad)
+        outcome.lines += [f"FAIL {line}" for line in bad]
+        return outcome
     if not _run_curated(defs, instance, settings, lake, changes, outcome):
         return outcome
     if not _run_ml(defs, instance, settings, lake, changes, outcome):

@@ -47,6 +47,11 @@ def plan_runs(wanted: dict[str, dict[str, set[str]]], client_order: list[str]) -
         per_date: dict[str, tuple[tuple[str, str], ...]] = {}
         for d, clients in by_date.items():
             known = sorted((c for c in clients if c in pos), key=pos.__getitem__)
+            if not known and client_order:
+                # Only rows of no known client (malformed lines, unknown or missing clients):
+                # they are quarantined by any landing of their date, so the date still gets a
+                # run, named after the first client (which gets no partition unless it has rows).
+                known = [client_order[0]]
             if known:
                 per_date[d] = tuple(_runs(known, lambda a, b: pos[b] == pos[a] + 1))
         by_shape: dict[tuple[tuple[str, str], ...], list[str]] = defaultdict(list)

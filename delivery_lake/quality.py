@@ -487,6 +487,10 @@ class Quality:
             gate.record(self.lake, table, pv.passed, pv.details(), date, client)
             out.append(pv)
 
+    def landed(self, table: str, date: str | None, client: str | None) -> bool:
+        """Whether the landing wrote this partition (its manifest exists)."""
+        return self.lake.exists(manifest_path(self.lake, table, date, client))
+
     # -- stale verdicts ---------------------------------------------------------------------------
     def _data_version(self, table: str, date: str | None, client: str | None) -> str | None:
         """The sha256 the landing recorded for a partition's data file (None if never landed)."""

@@ -324,3 +324,50 @@ def staging_dir(settings: Settings | None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- storage failures, explained ---------------------------------------------------------------
+# Exception class names (and message fragments) of the S3 client stack, by what they mean. The
+# stack is s3fs -> aiobotocore -> aiohttp, and a failure arrives wrapped in any of them (or
+# serialised by Dagster, where only names and messages survive), so names are matched, not types.
+_DENIED = ("PermissionError", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+_UNREACHABLE = (
+    "ConnectionRefusedError",
+    "ClientConnectorError",
+    "EndpointConnectionError",
+    "ServerDisconnectedError",
+    "Cannot connect to host",
+    "Connection refused",
+)
+
+
+def explain_storage_failure(chain: Iterable[tuple[str, str]], settings: Settings | None) -> str | None:
+    """One line saying which endpoint, what happened and the likely cause, from a chain of
+    (exception class name, message) pairs; None when the chain is not a storage failure."""
+    endpoint = (settings.aws_endpoint_url if settings else None) or "the S3 endpoint"
+    lake = settings.lake_url if settings else "the lake"
+    for name, message in chain:
+        text = f"{name} {message}"
+        if any(k in text for k in _DENIED):
+            return (
+                f"storage at {endpoint} refused the request ({message.strip()[:160] or name}) for {lake}: "
+                "the credentials were refused or lack permission; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        if any(k in text for k in _UNREACHABLE):
+            return (
+                f"storage at {endpoint} is unreachable ({message.strip()[:160] or name}) for {lake}: "
+                "is the S3 server running and AWS_ENDPOINT_URL right?"
+            )
+    return None
+
+
+def exception_chain(exc: BaseException) -> list[tuple[str, str]]:
+    """(class name, message) of an exception and everything that caused it, outermost first."""
+    out: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        out.append((type(current).__name__, str(current)))
+        current = current.__cause__ or current.__context__
+    return out

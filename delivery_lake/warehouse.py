@@ -13,6 +13,9 @@ What the building file starts from: the file the previous refresh replaced, kept
 live file; else (first build, `full=True`) an empty file. Copying costs O(history) on every
 refresh (222 MB, 0.45-0.57 s for the 30-day benchmark warehouse); bringing the spare forward
 costs only what changed since it was live. So the warehouse takes twice its size on disk.
+Nothing is started from (or kept as the spare) unless it is still the file a refresh published:
+each publish records both files' fingerprints (`file_fingerprint`, `published_path`); a spare
+changed since then is deleted and the warehouse rebuilt from scratch, with a warning.
 A refresh is a session (`Warehouse.refreshing`): `build_curated` loads each mart into the
 building file as soon as its model is built, while the others still build.
 
@@ -26,14 +29,21 @@ DuckDB client and no lake credentials.
 Besides the marts, every refresh rebuilds `partition_status` (one row per raw fact partition:
 gate status, pending rows, what the marts serve) from the lake's manifests, through the same
 function `delivery-lake summary` uses (completeness.py).
+
+Readers open the file through `open_reader`: read-only, and without access to any other file.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import hashlib
+import json
+import logging
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -70,6 +80,15 @@ SLACK_ROW_GROUPS = 16
 # backfill) leaves a copy of the new file as the spare: catching the old one up next time
 # would reload as much again, where a copy costs only reading and writing the file.
 SPARE_CATCH_UP_SHARE = 0.25
+# The live file is read by the analysts' group (infra/README.md); the spare and the building
+# files are the pipeline's alone: nobody else writes the file the next refresh trusts, and no
+# analyst session holds the spare open (which would make every refresh copy the live file).
+LIVE_MODE = 0o640
+PRIVATE_MODE = 0o600
+# DuckDB writes its file headers here on every checkpoint (a new iteration number each time).
+HEADER_BYTES = 12288
+
+log = logging.getLogger(__name__)
 
 
 class WarehouseError(RuntimeError):
@@ -97,6 +116,7 @@ class WarehouseReport:
     base: str = "new"  # what the refresh started from: "spare", "copy" (of the live file) or "new"
     # Kept apart from `tables` (the curated ones, which `changed` and the vacuum decision follow).
     partition_status: TableRefresh | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> list[str]:
@@ -122,6 +142,22 @@ def _refresh_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """What a published file looked like when published: inode, size, modification and change
+    times, and a digest of DuckDB's headers.
+
+    Any write to the file after that moves its mtime and ctime (ctime cannot be set back
+    without root), and a DuckDB checkpoint rewrites a header; a file put in its place has
+    another inode. A digest of the whole file would also catch a writer able to forge times
+    (root), but reading the whole file twice per refresh (at publish, and before starting from
+    the spare) costs more than the copy of the live file that the spare saves.
+    """
+    st = path.stat()
+    with open(path, "rb") as fh:
+        head = hashlib.sha256(fh.read(HEADER_BYTES)).hexdigest()
+    return {"inode": st.st_ino, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "header_sha256": head}
+
+
 class Warehouse:
     def __init__(self, lake: Lake, project: Project, path: Path | str):
         self.lake, self.project, self.path = lake, project, Path(path)
@@ -138,6 +174,31 @@ class Warehouse:
     @property
     def spare_path(self) -> Path:
         return self.path.with_name(f".{self.path.name}.spare")
+
+    @property
+    def published_path(self) -> Path:
+        """The fingerprints (`file_fingerprint`) of the live file and the spare as the last
+        refresh left them: what the next refreshes may start from."""
+        return self.path.with_name(f".{self.path.name}.published.json")
+
+    def published(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.published_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _unchanged(self, role: str, path: Path) -> str | None:
+        """None if `path` (the "live" file or the "spare") is as the last refresh published it,
+        else why not."""
+        want = self.published().get(role)
+        if not want:
+            return f"no fingerprint recorded in {self.published_path.name}"
+        if path.with_name(path.name + ".wal").exists():
+            return "a write-ahead log beside it holds uncheckpointed changes"
+        have = file_fingerprint(path)
+        differ = [k for k in sorted(want) if have.get(k) != want[k]]
+        return f"{', '.join(differ)} differ" if differ else None
 
     def refresh(self, full: bool = False) -> WarehouseReport:
         """Bring every table to the curated state and publish the file."""
@@ -173,8 +234,9 @@ class Warehouse:
             finally:
                 session.close()
 
-    def _take_spare(self, building: Path) -> bool:
-        """Move the spare to `building` unless this process still has it open.
+    def _take_spare(self, building: Path, report: WarehouseReport) -> bool | None:
+        """Move the spare to `building` unless this process still has it open; None when it is
+        not what the last refresh published (it is deleted: nothing may start from it).
 
         Another process's session holds DuckDB's lock on it, which makes the write fail
         (and the refresh fall back to a copy). Within one process those locks do not
@@ -195,8 +257,23 @@ class Warehouse:
                 continue
             if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
                 return False
+        # The spare is one refresh behind: it must still be the file the previous-but-one
+        # refresh published (the previous one checked it was then, before making it the spare).
+        # A refresh would otherwise trust every partition it holds without reading them.
+        why = self._unchanged("spare", self.spare_path)
+        if why is not None:
+            self._reject(report, "spare", self.spare_path, why)
+            return None
         os.replace(self.spare_path, building)
         return True
+
+    def _reject(self, report: WarehouseReport, role: str, path: Path, why: str) -> None:
+        if role == "spare":
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".wal").unlink(missing_ok=True)
+        message = f"{role} {path} does not match what was published ({why}): rebuilding from scratch"
+        report.warnings.append(message)
+        log.warning("%s", message)
 
     # ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -394,10 +471,21 @@ class RefreshSession:
     # -- the starting file
     def open(self) -> None:
         bases = ["spare", "copy", "new"] if self.wh.path.exists() and not self.full else ["new"]
+        rebuild = False
         for base in bases:
-            if base == "spare" and not self.wh._take_spare(self.building):
-                continue
+            if base == "spare":
+                taken = self.wh._take_spare(self.building, self.report)
+                # Whatever changed the spare may have reached the live file too.
+                rebuild = taken is None
+                if not taken:
+                    continue
             if base == "copy":
+                if rebuild:
+                    continue
+                why = self.wh._unchanged("live", self.wh.path)
+                if why is not None:
+                    self.wh._reject(self.report, "live file", self.wh.path, why)
+                    continue
                 # The live file is only ever replaced whole and never opened for writing by the
                 # pipeline, so this copy is a consistent snapshot.
                 shutil.copyfile(self.wh.path, self.building)
@@ -416,6 +504,7 @@ class RefreshSession:
     def _connect(self) -> None:
         con = self.wh.lake.duckdb(str(self.building))
         try:
+            os.chmod(self.building, PRIVATE_MODE)
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
             )
@@ -515,16 +604,31 @@ class RefreshSession:
             os.fsync(fh.fileno())
         # The live file being replaced becomes the next refresh's starting point, unless this
         # refresh changed so much that a copy of the new file is the cheaper one.
+        # A live file changed since it was published is not kept (see `_take_spare`).
         loaded, total = sum(t.rows_loaded for t in report.tables), sum(t.rows for t in report.tables)
         path = self.wh.path
-        if report.base != "new" and loaded <= SPARE_CATCH_UP_SHARE * total:
+        keep_live = report.base != "new" and loaded <= SPARE_CATCH_UP_SHARE * total
+        if keep_live and (why := self.wh._unchanged("live", path)) is not None:
+            keep_live = False
+            report.warnings.append(f"live file {path} does not match what was published ({why}): not kept as the spare")
+            log.warning("%s", report.warnings[-1])
+        if keep_live:
             os.link(path, self.keep)
         else:
             shutil.copyfile(self.building, self.keep)
             with open(self.keep, "rb+") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(self.building, LIVE_MODE)
         os.replace(self.building, path)
+        # Only now: until the replace above, a linked keep was the live file.
+        os.chmod(self.keep, PRIVATE_MODE)
         os.replace(self.keep, self.wh.spare_path)
+        # Taken after the renames and mode changes, which move a file's ctime. Written last: a
+        # crash before it leaves fingerprints that no longer match, i.e. a rebuild, never trust.
+        record = {"live": file_fingerprint(path), "spare": file_fingerprint(self.wh.spare_path)}
+        tmp = self.wh.published_path.with_name(self.wh.published_path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, self.wh.published_path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -575,30 +679,97 @@ def external_models(lake: Lake) -> list[Model]:
 # ---- reading -------------------------------------------------------------------------------------
 
 
-def connect_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
+class QueryRefused(WarehouseError):
+    """A reader's statement tried to write, or to reach a file other than the warehouse."""
+
+
+REFUSED = "this connection is read-only and cannot read or write files outside the warehouse"
+# How DuckDB words what `open_reader` forbids (besides its PermissionException): writes to the
+# read-only file, settings after the lock, undoing the external-access switch.
+_REFUSAL_MARKS = ("read-only mode", "configuration has been locked", "external access", "disabled by configuration", "disabled through configuration")
+_scratch_root: Path | None = None
+
+
+def _reader_scratch() -> Path:
+    """Where reader connections may spill (a private folder per process, removed at exit).
+
+    Without it DuckDB spills to `<warehouse>.tmp/` and allows queries to write files there,
+    beside the warehouse, in a folder analysts cannot create anyway."""
+    global _scratch_root
+    if _scratch_root is None:
+        _scratch_root = Path(tempfile.mkdtemp(prefix="delivery-lake-reader-"))
+        atexit.register(shutil.rmtree, _scratch_root, True)
+    return _scratch_root
+
+
+def open_reader(path: Path | str) -> duckdb.DuckDBPyConnection:
+    """The one way to open the warehouse for reading (`delivery-lake query`, summaries, a
+    question service): read-only, with no access to any other file.
+
+    `read_only` alone is a file mode, not a sandbox: such a connection still runs `COPY ... TO`
+    any path, `ATTACH` any DuckDB file read-write, `read_csv('/etc/passwd')`, `INSTALL`. With
+    `enable_external_access` off (in the connect config: in force before any statement, for
+    the whole instance) DuckDB refuses every path but the warehouse file (and its WAL names)
+    and the spill folder, which is this process's own (see `_reader_scratch`);
+    `lock_configuration` then refuses any `SET`, so a query cannot turn it back on, point the
+    spill folder or a profiling/log output elsewhere, or load an extension that is not already
+    built in. The lake is out of reach too: the marts are in the file, and analysts need no
+    lake credentials.
+    """
     path = Path(path)
     if not path.exists():
         raise WarehouseError(f"no warehouse at {path}: run `delivery-lake run` (or `delivery-lake build`) first")
-    con = duckdb.connect(str(path), read_only=True)
-    con.execute("SET TimeZone = 'UTC'")
+    # One spill folder per file: DuckDB refuses a second connection to a file in the same
+    # process with another configuration (readers in threads share one database instance).
+    spill = _reader_scratch() / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    config = {"enable_external_access": False, "temp_directory": str(spill)}
+    con = duckdb.connect(str(path), read_only=True, config=config)
+    try:
+        # Set before the lock, not in `config` (TimeZone needs ICU, not loaded yet at connect),
+        # and globally: a reader opened while another one holds the instance finds it locked.
+        try:
+            con.execute("SET GLOBAL TimeZone = 'UTC'")
+            con.execute("SET lock_configuration = true")
+        except duckdb.InvalidInputException:
+            pass  # already locked by a reader in another thread; checked below
+        settings = "current_setting('lock_configuration'), current_setting('enable_external_access'), current_setting('TimeZone')"
+        if con.execute(f"SELECT {settings}").fetchone() != (True, False, "UTC"):
+            raise WarehouseError(f"could not open {path} read-only without external access")
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
+connect_read_only = open_reader  # the name summary.py and the scorer import
+
+
+def _refused(exc: duckdb.Error) -> bool:
+    return isinstance(exc, duckdb.PermissionException) or any(mark in str(exc) for mark in _REFUSAL_MARKS)
+
+
 def query(path: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one query read-only; DuckDB errors propagate as duckdb.Error."""
-    con = connect_read_only(path)
+    """Run one query through `open_reader`. A statement that tries to write or to reach another
+    file raises QueryRefused (DuckDB's message in it); other DuckDB errors propagate as
+    duckdb.Error."""
+    con = open_reader(path)
     try:
         cur = con.execute(sql)
         if cur.description is None:
             return [], []
         return [d[0] for d in cur.description], cur.fetchall()
+    except duckdb.Error as exc:
+        if _refused(exc):
+            # One line: DuckDB's first, without the statement it quotes after it.
+            raise QueryRefused(f"{REFUSED} ({str(exc).splitlines()[0]})") from exc
+        raise
     finally:
         con.close()
 
 
 def describe(path: Path | str) -> dict[str, Any]:
     """Tables with their comment and row count (what `delivery-lake query` users look up first)."""
-    con = connect_read_only(path)
+    con = open_reader(path)
     try:
         rows = con.execute(
             "SELECT table_name, comment, estimated_size FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1"

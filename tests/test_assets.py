@@ -205,3 +205,53 @@ def test_real_foreign_exports_fail_with_the_missing_columns(local_settings: Sett
         landing.land_dimension(TABLES[t])
     with pytest.raises(InputError, match=r"missing contract column\(s\) order_id, client_id|missing contract column\(s\) client_id"):
         landing.land_fact(TABLES["orders"], {"2026-01-06": None})
+
+
+def test_partition_start_comes_from_the_environment() -> None:
+    """PARTITION_START is read (through Settings) when the definitions load."""
+    import os
+    import subprocess
+    import sys
+
+    from delivery_lake.config import DEFAULT_PARTITION_START
+
+    code = "from assets.partitions import DAILY_PARTITIONS as p; print(p.get_first_partition_key())"
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PARTITION_START"}
+    firsts = [
+        subprocess.run([sys.executable, "-c", code], env=e, cwd=root, capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+        for e in (env, {**env, "PARTITION_START": "2014-06-01"})
+    ]
+    assert firsts == [DEFAULT_PARTITION_START, "2014-06-01"]
+    with pytest.raises(ValueError, match="PARTITION_START='2014-13-01' is not a date"):
+        Settings.from_env(partition_start="2014-13-01")
+
+
+def test_run_refuses_files_without_a_partition_by_name(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """History before PARTITION_START and a file whose name's date is no date (one ragged line,
+    no row date): `run` names each, lands the rest, and fails; no Dagster traceback."""
+    from assets.partitions import PARTITION_START
+    from delivery_lake.cli import main
+
+    orders = local_settings.inbox_dir / "orders"
+    rows = (orders / "2026-01-06.csv").read_bytes().split(b"\n")
+    history = orders / "history-export.csv"
+    history.write_bytes(b"\n".join(rows).replace(b"2026-01-0", b"2014-10-0"))
+    bad_name = orders / "2026-02-30.csv"
+    bad_name.write_bytes(rows[0] + b"\nO-RAGGED,C001,not enough fields\n")
+    for k, v in {"DATA_DIR": str(local_settings.data_dir), "LAKE_URL": local_settings.lake_url, "INBOX_DIR": str(local_settings.inbox_dir),
+                 "DAGSTER_HOME": str(local_settings.data_dir / "dh"), "PARTITION_START": PARTITION_START}.items():
+        monkeypatch.setenv(k, v)
+    code = main(["run"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 1, out
+    assert "Traceback" not in out and "Partition key" not in out
+    assert f"SKIP {history}: date 2014-10-06 is before PARTITION_START {PARTITION_START} (set PARTITION_START to land them)" in out
+    assert f"SKIP {bad_name}: no date to file it under: 2026-02-30 in its name is not a real date" in out
+    assert "FAILED: 2 file(s) could not be landed" in out
+    # Everything else landed, and the curated layer and warehouse were built.
+    lake = Lake.from_settings(local_settings)
+    assert {d for d, _ in lake.list_partitions("raw", "orders")} == {"2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"}
+    assert local_settings.warehouse_path.exists()

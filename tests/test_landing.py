@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -521,3 +523,212 @@ def test_relative_inbox_reuses_the_index(local_settings: Settings, monkeypatch: 
     landing = Landing(Lake.from_settings(relative), relative.inbox_dir, relative)
     report = landing.land_fact(TABLES["orders"], {DAY: None})
     assert report.landed > 0
+
+
+# ---- what the inbox holds besides plain UTF-8 CSV ------------------------------------------------
+
+DATES = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
+
+
+def _land_dates(settings: Settings) -> Lake:
+    lake = Lake.from_settings(settings)
+    landing = Landing(lake, settings.inbox_dir, settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    for t in FACTS:
+        landing.land_fact(t, dict.fromkeys(DATES))
+    return lake
+
+
+def _zone_rows(lake: Lake, zone: str, table: str) -> list[tuple]:
+    """Every row of a zone's table, with the source file named by its day only."""
+    rows = read_table(lake, zone, table).to_pylist()
+    for r in rows:
+        r.pop("_landed_at", None)
+        if "_source_file" in r:
+            r["_source_file"] = Path(r["_source_file"]).name.split(".")[0]
+    return sorted(tuple(sorted((k, str(v)) for k, v in r.items())) for r in rows)
+
+
+def _cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    from delivery_lake.cli import main
+
+    monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LAKE_URL", settings.lake_url)
+    monkeypatch.setenv("INBOX_DIR", str(settings.inbox_dir))
+    return main(list(argv))
+
+
+def test_compressed_exports_land_like_the_plain_csv(local_settings: Settings, tmp_path: Path) -> None:
+    plain = _land_dates(local_settings)
+    inbox = tmp_path / "inbox_compressed"
+    shutil.copytree(local_settings.inbox_dir, inbox)
+    for table in ("orders", "deliveries"):
+        for day, suffix in (("2026-01-06", ".csv.gz"), ("2026-01-07", ".csv.zst")):
+            src = inbox / table / f"{day}.csv"
+            if suffix == ".csv.gz":
+                with gzip.open(inbox / table / f"{day}{suffix}", "wb") as out:
+                    out.write(src.read_bytes())
+            else:
+                with pa.CompressedOutputStream(str(inbox / table / f"{day}{suffix}"), "zstd") as out:
+                    out.write(src.read_bytes())
+            src.unlink()
+    settings = Settings.from_env(data_dir=tmp_path / "data2", lake_url=str(tmp_path / "lake2"), inbox_dir=inbox)
+    assert {p.name for p in list_files(inbox, "orders")} >= {"2026-01-06.csv.gz", "2026-01-07.csv.zst"}
+    assert inbox_module.name_date(inbox / "orders" / "2026-01-06.csv.gz") == "2026-01-06"
+    compressed = _land_dates(settings)
+
+    for table in ("orders", "deliveries"):
+        for zone in ("raw", "quarantine", "pending"):
+            if zone == "pending" and not plain.list_partitions(zone, table):
+                continue
+            assert _zone_rows(compressed, zone, table) == _zone_rows(plain, zone, table), (zone, table)
+    # Line numbers in quarantine are lines of the decompressed file.
+    q = [r for r in read_table(compressed, "quarantine", "orders").to_pylist() if r["_source_file"].endswith((".gz", ".zst"))]
+    assert {Path(r["_source_file"]).suffix for r in q} == {".gz", ".zst"}
+    texts = {
+        f: (gzip.decompress(Path(f).read_bytes()) if f.endswith(".gz") else pa.input_stream(f, compression="zstd").read()).split(b"\n")
+        for f in {r["_source_file"] for r in q}
+    }
+    for r in q:
+        line = texts[r["_source_file"]][r["_source_line"] - 1].decode("utf-8", "replace")
+        if r["_raw_line"]:  # invalid UTF-8 in it is replaced, so compare its leading field
+            assert line.split(",")[0] == r["_raw_line"].split(",")[0]
+        elif r["order_id"]:
+            assert line.startswith(r["order_id"] + ",")
+    plain_counts = {Path(p).name.split(".")[0]: v for p, v in reconcile(plain, local_settings.inbox_dir, TABLES["orders"]).items()}
+    for path, v in reconcile(compressed, inbox, TABLES["orders"]).items():
+        assert v == plain_counts[Path(path).name.split(".")[0]] and v["read"] == accounted(v), path
+
+
+def test_files_it_does_not_read_are_refused_by_name(local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    orders = local_settings.inbox_dir / "orders"
+    xlsx = orders / "2026-01-10.xlsx"
+    xlsx.write_bytes(b"PK\x03\x04 not really a workbook")
+    bz2 = orders / "2026-01-10.csv.bz2"
+    bz2.write_bytes(b"BZh91AY&SY")
+    # Files being written under a temporary name are not the exporter's yet: ignored.
+    (orders / ".2026-01-10.csv.swp").write_bytes(b"\x00")
+    (orders / "_tmp_2026-01-10.xlsx").write_bytes(b"\x00")
+    lake = Lake.from_settings(local_settings)
+
+    changes = inbox_module.scan_changes(lake, local_settings.inbox_dir, None)
+    assert len(changes.errors) == 2
+    [xlsx_error] = [e for e in changes.errors if e.startswith(f"{xlsx}: ")]
+    assert "not a CSV export (.xlsx)" in xlsx_error
+    [bz2_error] = [e for e in changes.errors if e.startswith(f"{bz2}: ")]
+    assert ".bz2 compression is not read" in bz2_error
+    assert set(changes.facts["orders"]) == set(DATES)  # the readable files are unaffected
+
+    _land_dates(local_settings)
+    per_file = reconcile(lake, local_settings.inbox_dir, TABLES["orders"])
+    assert per_file[str(xlsx)] == {"error": xlsx_error}
+    capsys.readouterr()
+    assert _cli(local_settings, monkeypatch, "reconcile") == 1
+    out = capsys.readouterr().out
+    assert f"UNREAD   {xlsx_error}" in out and f"UNREAD   {bz2_error}" in out
+    assert "2 file(s) do not reconcile" in " ".join(out.split())
+    assert ".swp" not in out and "_tmp_" not in out
+
+
+def test_a_utf16_export_is_refused_as_not_utf8(local_settings: Settings) -> None:
+    src = local_settings.inbox_dir / "orders" / f"{DAY}.csv"
+    bad = local_settings.inbox_dir / "orders" / f"{DAY}-utf16.csv"
+    bad.write_bytes(src.read_bytes().decode("utf-8", "replace").encode("utf-16"))  # with its BOM
+    assert bad.read_bytes()[:2] == b"\xff\xfe"
+    expected = f"{bad}: not UTF-8 text (looks like UTF-16); re-export the file as UTF-8"
+    with pytest.raises(InputError) as err:
+        inbox_module.read_header(bad, TABLES["orders"])
+    assert str(err.value) == expected
+    bad.write_bytes(src.read_bytes().decode("utf-8", "replace").encode("utf-16-le"))  # no BOM: NUL bytes
+    with pytest.raises(InputError, match=r"looks like UTF-16"):
+        inbox_module.read_header(bad, TABLES["orders"])
+    bad.write_bytes("order_id,client_id,créé\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"not UTF-8 text \(the header has bytes that are not UTF-8"):
+        inbox_module.read_header(bad, TABLES["orders"])
+    bad.write_bytes(src.read_bytes().decode("utf-8", "replace").encode("utf-16"))
+    changes = inbox_module.scan_changes(Lake.from_settings(local_settings), local_settings.inbox_dir, None)
+    assert changes.errors == [expected]
+
+
+def test_reconcile_audits_every_file_when_one_cannot_be_read(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _land_dates(local_settings)
+    # A dimension is audited first: an unreadable one used to end the audit there.
+    bad = local_settings.inbox_dir / "clients" / "clients-utf16.csv"
+    bad.write_bytes((local_settings.inbox_dir / "clients" / "clients.csv").read_text().encode("utf-16"))
+    capsys.readouterr()
+    assert _cli(local_settings, monkeypatch, "reconcile", "-v") == 1
+    lines = capsys.readouterr().out.splitlines()
+    files = [p for t in TABLES for p in list_files(local_settings.inbox_dir, t)]
+    assert len(lines) == len(files) + 1
+    for p in files:
+        [line] = [ln for ln in lines if f" {p}" in ln]
+        if p == bad:
+            assert line == f"UNREAD   {bad}: not UTF-8 text (looks like UTF-16); re-export the file as UTF-8"
+        else:
+            assert line.startswith(f"ok  {p}: read "), line
+    assert lines[-1] == "1 file(s) do not reconcile"
+
+
+def _with_dates(src: Path, dest: Path, old: str, new: str) -> None:
+    """`src` and the next day's file as one export, its dates moved from `old...` to `new...`."""
+    nxt = src.with_name(f"2026-01-0{int(src.stem[-1]) + 1}.csv")
+    both = src.read_bytes() + b"\n".join(nxt.read_bytes().split(b"\n")[1:])
+    dest.write_bytes(both.replace(old.encode(), new.encode()))
+
+
+def test_dates_outside_the_partitions_are_refused_by_the_scan(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export of history before PARTITION_START (or of days still to come) is named with
+    its dates when the inbox is scanned, instead of failing a Dagster run on a partition key."""
+    orders = local_settings.inbox_dir / "orders"
+    old = orders / "export-history.csv"
+    _with_dates(orders / f"{DAY}.csv", old, "2026-01-0", "2014-10-0")  # rows of 2014-10-05..07
+    lake = Lake.from_settings(local_settings)
+    entry = inbox_module.InboxIndex(lake, local_settings.inbox_dir, TABLES["orders"]).entries(paths=[old])[0]
+    first, last = min(entry.dates), max(entry.dates)
+    assert first.startswith("2014-10-") and first < last
+
+    changes = inbox_module.scan_changes(lake, local_settings.inbox_dir, None, partition_start="2015-01-01")
+    assert changes.errors == [
+        f"{old}: dates {first}..{last} are before PARTITION_START 2015-01-01 (set PARTITION_START to land them)"
+    ]
+    assert str(old) not in changes.cursor  # found again once PARTITION_START allows it
+    assert not any(d.startswith("2014") for d in changes.facts["orders"])
+    # The lake's settings decide by default (PARTITION_START, via Settings.from_env).
+    monkeypatch.setenv("PARTITION_START", "2014-01-01")
+    earlier = Settings.from_env(data_dir=local_settings.data_dir, lake_url=local_settings.lake_url, inbox_dir=local_settings.inbox_dir)
+    monkeypatch.delenv("PARTITION_START")
+    assert earlier.partition_start == "2014-01-01"
+    changes = inbox_module.scan_changes(Lake.from_settings(earlier), local_settings.inbox_dir, None)
+    assert changes.errors == [] and str(old) in changes.cursor
+    assert {first, last} <= set(changes.facts["orders"])
+
+    # Days after today (UTC) have no partition yet either.
+    future = orders / "export-future.csv"
+    _with_dates(orders / f"{DAY}.csv", future, "2026-01-0", "2099-10-0")
+    old.unlink()
+    [error] = inbox_module.scan_changes(lake, local_settings.inbox_dir, None).errors
+    assert error.startswith(f"{future}: dates 2099-10-") and "after today" in error
+
+
+def test_a_name_date_must_be_a_real_date(local_settings: Settings) -> None:
+    assert inbox_module.name_date("orders/2026-02-30.csv") is None
+    assert inbox_module.name_date("orders/2026-02-28.csv.gz") == "2026-02-28"
+    orders = local_settings.inbox_dir / "orders"
+    lake = Lake.from_settings(local_settings)
+    # Rows with dates: the file goes by its most common row date, not by the name.
+    misnamed = orders / "2026-02-30.csv"
+    shutil.copyfile(orders / f"{DAY}.csv", misnamed)
+    [entry] = inbox_module.InboxIndex(lake, local_settings.inbox_dir, TABLES["orders"]).entries(paths=[misnamed])
+    assert entry.nominal_date == DAY and "2026-02-30" not in entry.dates
+    # One ragged line and no date anywhere: refused by name.
+    header = (orders / f"{DAY}.csv").read_bytes().split(b"\n")[0]
+    misnamed.write_bytes(header + b"\nO-RAGGED,C001,not enough fields\n")
+    changes = inbox_module.scan_changes(lake, local_settings.inbox_dir, None)
+    assert changes.errors == [
+        f"{misnamed}: no date to file it under: 2026-02-30 in its name is not a real date and no row has a "
+        "created_at (1 line(s) could not be read); name the file for its day or fix its rows"
+    ]
+    assert set(changes.facts["orders"]) == set(DATES)

@@ -19,7 +19,7 @@ from delivery_lake.cli import main
 from delivery_lake.config import Settings
 from delivery_lake.models import Project, Runner
 from delivery_lake.storage import Lake
-from delivery_lake.warehouse import META_TABLE, Warehouse, query
+from delivery_lake.warehouse import META_TABLE, Warehouse, file_fingerprint, query
 from tests.test_landing import land_all
 
 DAY = "2026-01-07"
@@ -200,7 +200,8 @@ def test_cli_query_in_a_subprocess_has_no_traceback(wh: Warehouse, tmp_path: Pat
 
 def _forget_day(wh: Warehouse, project: Project) -> None:
     """Take DAY out of the live file and its spare, as if that day had not arrived yet (compact
-    files: closing checkpoints)."""
+    files: closing checkpoints), and record both as published: a refresh would otherwise find
+    the spare changed and rebuild from scratch (tests/test_readonly.py)."""
     for path in (wh.path, wh.spare_path):
         con = duckdb.connect(str(path))
         try:
@@ -210,6 +211,7 @@ def _forget_day(wh: Warehouse, project: Project) -> None:
             con.execute(f"DELETE FROM {META_TABLE} WHERE date = DATE '{DAY}'")
         finally:
             con.close()
+    wh.published_path.write_text(json.dumps({"live": file_fingerprint(wh.path), "spare": file_fingerprint(wh.spare_path)}))
 
 
 def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Settings, Lake, Project], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,7 +319,9 @@ def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse,
     full.refresh(full=True)
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
     assert query(wh.path, sql) == query(full.path, sql)
-    assert sorted(p.name for p in wh.path.parent.iterdir() if p.name.startswith(".delivery")) == [".delivery.duckdb.spare"]
+    assert sorted(p.name for p in wh.path.parent.iterdir() if p.name.startswith(".delivery")) == [
+        ".delivery.duckdb.published.json", ".delivery.duckdb.spare"
+    ]
 
 
 def test_tables_load_while_their_models_build_and_a_failed_build_publishes_nothing(
