@@ -1,4 +1,4 @@
-"""Quality checks: one GX suite check per raw table and per mart, plus freshness checks.
+"""Quality checks: one GX suite check per raw table and per mart, plus the freshness policy.
 
 Gating design (why the suite checks are `blocking=False`):
 
@@ -35,6 +35,11 @@ from delivery_lake.quality import Quality, suite_names
 SUITE_CHECK = "gx_suite"
 # Raw facts land nightly (02:00 UTC); older than 26 h means a night was missed.
 FRESHNESS_LOWER_BOUND = timedelta(hours=26)
+# Attached (`freshness_policy=`) to the raw facts (assets/raw.py) and the partitioned marts
+# (assets/curated.py). No check or sensor: the daemon's freshness evaluation (FreshnessDaemon,
+# run by `dagster-daemon` under `make up` and by `dagster dev`) records PASS/FAIL per asset and
+# the UI shows it; an asset is FAIL once its last materialization is older than 26 h.
+FRESHNESS_POLICY = dg.FreshnessPolicy.time_window(fail_window=FRESHNESS_LOWER_BOUND)
 MAX_PARTITIONS_IN_METADATA = 50
 
 
@@ -172,21 +177,3 @@ def mart_checks(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg
                 out.append(build_suite_check(key, key.path[-1], mart=True, partitioned_by_client=False))
     return out
 
-
-def freshness_checks(keys: Sequence[dg.AssetKey]) -> Sequence[dg.AssetChecksDefinition]:
-    """Last-update freshness: failing (ERROR) once an asset has not updated for 26 hours."""
-    return dg.build_last_update_freshness_checks(assets=list(keys), lower_bound_delta=FRESHNESS_LOWER_BOUND)
-
-
-def freshness_sensor(checks: Sequence[dg.AssetChecksDefinition]) -> dg.SensorDefinition:
-    """Evaluates the freshness checks from the daemon (no run needed to notice staleness)."""
-    return dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks,
-        name="freshness_checks_sensor",
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        # Staleness is measured in hours: evaluating every 5 minutes is plenty, and the trigger
-        # tag puts these runs under the queue's one-run-per-trigger limit (infra/dagster.yaml),
-        # so they never crowd out landing runs.
-        minimum_interval_seconds=300,
-        tags={"delivery_lake/trigger": "freshness"},
-    )

@@ -10,10 +10,11 @@ dimension: a landed (date, client) partition makes that date of its marts stale.
 
 import dagster as dg
 
+from assets.checks import FRESHNESS_POLICY
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
-from delivery_lake.models import MODELS_DIR, Model, Project, Runner
+from delivery_lake.transform import MODELS_DIR, Model, Project, Runner
 from delivery_lake.warehouse import Warehouse
 
 GROUP = "curated"
@@ -91,6 +92,7 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         deps=deps,
         partitions_def=DAILY_PARTITIONS if m.is_partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if m.is_partitioned else None,
+        freshness_policy=FRESHNESS_POLICY if m.is_partitioned else None,
         automation_condition=refresh_condition(unpartitioned),
         kinds={"polars" if m.language == "python" else "duckdb", "parquet"},
         metadata={
@@ -136,7 +138,9 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
             "Built beside the live file and swapped in atomically, so open sessions are never disturbed; "
             "only the partitions whose curated build changed are reloaded. Query it with `delivery-lake query`."
         ),
-        deps=[model_key(m.name) for m in project.published()],
+        # The marts, and the delay-model scores (`assets/ml.py` RISK_KEY), which scoring publishes
+        # as a curated partition + external table spec: the refresh loads both the same way.
+        deps=[*(model_key(m.name) for m in project.published()), dg.AssetKey(["ml", "fct_delivery_risk"])],
         automation_condition=(
             dg.AutomationCondition.any_deps_updated().since_last_handled()
             & ~dg.AutomationCondition.any_deps_in_progress()

@@ -23,7 +23,16 @@ GROUP = "ml"
 FEATURES_KEY = dg.AssetKey([GROUP, "delivery_features"])
 MODEL_KEY = dg.AssetKey([GROUP, "delay_model"])
 RISK_KEY = dg.AssetKey([GROUP, "fct_delivery_risk"])
-DIMS = [model_key(n) for n in ("dim_clients", "dim_drivers", "dim_vehicles")]
+# Exactly what `features.py` reads (`features.CURATED_INPUTS`), so the graph is the truth: the
+# same dates of int_deliveries_enriched plus the HISTORY_DAYS before them (driver history), and
+# the dimension snapshots.
+FEATURE_DEPS = [
+    dg.AssetDep(model_key(name), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-lookback))
+    if lookback
+    else dg.AssetDep(model_key(name))
+    for name, lookback in features.CURATED_INPUTS.items()
+]
+DIMS = [model_key(name) for name, lookback in features.CURATED_INPUTS.items() if lookback is None]
 
 
 @dg.asset(
@@ -31,20 +40,16 @@ DIMS = [model_key(n) for n in ("dim_clients", "dim_drivers", "dim_vehicles")]
     group_name=GROUP,
     partitions_def=DAILY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[
-        # The driver's on-time history reads the previous days of fct_deliveries.
-        dg.AssetDep(model_key("fct_deliveries"), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-features.HISTORY_DAYS)),
-        dg.AssetDep(model_key("agg_depot_daily_load")),
-        *DIMS,
-    ],
+    deps=FEATURE_DEPS,
     automation_condition=refresh_condition(DIMS),
     kinds={"duckdb", "parquet"},
     description=(
         "One row per delivery with what is known when it leaves the depot (distance, weight, parcels, priority, "
         "client tier and SLA, hours to the promise, dispatch hour and weekday, depot load that day, driver tenure "
         f"and on-time rate over the previous {features.HISTORY_DAYS} days as known at the start of the day, "
-        "vehicle type) and the label `is_late`. Built from the marts; see `delivery_lake/ml/features.py` for the "
-        "leakage rules. A date is rebuilt when its marts change."
+        "vehicle type) and the label `is_late`. Read from the curated layer only (`int_deliveries_enriched` of the date "
+        f"and the {features.HISTORY_DAYS} days before, the dimension snapshots); see `delivery_lake/ml/features.py` for the "
+        "leakage rules. A date is rebuilt when those partitions change."
     ),
     metadata={"features": list(features.FEATURES), "label": features.LABEL},
 )
@@ -53,7 +58,7 @@ def delivery_features(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
     rows = features.build_features(lake, lakehouse.settings(), context.partition_keys)
     missing = [d for d in context.partition_keys if d not in rows]
     if missing:
-        context.log.warning(f"no fct_deliveries partition for {missing}: nothing to build there")
+        context.log.warning(f"no {features.SOURCE} partition for {missing}: nothing to build there")
     blocked, partial = features.gate_exclusions(lake, rows)
     return dg.MaterializeResult(
         metadata={
@@ -143,8 +148,9 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
     kinds={"mlflow", "parquet", "duckdb"},
     description=(
         "Late-delivery risk of every delivery of the latest validated dispatch day, scored by the current `champion` "
-        "(models:/delivery_delay@champion); each row records the model version. Written to "
-        "`curated/fct_delivery_risk/date=.../data.parquet` and the warehouse table `fct_delivery_risk`."
+        "(models:/delivery_delay@champion); each row records the model version. Published like a curated partition "
+        "to `curated/fct_delivery_risk/date=.../data.parquet`; `curated/warehouse` depends on this asset and loads it "
+        "as the table `fct_delivery_risk`."
     ),
 )
 def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
@@ -165,7 +171,6 @@ def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
             "model_run_id": result.model_run_id or "",
             "mean_late_probability": result.mean_probability or 0.0,
             "high_risk_deliveries": result.high_risk,
-            "warehouse_rows": result.warehouse_rows if result.warehouse_rows is not None else 0,
             "location": dg.MetadataValue.path(lake.uri(lake.table_dir(scoring.ZONE, scoring.TABLE))),
             "duration_s": result.seconds,
         }

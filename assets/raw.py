@@ -1,8 +1,11 @@
 """Landing assets (group `raw`): one per feed, generated from the data contract."""
 
 
+from typing import Any
+
 import dagster as dg
 
+from assets.checks import FRESHNESS_POLICY
 from assets.partitions import CLIENT_PARTITIONS, FACT_PARTITIONS, requested_partitions
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES, Table, landing_order
@@ -59,7 +62,7 @@ def build_landing_asset(table: Table) -> dg.AssetsDefinition:
     # A child fact lands after its parent fact in a run that has both (its rows wait for their
     # parents otherwise); same partitions, so the mapping is the identity.
     fact_parents = [dg.AssetKey(["raw", p]) for p in table.parents if TABLES[p].is_fact]
-    common = dict(
+    common: dict[str, Any] = dict(
         key=dg.AssetKey(["raw", table.name]),
         group_name="raw",
         description=f"{table.description}\n\nLanded from `INBOX_DIR/{table.name}/*.csv`; bad rows go to quarantine with a reason, "
@@ -72,7 +75,12 @@ def build_landing_asset(table: Table) -> dg.AssetsDefinition:
 
     if table.is_fact:
 
-        @dg.asset(**common, partitions_def=FACT_PARTITIONS, backfill_policy=dg.BackfillPolicy.single_run())
+        @dg.asset(
+            **common,
+            partitions_def=FACT_PARTITIONS,
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            freshness_policy=FRESHNESS_POLICY,  # facts only: dimensions change when they change
+        )
         def _fact(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
             wanted = requested_partitions(context)
             context.log.info(f"landing {table.name}: {sum(map(len, wanted.values()))} partitions over {len(wanted)} dates")

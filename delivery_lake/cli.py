@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from datetime import date
@@ -16,7 +17,7 @@ from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, render_markdown
 
 if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; commands that do not build skip them
-    from delivery_lake.models import ModelResult
+    from delivery_lake.transform import ModelResult
 
 # Piped output (make, CI logs) gets a width that fits the summary tables.
 console = Console() if sys.stdout.isatty() else Console(width=150)
@@ -43,8 +44,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from delivery_lake.quality import Quality
+    from delivery_lake.storage import Lake
+
+    settings = Settings.from_env()
+    index = Quality(Lake.from_settings(settings), settings).build_docs()
+    console.print(f"Data Docs: {index}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from delivery_lake.orchestrate import run_inbox
+    from assets.run import run_inbox
 
     overrides = {"inbox_dir": Path(args.inbox).resolve()} if args.inbox else {}
     settings = Settings.from_env(**overrides)
@@ -160,8 +171,8 @@ def _print_builds(results: list[ModelResult]) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from delivery_lake.models import Project, Runner
     from delivery_lake.storage import Lake
+    from delivery_lake.transform import Project, Runner
     from delivery_lake.warehouse import Warehouse, build_curated
 
     if not args.full_refresh and not args.date:
@@ -272,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("-v", "--verbose", action="store_true")
     rc.set_defaults(func=_cmd_reconcile)
 
+    d = sub.add_parser("docs", help="rebuild the GX Data Docs site from the stored validation results (offline-safe)")
+    d.set_defaults(func=_cmd_docs)
+
     c = sub.add_parser("contract", help="write docs/contract.md from the contract (or --check it)")
     c.add_argument("--check", action="store_true")
     c.set_defaults(func=_cmd_contract)
@@ -280,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow logs at INFO by itself ("Creating initial MLflow database tables..."): no news for
+    # someone running a command; its warnings and errors still show.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from delivery_lake.inbox import InputError
     from delivery_lake.landing import LandingError
 
@@ -291,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except Exception as exc:
-        models = sys.modules.get("delivery_lake.models")
+        models = sys.modules.get("delivery_lake.transform")
         if models is not None and isinstance(exc, models.ModelError | models.GateBlocked):
             console.print(f"error: {exc}", markup=False)
             return 2

@@ -249,7 +249,7 @@ def table_counts(statuses: Iterable[PartitionStatus]) -> dict[str, dict[str, int
 
 
 def fact_sources(project: Any) -> dict[str, list[str]]:
-    """model -> raw fact tables it reads, for every model of a `models.Project`."""
+    """model -> raw fact tables it reads, for every model of a `transform.Project`."""
     return {name: project.fact_sources(name) for name in project.models}
 
 

@@ -1,4 +1,4 @@
-"""GX Data Docs that render offline; `python -m delivery_lake.data_docs` rebuilds the site.
+"""GX Data Docs that render offline (`delivery-lake docs` / `make docs` rebuilds the site).
 
 GX's page templates load Bootstrap, jQuery, Font Awesome, Vega and the GX logo from public
 CDNs, which this project cannot reach (and a browser stalls on them when offline). GX's
@@ -119,20 +119,3 @@ def make_offline(site_dir: Path) -> int:
         os.replace(tmp, page)
         done += 1
     return done
-
-
-def main() -> int:
-    """Rebuild the whole site from the stored validation results (`make docs`)."""
-    from delivery_lake.config import Settings
-    from delivery_lake.quality import Quality
-    from delivery_lake.storage import Lake
-
-    settings = Settings.from_env()
-    q = Quality(Lake.from_settings(settings), settings)
-    index = q.build_docs()
-    print(f"Data Docs: {index}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1099,8 +1099,8 @@ def _inject(
         df = df[order]
         change = new_pos[rng.random(len(r)) < 0.5]
         col = {"orders": "parcels", "deliveries": "attempts", "customer_feedback": "rating"}[table]
-        cur = df[col].gather(change)
-        df = _set(df, col, change, ((cur.cast(pl.Int64, strict=False).fill_null(1) % 3) + 1).to_list())
+        picked = df[col].gather(change)
+        df = _set(df, col, change, ((picked.cast(pl.Int64, strict=False).fill_null(1) % 3) + 1).to_list())
     raw = "ragged_line" in idx or "non_utf8" in idx
     return df, counts, raw
 

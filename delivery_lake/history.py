@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from delivery_lake.contract import Table
+from delivery_lake.sql import ident, literal
 from delivery_lake.storage import Lake
 
 # Newest first: a pending row landed after whatever raw holds; history is ordered by when
@@ -19,9 +20,6 @@ EXTRA = {
 }
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
     """Versions of the row whose key is `key`, newest first (empty when the key is unknown)."""
@@ -33,13 +31,13 @@ def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
                 continue
             extra = EXTRA[zone]
             # Files written before a column existed lack it: read by name and fill with NULL.
-            cols = ", ".join([*map(_q, table.column_names), *map(_q, extra)])
+            cols = ", ".join([*map(ident, table.column_names), *map(ident, extra)])
             order = "_superseded_at DESC NULLS LAST, _source_file DESC, _source_line DESC" if zone == "history" else "date DESC, client"
             rows = con.execute(
                 f"""SELECT {cols}, date::VARCHAR AS date, client::VARCHAR AS client
-                    FROM read_parquet({_lit(lake.glob_uri(zone, table.name, True))}, hive_partitioning = true,
+                    FROM read_parquet({literal(lake.glob_uri(zone, table.name, True))}, hive_partitioning = true,
                                       hive_types = {{'date': VARCHAR, 'client': VARCHAR}}, union_by_name = true)
-                    WHERE {_q(table.key)} = ? ORDER BY {order}""",
+                    WHERE {ident(table.key)} = ? ORDER BY {order}""",
                 [key],
             ).fetchall()
             n = len(table.column_names)
@@ -63,5 +61,3 @@ def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
     return out
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

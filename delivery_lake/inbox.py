@@ -22,6 +22,7 @@ from typing import Any
 
 from delivery_lake.config import DEFAULT_PARTITION_START
 from delivery_lake.contract import TABLES, Table
+from delivery_lake.sql import literal
 from delivery_lake.storage import Lake
 
 DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -227,7 +228,7 @@ def csv_source_sql(path: Path | str, header: list[str], table: Table, rejects_ta
     Columns are named from the header we validated, so DuckDB's sniffer never guesses.
     """
     types = {c.name: c.duckdb_type for c in table.columns}
-    columns = ", ".join(f"'{_sql_str(h)}': '{types.get(h, 'VARCHAR')}'" for h in header)
+    columns = ", ".join(f"{literal(h)}: {literal(types.get(h, 'VARCHAR'))}" for h in header)
     opts = [
         "header=true",
         "delim=','",
@@ -243,16 +244,12 @@ def csv_source_sql(path: Path | str, header: list[str], table: Table, rejects_ta
     codec = compression(path)
     if codec:
         opts.append(f"compression='{codec}'")
-    return f"read_csv('{_sql_str(str(path))}', {', '.join(opts)})"
+    return f"read_csv({literal(str(path))}, {', '.join(opts)})"
 
 
 def ensure_rejects_table(con: object, name: str) -> None:
     """DuckDB only creates the rejects table when a line was rejected."""
     con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (line BIGINT, error_type VARCHAR, csv_line VARCHAR)")  # type: ignore[attr-defined]
-
-
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
@@ -277,7 +274,7 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
             # fetchall: the rejects table is complete only once the result is consumed
             rows = [(None, "", con.execute(f"SELECT count(*), {parse_all} FROM {src}").fetchall()[0][0])]
         ensure_rejects_table(con, "rej")
-        malformed = con.execute("SELECT count(DISTINCT line) FROM rej").fetchone()[0]
+        malformed = con.execute("SELECT count(DISTINCT line) FROM rej").fetchone()[0]  # type: ignore[index]
     except duckdb.Error as exc:
         # a compressed file cut short, for one: name the file, not just DuckDB's complaint
         raise InputError(f"{path}: cannot be read ({str(exc).splitlines()[0]}); re-send the file") from None

@@ -40,6 +40,7 @@ from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import FileEntry, InboxIndex, InputError, csv_source_sql, ensure_rejects_table, read_header
+from delivery_lake.sql import ident, literal
 from delivery_lake.storage import DATA_FILE, UNASSIGNED_CLIENT, Lake, staging_dir
 
 
@@ -146,19 +147,13 @@ class LandingReport:
 # ---- SQL generated from the contract -------------------------------------------------------
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
     """CASE expressions over typed columns naming each broken rule (casts were checked by the reader)."""
     out: list[str] = []
     for c in table.columns:
-        col = _q(c.name)
+        col = ident(c.name)
         if not c.nullable:
             out.append(f"CASE WHEN {col} IS NULL THEN 'missing:{c.name}' END")
         if c.min is not None:
@@ -166,7 +161,7 @@ def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
         if c.max is not None:
             out.append(f"CASE WHEN {col} > {c.max} THEN 'range:{c.name}' END")
         if c.allowed:
-            values = ", ".join(_lit(v) for v in c.allowed)
+            values = ", ".join(literal(v) for v in c.allowed)
             out.append(f"CASE WHEN {col} NOT IN ({values}) THEN 'not_allowed:{c.name}' END")
         if c.references and c.references[0] in parent_keys:
             keys = parent_keys[c.references[0]]
@@ -182,16 +177,16 @@ def _typed_select(table: Table, parent_keys: dict[str, str], nominal_dates: list
     """Rows of `src` with `_rs` (the broken rules, empty when valid), `_date` and `_client`."""
     reasons = "list_filter([" + ", ".join(reason_exprs(table, parent_keys)) + "], lambda x: x IS NOT NULL)"
     if table.is_fact:
-        pcol, ccol = _q(table.partition_column or ""), _q(table.client_column or "")
+        pcol, ccol = ident(table.partition_column or ""), ident(table.client_column or "")
         # A missing partition timestamp files the row under its file's nominal date.
         nominal = (
             "CASE _file_rank "
-            + " ".join(f"WHEN {i} THEN {_lit(d or 'unknown')}" for i, d in enumerate(nominal_dates))
+            + " ".join(f"WHEN {i} THEN {literal(d or 'unknown')}" for i, d in enumerate(nominal_dates))
             + " END"
         )
         date_expr = f"coalesce(CAST({pcol} AS DATE)::VARCHAR, {nominal})"
         client_ok = f"{ccol} IN (SELECT k FROM {parent_keys['clients']})" if "clients" in parent_keys else "true"
-        client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {_lit(UNASSIGNED_CLIENT)} END"
+        client_expr = f"CASE WHEN {client_ok} THEN {ccol} ELSE {literal(UNASSIGNED_CLIENT)} END"
     else:
         date_expr, client_expr = "NULL::VARCHAR", "NULL::VARCHAR"
     conditions = [e.removeprefix("CASE WHEN ").rsplit(" THEN ", 1)[0] for e in reason_exprs(table, parent_keys)]
@@ -294,7 +289,7 @@ class Landing:
             return [
                 r[0]
                 for r in con.execute(
-                    f"SELECT DISTINCT {_q(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1"
+                    f"SELECT DISTINCT {ident(table.key)} FROM typed WHERE len(_rs) = 0 ORDER BY 1"
                 ).fetchall()
             ]
         finally:
@@ -462,7 +457,7 @@ class Landing:
                 raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
             name = f"keys_{parent}"
             con.execute(
-                f"CREATE TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
+                f"CREATE TABLE {name} AS SELECT DISTINCT {ident(TABLES[parent].key)} AS k "
                 f"FROM read_parquet('{self.lake.uri(path)}')"
             )
             out[parent] = name
@@ -476,14 +471,14 @@ class Landing:
         """
         con.execute("SET preserve_insertion_order = true")
         cols = ", ".join(
-            f"NULLIF(trim({_q(c.name)}), '') AS {_q(c.name)}" if c.dtype == "string" else _q(c.name)
+            f"NULLIF(trim({ident(c.name)}), '') AS {ident(c.name)}" if c.dtype == "string" else ident(c.name)
             for c in table.columns
         )
         parts = []
         for i, e in enumerate(entries):
             header = e.header  # read and checked against the contract when the file was indexed
             parts.append(
-                f"SELECT {cols}, {_lit(e.path)} AS _file, {i} AS _file_rank, row_number() OVER () AS _ord "
+                f"SELECT {cols}, {literal(e.path)} AS _file, {i} AS _file_rank, row_number() OVER () AS _ord "
                 f"FROM {csv_source_sql(e.path, header, table, f'rej{i}')}"
             )
         # A view: `typed` is the one materialisation; the rejects tables fill while it is built.
@@ -498,8 +493,8 @@ class Landing:
             "ELSE 'malformed:' || lower(replace(error_type, ' ', '_')) END"
         )
         rejects = " UNION ALL ".join(
-            f"""SELECT {i} AS _file_rank, {_lit(e.path)} AS _file,
-                       {_lit(e.nominal_date or "unknown") if table.is_fact else "NULL::VARCHAR"} AS _date, line,
+            f"""SELECT {i} AS _file_rank, {literal(e.path)} AS _file,
+                       {literal(e.nominal_date or "unknown") if table.is_fact else "NULL::VARCHAR"} AS _date, line,
                        string_agg(DISTINCT {reason}, ';' ORDER BY {reason}) AS reasons, first(csv_line) AS csv_line,
                        false AS _replayed
                 FROM rej{i} GROUP BY line"""
@@ -521,7 +516,7 @@ class Landing:
             fields = next(csv.reader([text or ""]), [])
             by_name = dict(zip(headers[rank], (f.strip() or None for f in fields), strict=False))
             rows.append((rank, line, *(by_name.get(c.name) for c in table.columns)))
-        cols = ", ".join(f"{_q(c.name)} VARCHAR" for c in table.columns)
+        cols = ", ".join(f"{ident(c.name)} VARCHAR" for c in table.columns)
         con.execute(f"CREATE TEMP TABLE rejected_fields (_file_rank BIGINT, line BIGINT, {cols})")
         if rows:
             marks = ", ".join("?" for _ in range(len(table.columns) + 2))
@@ -541,8 +536,8 @@ class Landing:
         Keys seen twice are rare: they are found with a grouped aggregate and fixed with a small
         UPDATE, so `typed` keeps its file order and needs no sort.
         """
-        key = _q(table.key)
-        content = "hash(" + ", ".join(_q(c.name) for c in table.columns) + ")"
+        key = ident(table.key)
+        content = "hash(" + ", ".join(ident(c.name) for c in table.columns) + ")"
         con.execute(
             f"""CREATE TEMP TABLE versions AS
                 WITH v AS (
@@ -589,7 +584,7 @@ class Landing:
         """A bad row (or unparseable line) that an earlier file already brought, word for word,
         is a replay too: re-sending a file must not quarantine its bad lines twice, or a re-sent
         day would double its quarantine ratio and block."""
-        content = "hash(" + ", ".join(_q(c.name) for c in table.columns) + ", _rs)"
+        content = "hash(" + ", ".join(ident(c.name) for c in table.columns) + ", _rs)"
         con.execute(
             f"""UPDATE typed SET _state = '{REPLAYED}', _rs = []::VARCHAR[]
                 FROM (SELECT _file_rank AS f, _ord AS o,
@@ -616,8 +611,8 @@ class Landing:
         table = ctx.table
         batch_dates = sorted(d for e in entries for d in e.dates if d != "unknown")
         for column, parent in _fact_parents(table):
-            col = _q(column)
-            pkey = _q(TABLES[parent].key)
+            col = ident(column)
+            pkey = ident(TABLES[parent].key)
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE wanted AS SELECT DISTINCT {col} AS k FROM typed
                     WHERE len(_rs) = 0 AND _state IS NULL AND {col} IS NOT NULL"""
@@ -628,7 +623,7 @@ class Landing:
             if near:
                 con.execute(
                     f"""DELETE FROM wanted WHERE k IN (
-                            SELECT {pkey} FROM read_parquet([{', '.join(_lit(f) for f in near)}]))"""
+                            SELECT {pkey} FROM read_parquet([{', '.join(literal(f) for f in near)}]))"""
                 )
             if con.execute("SELECT count(*) FROM wanted").fetchone()[0]:
                 everywhere = self._all_parent_keys(ctx, parent)
@@ -638,7 +633,7 @@ class Landing:
             expired = (
                 "false"
                 if ctx.clock is None
-                else f"date_diff('day', TRY_CAST(_date AS DATE), DATE {_lit(ctx.clock)}) > {int(self.settings.orphan_grace_days)}"
+                else f"date_diff('day', TRY_CAST(_date AS DATE), DATE {literal(ctx.clock)}) > {int(self.settings.orphan_grace_days)}"
             )
             con.execute(
                 f"""UPDATE typed SET _rs = CASE WHEN {expired} THEN ['orphan:{column}'] ELSE _rs END,
@@ -646,7 +641,7 @@ class Landing:
                     WHERE len(_rs) = 0 AND _state IS NULL AND {col} IN (SELECT k FROM wanted)"""
             )
             con.execute(
-                f"UPDATE typed SET _pending_on = {_lit(column)} WHERE _state = '{PENDING}' AND _pending_on IS NULL"
+                f"UPDATE typed SET _pending_on = {literal(column)} WHERE _state = '{PENDING}' AND _pending_on IS NULL"
             )
 
     def _parent_files(self, parent: str, dates: list[str]) -> list[str]:
@@ -667,8 +662,8 @@ class Landing:
                 try:
                     if files:
                         cur.execute(
-                            f"CREATE TABLE {name} AS SELECT DISTINCT {_q(TABLES[parent].key)} AS k "
-                            f"FROM read_parquet([{', '.join(_lit(f) for f in files)}])"
+                            f"CREATE TABLE {name} AS SELECT DISTINCT {ident(TABLES[parent].key)} AS k "
+                            f"FROM read_parquet([{', '.join(literal(f) for f in files)}])"
                         )
                     else:
                         cur.execute(f"CREATE TABLE {name} (k VARCHAR)")
@@ -697,7 +692,7 @@ class Landing:
         )
 
     def _counts(self, con: Any, table: Table) -> _Counts:
-        raw_client = f"coalesce({_q(table.client_column)}, '')" if table.client_column else "''"
+        raw_client = f"coalesce({ident(table.client_column)}, '')" if table.client_column else "''"
         typed = con.execute(
             f"""SELECT _file_rank, _file, _date, _client, {raw_client},
                        count(*) FILTER (len(_rs) = 0 AND _state IS NULL),
@@ -768,7 +763,7 @@ class Landing:
     def _preview(self, con: Any, table: Table, n: int = 5) -> list[dict[str, Any]]:
         cols = [c.name for c in table.columns]
         rows = con.execute(
-            f"SELECT {', '.join(_q(c) for c in cols)} FROM typed WHERE len(_rs) = 0 AND _state IS NULL LIMIT {n}"
+            f"SELECT {', '.join(ident(c) for c in cols)} FROM typed WHERE len(_rs) = 0 AND _state IS NULL LIMIT {n}"
         ).fetchall()
         return [
             {c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(cols, r, strict=True)} for r in rows
@@ -849,7 +844,7 @@ class _PartitionWriter:
     def __init__(self, lake: Lake, con: Any, ctx: _LandingContext, stage: Path):
         self.lake, self.con, self.ctx, self.stage = lake, con, ctx, stage
         self.table = ctx.table
-        self.cols = ", ".join(_q(c.name) for c in self.table.columns)
+        self.cols = ", ".join(ident(c.name) for c in self.table.columns)
 
     def write(self, targets: list[tuple[str | None, str | None]], counts: _Counts) -> list[PartitionResult]:
         con, table = self.con, self.table
@@ -911,10 +906,10 @@ class _PartitionWriter:
     def _side_tables(self) -> None:
         """Quarantined, pending and superseded rows of the picked partitions (usually a handful)."""
         con, table = self.con, self.table
-        text_cols = ", ".join(f"{_q(c.name)}::VARCHAR AS {_q(c.name)}" for c in table.columns)
-        field_cols = ", ".join(f"f.{_q(c.name)}" for c in table.columns)
-        unassigned = _lit(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
-        landed_at = _lit(self.ctx.landed_at)
+        text_cols = ", ".join(f"{ident(c.name)}::VARCHAR AS {ident(c.name)}" for c in table.columns)
+        field_cols = ", ".join(f"f.{ident(c.name)}" for c in table.columns)
+        unassigned = literal(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
+        landed_at = literal(self.ctx.landed_at)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE bad_rows AS
                 SELECT d, c, {text_cols}, _rs[1] AS _reason, array_to_string(_rs, ';') AS _reasons,
@@ -933,10 +928,10 @@ class _PartitionWriter:
                 SELECT d, c, {self.cols}, _pending_on, _file AS _source_file, b._line::BIGINT AS _source_line
                 FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE _state = '{PENDING}'"""
         )
-        key = _q(table.key)
+        key = ident(table.key)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE history_rows AS
-                SELECT d, c, {', '.join(f'p.{_q(c.name)}' for c in table.columns)},
+                SELECT d, c, {', '.join(f'p.{ident(c.name)}' for c in table.columns)},
                        p._file AS _source_file, b._line::BIGINT AS _source_line,
                        f.path AS _superseded_by, f.arrived AS _superseded_at
                 FROM picked p JOIN bad_lines b USING (_file_rank, _ord)
@@ -957,7 +952,7 @@ class _PartitionWriter:
         """A content digest per partition (arrival stamps left out), to tell a change from a replay."""
         cols = [r[0] for r in self.con.execute(f"DESCRIBE {name}").fetchall() if r[0] not in ("d", "c", "_landed_at")]
         rows = self.con.execute(
-            f"SELECT d, c, count(*), sum(hash({', '.join(_q(c) for c in cols)}))::VARCHAR FROM {name} GROUP BY ALL"
+            f"SELECT d, c, count(*), sum(hash({', '.join(ident(c) for c in cols)}))::VARCHAR FROM {name} GROUP BY ALL"
         ).fetchall()
         return {(d, c): f"{n}:{h}" for d, c, n, h in rows}
 
@@ -1062,7 +1057,7 @@ class _PartitionWriter:
             return  # byte-identical to what is landed: a replay rewrites nothing
         res.changed = True
         # Keep the version the gate last passed before replacing it: while the new version is
-        # blocked, the curated layer reads that one instead (models.Runner).
+        # blocked, the curated layer reads that one instead (transform.Runner).
         passed_sha = self.ctx.verdicts.get((res.date, res.client))
         if passed_sha is not None and passed_sha == old.get("sha256") and self.lake.exists(dest):
             self.lake.copy(dest, self.lake.data_file("lastgood", self.table.name, res.date, res.client))
@@ -1170,21 +1165,21 @@ def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]
             pending = lake.list_partitions("pending", table.name)
             if not pending:
                 continue
-            files = ", ".join(_lit(lake.uri(lake.data_file("pending", table.name, d, c))) for d, c in pending)
+            files = ", ".join(literal(lake.uri(lake.data_file("pending", table.name, d, c))) for d, c in pending)
             clock = parent_clock(lake, table)
             grace = int(settings.orphan_grace_days)
             for column, parent in parents:
                 parent_files = lake.list_partitions("raw", parent)
                 known = (
-                    f"SELECT {_q(TABLES[parent].key)} AS k FROM read_parquet([{', '.join(_lit(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
+                    f"SELECT {ident(TABLES[parent].key)} AS k FROM read_parquet([{', '.join(literal(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
                     if parent_files
                     else "SELECT NULL::VARCHAR AS k WHERE false"
                 )
-                expired = "false" if clock is None else f"date_diff('day', date, DATE {_lit(clock)}) > {grace}"
+                expired = "false" if clock is None else f"date_diff('day', date, DATE {literal(clock)}) > {grace}"
                 rows = con.execute(
                     f"""SELECT DISTINCT CAST(date AS VARCHAR), client
                         FROM read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}})
-                        WHERE _pending_on = {_lit(column)} AND ({expired} OR {_q(column)} IN ({known}))"""
+                        WHERE _pending_on = {literal(column)} AND ({expired} OR {ident(column)} IN ({known}))"""
                 ).fetchall()
                 for d, c in rows:
                     out.setdefault(table.name, {}).setdefault(d, set()).add(c)

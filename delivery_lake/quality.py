@@ -36,11 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from delivery_lake import gate
+from delivery_lake import data_docs, gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import InboxIndex
 from delivery_lake.landing import manifest_path
+from delivery_lake.sql import ident
 from delivery_lake.storage import Lake
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
@@ -172,9 +173,6 @@ def _outcome(res: Any) -> Outcome:
 # ---- the runner ------------------------------------------------------------------------------
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 class Quality:
     """Validates partitions of one lake and writes the gate; one GX context per instance."""
@@ -231,14 +229,18 @@ class Quality:
         if self._ctx is not None:
             return self._ctx
         import great_expectations as gx
-        from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
         import delivery_lake.gx_expectations  # noqa: F401  (registers the custom expectations)
 
         cfg = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
             analytics_enabled=False,
-            progress_bars={"globally": False},
+            progress_bars=ProgressBarsConfig(globally=False),
         )
         cfg.stores["validation_results_store"] = {
             "class_name": "ValidationResultsStore",
@@ -292,7 +294,7 @@ class Quality:
 
     # -- parameters ------------------------------------------------------------------------------
     def _read_partition(self, con: Any, table: Table, uri: str) -> Any:
-        cols = ", ".join(f"CAST({_q(c.name)} AS DOUBLE) AS {_q(c.name)}" if c.dtype == "decimal" else _q(c.name) for c in table.columns)
+        cols = ", ".join(f"CAST({ident(c.name)} AS DOUBLE) AS {ident(c.name)}" if c.dtype == "decimal" else ident(c.name) for c in table.columns)
         con.execute(f"CREATE OR REPLACE TEMP TABLE part AS SELECT {cols} FROM read_parquet('{uri}')")
         return con.execute("SELECT * FROM part").df()
 
@@ -309,7 +311,7 @@ class Quality:
             if not exists:
                 out[f"{c.name}_parents"] = []
                 continue
-            pk = _q(c.references[1])
+            pk = ident(c.references[1])
             if parent.is_fact:
                 # Where each parent key lives: the verdict records the versions of the parent
                 # partitions it read, so a change there makes it stale (see `stale`).
@@ -320,7 +322,7 @@ class Quality:
             else:
                 sources = [f"SELECT {pk} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"]
             snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k, d, c FROM ({' UNION ALL '.join(sources)})")
-            rows = con.execute(f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {_q(c.name)} FROM part)").fetchall()
+            rows = con.execute(f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {ident(c.name)} FROM part)").fetchall()
             out[f"{c.name}_parents"] = sorted({r[0] for r in rows})
             if parent.is_fact:
                 self._read_parents.update((parent.name, d, cl) for _k, d, cl in rows if d is not None)
@@ -329,7 +331,7 @@ class Quality:
     def _keys_elsewhere(self, con: Any, table: Table, date: str | None, client: str | None) -> list[str]:
         if not table.is_fact:
             return []
-        key = _q(table.key)
+        key = ident(table.key)
         snap = self._snapshot(
             con,
             ("keys", table.name),
@@ -451,7 +453,7 @@ class Quality:
         try:
             # DECIMAL -> DOUBLE: GX's pandas range metrics want numbers, not Decimal objects.
             rel = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{self.lake.uri(path)}')").fetchall()
-            cols = ", ".join(f"CAST({_q(n)} AS DOUBLE) AS {_q(n)}" if str(t).startswith("DECIMAL") else _q(n) for n, t, *_ in rel)
+            cols = ", ".join(f"CAST({ident(n)} AS DOUBLE) AS {ident(n)}" if str(t).startswith("DECIMAL") else ident(n) for n, t, *_ in rel)
             df = con.execute(f"SELECT {cols} FROM read_parquet('{self.lake.uri(path)}')").df()
         finally:
             con.close()
@@ -463,7 +465,7 @@ class Quality:
     def validate_and_record(self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool = False) -> list[PartitionValidation]:
         """Validate each partition, write its gate status, then build the Data Docs pages once."""
         out: list[PartitionValidation] = []
-        identifiers = []
+        identifiers: list[Any] = []
         self._snapshots, self._manifests = {}, {}
         try:
             self._validate_each(table, partitions, mart, out, identifiers)
@@ -536,8 +538,6 @@ class Quality:
         return urls[0]["site_url"] if urls else None
 
     def build_docs(self, identifiers: list[Any] | None = None) -> Path:
-        from delivery_lake import data_docs
-
         ctx = self.context()
         ctx.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=identifiers)
         data_docs.make_offline(self.docs_dir)

@@ -46,9 +46,9 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 GRPC_OFFSET = 10000
 HOST = "127.0.0.1"
@@ -210,7 +210,7 @@ def pid_alive(pid: int) -> bool:
 
 def _is_weed_mini(pid: int) -> bool:
     args = _cmdline(pid)
-    return bool(args) and Path(args[0]).name.startswith("weed") and "mini" in args[1:3]
+    return bool(args) and args is not None and Path(args[0]).name.startswith("weed") and "mini" in args[1:3]
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -257,7 +257,7 @@ class SeaweedServer:
         self.identities: dict[str, dict[str, Any]] = {}
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self._detached = False
 
     # -- properties
@@ -371,7 +371,7 @@ class SeaweedServer:
             taken |= {p, p + GRPC_OFFSET}
         self.ports = ports
 
-    def command(self, config_args: list[str] = ()) -> list[str]:
+    def command(self, config_args: Sequence[str] = ()) -> list[str]:
         p = self.ports
         return [
             str(self.weed),
@@ -455,6 +455,7 @@ class SeaweedServer:
         #    probe object, so the first real write does not race the volume allocation.
         fs = self.filesystem(config_kwargs={"connect_timeout": 3, "read_timeout": 10, "retries": {"max_attempts": 1}})
         denied_since: float | None = None
+        last: Exception | None = None
         while True:
             self._check_alive()
             try:
@@ -492,7 +493,10 @@ class SeaweedServer:
 
     def filesystem(self, access_key: str | None = None, secret_key: str | None = None, **kwargs: Any):
         """An s3fs filesystem on this server; admin keys unless others are given."""
-        return s3_filesystem(self.endpoint_url, access_key or self.access_key, secret_key or self.secret_key, **kwargs)
+        key, secret = access_key or self.access_key, secret_key or self.secret_key
+        if key is None or secret is None:
+            raise SeaweedError("no S3 keys: start the server first or pass access_key and secret_key")
+        return s3_filesystem(self.endpoint_url, key, secret, **kwargs)
 
     def create_bucket(self, name: str) -> None:
         """Create bucket `name` with the admin keys (no error if it exists)."""

@@ -25,6 +25,8 @@ vocabulary fall back to neutral / general.
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 NEGATIONS = r"(?:not|never|no|hardly|wasn't|isn't|didn't|wasnt|isnt|didnt)"
@@ -126,7 +128,7 @@ def topic_expr(text: pl.Expr) -> pl.Expr:
     lowered = text.str.to_lowercase()
     hits = {t: pl.sum_horizontal([_count(lowered, _cue(p)) for p in pats]) for t, pats in TOPICS.items()}
     best = pl.max_horizontal(list(hits.values()))
-    chosen = pl.when(best == 0).then(pl.lit("general"))
+    chosen: Any = pl.when(best == 0).then(pl.lit("general"))  # Then, then ChainedThen
     for t, h in hits.items():  # TOPICS order breaks ties
         chosen = chosen.when(h == best).then(pl.lit(t))
     return chosen.otherwise(pl.lit("general"))

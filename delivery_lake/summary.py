@@ -134,7 +134,7 @@ def kpi_section(kpis: dict[str, Any]) -> Any:
 def completeness(lake: Lake, project: Any = None) -> list[PartitionStatus]:
     """The partition statuses, computed as the warehouse's `partition_status` is (a mart's held
     cells only mark the tables it reads, which the model project tells)."""
-    from delivery_lake.models import Project
+    from delivery_lake.transform import Project
 
     return partition_statuses(lake, fact_sources(project or Project.load()))
 
@@ -147,8 +147,8 @@ def partition_lines(statuses: list[PartitionStatus]) -> list[str]:
 
 def lake_summary(settings: Settings) -> dict[str, Any]:
     lake = Lake.from_settings(settings)
-    from delivery_lake.models import Project
     from delivery_lake.quality import summary_section
+    from delivery_lake.transform import Project
 
     project = Project.load()
     statuses = completeness(lake, project)

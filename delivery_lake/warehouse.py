@@ -57,10 +57,11 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from delivery_lake.config import Settings
+from delivery_lake.sql import ident, literal
 from delivery_lake.storage import Lake
 
 if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; `query` does not need them
-    from delivery_lake.models import Model, Project
+    from delivery_lake.transform import Model, Project
 
 ZONE = "curated"
 
@@ -123,12 +124,6 @@ class WarehouseReport:
         return [t.table for t in self.tables if t.mode != "unchanged"]
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 @contextmanager
@@ -288,7 +283,7 @@ class Warehouse:
         for t in report.tables:
             if t.mode == "incremental":
                 groups = con.execute(
-                    f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info({_lit(t.table)})"
+                    f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info({literal(t.table)})"
                 ).fetchone()[0]  # type: ignore[index]
                 if groups > -(-t.rows // ROW_GROUP_ROWS) + SLACK_ROW_GROUPS:
                     return True
@@ -304,7 +299,7 @@ class Warehouse:
         """
         con = self.lake.duckdb(str(database))
         try:
-            con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
+            con.execute(f"COMMENT ON TABLE {META_TABLE} IS {literal(META_COMMENT)}")
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -316,13 +311,13 @@ class Warehouse:
         state = self.curated_state(m)
         want_cols = [(c.name, c.type) for c in m.columns]
         have_cols = (
-            [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {_q(m.name)}").fetchall()] if exists else []
+            [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {ident(m.name)}").fetchall()] if exists else []
         )
         if have_cols != want_cols:
             load, remove, mode = sorted(state, key=str), [], "full"
-            con.execute(f"DROP TABLE IF EXISTS {_q(m.name)}")
-            cols = ", ".join(f"{_q(n)} {t}" for n, t in want_cols)
-            con.execute(f"CREATE TABLE {_q(m.name)} ({cols})")
+            con.execute(f"DROP TABLE IF EXISTS {ident(m.name)}")
+            cols = ", ".join(f"{ident(n)} {t}" for n, t in want_cols)
+            con.execute(f"CREATE TABLE {ident(m.name)} ({cols})")
             con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
         else:
             load = sorted((d for d, doc in state.items() if held.get(d) != doc["build_id"] and d not in skip), key=str)
@@ -330,28 +325,28 @@ class Warehouse:
             mode = "incremental" if load or remove else "unchanged"
         result = TableRefresh(m.name, mode, len(load), len(remove))
         if mode == "unchanged":
-            result.rows = int(con.execute(f"SELECT count(*) FROM {_q(m.name)}").fetchone()[0])  # type: ignore[index]
+            result.rows = int(con.execute(f"SELECT count(*) FROM {ident(m.name)}").fetchone()[0])  # type: ignore[index]
             return result
         con.execute("BEGIN")
         try:
             for d in [*load, *remove]:
                 if m.is_partitioned and d is not None:
-                    deleted = con.execute(f"DELETE FROM {_q(m.name)} WHERE {_q(m.partition_by or '')} = ?::DATE", [d]).fetchone()
+                    deleted = con.execute(f"DELETE FROM {ident(m.name)} WHERE {ident(m.partition_by or '')} = ?::DATE", [d]).fetchone()
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ? AND date = ?::DATE", [m.name, d])
                 else:
-                    deleted = con.execute(f"DELETE FROM {_q(m.name)}").fetchone()
+                    deleted = con.execute(f"DELETE FROM {ident(m.name)}").fetchone()
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [m.name])
                 result.rows_deleted += int(deleted[0])  # type: ignore[index]
             if load:
-                files = ", ".join(_lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in load)
-                cols = ", ".join(_q(c.name) for c in m.columns)
+                files = ", ".join(literal(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in load)
+                cols = ", ".join(ident(c.name) for c in m.columns)
                 # One file (a day's partition) may be appended in any order: DuckDB's
                 # order-preserving insert cost a day of fct_deliveries 0.33 s instead of 0.26.
                 # Several files keep their order, so each row group holds few dates and the
                 # zone maps keep a date's DELETE and analysts' date filters cheap.
                 con.execute(f"SET preserve_insertion_order = {'false' if len(load) == 1 else 'true'}")
                 inserted = con.execute(
-                    f"INSERT INTO {_q(m.name)} ({cols}) SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+                    f"INSERT INTO {ident(m.name)} ({cols}) SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
                 ).fetchone()
                 result.rows_loaded = int(inserted[0])  # type: ignore[index]
                 con.executemany(
@@ -368,7 +363,7 @@ class Warehouse:
         for d in remove:
             held.pop(d, None)
         held.update({d: state[d]["build_id"] for d in load})
-        result.rows = int(con.execute(f"SELECT count(*) FROM {_q(m.name)}").fetchone()[0])  # type: ignore[index]
+        result.rows = int(con.execute(f"SELECT count(*) FROM {ident(m.name)}").fetchone()[0])  # type: ignore[index]
         return result
 
     def _comment(self, con: duckdb.DuckDBPyConnection, m: Model) -> None:
@@ -389,14 +384,14 @@ class Warehouse:
         rows = completeness.warehouse_rows(statuses)
         names = [n for n, _, _ in completeness.COLUMNS]
         want_cols = [(n, t) for n, t, _ in completeness.COLUMNS]
-        cols_sql = ", ".join(f"{_q(n)} {t}" for n, t in want_cols)
+        cols_sql = ", ".join(f"{ident(n)} {t}" for n, t in want_cols)
         con.execute(f"CREATE OR REPLACE TEMP TABLE __partition_status ({cols_sql})")
         # Dates and timestamps travel as text and are cast by DuckDB: ISO strings either way.
         schema = pa.schema([(n, pa.int64() if t == "BIGINT" else pa.string()) for n, t in want_cols])
         staged = pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows], schema=schema)
         con.register("__partition_status_arrow", staged)
         try:
-            select = ", ".join(f"{_q(n)}::{t}" for n, t in want_cols)
+            select = ", ".join(f"{ident(n)}::{t}" for n, t in want_cols)
             con.execute(f"INSERT INTO __partition_status SELECT {select} FROM __partition_status_arrow")
         finally:
             con.unregister("__partition_status_arrow")
@@ -420,7 +415,7 @@ class Warehouse:
                     result.mode = "incremental"
                     result.rows_deleted = int(con.execute(f"DELETE FROM {STATUS_TABLE}").fetchone()[0])  # type: ignore[index]
             if result.mode != "unchanged":
-                cols = ", ".join(map(_q, names))
+                cols = ", ".join(map(ident, names))
                 con.execute(f"INSERT INTO {STATUS_TABLE} ({cols}) SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id")
                 result.rows_loaded = len(rows)
             _write_comments(con, STATUS_TABLE, completeness.TABLE_COMMENT, [(n, c) for n, _, c in completeness.COLUMNS])
@@ -438,13 +433,13 @@ def _write_comments(con: duckdb.DuckDBPyConnection, table: str, text: str, colum
     catalog, and a day's refresh re-wrote about 20 per table unchanged."""
     row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchone()
     if row is None or row[0] != text:
-        con.execute(f"COMMENT ON TABLE {_q(table)} IS {_lit(text)}")
+        con.execute(f"COMMENT ON TABLE {ident(table)} IS {literal(text)}")
     have = dict(
         con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchall()
     )
     for name, description in columns:
         if description and have.get(name) != description:
-            con.execute(f"COMMENT ON COLUMN {_q(table)}.{_q(name)} IS {_lit(description)}")
+            con.execute(f"COMMENT ON COLUMN {ident(table)}.{ident(name)} IS {literal(description)}")
 
 
 class RefreshSession:
@@ -583,12 +578,12 @@ class RefreshSession:
         self.apply()
         dropped = []
         for stale in sorted(self.existing - set(self.models) - {META_TABLE, STATUS_TABLE}):
-            con.execute(f"DROP TABLE {_q(stale)}")
+            con.execute(f"DROP TABLE {ident(stale)}")
             con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [stale])
             dropped.append(TableRefresh(stale, "dropped"))
         report.tables = [*(self.tables[n] for n in self.models), *dropped]
         report.partition_status = self.wh._refresh_partition_status(con)
-        con.execute(f"COMMENT ON TABLE {META_TABLE} IS {_lit(META_COMMENT)}")
+        con.execute(f"COMMENT ON TABLE {META_TABLE} IS {literal(META_COMMENT)}")
         report.vacuumed = self.wh._worth_vacuuming(con, report)
         if not report.vacuumed:
             con.execute("SET max_vacuum_tasks = 0")
@@ -662,7 +657,7 @@ def publish_external_table(
 
 
 def external_models(lake: Lake) -> list[Model]:
-    from delivery_lake.models import ColumnInfo, Model
+    from delivery_lake.transform import ColumnInfo, Model
 
     out = []
     for spec_path in lake.list_external_table_specs():
@@ -722,7 +717,7 @@ def open_reader(path: Path | str) -> duckdb.DuckDBPyConnection:
     # One spill folder per file: DuckDB refuses a second connection to a file in the same
     # process with another configuration (readers in threads share one database instance).
     spill = _reader_scratch() / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    config = {"enable_external_access": False, "temp_directory": str(spill)}
+    config: dict[str, str | bool | int | float | list[str]] = {"enable_external_access": False, "temp_directory": str(spill)}
     con = duckdb.connect(str(path), read_only=True, config=config)
     try:
         # Set before the lock, not in `config` (TimeZone needs ICU, not loaded yet at connect),
@@ -789,7 +784,7 @@ def build_curated(settings: Settings, dates: list[str] | None = None, full: bool
     The one library entry point for "refresh the curated layer": the CLI's `build` and the
     benchmark call it; Dagster runs the same Runner and Warehouse through its assets.
     """
-    from delivery_lake.models import Project, Runner
+    from delivery_lake.transform import Project, Runner
 
     lake = Lake.from_settings(settings)
     project = Project.load()

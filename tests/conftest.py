@@ -56,7 +56,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch):
     """`delivery-lake run` through the Dagster definitions, recorded in an ephemeral instance."""
     import dagster as dg
 
-    import delivery_lake.orchestrate as orch
+    import assets.run as orch
 
     instance = dg.DagsterInstance.ephemeral()
     monkeypatch.setattr(orch, "dagster_instance", lambda _settings: instance)

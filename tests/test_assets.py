@@ -13,11 +13,11 @@ import pytest
 from assets.definitions import defs
 from assets.partitions import CLIENT_PARTITIONS, FACT_PARTITIONS
 from assets.resources import LakehouseResource
+from assets.run import run_inbox
 from assets.schedules import nightly_full_refresh
 from assets.sensors import RANGE_END, RANGE_START, inbox_sensor
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES
-from delivery_lake.orchestrate import run_inbox
 from delivery_lake.planning import RunPlan, plan_runs
 from delivery_lake.storage import Lake
 
@@ -38,8 +38,9 @@ def test_definitions_graph() -> None:
         # Every table it references, facts included: a delivery lands after its order in a run
         # that lands both, so it does not wait in pending/ for an order landing beside it.
         assert parents == {dg.AssetKey(["raw", p]) for p in t.parents}
-    assert defs.get_sensor_def("inbox_sensor") is not None
-    assert defs.get_schedule_def("nightly_full_refresh").cron_schedule == "0 2 * * *"
+    sensor = defs.resolve_sensor_def("inbox_sensor")
+    assert sensor.minimum_interval_seconds == 30 and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_schedule_def("nightly_full_refresh").cron_schedule == "0 2 * * *"
 
 
 def test_planner_cuts_exact_rectangles() -> None:
@@ -60,9 +61,10 @@ def test_planner_cuts_exact_rectangles() -> None:
     assert covered == expected
 
 
+@pytest.mark.slow
 def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings) -> None:
     instance = dg.DagsterInstance.ephemeral()
-    import delivery_lake.orchestrate as orch
+    import assets.run as orch
 
     orch_instance = orch.dagster_instance
     orch.dagster_instance = lambda s: instance  # type: ignore[assignment]
@@ -160,6 +162,7 @@ def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> 
     assert {k.path[1] for k in requests[0].asset_selection} == set(TABLES)
 
 
+@pytest.mark.slow
 def test_failed_landing_exits_nonzero_and_names_the_file(local_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     from delivery_lake.cli import main
 
@@ -227,6 +230,7 @@ def test_partition_start_comes_from_the_environment() -> None:
         Settings.from_env(partition_start="2014-13-01")
 
 
+@pytest.mark.slow
 def test_run_refuses_files_without_a_partition_by_name(
     local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ Chromium cannot be downloaded by Playwright here: install it with
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import functools
 import http.server
@@ -133,7 +134,7 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
         # 1) the pipeline, in-process, recorded in DAGSTER_HOME (SQLite) and MLflow (SQLite)
         os.environ.update(env)
         os.environ.pop("AWS_ENDPOINT_URL", None)
-        from delivery_lake.orchestrate import run_inbox
+        from assets.run import run_inbox
 
         settings = Settings.from_env()
         t0 = time.monotonic()
@@ -248,9 +249,60 @@ def test_dagster_asset_check_results_are_visible(uis: UIs) -> None:
     page.get_by_text("gx_suite", exact=True).first.click()
     page.get_by_text(f"partition(s) blocked by ERROR expectations: {BAD_DATE}/C002").first.wait_for()
     text = _body(page)
-    assert "Failed" in text and "freshness_check" in text and "Succeeded" in text
+    assert "Failed" in text
+    # The GX suite is the only check: freshness is a policy on the asset (see the next test).
+    assert "Checks (1)" in text and "freshness_check" not in text
     assert f"1 of {DAYS * CLIENTS} partition(s) blocked" in text
     _shot(page, "dagster_raw_orders_checks")
+    page.close()
+
+
+def _evaluate_freshness_as_the_daemon_does(uis: UIs) -> None:
+    """One FreshnessDaemon iteration on the test instance: what `dagster-daemon` (make up) and
+    `dagster dev` (make ui) do every 30 s. The webserver here runs no daemon."""
+    import dagster as dg
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.freshness import FreshnessDaemon
+
+    root = Path(__file__).resolve().parents[1]
+    target = InProcessWorkspaceLoadTarget(
+        InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(module_name="assets.definitions", attribute="defs", working_directory=str(root)),
+            location_name="delivery_lake",
+        )
+    )
+    home = uis.settings.data_dir.parent / "dagster_home"  # DAGSTER_HOME of the fixture
+
+    def iteration() -> None:
+        with (
+            dg.DagsterInstance.from_config(str(home)) as instance,
+            create_test_daemon_workspace_context(target, instance) as workspace,
+        ):
+            list(FreshnessDaemon().run_iteration(workspace))
+
+    # In a thread of its own: the daemon runs asyncio, and Playwright's loop owns this thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(iteration).result()
+
+
+def test_dagster_asset_shows_its_freshness_policy_and_state(uis: UIs) -> None:
+    _evaluate_freshness_as_the_daemon_does(uis)
+    page = uis.page()
+    page.goto(f"{uis.dagster}/assets/raw/orders")
+    page.get_by_text("Latest materialization").first.wait_for()
+    # Status row and the Definition sidebar both show the policy; the state is the daemon's.
+    page.get_by_text("Freshness policy", exact=True).first.wait_for()
+    page.get_by_text("Passing", exact=True).first.wait_for()
+    page.get_by_text("Fails if more than 26 hours since last materialization").first.wait_for()
+    _shot(page, "dagster_raw_orders_freshness")
+    # A dimension has no freshness policy.
+    page.goto(f"{uis.dagster}/assets/raw/clients")
+    page.get_by_text("Latest materialization").first.wait_for()
+    page.get_by_text("Code location", exact=True).first.wait_for()  # the Definition sidebar has loaded
+    assert "Fails if more than" not in _body(page)
     page.close()
 
 

@@ -19,9 +19,9 @@ from delivery_lake.completeness import COLUMNS, partition_statuses
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from delivery_lake.landing import manifest_path
-from delivery_lake.models import Project, Runner
 from delivery_lake.storage import UNASSIGNED_CLIENT, Lake
 from delivery_lake.summary import partition_lines
+from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import STATUS_TABLE, Warehouse, query
 from tests.test_landing import land_all
 

@@ -21,8 +21,8 @@ from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.generator import COMMENTS, generate
 from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
-from delivery_lake.models import Project, Runner, affected_dates
 from delivery_lake.storage import Lake
+from delivery_lake.transform import Project, Runner, affected_dates
 from delivery_lake.warehouse import Warehouse
 from tests.test_landing import land_all
 
@@ -446,7 +446,7 @@ def test_the_biggest_model_of_a_wave_starts_first(built: Built, tmp_path: Path, 
     fct_deliveries before the three small aggregates that become ready with it."""
     import dataclasses
 
-    from delivery_lake.models import ModelResult
+    from delivery_lake.transform import ModelResult
 
     b = copy_of(built, tmp_path)
     started: list[str] = []

@@ -23,6 +23,9 @@ from delivery_lake.landing import reconcile
 from delivery_lake.storage import Lake
 from tests.conftest import START
 
+# End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
+pytestmark = pytest.mark.slow
+
 DAY = "2026-01-06"
 
 
@@ -121,7 +124,7 @@ def test_two_first_runs_at_once_share_one_instance(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DATA_DIR": str(tmp_path / "data")}
     code = (
         "from delivery_lake.config import Settings\n"
-        "from delivery_lake.orchestrate import dagster_instance\n"
+        "from assets.run import dagster_instance\n"
         "print(len(dagster_instance(Settings.from_env()).get_runs()))\n"
     )
     procs = [_python(code, env) for _ in range(3)]
@@ -134,7 +137,7 @@ def test_two_first_runs_at_once_share_one_instance(tmp_path: Path) -> None:
 def test_a_run_whose_process_was_killed_is_marked_failed(hs: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dagster as dg
 
-    from delivery_lake.orchestrate import fail_dead_runs
+    from assets.run import fail_dead_runs
 
     home = tmp_path / "home"
     env = {
@@ -145,7 +148,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed(hs: Settings, tmp_path:
         "INBOX_DIR": str(hs.inbox_dir),
     }
     proc = _python(
-        "from delivery_lake.config import Settings\nfrom delivery_lake.orchestrate import run_inbox\nrun_inbox(Settings.from_env())\n",
+        "from delivery_lake.config import Settings\nfrom assets.run import run_inbox\nrun_inbox(Settings.from_env())\n",
         env,
     )
     instance = None

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import mlflow
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from delivery_lake.ml import features, registry, scoring, training
-from delivery_lake.models import Project, Runner
+from delivery_lake.publish import PublishError, publish_partition
 from delivery_lake.storage import Lake
+from delivery_lake.transform import Project, Runner
+from delivery_lake.warehouse import Warehouse, external_models
 from tests.test_landing import land_all
+
+# End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
+pytestmark = pytest.mark.slow
 
 START = date(2026, 1, 5)
 DAYS = [(START + timedelta(days=i)).isoformat() for i in range(10)]
@@ -93,6 +99,85 @@ def test_features_are_known_at_dispatch(curated_lake: Env) -> None:
     assert (joined["driver_recent_deliveries"] <= joined["len"]).all()
     assert f.select(pl.col("hours_to_promise").min()).item() > 0  # promise after dispatch
     assert 0.3 < f["depot_load"].mean() < 2.0  # type: ignore[operator]
+
+
+def _feature_files(lake: Lake) -> dict[str, bytes]:
+    return {d: Path(lake.data_file(features.ZONE, features.TABLE, d)).read_bytes() for d in features.feature_dates(lake)}
+
+
+def test_features_read_only_the_curated_layer(curated_lake: Env, tmp_path: Path) -> None:
+    """With the raw zone (and the gate's verdicts) gone after the curated build, the features
+    come out byte for byte the same: nothing of raw is read, no gate filter is repeated."""
+    env = copy_env(curated_lake, tmp_path)
+    lake = env.lake
+    before = _feature_files(lake)
+    assert sorted(before) == DAYS
+    lake.delete(lake.table_dir(features.ZONE, features.TABLE), recursive=True)
+    lake.delete(lake.path("raw"), recursive=True)
+    lake.delete(lake.meta_path("quality"), recursive=True)
+    assert not lake.list_partitions("raw", "deliveries") and not lake.list_partitions("raw", "orders")
+    rows = features.build_features(lake, env.settings, DAYS)
+    assert sum(rows.values()) == sum(pl.read_parquet(f).height for f in map(Path, (lake.data_file("curated", features.SOURCE, d) for d in DAYS)))
+    assert _feature_files(lake) == before
+    # And what the query names is exactly the declared inputs (assets/ml.py builds its deps from them).
+    sql = features.features_sql(lake, [DAYS[-1]]) or ""
+    read = {lake.uri(lake.data_file("curated", features.SOURCE, d)) for d in DAYS[-1 - features.HISTORY_DAYS :]}
+    read |= {lake.uri(lake.data_file("curated", n)) for n, lookback in features.CURATED_INPUTS.items() if lookback is None}
+    assert all(f"'{f}'" in sql for f in read) and sql.count("read_parquet(") == 1 + len(features.DIMENSIONS)
+    assert "/raw/" not in sql and features.source_dates(lake, [DAYS[-1]]) == DAYS[-1 - features.HISTORY_DAYS :]
+
+
+def test_features_match_an_independent_computation(curated_lake: Env) -> None:
+    """A few rows recomputed in Polars from the curated tables, one feature at a time."""
+    lake = curated_lake.lake
+    day = DAYS[8]
+    enriched = pl.read_parquet(f"{lake.root}/curated/{features.SOURCE}/**/*.parquet", hive_partitioning=False)
+    dims = {n: pl.read_parquet(lake.data_file("curated", n)) for n in features.DIMENSIONS}
+    got = features.read_features(lake, [day])
+    today = enriched.filter(pl.col("date") == date.fromisoformat(day))
+    assert got.height == today.height and set(got["delivery_id"]) == set(today["delivery_id"])
+    # Drivers with history and at least one late verdict, and a delivery without a depot if any.
+    sample = got.filter(pl.col("driver_recent_deliveries") > 0).sort("delivery_id").head(5)["delivery_id"].to_list()
+    sample += got.filter(pl.col("depot_load").is_null()).head(1)["delivery_id"].to_list()
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)  # the lake's sessions run in UTC
+    for delivery_id in sample:
+        t = today.row(by_predicate=pl.col("delivery_id") == delivery_id, named=True)
+        f = got.row(by_predicate=pl.col("delivery_id") == delivery_id, named=True)
+        client = dims["dim_clients"].row(by_predicate=pl.col("client_id") == t["client_id"], named=True)
+        driver = dims["dim_drivers"].row(by_predicate=pl.col("driver_id") == t["driver_id"], named=True)
+        vehicle = dims["dim_vehicles"].row(by_predicate=pl.col("vehicle_id") == t["vehicle_id"], named=True)
+        history = enriched.filter(
+            (pl.col("driver_id") == t["driver_id"])
+            & pl.col("date").is_between(t["date"] - timedelta(days=features.HISTORY_DAYS), t["date"] - timedelta(days=1))
+            & pl.col("is_on_time").is_not_null()
+            # the verdict is known: delivered on time before the day, or the promise passed before it
+            & (pl.min_horizontal(pl.col("delivered_at").fill_null(pl.col("promised_by")), pl.col("promised_by")) < start)
+        )
+        if t["depot_id"] is None:
+            load = None
+        else:
+            depot = dims["dim_depots"].row(by_predicate=pl.col("depot_id") == t["depot_id"], named=True)
+            load = today.filter(pl.col("depot_id") == t["depot_id"])["parcels"].sum() / depot["daily_capacity_parcels"]
+        expected = {
+            "priority": t["priority"] or "unknown",
+            "client_tier": client["tier"],
+            "vehicle_type": vehicle["vehicle_type"],
+            "distance_km": t["distance_km"],
+            "weight_kg": t["weight_kg"],
+            "parcels": float(t["parcels"]),
+            "sla_hours": float(client["sla_hours"]),
+            "hours_to_promise": (t["promised_by"] - t["dispatched_at"]).total_seconds() / 3600,
+            "dispatch_hour": float(t["dispatched_at"].hour),
+            "dispatch_weekday": float(t["dispatched_at"].weekday()),
+            "depot_load": load,
+            "driver_tenure_days": float((t["date"] - driver["hired_on"]).days),
+            "driver_recent_deliveries": float(history.height),
+            "driver_recent_on_time_rate": history["is_on_time"].cast(pl.Float64).mean() if history.height else None,
+            features.LABEL: not t["is_on_time"],
+        }
+        for k, v in expected.items():
+            assert f[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), (delivery_id, k, f[k], v)
+    assert len(sample) >= 5
 
 
 # ---- training, MLflow logging, baseline ----------------------------------------------------------
@@ -173,6 +258,10 @@ def test_scoring_uses_the_champion(trained: tuple[Env, training.TrainingResult])
     assert out.height == result.rows == features.read_features(env.lake, [DAYS[-1]]).height
     assert out["model_version"].unique().to_list() == [champion]
     assert out["late_probability"].is_between(0, 1).all()
+    # Scoring leaves the warehouse alone: its asset (which depends on ml/fct_delivery_risk) loads them.
+    assert not env.settings.warehouse_path.exists()
+    report = Warehouse(env.lake, Project.load(), env.settings.warehouse_path).refresh()
+    assert {t.table: t.rows for t in report.tables}[scoring.TABLE] == result.rows
     con = duckdb.connect(str(env.settings.warehouse_path), read_only=True)
     try:
         n, versions = con.execute(f"SELECT count(*), string_agg(DISTINCT model_version, ',') FROM {scoring.TABLE}").fetchone()  # type: ignore[misc]
@@ -180,6 +269,47 @@ def test_scoring_uses_the_champion(trained: tuple[Env, training.TrainingResult])
         assert con.execute("SELECT count(*) FROM fct_deliveries").fetchone()[0] > 0  # type: ignore[index]
     finally:
         con.close()
+
+
+def test_scores_are_published_like_a_curated_partition(trained: tuple[Env, training.TrainingResult]) -> None:
+    """Same publisher as the runner: sorted by the grain, every column OPTIONAL, sha256 and a
+    manifest with the runner's fields."""
+    env, _ = trained
+    lake = env.lake
+    scoring.score(lake, env.settings, day=DAYS[-2])
+    path = lake.data_file("curated", scoring.TABLE, DAYS[-2])
+    manifest = lake.read_json(lake.build_manifest("curated", scoring.TABLE, DAYS[-2]))
+    runner_manifest = lake.read_json(lake.build_manifest("curated", "fct_deliveries", DAYS[-2]))
+    assert set(manifest) == set(runner_manifest)
+    assert manifest["sha256"] == lake.sha256(path) and manifest["bytes"] == Path(path).stat().st_size
+    assert manifest["columns"] == [[n, t] for n, t, _ in scoring.COLUMNS] and manifest["date"] == DAYS[-2]
+    out = pl.read_parquet(path)
+    assert manifest["rows"] == out.height and out["delivery_id"].is_sorted()
+    schema = pq.read_schema(path)
+    assert all(schema.field(i).nullable for i in range(len(schema)))
+    assert [c.name for c in external_models(lake)] == [scoring.TABLE]
+
+
+def test_publisher_reproduces_the_runner(curated_lake: Env, tmp_path: Path) -> None:
+    """`publish_partition` keeps the runner's contract: republishing a built partition's rows
+    gives the same bytes and a manifest with the same fields."""
+    lake = curated_lake.lake
+    target = _env(tmp_path, tmp_path / "lake", curated_lake.settings.inbox_dir).lake
+    project = Project.load()
+    for name, d in (("int_deliveries_enriched", DAYS[3]), ("agg_depot_daily_load", DAYS[4]), ("dim_drivers", None)):
+        m = project[name]
+        con = lake.duckdb()
+        try:
+            # shuffled, so the order comes from the publisher
+            con.execute(f"CREATE TEMP TABLE __out AS SELECT * FROM read_parquet('{lake.data_file('curated', name, d)}') ORDER BY random()")
+            doc = publish_partition(target, con, "curated", name, d, [(c.name, c.type) for c in m.columns], m.grain_columns, target.settings)
+            with pytest.raises(PublishError):
+                publish_partition(target, con, "curated", name, d, [(c.name, c.type) for c in m.columns[:-1]], [], target.settings)
+        finally:
+            con.close()
+        built = lake.read_json(lake.build_manifest("curated", name, d))
+        assert doc == target.read_json(target.build_manifest("curated", name, d))
+        assert set(doc) == set(built) and doc["sha256"] == built["sha256"] and doc["rows"] == built["rows"], name
 
 
 # ---- the gate and the retrain sensor, through Dagster -------------------------------------------------
@@ -206,6 +336,7 @@ def test_gate_exclusions(curated_lake: Env, tmp_path: Path) -> None:
 
 
 def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from assets.curated import WAREHOUSE_KEY
     from assets.definitions import defs
     from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY, retrain_sensor
     from assets.resources import LakehouseResource
@@ -235,11 +366,16 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
     first = tick()
     assert len(first.run_requests or []) == 1 and "no champion yet" in first.run_requests[0].tags["delivery_lake/retrain_reason"]
     instance = dg.DagsterInstance.ephemeral()
+    # The scores reach the warehouse through its asset, which runs after them.
     run = dg.materialize(
-        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key in (MODEL_KEY, RISK_KEY, FEATURES_KEY)],
-        selection=[MODEL_KEY, RISK_KEY], instance=instance, resources={"lakehouse": resource},
+        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key in (MODEL_KEY, RISK_KEY, FEATURES_KEY, WAREHOUSE_KEY)],
+        selection=[MODEL_KEY, RISK_KEY, WAREHOUSE_KEY], instance=instance, resources={"lakehouse": resource},
     )
     assert run.success
+    steps = [e.asset_key for e in run.get_asset_materialization_events()]
+    assert steps.index(WAREHOUSE_KEY) > steps.index(RISK_KEY)
+    loaded = instance.get_latest_materialization_event(WAREHOUSE_KEY).asset_materialization.metadata["rows"].value  # type: ignore[union-attr]
+    assert loaded[scoring.TABLE] == instance.get_latest_materialization_event(RISK_KEY).asset_materialization.metadata["dagster/row_count"].value  # type: ignore[union-attr]
     meta = instance.get_latest_materialization_event(MODEL_KEY).asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["promoted"].value is True and list(meta["partitions_excluded"].value) == [DAYS[3]]
     assert meta["client_partitions_excluded"].value == {DAYS[2]: ["C001"]}
@@ -276,6 +412,7 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
 
 
 def test_ml_definitions() -> None:
+    from assets.curated import WAREHOUSE_KEY
     from assets.definitions import defs
     from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
     from assets.partitions import DAILY_PARTITIONS
@@ -283,9 +420,18 @@ def test_ml_definitions() -> None:
     graph = defs.resolve_asset_graph()
     assert {k for k in graph.get_all_asset_keys() if k.path[0] == "ml"} == {FEATURES_KEY, MODEL_KEY, RISK_KEY}
     assert graph.get(FEATURES_KEY).partitions_def == DAILY_PARTITIONS and graph.get(FEATURES_KEY).group_name == "ml"
-    assert dg.AssetKey(["curated", "fct_deliveries"]) in graph.get(FEATURES_KEY).parent_keys
+    # The features' lineage is what they read: curated tables only, with their partition windows.
+    parents = graph.get(FEATURES_KEY).parent_keys
+    assert parents == {dg.AssetKey(["curated", n]) for n in ("int_deliveries_enriched", "dim_clients", "dim_drivers", "dim_depots", "dim_vehicles")}
+    enriched = graph.get_partition_mapping(FEATURES_KEY, dg.AssetKey(["curated", "int_deliveries_enriched"]))
+    assert isinstance(enriched, dg.TimeWindowPartitionMapping) and (enriched.start_offset, enriched.end_offset) == (-features.HISTORY_DAYS, 0)
+    assert graph.get(dg.AssetKey(["curated", "int_deliveries_enriched"])).partitions_def == DAILY_PARTITIONS
+    # One loader of the scores: the warehouse asset depends on them.
+    assert RISK_KEY in graph.get(WAREHOUSE_KEY).parent_keys and graph.get(RISK_KEY).parent_keys == {MODEL_KEY, FEATURES_KEY}
     assert graph.get(MODEL_KEY).parent_keys == {FEATURES_KEY}
-    assert defs.get_sensor_def("retrain_sensor") is not None
+    # The retrain sensor targets the model and the scores, nothing upstream of them.
+    retrain = defs.resolve_sensor_def("retrain_sensor")
+    assert set(retrain.asset_selection.resolve(graph)) == {MODEL_KEY, RISK_KEY}
 
 
 def test_settings_mlflow_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,8 @@ from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
 from delivery_lake.generator import COMMENTS
-from delivery_lake.models import (
+from delivery_lake.sentiment import classify
+from delivery_lake.transform import (
     MODELS_DIR,
     RUNNER_RELATIONS,
     ModelError,
@@ -28,7 +29,6 @@ from delivery_lake.models import (
     parent_links,
     source_view,
 )
-from delivery_lake.sentiment import classify
 
 MARTS = {
     "dim_clients", "dim_drivers", "dim_depots", "dim_vehicles", "fct_deliveries", "fct_feedback",
@@ -321,8 +321,8 @@ def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Proje
     import threading
 
     from delivery_lake.config import Settings
-    from delivery_lake.models import ModelResult, Runner
     from delivery_lake.storage import Lake
+    from delivery_lake.transform import ModelResult, Runner
 
     started: list[str] = []
     downstream_started = threading.Event()
@@ -369,7 +369,10 @@ def test_curated_asset_graph(project: Project) -> None:
     enriched = next(a for a in CURATED_ASSETS if a.key == dg.AssetKey(["curated", "int_deliveries_enriched"]))
     mapping = enriched.get_partition_mapping(dg.AssetKey(["raw", "deliveries"]))
     assert isinstance(mapping, dg.MultiToSingleDimensionPartitionMapping) and mapping.partition_dimension_name == "date"
-    assert set(graph.get(WAREHOUSE_KEY).parent_keys) == {dg.AssetKey(["curated", n]) for n in MARTS}
+    # The warehouse loads every mart and the delay model's risk scores.
+    assert set(graph.get(WAREHOUSE_KEY).parent_keys) == {dg.AssetKey(["curated", n]) for n in MARTS} | {
+        dg.AssetKey(["ml", "fct_delivery_risk"])
+    }
 
 
 def test_a_new_model_file_is_a_new_asset(tmp_path: Path) -> None:
@@ -390,7 +393,7 @@ def test_a_new_model_file_is_a_new_asset(tmp_path: Path) -> None:
 
 
 def test_parsed_project_is_cached_and_follows_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import delivery_lake.models as models_module
+    import delivery_lake.transform.project as project_module
 
     monkeypatch.setenv("DELIVERY_LAKE_CACHE_DIR", str(tmp_path / "cache"))
     root = _copy_models(tmp_path)
@@ -401,7 +404,7 @@ def test_parsed_project_is_cached_and_follows_the_files(tmp_path: Path, monkeypa
         raise AssertionError("parsed although the files did not change")
 
     with monkeypatch.context() as m:
-        m.setattr(models_module, "parse_model", no_parsing)
+        m.setattr(project_module, "parse_model", no_parsing)
         cached = Project.load(root)
     assert cached.models == fresh.models  # names, SQL, refs, columns with types and docs
     assert list(cached.models) == list(fresh.models)  # dependency order kept
@@ -417,17 +420,26 @@ def test_project_cache_follows_the_library_a_python_model_imports(tmp_path: Path
     """fct_feedback's columns come from running it, and it imports delivery_lake.sentiment:
     a change anywhere in the library must not serve a stale project (nor leave a built
     model up to date: the digest is part of its inputs)."""
-    import delivery_lake.models as models_module
+    import inspect
 
+    import delivery_lake
+    import delivery_lake.transform.project as project_module
+
+    default_library = inspect.signature(project_module._project_digest).parameters["library"].default
+    assert default_library == Path(delivery_lake.__file__).parent  # the whole library, transform/ included
     root = _copy_models(tmp_path)
     library = tmp_path / "delivery_lake"
-    shutil.copytree(Path(models_module.__file__).parent, library, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(default_library, library, ignore=shutil.ignore_patterns("__pycache__"))
     paths = sorted(root.rglob("*.sql"))
-    first = models_module._project_digest(root, paths, library)
-    assert models_module._project_digest(root, paths, library) == first
+    first = project_module._project_digest(root, paths, library)
+    assert project_module._project_digest(root, paths, library) == first
     (library / "sentiment.py").write_text((library / "sentiment.py").read_text() + "\n# a lexicon change\n")
-    assert models_module._project_digest(root, paths, library) != first
-    assert models_module._cache_file(models_module._project_digest(root, paths, library)) != models_module._cache_file(first)
+    second = project_module._project_digest(root, paths, library)
+    assert second != first
+    assert project_module._cache_file(second) != project_module._cache_file(first)
+    # The runner's own source is part of it too (now a package of its own).
+    (library / "transform" / "runner.py").write_text((library / "transform" / "runner.py").read_text() + "\n# a runner change\n")
+    assert project_module._project_digest(root, paths, library) not in (first, second)
 
 
 def test_python_models_exchange_frames_without_pyarrow(tmp_path: Path) -> None:
@@ -435,7 +447,7 @@ def test_python_models_exchange_frames_without_pyarrow(tmp_path: Path) -> None:
     runs a Python model never imports pyarrow (0.12 CPU s of a day's refresh)."""
     code = (
         "import sys\n"
-        "from delivery_lake.models import Project\n"
+        "from delivery_lake.transform import Project\n"
         "p = Project.load(cache=False)\n"
         "print(len(p['fct_feedback'].columns), 'pyarrow' in sys.modules)\n"
     )

@@ -110,7 +110,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
 
         import dagster as dg
 
-        from delivery_lake.orchestrate import run_inbox
+        from assets.run import run_inbox
 
         settings = Settings.from_env()
         assert settings.lake_url == "s3://lake/prod" and settings.aws_access_key_id == cfg.secrets["LAKE_PIPELINE_ACCESS_KEY"]

@@ -239,32 +239,68 @@ def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Setti
     assert len([r for r in _mart_rows(lake, "fct_deliveries", DAY) if r["client_id"] == "C002"]) > 0
 
 
-def test_stale_asset_fails_its_freshness_check(qs: Settings) -> None:
-    from dagster._core.test_utils import freeze_time
+def test_stale_asset_fails_its_freshness_check() -> None:
+    """Freshness as the daemon evaluates it: one FreshnessDaemon iteration over a workspace of
+    the project's definitions records a FreshnessStateChange per asset whose state changed."""
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.freshness import FreshnessDaemon
 
-    from assets.definitions import FRESHNESS_CHECKS, defs
-    from assets.resources import LakehouseResource
+    import assets.definitions  # noqa: F401  (loaded here so import errors point at the project)
 
-    assert defs.get_sensor_def("freshness_checks_sensor") is not None
-    key = dg.AssetKey(["raw", "orders"])
-    check_key = dg.AssetCheckKey(key, "freshness_check")
-    resources = {"lakehouse": LakehouseResource(data_dir=str(qs.data_dir), lake_url=qs.lake_url, inbox_dir=str(qs.inbox_dir))}
-    with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition="C001|2026-01-05"))
+    fact, dim = dg.AssetKey(["raw", "orders"]), dg.AssetKey(["raw", "clients"])
+    root = str(Path(__file__).resolve().parents[1])
+    target = InProcessWorkspaceLoadTarget(
+        InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(module_name="assets.definitions", attribute="defs", working_directory=root),
+            location_name="delivery_lake",
+        )
+    )
+    landed_at = datetime(2026, 1, 6, 2, 0, tzinfo=UTC)  # the nightly landing
+    with dg.instance_for_test() as instance, create_test_daemon_workspace_context(target, instance) as workspace:
         instance.add_dynamic_partitions("client", ["C001"])
-        now = datetime.now(UTC)
+        with freeze_time(landed_at):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=fact, partition="C001|2026-01-05"))
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dim))
 
-        def evaluate(at: datetime) -> bool:
+        def evaluate(at: datetime) -> dict[dg.AssetKey, FreshnessState]:
             with freeze_time(at):
-                result = dg.materialize(
-                    [*defs.assets, *FRESHNESS_CHECKS],
-                    selection=dg.AssetSelection.checks(check_key),
-                    instance=instance,
-                    resources=resources,
-                    raise_on_error=False,
-                )
-            [ev] = result.get_asset_check_evaluations()
-            return ev.passed
+                list(FreshnessDaemon().run_iteration(workspace))
+            records = instance.get_freshness_state_records([fact, dim])
+            return {k: r.freshness_state for k, r in records.items()}
 
-        assert evaluate(now + timedelta(hours=1)) is True
-        assert evaluate(now + timedelta(hours=27)) is False  # last update 27 h ago, bound 26 h
+        na = FreshnessState.NOT_APPLICABLE  # a dimension has no policy and never goes stale
+        assert evaluate(landed_at + timedelta(hours=1)) == {fact: FreshnessState.PASS, dim: na}
+        # last update 27 h ago, fail window 26 h
+        assert evaluate(landed_at + timedelta(hours=27)) == {fact: FreshnessState.FAIL, dim: na}
+        # the next night's landing makes it fresh again
+        with freeze_time(landed_at + timedelta(hours=27, minutes=5)):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=fact, partition="C001|2026-01-06"))
+        assert evaluate(landed_at + timedelta(hours=28))[fact] == FreshnessState.PASS
+
+
+def test_freshness_policy_on_raw_facts_and_partitioned_marts_only() -> None:
+    from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
+
+    from assets.checks import FRESHNESS_LOWER_BOUND
+    from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, WAREHOUSE_KEY
+    from assets.definitions import defs
+    from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
+
+    assert timedelta(hours=26) == FRESHNESS_LOWER_BOUND
+    policies = {spec.key: spec.freshness_policy for spec in defs.resolve_all_asset_specs()}
+    fresh = {*RAW_FACT_KEYS, *CURATED_PARTITIONED_KEYS}
+    assert RAW_FACT_KEYS and CURATED_PARTITIONED_KEYS and RAW_DIMENSION_KEYS and CURATED_UNPARTITIONED_KEYS
+    for key in fresh:
+        policy = policies[key]
+        assert isinstance(policy, TimeWindowFreshnessPolicy), key
+        assert policy.fail_window.to_timedelta() == timedelta(hours=26) and policy.warn_window is None, key
+    for key in {*RAW_DIMENSION_KEYS, *CURATED_UNPARTITIONED_KEYS, WAREHOUSE_KEY}:
+        assert policies[key] is None, key
+    assert {k for k, p in policies.items() if p is not None} == fresh  # nothing else (ml assets) has one
+    # the superseded last-update checks and their sensor are gone
+    assert not [c for c in defs.resolve_asset_graph().asset_check_keys if c.name == "freshness_check"]
+    assert "freshness_checks_sensor" not in {s.name for s in defs.sensors or []}

@@ -19,8 +19,8 @@ import pytest
 
 from delivery_lake.cli import main
 from delivery_lake.config import Settings
-from delivery_lake.models import Project, Runner
 from delivery_lake.storage import Lake
+from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import LIVE_MODE, PRIVATE_MODE, Warehouse, query
 from tests.test_landing import land_all
 

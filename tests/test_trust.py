@@ -33,6 +33,9 @@ from delivery_lake.landing import Landing, reconcile, releasable
 from delivery_lake.storage import Lake
 from tests.conftest import START
 
+# End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
+pytestmark = pytest.mark.slow
+
 DATES = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
 DAY = "2026-01-07"
 STATES = ("landed", "quarantined", "replayed", "superseded", "pending")

@@ -17,8 +17,8 @@ import pytest
 
 from delivery_lake.cli import main
 from delivery_lake.config import Settings
-from delivery_lake.models import Project, Runner
 from delivery_lake.storage import Lake
+from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import META_TABLE, Warehouse, file_fingerprint, query
 from tests.test_landing import land_all
 

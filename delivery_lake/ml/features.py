@@ -1,30 +1,29 @@
 """Delivery features: one row per delivery with only what is known when it leaves the depot.
 
-Read from the curated marts (`fct_deliveries`, `agg_depot_daily_load`, `dim_clients`,
-`dim_drivers`, `dim_vehicles`), built by DuckDB, published per dispatch date as
-`{LAKE}/ml/delivery_features/date=D/data.parquet` (staged locally, then one atomic publish).
+Read from the curated layer only (`CURATED_INPUTS`): `int_deliveries_enriched` (each delivery
+with its order attributes, already filtered by the quality gate and without held cells) for the
+dates built and the `HISTORY_DAYS` before them, and the dimension snapshots `dim_clients`,
+`dim_drivers`, `dim_depots`, `dim_vehicles`. No raw partition is read and no gate filter or
+order dedupe is repeated here: the curated runner did both. `assets/ml.py` declares exactly these
+inputs as the Dagster deps of `ml/delivery_features`. Built by DuckDB, published per dispatch date
+as `{LAKE}/ml/delivery_features/date=D/data.parquet` (staged locally, then one atomic publish).
 
 Leakage rules (the label is `is_late = not is_on_time`):
 - Nothing about the delivery's own outcome (status, delivered_at, attempts, late minutes).
-- Depot load is the day's dispatch plan (parcels leaving the depot that day / capacity):
-  dispatch waves are planned from orders already received, so it is known at dispatch.
-  The mart's `on_time_rate` of that day is an outcome and is never read.
+- Depot load is the day's dispatch plan (parcels leaving the depot that day / its capacity in
+  `dim_depots`): dispatch waves are planned from orders already received, so it is known at
+  dispatch. The day's on-time rate is an outcome and is never read.
 - The driver's recent on-time rate uses deliveries dispatched in the previous
   `HISTORY_DAYS` days whose verdict was already known at the start of the dispatch day
   (delivered on time by then, or promise passed): a late parcel from yesterday that is
   still on the road does not count yet.
 - Dimensions are current snapshots (tier, SLA, hire date, vehicle type change rarely).
-
-`fct_deliveries` does not carry `dispatched_at`, `vehicle_id` or `parcels` (yet): those
-three come from the raw deliveries/orders partitions the quality gate let through
-(`_dispatch_details_sql`). When the mart gains them, that join is skipped automatically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, timedelta
-from typing import Any
 
 import polars as pl
 
@@ -34,16 +33,23 @@ from delivery_lake.storage import Lake, staging_dir
 
 ZONE = "ml"
 TABLE = "delivery_features"
-FACT = "fct_deliveries"
-DEPOT_LOAD = "agg_depot_daily_load"
 HISTORY_DAYS = 7
-# Orders are created up to two days before dispatch; three covers midnight crossings (as the marts do).
-ORDER_LOOKBACK_DAYS = 3
-DISPATCH_DETAILS = ("dispatched_at", "vehicle_id", "parcels")
-# What a blocked partition of these tables means for a feature date: its rows are missing or
-# untrusted, so depot load and the label mix of the whole date are biased.
+# The curated table every feature row comes from (one row per delivery, partitioned by dispatch date).
+SOURCE = "int_deliveries_enriched"
+# Kept for callers that list the dates features can be built for (assets.run._run_ml).
+FACT = SOURCE
+DIMENSIONS = ("dim_clients", "dim_drivers", "dim_depots", "dim_vehicles")
+# Everything the features read, as curated model -> days read before the date built (None: an
+# unpartitioned snapshot). The Dagster deps of `ml/delivery_features` are generated from this.
+CURATED_INPUTS: dict[str, int | None] = {SOURCE: HISTORY_DAYS, **dict.fromkeys(DIMENSIONS)}
+# What a blocked partition of these tables means for a feature date (training and scoring
+# leave it out, `gate_exclusions`): its rows are missing or untrusted, so depot load and the
+# label mix of the whole date are biased. These are gate verdicts, not reads: the features
+# themselves only read what the curated layer let through.
 GATED_RAW = ("deliveries", "orders")  # a blocked orders partition leaves its deliveries without promise or label
-GATED_MARTS = (FACT, DEPOT_LOAD)
+# The marts' suites check what the features read: fct_deliveries is a projection of
+# int_deliveries_enriched, agg_depot_daily_load's capacity_utilization is the depot load.
+GATED_MARTS = ("fct_deliveries", "agg_depot_daily_load")
 
 CATEGORICAL: tuple[str, ...] = ("priority", "client_tier", "vehicle_type")
 NUMERIC: tuple[str, ...] = (
@@ -72,72 +78,34 @@ def _files(lake: Lake, uris: list[str]) -> str:
     return "[" + ", ".join(_lit(lake.uri(u)) for u in uris) + "]"
 
 
-def _curated_dates(lake: Lake, model: str, first: str, last: str) -> list[str]:
-    return [d for d in lake.list_dates("curated", model) if first <= d <= last]
+def source_dates(lake: Lake, dates: list[str]) -> list[str]:
+    """The built `SOURCE` partitions the features of `dates` read: those dates and the
+    `HISTORY_DAYS` before them (the window `assets/ml.py` declares)."""
+    first = (date.fromisoformat(min(dates)) - timedelta(days=HISTORY_DAYS)).isoformat()
+    return [d for d in lake.list_dates("curated", SOURCE) if first <= d <= max(dates)]
 
 
-def _raw_files(lake: Lake, table: str, first: str, last: str) -> list[str]:
-    blocked = gate.blocked_partitions(lake, table)
-    return [
-        lake.data_file("raw", table, d, c)
-        for d, c in lake.list_partitions("raw", table)
-        if first <= d <= last and (d, c) not in blocked and (d, None) not in blocked
-    ]
-
-
-def _dispatch_details_sql(lake: Lake, first: str, last: str) -> str:
-    """delivery_id -> dispatched_at, vehicle_id, parcels from gate-approved raw partitions.
-
-    The switch point: this goes away once `fct_deliveries` carries these columns."""
-    deliveries = _raw_files(lake, "deliveries", first, last)
-    order_first = (date.fromisoformat(first) - timedelta(days=ORDER_LOOKBACK_DAYS)).isoformat()
-    orders = _raw_files(lake, "orders", order_first, last)
-    if not deliveries:
-        return "SELECT NULL::VARCHAR AS delivery_id, NULL::TIMESTAMP AS dispatched_at, NULL::VARCHAR AS vehicle_id, NULL::BIGINT AS parcels WHERE false"
-    parcels = (
-        f"""SELECT order_id, parcels FROM read_parquet({_files(lake, orders)}, hive_partitioning = false)
-            QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY created_at DESC) = 1"""
-        if orders
-        else "SELECT NULL::VARCHAR AS order_id, NULL::BIGINT AS parcels WHERE false"
-    )
-    return f"""
-        SELECT d.delivery_id, d.dispatched_at, d.vehicle_id, o.parcels
-        FROM read_parquet({_files(lake, deliveries)}, hive_partitioning = false) AS d
-        LEFT JOIN ({parcels}) AS o USING (order_id)
-        QUALIFY row_number() OVER (PARTITION BY d.delivery_id ORDER BY d.dispatched_at DESC) = 1
-    """
-
-
-def features_sql(lake: Lake, dates: list[str], con: Any) -> str | None:
-    """The feature query for `dates` (None when fct_deliveries has none of them)."""
-    first, last = min(dates), max(dates)
-    hist_first = (date.fromisoformat(first) - timedelta(days=HISTORY_DAYS)).isoformat()
-    fct_dates = _curated_dates(lake, FACT, hist_first, last)
-    if not any(d in fct_dates for d in dates):
+def features_sql(lake: Lake, dates: list[str]) -> str | None:
+    """The feature query for `dates` (None when `SOURCE` has none of them built)."""
+    read = source_dates(lake, dates)
+    if not set(read) & set(dates):
         return None
-    fct = _files(lake, [lake.data_file("curated", FACT, d) for d in fct_dates])
-    fct_cols = {str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({fct}, hive_partitioning = false)").fetchall()}
-    if all(c in fct_cols for c in DISPATCH_DETAILS):
-        target_from = "fct AS f"
-    else:
-        present = ", ".join(f'"{c}"' for c in DISPATCH_DETAILS if c in fct_cols)
-        mart = f"(SELECT * EXCLUDE ({present}) FROM fct)" if present else "fct"
-        target_from = f"{mart} AS f LEFT JOIN ({_dispatch_details_sql(lake, first, last)}) AS x USING (delivery_id)"
-    load_dates = _curated_dates(lake, DEPOT_LOAD, first, last)
-    load = (
-        f"SELECT date, depot_id, capacity_utilization FROM read_parquet({_files(lake, [lake.data_file('curated', DEPOT_LOAD, d) for d in load_dates])}, hive_partitioning = false)"
-        if load_dates
-        else "SELECT NULL::DATE AS date, NULL::VARCHAR AS depot_id, NULL::DOUBLE AS capacity_utilization WHERE false"
-    )
-    dim = {n: _lit(lake.uri(lake.data_file("curated", n))) for n in ("dim_clients", "dim_drivers", "dim_vehicles")}
+    files = [lake.data_file("curated", SOURCE, d) for d in read]
+    dim = {n: _lit(lake.uri(lake.data_file("curated", n))) for n in DIMENSIONS}
     in_dates = ", ".join(f"DATE {_lit(d)}" for d in dates)
     return f"""
-    WITH fct AS (SELECT * FROM read_parquet({fct}, hive_partitioning = false)),
-    target AS (SELECT * FROM {target_from} WHERE f.date IN ({in_dates})),
+    WITH deliveries AS (SELECT * FROM read_parquet({_files(lake, files)}, hive_partitioning = false)),
+    target AS (
+        SELECT *,
+            -- The day's dispatch plan of the depot (what agg_depot_daily_load sums): every
+            -- delivery of that date leaving it, the curated layer's rows.
+            CASE WHEN depot_id IS NOT NULL THEN sum(parcels) OVER (PARTITION BY date, depot_id) END AS depot_parcels
+        FROM deliveries WHERE date IN ({in_dates})
+    ),
     history AS (
         -- When the verdict became known: at delivery if on time, else when the promise passed.
         SELECT driver_id, date, is_on_time, least(coalesce(delivered_at, promised_by), promised_by) AS known_at
-        FROM fct WHERE is_on_time IS NOT NULL
+        FROM deliveries WHERE is_on_time IS NOT NULL
     ),
     driver_days AS (
         SELECT t.date, t.driver_id, count(h.driver_id) AS n, avg(h.is_on_time::DOUBLE) AS rate
@@ -148,7 +116,7 @@ def features_sql(lake: Lake, dates: list[str], con: Any) -> str | None:
         GROUP BY ALL
     )
     SELECT
-        t.delivery_id, t.order_id, t.client_id, t.driver_id, t.depot AS depot_id, t.date, t.dispatched_at,
+        t.delivery_id, t.order_id, t.client_id, t.driver_id, t.depot_id, t.date, t.dispatched_at,
         coalesce(t.priority, 'unknown') AS priority,
         coalesce(c.tier, 'unknown') AS client_tier,
         coalesce(v.vehicle_type, 'unknown') AS vehicle_type,
@@ -159,7 +127,7 @@ def features_sql(lake: Lake, dates: list[str], con: Any) -> str | None:
         date_diff('second', t.dispatched_at, t.promised_by) / 3600.0 AS hours_to_promise,
         hour(t.dispatched_at)::DOUBLE AS dispatch_hour,
         (isodow(t.dispatched_at) - 1)::DOUBLE AS dispatch_weekday,
-        l.capacity_utilization::DOUBLE AS depot_load,
+        (t.depot_parcels / dp.daily_capacity_parcels)::DOUBLE AS depot_load,
         date_diff('day', dr.hired_on, t.date)::DOUBLE AS driver_tenure_days,
         coalesce(dd.n, 0)::DOUBLE AS driver_recent_deliveries,
         dd.rate AS driver_recent_on_time_rate,
@@ -168,7 +136,7 @@ def features_sql(lake: Lake, dates: list[str], con: Any) -> str | None:
     LEFT JOIN read_parquet({dim["dim_clients"]}) AS c USING (client_id)
     LEFT JOIN read_parquet({dim["dim_drivers"]}) AS dr USING (driver_id)
     LEFT JOIN read_parquet({dim["dim_vehicles"]}) AS v USING (vehicle_id)
-    LEFT JOIN ({load}) AS l ON l.date = t.date AND l.depot_id = t.depot
+    LEFT JOIN read_parquet({dim["dim_depots"]}) AS dp USING (depot_id)
     LEFT JOIN driver_days AS dd ON dd.date = t.date AND dd.driver_id = t.driver_id
     """
 
@@ -176,14 +144,14 @@ def features_sql(lake: Lake, dates: list[str], con: Any) -> str | None:
 def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) -> dict[str, int]:
     """Build and publish the feature partitions of `dates`; returns rows per date written.
 
-    A date with no fct_deliveries partition is skipped (nothing was dispatched, or not built yet)."""
+    A date with no `SOURCE` partition is skipped (nothing was dispatched, or not built yet)."""
     wanted = sorted(set(dates))
     if not wanted:
         return {}
     out: dict[str, int] = {}
     con = lake.duckdb()
     try:
-        sql = features_sql(lake, wanted, con)
+        sql = features_sql(lake, wanted)
         if sql is None:
             return {}
         con.execute(f"CREATE TEMP TABLE __features AS {sql}")

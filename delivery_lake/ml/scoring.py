@@ -1,9 +1,12 @@
 """Batch scoring: the `champion` model scores the latest validated day's deliveries.
 
-Output: `{LAKE}/curated/fct_delivery_risk/date=D/data.parquet` with its build manifest,
-declared to the warehouse as an external table (`warehouse.publish_external_table`), then a
-warehouse refresh swaps in a new file holding it. Every row names the model version and run
-that produced it, so a score can always be traced back to its MLflow run.
+Output: `{LAKE}/curated/fct_delivery_risk/date=D/data.parquet` with its build manifest, written
+by the curated layer's one publisher (`delivery_lake.publish.publish_partition`: same order,
+Parquet schema, sha256 and manifest as a model's partition) and declared to the warehouse as an
+external table (`warehouse.publish_external_table`). Scoring does not touch the warehouse: the
+warehouse asset depends on `ml/fct_delivery_risk` and loads it like a mart on its next refresh.
+Every row names the model version and run that produced it, so a score can always be traced
+back to its MLflow run.
 
 The day scored is the latest feature partition not blocked by the quality gate: scores on
 data that failed its checks would be served as if they were trustworthy.
@@ -11,9 +14,7 @@ data that failed its checks would be served as if they were trustworthy.
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ import polars as pl
 
 from delivery_lake.config import Settings
 from delivery_lake.ml import features, registry, training
+from delivery_lake.publish import publish_partition
 from delivery_lake.storage import Lake, staging_dir
 
 TABLE = "fct_delivery_risk"
@@ -34,21 +36,24 @@ DESCRIPTION = (
     "Probability that each delivery of the latest validated dispatch day arrives late, scored by the "
     "`champion` version of the MLflow model `delivery_delay`; model_version / model_run_id trace every row."
 )
-COLUMN_DOCS = {
-    "delivery_id": "Delivery key.",
-    "order_id": "Order delivered.",
-    "client_id": "Client of the order.",
-    "driver_id": "Courier.",
-    "depot_id": "Depot the parcels left from.",
-    "date": "Dispatch date (UTC); the partition.",
-    "dispatched_at": "Left the depot (UTC).",
-    "late_probability": "Predicted probability of not being delivered by the promise.",
-    "risk_band": f"high (>= {HIGH_RISK}), medium (>= {MEDIUM_RISK}) or low.",
-    "model_name": "Registered MLflow model.",
-    "model_version": "Registered model version that scored the row (the champion at scoring time).",
-    "model_run_id": "MLflow run that trained that version.",
-    "scored_at": "When the score was computed (UTC).",
-}
+GRAIN = "one row per delivery_id of the scored dispatch date"
+# (name, DuckDB type, description): the published file's columns, in order.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("delivery_id", "VARCHAR", "Delivery key."),
+    ("order_id", "VARCHAR", "Order delivered."),
+    ("client_id", "VARCHAR", "Client of the order."),
+    ("driver_id", "VARCHAR", "Courier."),
+    ("depot_id", "VARCHAR", "Depot the parcels left from."),
+    ("date", "DATE", "Dispatch date (UTC); the partition."),
+    ("dispatched_at", "TIMESTAMP", "Left the depot (UTC)."),
+    ("late_probability", "DOUBLE", "Predicted probability of not being delivered by the promise."),
+    ("risk_band", "VARCHAR", f"high (>= {HIGH_RISK}), medium (>= {MEDIUM_RISK}) or low."),
+    ("model_name", "VARCHAR", "Registered MLflow model."),
+    ("model_version", "VARCHAR", "Registered model version that scored the row (the champion at scoring time)."),
+    ("model_run_id", "VARCHAR", "MLflow run that trained that version."),
+    ("scored_at", "TIMESTAMP WITH TIME ZONE", "When the score was computed (UTC)."),
+]
+COLUMN_DOCS = {n: doc for n, _, doc in COLUMNS}
 
 
 @dataclass
@@ -60,7 +65,6 @@ class ScoringResult:
     mean_probability: float | None = None
     high_risk: int = 0
     skipped: str | None = None
-    warehouse_rows: int | None = None
     seconds: float = 0.0
 
 
@@ -71,7 +75,9 @@ def latest_scorable_date(lake: Lake) -> tuple[str | None, dict[str, list[str]]]:
     return (usable[-1] if usable else None), blocked
 
 
-def score(lake: Lake, settings: Settings, day: str | None = None, refresh_warehouse: bool = True) -> ScoringResult:
+def score(lake: Lake, settings: Settings, day: str | None = None) -> ScoringResult:
+    """Score `day` (default: the latest validated feature date) with the champion and publish
+    the partition; the warehouse picks it up on its next refresh."""
     started = time.monotonic()
     blocked: dict[str, list[str]] = {}
     if day is None:
@@ -104,60 +110,27 @@ def score(lake: Lake, settings: Settings, day: str | None = None, refresh_wareho
         high_risk=int((p >= HIGH_RISK).sum()),
     )
     _publish(lake, settings, out, day)
-    if refresh_warehouse:
-        result.warehouse_rows = _refresh_warehouse(lake, settings)
     result.seconds = round(time.monotonic() - started, 2)
     return result
 
 
 def _publish(lake: Lake, settings: Settings, out: pl.DataFrame, day: str) -> None:
+    """Stage the scores as Parquet, publish them as the `day` partition through the curated
+    publisher, and (re)declare the table to the warehouse."""
     from delivery_lake.warehouse import publish_external_table
 
-    con = lake.duckdb()
-    try:
-        con.register("__scores", out.to_arrow())
-        con.execute(
-            "CREATE TEMP TABLE __out AS SELECT delivery_id::VARCHAR AS delivery_id, order_id::VARCHAR AS order_id, "
-            "client_id::VARCHAR AS client_id, driver_id::VARCHAR AS driver_id, depot_id::VARCHAR AS depot_id, "
-            "date::DATE AS date, dispatched_at::TIMESTAMP AS dispatched_at, late_probability::DOUBLE AS late_probability, "
-            "risk_band::VARCHAR AS risk_band, model_name::VARCHAR AS model_name, model_version::VARCHAR AS model_version, "
-            "model_run_id::VARCHAR AS model_run_id, scored_at::TIMESTAMPTZ AS scored_at FROM __scores"
-        )
-        columns = [(str(r[0]), str(r[1])) for r in con.execute("DESCRIBE __out").fetchall()]
-        with staging_dir(settings) as stage:
-            local = stage / f"{TABLE}_{day}.parquet"
-            con.execute(f"COPY (SELECT * FROM __out ORDER BY delivery_id) TO '{local}' (FORMAT parquet, COMPRESSION zstd)")
-            digest = hashlib.sha256(local.read_bytes()).hexdigest()
-            size = lake.publish_file(local, lake.data_file(ZONE, TABLE, day), move=True)
-    finally:
-        con.close()
-    # Same manifest shape as the curated runner's, so the warehouse reloads only what changed.
-    lake.write_json(
-        lake.build_manifest(ZONE, TABLE, day),
-        {
-            "model": TABLE,
-            "date": day,
-            "rows": out.height,
-            "bytes": size,
-            "sha256": digest,
-            "build_id": uuid.uuid4().hex,
-            "built_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "excluded_partitions": {},
-            "columns": [list(c) for c in columns],
-        },
-    )
-    publish_external_table(
-        lake, TABLE, DESCRIPTION, [(n, t, COLUMN_DOCS.get(n, "")) for n, t in columns], partition_by="date",
-        grain="one row per delivery_id of the scored dispatch date",
-    )
-
-
-def _refresh_warehouse(lake: Lake, settings: Settings) -> int:
-    from delivery_lake.models import Project
-    from delivery_lake.warehouse import Warehouse
-
-    report = Warehouse(lake, Project.load(), settings.warehouse_path).refresh()
-    return next((t.rows for t in report.tables if t.table == TABLE), 0)
+    casts = ", ".join(f'"{n}"::{t} AS "{n}"' for n, t, _ in COLUMNS)
+    with staging_dir(settings) as stage:
+        staged = stage / f"{TABLE}_{day}.scores.parquet"
+        out.select([n for n, _, _ in COLUMNS]).write_parquet(staged)
+        con = lake.duckdb()
+        try:
+            source = "'" + str(staged).replace("'", "''") + "'"
+            con.execute(f"CREATE TEMP VIEW __out AS SELECT {casts} FROM read_parquet({source}, hive_partitioning = false)")
+            publish_partition(lake, con, ZONE, TABLE, day, [(n, t) for n, t, _ in COLUMNS], ["delivery_id"], settings, stage=stage)
+        finally:
+            con.close()
+    publish_external_table(lake, TABLE, DESCRIPTION, COLUMNS, partition_by="date", grain=GRAIN)
 
 
 def read_scores(settings: Settings) -> Any:

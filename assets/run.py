@@ -1,8 +1,8 @@
 """Run the Dagster definitions in-process over what the inbox holds (the CLI's `run`).
 
 Runs are recorded in the Dagster instance at DAGSTER_HOME (default `DATA_DIR/dagster_home`),
-so `make ui` afterwards shows their history. Dagster is imported lazily: the rest of the
-library works without it.
+so `make ui` afterwards shows their history. This driver belongs to the Dagster side: the
+library below it never imports Dagster (checked by `make lint`).
 """
 
 from __future__ import annotations
@@ -10,20 +10,30 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
+from assets.definitions import defs
+from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
+from assets.partitions import CLIENT_PARTITIONS
+from assets.resources import LakehouseResource
 from delivery_lake.config import Settings
 from delivery_lake.contract import FACTS, TABLES
 from delivery_lake.inbox import scan_changes
 from delivery_lake.landing import releasable, unreconciled
+from delivery_lake.ml.features import FACT, HISTORY_DAYS
 from delivery_lake.planning import plan_runs
 from delivery_lake.quality import Quality
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
+from delivery_lake.transform import affected_dates, held_dates
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -57,8 +67,6 @@ def _instance_lock(home: Path) -> Iterator[None]:
 
 
 def dagster_instance(settings: Settings) -> Any:
-    import dagster as dg
-
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(settings.data_dir / "dagster_home")
     home = Path(os.environ["DAGSTER_HOME"])
@@ -75,8 +83,6 @@ def dagster_instance(settings: Settings) -> Any:
 def fail_dead_runs(instance: Any) -> list[str]:
     """Runs this machine started in process whose process is gone (killed, crashed) stay
     STARTED forever in the instance; mark them failed so the UI tells the truth."""
-    import dagster as dg
-
     host = socket.gethostname()
     dead = []
     active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
@@ -99,9 +105,6 @@ def _alive(pid: int) -> bool:
 
 
 def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags: dict[str, str], outcome: RunOutcome, label: str) -> bool:
-    import dagster as dg
-
-    from assets.resources import LakehouseResource
 
     resources = dict(defs.resources or {})
     resources["lakehouse"] = LakehouseResource(
@@ -110,8 +113,6 @@ def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags
         inbox_dir=str(settings.inbox_dir),
         warehouse_path=str(settings.warehouse_path),
     )
-    from dagster._core.storage.defs_state.base import set_defs_state_storage
-
     # Definitions loading reads the "current" instance's state storage from a context
     # variable that only `with instance:` sets; point it at the instance of this run so a
     # disposed instance left there earlier in the process (tests, notebooks) is never used.
@@ -154,8 +155,6 @@ def _step_failure(event: Any, settings: Settings) -> str:
 def _land_facts(
     defs: Any, instance: Any, settings: Settings, facts: dict[str, dict[str, set[str]]], clients: list[str], outcome: RunOutcome, trigger: str
 ) -> bool:
-    import dagster as dg
-
     for plan in plan_runs(facts, clients):
         tags = {
             RANGE_START: str(dg.MultiPartitionKey({"date": plan.first_date, "client": plan.first_client})),
@@ -188,10 +187,8 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
     Gating is data-level (the runner never reads blocked raw partitions), so one run per
     block of consecutive dates is safe whatever the check results of the raw run were.
     """
-    from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
-    from delivery_lake.models import affected_dates, held_dates
 
-    changed = {t: list(by_date) for t, by_date in changes.facts.items()}
+    changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in changes.facts.items()}
     existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
     dates = set(affected_dates(PROJECT, changed, existing))
     if changed:
@@ -215,12 +212,8 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
     """After the curated layer: features of the dates it rebuilt (plus the days whose driver
     history reads them), then train + register (the asset skips when no new validated data)
     and score the latest validated day with the champion."""
-    from assets.curated import PROJECT
-    from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
-    from delivery_lake.ml.features import FACT, HISTORY_DAYS
-    from delivery_lake.models import affected_dates
 
-    changed = {t: list(by_date) for t, by_date in changes.facts.items()}
+    changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in changes.facts.items()}
     built = set(lake.list_dates("curated", FACT))
     dates = {
         (date.fromisoformat(d) + timedelta(days=k)).isoformat()
@@ -231,17 +224,13 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, [FEATURES_KEY], tags, outcome, f"features {first}..{last}"):
             return False
-    return _execute(defs, instance, settings, [MODEL_KEY, RISK_KEY], {"delivery_lake/trigger": "cli"}, outcome, "delay model + risk scores")
+    return _execute(defs, instance, settings, [MODEL_KEY, RISK_KEY, WAREHOUSE_KEY], {"delivery_lake/trigger": "cli"}, outcome, "delay model + risk scores + warehouse")
 
 
 def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     """Land every partition found in the inbox (or only what changed since the last `run`), then
     rebuild the curated dates those partitions feed and refresh the warehouse, then the ML
     features, the delay model (retrained only on new validated data) and the risk scores."""
-    import dagster as dg
-
-    from assets.definitions import defs
-    from assets.partitions import CLIENT_PARTITIONS
 
     instance = dagster_instance(settings)
     lake = Lake.from_settings(settings)

@@ -1,0 +1,499 @@
+"""The runner: builds table models into the curated zone, one build per model and date set,
+scheduled so that a model starts as soon as the refs it reads are built."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from delivery_lake import gate
+from delivery_lake.config import Settings
+from delivery_lake.contract import TABLES
+from delivery_lake.publish import publish_partition
+from delivery_lake.storage import Lake, staging_dir
+from delivery_lake.transform.base import (
+    HELD_CELLS,
+    ZONE,
+    GateBlocked,
+    Model,
+    ModelError,
+    empty_source_sql,
+    empty_sql,
+    lit,
+    quote,
+    source_key,
+    source_view,
+)
+from delivery_lake.transform.held import HeldCell, ParentLink, held_cells_sql, parent_links
+from delivery_lake.transform.incremental import date_window
+from delivery_lake.transform.project import Project
+from delivery_lake.transform.python_models import ArrowStream, run_python_model
+
+
+@dataclass
+class ModelResult:
+    model: str
+    dates: list[str | None] = field(default_factory=list)
+    rows: int = 0
+    rows_by_date: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    # Blocked raw partitions read from their last version that passed the gate instead.
+    served_last_good: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    # [date, client_id, reason] of the built dates whose input was held back (Runner._prepare).
+    held_cells: list[list[str]] = field(default_factory=list)
+    # Parent partitions read outside the lookback because a child of the built dates needed them.
+    parents_found: dict[str, list[list[str]]] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: str | None = None
+    removed: list[str] = field(default_factory=list)
+    # A whole-table model whose inputs (and the project digest) are what its last build read
+    # is not rebuilt: `up_to_date` is then set and rows come from that build's manifest.
+    inputs: str | None = None
+    up_to_date: bool = False
+
+
+@dataclass
+class _Reads:
+    """What one build read besides its SQL, for its manifests: raw partitions left out or served
+    from lastgood/, parent partitions found outside a lookback, and the held cells."""
+
+    excluded: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    served_last_good: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    parents_found: dict[str, list[list[str]]] = field(default_factory=dict)
+    held: set[HeldCell] = field(default_factory=set)
+    # Raw fact -> the (date, client, file) it reads and the SQL of its view, which a parent
+    # lookup widens.
+    files: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def note(record: dict[str, list[list[Any]]], source: str, parts: Iterable[list[Any]]) -> None:
+        new = [list(p) for p in parts]
+        if new:
+            known = record.setdefault(source, [])
+            known += [p for p in new if p not in known]
+
+    def held_at(self, d: str | None) -> list[list[str]]:
+        """The held cells of date `d` (all of them for a whole-table build), sorted."""
+        return [list(c) for c in sorted(self.held) if d is None or c[0] == d]
+
+
+
+class Runner:
+    """Builds table models into the curated zone; views are compiled into the models that ref them.
+
+    One runner is one snapshot: raw partitions and gate statuses are listed once, so every
+    model of a run sees the same inputs even while new partitions land.
+    """
+
+    def __init__(self, lake: Lake, project: Project, settings: Settings | None = None):
+        self.lake, self.project, self.settings = lake, project, settings or lake.settings
+        self._partitions: dict[str, list[tuple[str, str]]] = {}
+        self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
+        self._last_good: dict[tuple[str, str, str], bool] = {}
+        # While build() runs, models get cursors of one in-memory DuckDB instance (temp tables
+        # and views stay private to each): one thread pool and no new instance per model.
+        self._shared: duckdb.DuckDBPyConnection | None = None
+
+    # -- inputs
+    def raw_partitions(self, table: str, window: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """Landed (date, client) partitions of a raw fact, only those inside `window` when given."""
+        if table in self._partitions:  # the whole table was listed already
+            parts = self._partitions[table]
+            return parts if window is None else [(d, c) for d, c in parts if window[0] <= d <= window[1]]
+        first, last = (date.fromisoformat(w) for w in window) if window else (None, None)
+        if first is None or last is None or (last - first).days > 31:  # long ranges: one listing of the table
+            self._partitions[table] = self.lake.list_partitions("raw", table)
+            return self.raw_partitions(table, window)
+        days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+        return self.lake.list_partitions("raw", table, dates=days)
+
+    def blocked(self, table: str) -> set[tuple[str | None, str | None]]:
+        if table not in self._blocked:
+            self._blocked[table] = gate.blocked_partitions(self.lake, table)
+        return self._blocked[table]
+
+    def available_dates(self, model: str) -> list[str]:
+        """Dates any raw fact the model depends on has data for (what a full refresh builds)."""
+        return sorted({d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t)})
+
+    def _last_rows(self, m: Model) -> int:
+        """Rows of the model's latest built partition (0 if never built): its expected cost."""
+        manifests = self.lake.list_build_manifests(ZONE, m.name)
+        latest = max(manifests, key=lambda d: d or "", default=None)
+        doc = self.lake.read_json(manifests[latest]) if manifests else None
+        return int(doc.get("rows", 0)) if doc else 0
+
+    def inputs_digest(self, m: Model) -> str | None:
+        """What a whole-table model reads, as a digest: the project digest, the version of each
+        raw dimension file (size and mtime, or ETag on S3) and the build id of each whole-table
+        ref. None for models that read date partitions (they rebuild the dates they are given)
+        and when an input is missing or gate-blocked (the build then says why)."""
+        if m.is_partitioned:
+            return None
+        refs, sources = self.project.inputs(m.name)
+        parts = [self.project.digest]
+        for _, table in sorted(sources):
+            if TABLES[table].is_fact or self.blocked(table):
+                return None
+            try:
+                parts.append(f"raw.{table} {self.lake.version(self.lake.data_file('raw', table))}")
+            except FileNotFoundError:
+                return None
+        for r in sorted(refs):
+            if self.project[r].is_partitioned:
+                return None
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, r))
+            if not doc:
+                return None
+            parts.append(f"{r} {doc['build_id']}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _dimension_sql(self, table: str) -> str:
+        if (None, None) in self.blocked(table):
+            raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
+        path = self.lake.data_file("raw", table)
+        if not self.lake.exists(path):
+            raise GateBlocked(f"raw.{table} has not been landed")
+        return f"SELECT * FROM read_parquet({lit(self.lake.uri(path))})"
+
+    def _has_last_good(self, table: str, d: str, c: str) -> bool:
+        if (table, d, c) not in self._last_good:
+            self._last_good[(table, d, c)] = self.lake.exists(self.lake.data_file("lastgood", table, d, c))
+        return self._last_good[(table, d, c)]
+
+    def _fact_files(
+        self, table: str, window: tuple[str, str] | None
+    ) -> tuple[list[tuple[str, str, str]], list[list[str]], list[list[str]]]:
+        """What a build may read of a raw fact: (date, client, file) of each landed partition, a
+        blocked one read from its last version that passed the gate when there is one (listed
+        second), left out otherwise (listed third)."""
+        blocked = self.blocked(table)
+        files: list[tuple[str, str, str]] = []
+        excluded: list[list[str]] = []
+        served: list[list[str]] = []
+        for d, c in self.raw_partitions(table, window):
+            if (d, c) not in blocked and (d, None) not in blocked:
+                files.append((d, c, self.lake.data_file("raw", table, d, c)))
+            elif self._has_last_good(table, d, c):
+                files.append((d, c, self.lake.data_file("lastgood", table, d, c)))
+                served.append([d, c])
+            else:
+                excluded.append([d, c])
+        return files, served, excluded
+
+    def _files_sql(self, table: str, paths: list[str], where: str = "") -> str:
+        if not paths:
+            return empty_source_sql(table)
+        cols = ", ".join(quote(c) for c in TABLES[table].column_names)
+        return (
+            f"SELECT {cols}, \"date\" FROM read_parquet([{', '.join(lit(self.lake.uri(p)) for p in paths)}], "
+            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}){where}"
+        )
+
+    def _curated_sql(self, m: Model, window: tuple[str, str] | None, reads: _Reads) -> str:
+        if not m.is_partitioned:
+            path = self.lake.data_file(ZONE, m.name)
+            if not self.lake.exists(path):
+                raise ModelError(f"{m.name} has not been built yet (needed downstream); build it first")
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name)) or {}
+            reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
+            return f"SELECT * FROM read_parquet({lit(self.lake.uri(path))})"
+        dates = [d for d in self.lake.list_dates(ZONE, m.name) if not window or window[0] <= d <= window[1]]
+        # What the gate kept out of (or served from lastgood/ to) this model's input stays on its
+        # record too, and so do the cells the input held back: a reader of a held cell holds it.
+        for d in dates:
+            doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name, d)) or {}
+            for source, parts in (doc.get("excluded_partitions") or {}).items():
+                reads.note(reads.excluded, source, parts)
+            for source, parts in (doc.get("served_last_good") or {}).items():
+                reads.note(reads.served_last_good, source, parts)
+            reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
+        if not dates:
+            return empty_sql(m.columns)
+        files = ", ".join(lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in dates)
+        cols = ", ".join(quote(c.name) for c in m.columns)
+        # The date column is inside each file; hive parsing is off so it is not read twice.
+        return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+
+    def _resolve_parents(
+        self, con: duckdb.DuckDBPyConnection, link: ParentLink, dates: list[str], windowed: bool, reads: _Reads
+    ) -> None:
+        """Hold the cells of child rows (of the built dates) whose parent is not readable.
+
+        The landing lets a child into raw only once its parent is in raw, so a parent key the
+        model's view of the parent lacks either landed outside the parent's lookback, or sits in a
+        partition the gate keeps out (or that was removed). The lookback is only an optimisation:
+        keys it misses are looked up across every readable parent partition, reading the key
+        column alone, and the rows that hold them are added to the parent's view. A child whose
+        parent is still not found is never computed with null parent attributes: its cell is held.
+        """
+        child, parent = quote(source_view("raw", link.child)), quote(source_view("raw", link.parent))
+        col, key = quote(link.column), quote(link.key)
+        client = quote(TABLES[link.child].client_column or "client_id")
+        built = f' AND c."date" IN ({", ".join(f"DATE {lit(d)}" for d in dates)})' if dates else ""
+        missing, found = f"__missing_{link.child}_{link.column}", f"__found_{link.child}_{link.column}"
+        # An anti join on the key columns: the scans of both views read nothing else.
+        con.execute(
+            f'CREATE TEMP TABLE {missing} AS SELECT c."date" AS d, c.{client} AS client_id, c.{col} AS k '
+            f"FROM {child} AS c ANTI JOIN {parent} AS p ON p.{key} = c.{col} WHERE c.{col} IS NOT NULL{built}"
+        )
+        if not con.execute(f"SELECT count(*) FROM {missing}").fetchone()[0]:  # type: ignore[index]
+            return
+        con.execute(f"CREATE TEMP TABLE {found} AS SELECT d, client_id AS client, k FROM {missing} WHERE false")
+        if windowed:
+            readable, served, _ = self._fact_files(link.parent, None)
+            read = {(d, c) for d, c, _ in reads.files[link.parent]}
+            others = {(d, c): f for d, c, f in readable if (d, c) not in read}
+            if others:
+                con.execute(
+                    f'INSERT INTO {found} SELECT DISTINCT "date", client, {key} FROM read_parquet('
+                    f"[{', '.join(lit(self.lake.uri(f)) for f in others.values())}], hive_partitioning = true, "
+                    f"hive_types = {{'date': DATE, 'client': VARCHAR}}) WHERE {key} IN (SELECT k FROM {missing})"
+                )
+            parts = [(str(d), str(c)) for d, c in con.execute(f"SELECT DISTINCT d, client FROM {found} ORDER BY ALL").fetchall()]
+            if parts:
+                source = source_key("raw", link.parent)
+                reads.note(reads.parents_found, source, [[d, c] for d, c in parts])
+                reads.note(reads.served_last_good, source, [p for p in served if tuple(p) in parts])
+                # Only the rows of the keys looked for: the rest of those partitions lies outside
+                # the lookback, and a model counting parents over its window must not see it.
+                extra = self._files_sql(link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})")
+                reads.views[link.parent] = f"{reads.views[link.parent]} UNION ALL {extra}"
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {parent} AS {reads.views[link.parent]}")
+        reason = f"parent unavailable: {source_key('raw', link.parent)}"
+        for d, c, n in con.execute(
+            f"SELECT d, client_id, count(*) FROM {missing} ANTI JOIN {found} USING (k) GROUP BY ALL"
+        ).fetchall():
+            reads.held.add((str(d), str(c), f"{reason} ({n} row{'s' if n != 1 else ''})"))
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str]) -> _Reads:
+        """The model's inputs as temp views; with `dates`, each partitioned input covers only
+        those dates and its own lookback before them. Also `held_cells`: the cells of the built
+        dates whose input is held back (a blocked raw partition of the date itself, a child whose
+        parent is not readable, and the cells the model's refs held for the dates it reads)."""
+        reads = _Reads()
+        refs, sources = self.project.inputs(m.name)
+        lookbacks = self.project.input_lookbacks(m.name)
+
+        def window(key: str) -> tuple[str, str] | None:
+            return date_window(dates, lookbacks.get(key, 0)) if dates else None
+
+        facts: list[str] = []
+        for schema, table in sources:
+            key = source_key(schema, table)
+            if not TABLES[table].is_fact:
+                sql = self._dimension_sql(table)
+            else:
+                facts.append(table)
+                files, served, excluded = self._fact_files(table, window(key))
+                reads.files[table] = files
+                reads.note(reads.served_last_good, key, served)
+                reads.note(reads.excluded, key, excluded)
+                if lookbacks.get(key, 0) == 0:  # a blocked partition read at an earlier date is the child check's business
+                    reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
+                sql = reads.views[table] = self._files_sql(table, [f for *_, f in files])
+            con.execute(f"CREATE TEMP VIEW {quote(source_view(schema, table))} AS {sql}")
+        for r in refs:
+            con.execute(f"CREATE TEMP VIEW {quote(r)} AS {self._curated_sql(self.project[r], window(r), reads)}")
+        for link in parent_links(facts):
+            self._resolve_parents(con, link, dates, window(source_key("raw", link.parent)) is not None, reads)
+        con.execute(f"CREATE TEMP VIEW {HELD_CELLS} AS {held_cells_sql(reads.held)}")
+        for v in self.project.view_closure(m.name):
+            if v.language == "python":
+                con.register(f"__{v.name}_arrow", ArrowStream(run_python_model(v, con)))
+                con.execute(f"CREATE TEMP VIEW {quote(v.name)} AS SELECT * FROM {quote('__' + v.name + '_arrow')}")
+            else:
+                con.execute(f"CREATE TEMP VIEW {quote(v.name)} AS {v.compiled_sql}")
+        return reads
+
+    # -- builds
+    def build_model(self, name: str, dates: Iterable[str] | None = None, full_refresh: bool = False) -> ModelResult:
+        """Build one table model: the given dates of a partitioned model (or all, on a full refresh)."""
+        m = self.project[name]
+        if m.is_view:
+            raise ModelError(f"{m.path}: {name} is a view; it is built inside the models that ref it")
+        started = time.monotonic()
+        result = ModelResult(name)
+        wanted: list[str] = []
+        if m.is_partitioned:
+            if full_refresh:
+                wanted = self.available_dates(name)
+                result.removed = [d for d in self.lake.list_dates(ZONE, name) if d not in wanted]
+            elif dates is None:
+                raise ModelError(f"{name} is partitioned by {m.partition_by}: pass the dates to build, or full_refresh=True")
+            else:
+                wanted = sorted({date.fromisoformat(d).isoformat() for d in dates})
+            if not wanted and not result.removed:
+                result.skipped = "no dates to build"
+                return result
+        else:
+            result.inputs = self.inputs_digest(m)
+            last = self.lake.read_json(self.lake.build_manifest(ZONE, name)) if result.inputs and not full_refresh else None
+            if last and last.get("inputs") == result.inputs and self.lake.exists(self.lake.data_file(ZONE, name)):
+                result.up_to_date, result.rows, result.dates = True, int(last["rows"]), [None]
+                result.excluded = last.get("excluded_partitions") or {}
+                result.served_last_good = last.get("served_last_good") or {}
+                result.held_cells = last.get("held_cells") or []
+                result.seconds = round(time.monotonic() - started, 3)
+                return result
+        con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
+        try:
+            reads = self._prepare(con, m, wanted)
+            result.excluded, result.served_last_good, result.parents_found = reads.excluded, reads.served_last_good, reads.parents_found
+            result.held_cells = [c for d in (wanted if m.is_partitioned else [None]) for c in reads.held_at(d)]
+            if m.language == "python":
+                con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
+                query = "SELECT * FROM __model_arrow"
+            else:
+                query = m.compiled_sql or ""
+            # Several dates: the query runs once into a temp table that each date's file is cut
+            # from. One file (a day's refresh, a whole table): the query streams straight into
+            # it, without materialising its output first.
+            kind = "TABLE" if m.is_partitioned and len(wanted) > 1 else "VIEW"
+            if m.is_partitioned:
+                in_list = ", ".join(f"DATE {lit(d)}" for d in wanted) or "NULL"
+                con.execute(f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) WHERE {quote(m.partition_by or '')} IN ({in_list})")
+            else:
+                con.execute(f"CREATE TEMP {kind} __out AS {query}")
+            got = [(str(r[0]), str(r[1])) for r in con.execute("DESCRIBE __out").fetchall()]
+            if got != [(c.name, c.type) for c in m.columns]:
+                raise ModelError(f"{m.path}: output columns changed while loading: {got}")
+            with staging_dir(self.settings) as stage:
+                if m.is_partitioned:
+                    for d in wanted:
+                        n = self._publish(con, m, d, f"WHERE {quote(m.partition_by or '')} = DATE {lit(d)}", stage, result)
+                        result.rows_by_date[d] = n
+                else:
+                    result.rows = self._publish(con, m, None, "", stage, result)
+            for d in result.removed:
+                self.lake.delete(self.lake.data_file(ZONE, name, d))
+                self.lake.delete(self.lake.build_manifest(ZONE, name, d))
+        except duckdb.Error as exc:
+            raise ModelError(f"{m.path}: {exc}") from None
+        finally:
+            con.close()
+        result.dates = list(wanted) if m.is_partitioned else [None]
+        result.rows = result.rows or sum(result.rows_by_date.values())
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+
+    def _publish(self, con: duckdb.DuckDBPyConnection, m: Model, d: str | None, where: str, stage: Path, result: ModelResult) -> int:
+        """One date (or the whole table) of `__out`, through the project's one publisher."""
+        doc = publish_partition(
+            self.lake,
+            con,
+            ZONE,
+            m.name,
+            d,
+            [(c.name, c.type) for c in m.columns],
+            m.grain_columns,
+            self.settings,
+            where=where,
+            stage=stage,
+            manifest={
+                "excluded_partitions": result.excluded,
+                "served_last_good": result.served_last_good,
+                "parents_found": result.parents_found,
+                "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
+                "inputs": result.inputs,
+            },
+        )
+        return int(doc["rows"])
+
+    def build(
+        self,
+        select: Iterable[str] | None = None,
+        dates: Iterable[str] | None = None,
+        full_refresh: bool = False,
+        on_built: Callable[[str], None] | None = None,
+    ) -> list[ModelResult]:
+        """Build table models in dependency order; a model whose input is gate-blocked is skipped
+        together with everything downstream of it, the others still build. `on_built(name)` is
+        called as each model's build finishes (the warehouse loads it while others build)."""
+        names = [m.name for m in self.project.materialized()] if select is None else list(select)
+        unknown = [n for n in names if n not in self.project.models]
+        if unknown:
+            raise ModelError(f"unknown model(s): {', '.join(unknown)}")
+        wanted_dates = None if dates is None else list(dates)
+        if wanted_dates is None and not full_refresh and any(
+            m.is_partitioned for m in self.project.materialized() if m.name in names
+        ):
+            raise ModelError("pass dates to build, or full_refresh=True")
+        results: dict[str, ModelResult] = {}
+        failed: set[str] = set()
+        selected = [m for m in self.project.materialized() if m.name in names]
+        position = {m.name: i for i, m in enumerate(selected)}
+        refs = {m.name: self.project.inputs(m.name)[0] for m in selected}
+        # A model starts as soon as the refs it waits on are built, not when a whole round
+        # is: for a new day int_deliveries_enriched's four marts need not wait for fct_feedback.
+        # Refs outside the selection are read as they are: only the selected ones are waited on.
+        graph = TopologicalSorter({n: [r for r in rs if r in position] for n, rs in refs.items()})
+        try:
+            graph.prepare()
+        except CycleError as exc:
+            raise ModelError(f"models wait on each other: {', '.join(exc.args[1])}") from None
+        waited_on = {r.name: sum(r.name in refs[m.name] for m in selected) for r in selected}
+        last_rows = {m.name: self._last_rows(m) for m in selected}
+
+        def start_order(ready: list[Model]) -> list[Model]:
+            # Models others wait on first, then date-partitioned ones (a day's fact) before whole
+            # small tables (dimensions), then the biggest output last time: the longest build
+            # must not be left for last. Ties keep the project's order.
+            return sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned, -last_rows[m.name], position[m.name]))
+
+        # For a few dates, models run side by side: each is a small query that keeps one core
+        # busy. A full refresh runs them one at a time: each query then uses every core already,
+        # and two at once only add memory and time.
+        few_dates = not full_refresh and wanted_dates is not None and len(wanted_dates) <= 7
+        workers = max(1, self.settings.duckdb_threads) if self.settings and few_dates else 1
+        ready: list[Model] = []  # every ref built, waiting for a free worker
+        running: dict[Future[ModelResult], str] = {}
+        self._shared = self.lake.duckdb()
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                while graph.is_active():
+                    # Models downstream of a failed one are skipped (and so theirs, in turn)
+                    # before anything starts.
+                    while newly_ready := graph.get_ready():
+                        for name in newly_ready:
+                            upstream_failed = [r for r in refs[name] if r in failed]
+                            if upstream_failed:
+                                failed.add(name)
+                                results[name] = ModelResult(name, skipped=f"upstream {', '.join(upstream_failed)} not built")
+                                graph.done(name)
+                            else:
+                                ready.append(self.project[name])
+                    # Only as many as there are free workers, so a model that becomes ready later
+                    # is not queued behind ones nothing waits on.
+                    for m in start_order(ready)[: workers - len(running)]:
+                        ready.remove(m)
+                        run_dates, refresh = (wanted_dates, full_refresh) if m.is_partitioned else (None, False)
+                        running[pool.submit(self.build_model, m.name, run_dates, full_refresh=refresh)] = m.name
+                    if not running:
+                        break  # what was left has been skipped
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        name = running.pop(fut)
+                        graph.done(name)
+                        try:
+                            results[name] = fut.result()
+                        except GateBlocked as exc:
+                            failed.add(name)
+                            results[name] = ModelResult(name, skipped=str(exc))
+                            continue
+                        if on_built is not None:
+                            on_built(name)
+        finally:
+            self._shared.close()
+            self._shared = None
+        return [results[m.name] for m in self.project.materialized() if m.name in results]
