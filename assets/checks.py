@@ -20,7 +20,6 @@ declares the parents its suite reads (deliveries' foreign keys need orders), so 
 that lands both, orders land first.
 """
 
-
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -65,7 +64,9 @@ def _split(key: str | None, partitioned_by_client: bool) -> tuple[str | None, st
     return key, None
 
 
-def check_result(results: Sequence[Any], docs_index: str | None, extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
+def check_result(
+    results: Sequence[Any], docs_index: str | None, extra: dict[str, Any] | None = None
+) -> dg.AssetCheckResult:
     """Summarise per-partition validations into one check result (run grain, see module doc)."""
     blocked = [r for r in results if not r.passed]
     warned = [r for r in results if r.passed and r.warnings]
@@ -75,10 +76,20 @@ def check_result(results: Sequence[Any], docs_index: str | None, extra: dict[str
             "passed": r.passed,
             "rows": r.rows,
             "failed": [
-                {"expectation": o.label, "unexpected_count": o.unexpected_count, "unexpected_percent": o.unexpected_percent, "sample": o.sample, "observed": o.observed, "error": o.error}
+                {
+                    "expectation": o.label,
+                    "unexpected_count": o.unexpected_count,
+                    "unexpected_percent": o.unexpected_percent,
+                    "sample": o.sample,
+                    "observed": o.observed,
+                    "error": o.error,
+                }
                 for o in r.failed_errors
             ],
-            "warnings": [{"expectation": o.label, "observed": o.observed, "unexpected_count": o.unexpected_count} for o in r.warnings],
+            "warnings": [
+                {"expectation": o.label, "observed": o.observed, "unexpected_count": o.unexpected_count}
+                for o in r.warnings
+            ],
             "error": r.error,
             "data_docs": r.docs_url,
         }
@@ -115,10 +126,14 @@ def check_result(results: Sequence[Any], docs_index: str | None, extra: dict[str
         if blocked
         else f"{len(results)} partition(s) passed" + (f"; {len(warned)} with warnings" if warned else "")
     )
-    return dg.AssetCheckResult(passed=not blocked and not warned, severity=severity, metadata=metadata, description=description)
+    return dg.AssetCheckResult(
+        passed=not blocked and not warned, severity=severity, metadata=metadata, description=description
+    )
 
 
-def build_suite_check(asset_key: dg.AssetKey, suite: str, mart: bool, partitioned_by_client: bool, deps: Iterable[dg.AssetKey] = ()) -> dg.AssetChecksDefinition:
+def build_suite_check(
+    asset_key: dg.AssetKey, suite: str, mart: bool, partitioned_by_client: bool, deps: Iterable[dg.AssetKey] = ()
+) -> dg.AssetChecksDefinition:
     zone = "curated" if mart else "raw"
 
     @dg.asset_check(
@@ -141,11 +156,15 @@ def build_suite_check(asset_key: dg.AssetKey, suite: str, mart: bool, partitione
             # nothing landed and nothing to validate (it is not an empty, failing partition).
             partitions = [(d, c) for d, c in partitions if quality.landed(suite, d, c)]
         if not partitions:
-            return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="nothing materialized in this run")
+            return dg.AssetCheckResult(
+                passed=True, severity=dg.AssetCheckSeverity.WARN, description="nothing materialized in this run"
+            )
         results = quality.validate_and_record(suite, partitions, mart=mart)
         for r in results:
             if not r.passed:
-                context.log.warning(f"{suite} {r.key} BLOCKED: " + ", ".join(o.label for o in r.failed_errors) + (r.error or ""))
+                context.log.warning(
+                    f"{suite} {r.key} BLOCKED: " + ", ".join(o.label for o in r.failed_errors) + (r.error or "")
+                )
         # Children whose foreign-key checks read the partitions just landed have stale verdicts now.
         children = [t.name for t in TABLES.values() if not mart and suite in t.parents and t.name != suite]
         revalidated = quality.revalidate_stale(children) if children else {}
@@ -163,7 +182,11 @@ def raw_checks() -> list[dg.AssetChecksDefinition]:
     out = []
     for t in TABLES.values():
         deps = [dg.AssetKey(["raw", p]) for p in t.parents if TABLES[p].is_fact]
-        out.append(build_suite_check(dg.AssetKey(["raw", t.name]), t.name, mart=False, partitioned_by_client=t.is_fact, deps=deps))
+        out.append(
+            build_suite_check(
+                dg.AssetKey(["raw", t.name]), t.name, mart=False, partitioned_by_client=t.is_fact, deps=deps
+            )
+        )
     return out
 
 
@@ -176,4 +199,3 @@ def mart_checks(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg
             if key.path[0] == "curated" and key.path[-1] in suites:
                 out.append(build_suite_check(key, key.path[-1], mart=True, partitioned_by_client=False))
     return out
-

@@ -50,7 +50,11 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
     for _, table in sources:
         key = dg.AssetKey(["raw", table])
         if TABLES[table].is_fact and m.is_partitioned:
-            deps.append(dg.AssetDep(key, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")))
+            deps.append(
+                dg.AssetDep(
+                    key, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
+                )
+            )
         else:
             deps.append(dg.AssetDep(key))
             if m.is_partitioned:
@@ -59,7 +63,9 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
     for r in refs:
         upstream = project[r]
         if upstream.is_partitioned and m.is_partitioned and (lookback := lookbacks.get(r, 0)):
-            deps.append(dg.AssetDep(model_key(r), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-lookback)))
+            deps.append(
+                dg.AssetDep(model_key(r), partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-lookback))
+            )
         else:
             deps.append(dg.AssetDep(model_key(r)))
             if m.is_partitioned and not upstream.is_partitioned:
@@ -68,7 +74,9 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
 
 
 def _column_schema(m: Model) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(c.name, c.type, description=c.description or None) for c in m.columns])
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c.name, c.type, description=c.description or None) for c in m.columns]
+    )
 
 
 def _description(project: Project, m: Model) -> str:
@@ -76,7 +84,10 @@ def _description(project: Project, m: Model) -> str:
     parts = [m.description]
     if m.grain:
         parts.append(f"Grain: {m.grain}.")
-    parts.append(f"Model file: `{m.path.relative_to(project.root.parent)}`" + (f", compiles in {', '.join(views)}." if views else "."))
+    parts.append(
+        f"Model file: `{m.path.relative_to(project.root.parent)}`"
+        + (f", compiles in {', '.join(views)}." if views else ".")
+    )
     if m.is_partitioned:
         parts.append("Each date is rebuilt on its own; raw partitions blocked by the quality gate are left out.")
     return "\n\n".join(parts)
@@ -108,7 +119,9 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         dates = list(context.partition_keys) if m.is_partitioned else None
         result = runner.build_model(m.name, dates)
         if result.up_to_date:
-            context.log.info(f"{m.name}: up to date, its inputs have not changed since its last build ({result.rows} rows)")
+            context.log.info(
+                f"{m.name}: up to date, its inputs have not changed since its last build ({result.rows} rows)"
+            )
         else:
             context.log.info(f"{m.name}: {result.rows} rows over {len(result.dates)} partition(s) in {result.seconds}s")
         return dg.MaterializeResult(

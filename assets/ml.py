@@ -98,7 +98,12 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
     plan = registry.plan_training(lake, settings, force=config.force)
     if not plan.should_train:
         context.log.warning(f"not retraining: {plan.reason}")
-        context.log_event(dg.AssetObservation(asset_key=MODEL_KEY, metadata={"skipped": plan.reason, "plan": dg.MetadataValue.json(plan.as_metadata())}))
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=MODEL_KEY,
+                metadata={"skipped": plan.reason, "plan": dg.MetadataValue.json(plan.as_metadata())},
+            )
+        )
         return
     context.log.info(f"training: {plan.reason}")
     result = training.train(

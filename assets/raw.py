@@ -1,6 +1,5 @@
 """Landing assets (group `raw`): one per feed, generated from the data contract."""
 
-
 from typing import Any
 
 import dagster as dg
@@ -83,10 +82,14 @@ def build_landing_asset(table: Table) -> dg.AssetsDefinition:
         )
         def _fact(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
             wanted = requested_partitions(context)
-            context.log.info(f"landing {table.name}: {sum(map(len, wanted.values()))} partitions over {len(wanted)} dates")
+            context.log.info(
+                f"landing {table.name}: {sum(map(len, wanted.values()))} partitions over {len(wanted)} dates"
+            )
             landing = lakehouse.landing()
             report = landing.land_fact(table, {d: c for d, c in wanted.items()})
-            return dg.MaterializeResult(metadata=report_metadata(report, landing.lake.uri(landing.lake.table_dir("raw", table.name))))
+            return dg.MaterializeResult(
+                metadata=report_metadata(report, landing.lake.uri(landing.lake.table_dir("raw", table.name)))
+            )
 
         return _fact
 
@@ -101,7 +104,9 @@ def build_landing_asset(table: Table) -> dg.AssetsDefinition:
             if new:
                 context.instance.add_dynamic_partitions(CLIENT_PARTITIONS.name or "client", new)
                 context.log.info(f"registered client partitions: {', '.join(new)}")
-        return dg.MaterializeResult(metadata=report_metadata(report, landing.lake.uri(landing.lake.data_file("raw", table.name))))
+        return dg.MaterializeResult(
+            metadata=report_metadata(report, landing.lake.uri(landing.lake.data_file("raw", table.name)))
+        )
 
     return _dim
 

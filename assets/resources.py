@@ -1,6 +1,5 @@
 """Resources: the only place Dagster meets configuration, read from the environment when built."""
 
-
 from pathlib import Path
 
 import dagster as dg

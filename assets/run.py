@@ -104,7 +104,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _execute(defs: Any, instance: Any, settings: Settings, keys: list[Any], tags: dict[str, str], outcome: RunOutcome, label: str) -> bool:
+def _execute(
+    defs: Any, instance: Any, settings: Settings, keys: list[Any], tags: dict[str, str], outcome: RunOutcome, label: str
+) -> bool:
 
     resources = dict(defs.resources or {})
     resources["lakehouse"] = LakehouseResource(
@@ -153,7 +155,13 @@ def _step_failure(event: Any, settings: Settings) -> str:
 
 
 def _land_facts(
-    defs: Any, instance: Any, settings: Settings, facts: dict[str, dict[str, set[str]]], clients: list[str], outcome: RunOutcome, trigger: str
+    defs: Any,
+    instance: Any,
+    settings: Settings,
+    facts: dict[str, dict[str, set[str]]],
+    clients: list[str],
+    outcome: RunOutcome,
+    trigger: str,
 ) -> bool:
     for plan in plan_runs(facts, clients):
         tags = {
@@ -161,7 +169,9 @@ def _land_facts(
             RANGE_END: str(dg.MultiPartitionKey({"date": plan.last_date, "client": plan.last_client})),
             "delivery_lake/trigger": trigger,
         }
-        label = f"{', '.join(plan.tables)} {plan.first_date}..{plan.last_date} x {plan.first_client}..{plan.last_client}"
+        label = (
+            f"{', '.join(plan.tables)} {plan.first_date}..{plan.last_date} x {plan.first_client}..{plan.last_client}"
+        )
         if trigger != "cli":
             label = f"{trigger}: {label}"
         keys = [dg.AssetKey(["raw", t]) for t in plan.tables]
@@ -224,7 +234,15 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, [FEATURES_KEY], tags, outcome, f"features {first}..{last}"):
             return False
-    return _execute(defs, instance, settings, [MODEL_KEY, RISK_KEY, WAREHOUSE_KEY], {"delivery_lake/trigger": "cli"}, outcome, "delay model + risk scores + warehouse")
+    return _execute(
+        defs,
+        instance,
+        settings,
+        [MODEL_KEY, RISK_KEY, WAREHOUSE_KEY],
+        {"delivery_lake/trigger": "cli"},
+        outcome,
+        "delay model + risk scores + warehouse",
+    )
 
 
 def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
@@ -237,7 +255,9 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     outcome = RunOutcome()
     dead = fail_dead_runs(instance)
     if dead:
-        outcome.lines.append(f"marked {len(dead)} run(s) failed whose process had died: {', '.join(r[:8] for r in dead)}")
+        outcome.lines.append(
+            f"marked {len(dead)} run(s) failed whose process had died: {', '.join(r[:8] for r in dead)}"
+        )
     cursor_path = lake.meta_path("cli_cursor.json")
     cursor = None if full else lake.read_json(cursor_path, default={})
     changes = scan_changes(lake, settings.inbox_dir, cursor)
@@ -254,7 +274,15 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
 
     if changes.dimensions:
         keys = [dg.AssetKey(["raw", d]) for d in changes.dimensions]
-        if not _execute(defs, instance, settings, keys, {"delivery_lake/trigger": "cli"}, outcome, "dimensions: " + ", ".join(changes.dimensions)):
+        if not _execute(
+            defs,
+            instance,
+            settings,
+            keys,
+            {"delivery_lake/trigger": "cli"},
+            outcome,
+            "dimensions: " + ", ".join(changes.dimensions),
+        ):
             return outcome
     clients = list(instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
     if not _land_facts(defs, instance, settings, changes.facts, clients, outcome, "cli"):
@@ -285,7 +313,9 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     bad = [
         line
         for table in TABLES.values()
-        for line in unreconciled(lake, settings.inbox_dir, table, [p for p in changed_paths if Path(p).parent.name == table.name])
+        for line in unreconciled(
+            lake, settings.inbox_dir, table, [p for p in changed_paths if Path(p).parent.name == table.name]
+        )
     ]
     if bad:
         outcome.success = False

@@ -1,6 +1,5 @@
 """The nightly full refresh: every file in the inbox re-landed (landing is idempotent)."""
 
-
 import dagster as dg
 
 from assets.partitions import CLIENT_PARTITIONS

@@ -1,6 +1,5 @@
 """The inbox sensor: newly arrived files become runs for exactly the partitions they touch."""
 
-
 import hashlib
 import json
 
@@ -41,7 +40,9 @@ def run_requests_for(changes: InboxChanges, client_order: list[str], reason: str
         )
     if dims and not requests:
         requests.append(
-            dg.RunRequest(run_key=f"{reason}:{digest}:dims", asset_selection=dims, tags={"delivery_lake/trigger": reason})
+            dg.RunRequest(
+                run_key=f"{reason}:{digest}:dims", asset_selection=dims, tags={"delivery_lake/trigger": reason}
+            )
         )
     return requests
 
@@ -53,7 +54,9 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
     wanted = releasable(lakehouse.lake(), lakehouse.settings())
     if not wanted:
         return []
-    digest = hashlib.sha1(json.dumps({t: {d: sorted(c) for d, c in v.items()} for t, v in wanted.items()}, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(
+        json.dumps({t: {d: sorted(c) for d, c in v.items()} for t, v in wanted.items()}, sort_keys=True).encode()
+    ).hexdigest()[:12]
     requests = []
     for plan in plan_runs(wanted, client_order):
         requests.append(
@@ -85,7 +88,9 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     cursor = json.loads(context.cursor) if context.cursor else {}
     changes = scan_changes(lakehouse.lake(), settings.inbox_dir, cursor)
     if changes.empty:
-        released = release_requests(lakehouse, list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client")))
+        released = release_requests(
+            lakehouse, list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
+        )
         if released:
             context.log.info(f"{len(released)} run(s) to land rows whose parents arrived (or whose grace period ended)")
             return dg.SensorResult(run_requests=released)

@@ -250,13 +250,19 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
     shutil.copytree(base, daily)
     days = [series.day(i) for i in range(facts["days"])]
     for name, dates in (("curated_first_days", days[:-1]), ("curated_last_day", days[-1:])):
-        r.run(name, "incremental.py", ["--mode", "daily-refresh", "--inbox", str(inbox), "--work", str(daily), "--day", ",".join(dates)])
+        r.run(
+            name,
+            "incremental.py",
+            ["--mode", "daily-refresh", "--inbox", str(inbox), "--work", str(daily), "--day", ",".join(dates)],
+        )
 
     def full(rep: int) -> str | None:
         work = r.run_dir / f"full-{rep}"
         trash.discard(work)
         shutil.copytree(base, work)  # untimed: the landed lake, nothing curated yet
-        m = r.run("curated_full", "incremental.py", ["--mode", "full-curated", "--inbox", str(inbox), "--work", str(work)])
+        m = r.run(
+            "curated_full", "incremental.py", ["--mode", "full-curated", "--inbox", str(inbox), "--work", str(work)]
+        )
         return m.result.get("warehouse")
 
     def run_day(rep: int) -> None:

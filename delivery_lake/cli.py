@@ -75,7 +75,17 @@ def print_summary(settings: Settings) -> None:
 
     summary = lake_summary(settings)
     t = RichTable(title=f"Lake {summary['lake']}")
-    cols = ("table", "partitions", "rows landed", "rows quarantined", "replayed", "superseded", "pending", "blocked", "top quarantine reasons")
+    cols = (
+        "table",
+        "partitions",
+        "rows landed",
+        "rows quarantined",
+        "replayed",
+        "superseded",
+        "pending",
+        "blocked",
+        "top quarantine reasons",
+    )
     for col in cols:
         t.add_column(col, justify="left" if col in ("table", "top quarantine reasons") else "right")
     for name, s in summary["tables"].items():
@@ -84,8 +94,15 @@ def print_summary(settings: Settings) -> None:
         # Blocked rows are landed but kept from the marts: say so rather than leave them out.
         blocked = f"{p['blocked']} ({p['blocked_rows']:,} rows)" if p and p["blocked"] else "-" if p is None else "0"
         t.add_row(
-            name, str(s["partitions"]), f"{s['landed']:,}", f"{s['quarantined']:,}",
-            f"{s['replayed']:,}", f"{s['superseded']:,}", f"{s['pending']:,}", blocked, reasons,
+            name,
+            str(s["partitions"]),
+            f"{s['landed']:,}",
+            f"{s['quarantined']:,}",
+            f"{s['replayed']:,}",
+            f"{s['superseded']:,}",
+            f"{s['pending']:,}",
+            blocked,
+            reasons,
         )
     console.print(t)
     if summary["incomplete"]:
@@ -112,12 +129,17 @@ def _cmd_history(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     versions = key_history(Lake.from_settings(settings), TABLES[args.table], args.key)
     if not versions:
-        print(f"error: no {args.table} row with {TABLES[args.table].key} = {args.key!r} (not landed, pending nor superseded)", file=sys.stderr)
+        print(
+            f"error: no {args.table} row with {TABLES[args.table].key} = {args.key!r} (not landed, pending nor superseded)",
+            file=sys.stderr,
+        )
         return 1
     if args.format == "json":
         print(json.dumps(versions, default=str, indent=1))
         return 0
-    console.print(f"{args.table} {TABLES[args.table].key}={args.key}: {len(versions)} version(s), newest first", markup=False)
+    console.print(
+        f"{args.table} {TABLES[args.table].key}={args.key}: {len(versions)} version(s), newest first", markup=False
+    )
     for i, v in enumerate(versions):
         where = "/".join(str(v[k]) for k in ("date", "client") if v.get(k) is not None) or args.table
         if v["version"] == "superseded":
@@ -126,7 +148,9 @@ def _cmd_history(args: argparse.Namespace) -> int:
                 f"replaced by {v['superseded_by']} at {v['superseded_at']}"
             )
         else:
-            head = f"{v['version']:<11} {where}" + (f" from {v['source_file']} line {v['source_line']}" if v.get("source_file") else "")
+            head = f"{v['version']:<11} {where}" + (
+                f" from {v['source_file']} line {v['source_line']}" if v.get("source_file") else ""
+            )
         console.print(head, markup=False, soft_wrap=True)
         newer = versions[i - 1]["values"] if i else None
         if newer is None:
@@ -156,7 +180,9 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
             bad += not ok
             if not ok or args.verbose:
                 states = " ".join(f"{s} {c[s]}" for s in STATES if c[s] or s in ("landed", "quarantined"))
-                console.print(f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} {states}", markup=False, soft_wrap=True)
+                console.print(
+                    f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} {states}", markup=False, soft_wrap=True
+                )
     console.print("all files reconcile" if not bad else f"[red]{bad} file(s) do not reconcile[/red]")
     return 1 if bad else 0
 
@@ -184,7 +210,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     else:
         lake = Lake.from_settings(settings)
         project = Project.load()
-        results = Runner(lake, project, settings).build(args.model, dates=args.date or None, full_refresh=args.full_refresh)
+        results = Runner(lake, project, settings).build(
+            args.model, dates=args.date or None, full_refresh=args.full_refresh
+        )
         wh = Warehouse(lake, project, settings.warehouse_path).refresh(full=args.full_refresh)
     _print_builds(results)
     console.print(f"warehouse {wh.path}: {len(wh.changed)} table(s) refreshed in {wh.seconds:.2f}s", markup=False)
@@ -261,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build the curated models for some dates (or all) and refresh the warehouse")
     b.add_argument("--date", action="append", help="dispatch/submission date to rebuild, YYYY-MM-DD (repeatable)")
-    b.add_argument("--full-refresh", action="store_true", help="rebuild every date found in raw and the whole warehouse")
+    b.add_argument(
+        "--full-refresh", action="store_true", help="rebuild every date found in raw and the whole warehouse"
+    )
     b.add_argument("--model", action="append", help="only this table model (repeatable; default all)")
     b.set_defaults(func=_cmd_build)
 
@@ -270,10 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=_cmd_query)
 
-    s = sub.add_parser("summary", help="rows landed, quarantined, replayed, superseded and pending per table; blocked and pending partitions")
+    s = sub.add_parser(
+        "summary",
+        help="rows landed, quarantined, replayed, superseded and pending per table; blocked and pending partitions",
+    )
     s.set_defaults(func=_cmd_summary)
 
-    h = sub.add_parser("history", help="every version of one row: the landed one, pending ones, those later files corrected")
+    h = sub.add_parser(
+        "history", help="every version of one row: the landed one, pending ones, those later files corrected"
+    )
     h.add_argument("table", choices=[t.name for t in TABLES.values() if t.is_fact])
     h.add_argument("key", help="the row's key, e.g. an order_id")
     h.add_argument("--format", choices=("text", "json"), default="text")

@@ -29,14 +29,26 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("table_name", "VARCHAR", "Raw fact table (orders, deliveries, customer_feedback)."),
     ("date", "DATE", "Partition date (UTC)."),
     ("client_id", "VARCHAR", "Partition client."),
-    ("status", "VARCHAR", "blocked (the quality gate failed it), pending (rows wait for their parent), passed, or unchecked."),
-    ("reasons", "VARCHAR", "Why, in one line: the failed expectations, the rows waiting, the marts that left this cell out."),
+    (
+        "status",
+        "VARCHAR",
+        "blocked (the quality gate failed it), pending (rows wait for their parent), passed, or unchecked.",
+    ),
+    (
+        "reasons",
+        "VARCHAR",
+        "Why, in one line: the failed expectations, the rows waiting, the marts that left this cell out.",
+    ),
     ("rows", "BIGINT", "Rows landed in raw."),
     ("pending_rows", "BIGINT", "Rows waiting for their parent row (e.g. a delivery for its order)."),
     ("quarantined_rows", "BIGINT", "Rows rejected into quarantine."),
     ("replayed_rows", "BIGINT", "Rows landed again from a later file with the same content."),
     ("superseded_rows", "BIGINT", "Versions a later file corrected (kept in the history zone)."),
-    ("served", "VARCHAR", "What the marts read: current (this landing), last_good (an earlier copy that passed) or none."),
+    (
+        "served",
+        "VARCHAR",
+        "What the marts read: current (this landing), last_good (an earlier copy that passed) or none.",
+    ),
     ("held_in", "VARCHAR", "Comma-separated marts that left this (date, client) cell out, or NULL."),
     ("checked_at", "TIMESTAMP WITH TIME ZONE", "When the quality gate last checked the partition (NULL if never)."),
 ]
@@ -182,7 +194,9 @@ def partition_statuses(lake: Lake, sources: Mapping[str, Iterable[str]] | None =
                 continue
             d, c = str(doc["date"]), str(doc["client"])
             p = PartitionStatus(
-                t.name, d, c,
+                t.name,
+                d,
+                c,
                 rows=_count(doc, "landed"),
                 pending_rows=_count(doc, "pending"),
                 quarantined_rows=_count(doc, "quarantined"),
@@ -202,7 +216,11 @@ def partition_statuses(lake: Lake, sources: Mapping[str, Iterable[str]] | None =
             elif applicable:
                 p.status = PASSED
             p.held_in = sorted(
-                {model for model, _ in held.get((d, c), []) if read_by is None or model not in read_by or t.name in read_by[model]}
+                {
+                    model
+                    for model, _ in held.get((d, c), [])
+                    if read_by is None or model not in read_by or t.name in read_by[model]
+                }
             )
             parts.append((p, failing))
         pending = [p for p, _ in parts if p.pending_rows > 0]
@@ -230,7 +248,18 @@ def table_counts(statuses: Iterable[PartitionStatus]) -> dict[str, dict[str, int
     and the partitions (and their landed rows) blocked or pending."""
     out: dict[str, dict[str, int]] = {
         t.name: dict.fromkeys(
-            ("partitions", "landed", "quarantined", "replayed", "superseded", "pending", "blocked", "blocked_rows", "pending_partitions"), 0
+            (
+                "partitions",
+                "landed",
+                "quarantined",
+                "replayed",
+                "superseded",
+                "pending",
+                "blocked",
+                "blocked_rows",
+                "pending_partitions",
+            ),
+            0,
         )
         for t in FACTS
     }
@@ -257,9 +286,19 @@ def warehouse_rows(statuses: Iterable[PartitionStatus]) -> list[tuple[Any, ...]]
     """The rows of the warehouse table, in COLUMNS order (dates and timestamps as ISO text)."""
     return [
         (
-            p.table, p.date, p.client, p.status, p.reasons or None, p.rows, p.pending_rows, p.quarantined_rows,
-            p.replayed_rows, p.superseded_rows, p.served, ",".join(p.held_in) or None, p.checked_at,
+            p.table,
+            p.date,
+            p.client,
+            p.status,
+            p.reasons or None,
+            p.rows,
+            p.pending_rows,
+            p.quarantined_rows,
+            p.replayed_rows,
+            p.superseded_rows,
+            p.served,
+            ",".join(p.held_in) or None,
+            p.checked_at,
         )
         for p in statuses
     ]
-

@@ -211,9 +211,7 @@ ORDERS = Table(
         _col("order_value", "decimal", "Price charged to the client.", min=0, max=100000),
         _col("payment_method", "string", "How the client pays.", allowed=("invoice", "card", "prepaid")),
     ),
-    rules=(
-        Rule("promised_after_created", "promised_by > created_at", "The promise lies after the order."),
-    ),
+    rules=(Rule("promised_after_created", "promised_by > created_at", "The promise lies after the order."),),
 )
 
 DELIVERIES = Table(
@@ -225,7 +223,12 @@ DELIVERIES = Table(
     client_column="client_id",
     columns=(
         _col("delivery_id", "string", "Delivery key."),
-        _col("order_id", "string", "Order delivered; the row waits in pending/ until its order has landed.", references=("orders", "order_id")),
+        _col(
+            "order_id",
+            "string",
+            "Order delivered; the row waits in pending/ until its order has landed.",
+            references=("orders", "order_id"),
+        ),
         _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
         _col("driver_id", "string", "Courier.", references=("drivers", "driver_id")),
         _col("vehicle_id", "string", "Vehicle used.", references=("vehicles", "vehicle_id")),
@@ -256,7 +259,12 @@ CUSTOMER_FEEDBACK = Table(
     client_column="client_id",
     columns=(
         _col("feedback_id", "string", "Feedback key."),
-        _col("order_id", "string", "Order rated; the row waits in pending/ until its order has landed.", references=("orders", "order_id")),
+        _col(
+            "order_id",
+            "string",
+            "Order rated; the row waits in pending/ until its order has landed.",
+            references=("orders", "order_id"),
+        ),
         _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
         _col("submitted_at", "timestamp", "When it was left (UTC); partition date."),
         _col("rating", "int", "Stars, 1 to 5.", min=1, max=5),
@@ -266,8 +274,7 @@ CUSTOMER_FEEDBACK = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t
-    for t in (CLIENTS, DEPOTS, DRIVERS, VEHICLES, ORDERS, DELIVERIES, CUSTOMER_FEEDBACK)
+    t.name: t for t in (CLIENTS, DEPOTS, DRIVERS, VEHICLES, ORDERS, DELIVERIES, CUSTOMER_FEEDBACK)
 }
 DIMENSIONS = [t for t in TABLES.values() if not t.is_fact]
 FACTS = [t for t in TABLES.values() if t.is_fact]

@@ -53,7 +53,9 @@ ul.nav { list-style: none; padding-left: 0; }
 ul.nav li { margin: .25rem 0; }
 """
 
-_REMOTE_TAG = re.compile(r"""<(link|script)\b[^>]*\b(?:href|src)=["']https?://[^"']*["'][^>]*>(?:\s*</script>)?""", re.I)
+_REMOTE_TAG = re.compile(
+    r"""<(link|script)\b[^>]*\b(?:href|src)=["']https?://[^"']*["'][^>]*>(?:\s*</script>)?""", re.I
+)
 _REMOTE_IMG = re.compile(r"""(<img\b[^>]*\bsrc=)["']https?://[^"']*["']""", re.I)
 _MARKER = "<!-- delivery_lake:offline -->"
 
@@ -113,7 +115,9 @@ def make_offline(site_dir: Path) -> int:
         html = render_tables(html)
         html = _REMOTE_IMG.sub(rf'\1"{rel}/images/logo-long.png"', html)
         if _MARKER not in html:
-            html = html.replace("</head>", f'{_MARKER}<link rel="stylesheet" href="{rel}/styles/offline.css"></head>', 1)
+            html = html.replace(
+                "</head>", f'{_MARKER}<link rel="stylesheet" href="{rel}/styles/offline.css"></head>', 1
+            )
         tmp = page.with_suffix(".html.tmp")
         tmp.write_text(html, encoding="utf-8")
         os.replace(tmp, page)

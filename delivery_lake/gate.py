@@ -25,10 +25,19 @@ def status_path(lake: Lake, table: str, date: str | None = None, client: str | N
     return lake.meta_path("quality", table, f"date={date}", f"client={client}.json")
 
 
-def record(lake: Lake, table: str, passed: bool, details: dict[str, Any], date: str | None = None, client: str | None = None) -> None:
+def record(
+    lake: Lake, table: str, passed: bool, details: dict[str, Any], date: str | None = None, client: str | None = None
+) -> None:
     lake.write_json(
         status_path(lake, table, date, client),
-        {"table": table, "date": date, "client": client, "passed": passed, "checked_at": datetime.now(UTC).isoformat(timespec="seconds"), **details},
+        {
+            "table": table,
+            "date": date,
+            "client": client,
+            "passed": passed,
+            "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **details,
+        },
     )
 
 

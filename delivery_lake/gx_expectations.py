@@ -33,7 +33,11 @@ class ExpectQuarantineRatioToBeAtMost(BatchExpectation):
     metric_dependencies = ("table.row_count",)
     success_keys = ("quarantined", "max_ratio", "min_quarantined")
     domain_keys: ClassVar[tuple[str, ...]] = ("batch_id", "row_condition", "condition_parser")
-    library_metadata: ClassVar[dict[str, Any]] = {"maturity": "production", "tags": ["delivery_lake"], "contributors": []}
+    library_metadata: ClassVar[dict[str, Any]] = {
+        "maturity": "production",
+        "tags": ["delivery_lake"],
+        "contributors": [],
+    }
 
     def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None) -> dict:
         kw = self._get_success_kwargs()
@@ -65,7 +69,11 @@ class ExpectPartitionRowsToReconcile(BatchExpectation):
     metric_dependencies = ("table.row_count",)
     success_keys = ("read", "quarantined", "held")
     domain_keys: ClassVar[tuple[str, ...]] = ("batch_id", "row_condition", "condition_parser")
-    library_metadata: ClassVar[dict[str, Any]] = {"maturity": "production", "tags": ["delivery_lake"], "contributors": []}
+    library_metadata: ClassVar[dict[str, Any]] = {
+        "maturity": "production",
+        "tags": ["delivery_lake"],
+        "contributors": [],
+    }
 
     def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None) -> dict:
         kw = self._get_success_kwargs()

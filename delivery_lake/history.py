@@ -20,7 +20,6 @@ EXTRA = {
 }
 
 
-
 def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
     """Versions of the row whose key is `key`, newest first (empty when the key is unknown)."""
     out: list[dict[str, Any]] = []
@@ -32,7 +31,11 @@ def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
             extra = EXTRA[zone]
             # Files written before a column existed lack it: read by name and fill with NULL.
             cols = ", ".join([*map(ident, table.column_names), *map(ident, extra)])
-            order = "_superseded_at DESC NULLS LAST, _source_file DESC, _source_line DESC" if zone == "history" else "date DESC, client"
+            order = (
+                "_superseded_at DESC NULLS LAST, _source_file DESC, _source_line DESC"
+                if zone == "history"
+                else "date DESC, client"
+            )
             rows = con.execute(
                 f"""SELECT {cols}, date::VARCHAR AS date, client::VARCHAR AS client
                     FROM read_parquet({literal(lake.glob_uri(zone, table.name, True))}, hive_partitioning = true,
@@ -59,5 +62,3 @@ def key_history(lake: Lake, table: Table, key: str) -> list[dict[str, Any]]:
     finally:
         con.close()
     return out
-
-

@@ -207,7 +207,9 @@ def read_header(path: Path, table: Table) -> list[str]:
     if problem:
         raise InputError(f"{path}: not UTF-8 text ({problem}); re-export the file as UTF-8")
     if not first.strip():
-        raise InputError(f"{path}: the first line is blank (expected a header with columns {', '.join(table.column_names)})")
+        raise InputError(
+            f"{path}: the first line is blank (expected a header with columns {', '.join(table.column_names)})"
+        )
     import csv
 
     header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig")]))]
@@ -360,7 +362,9 @@ class InboxIndex:
         fp = fingerprint(path)
         hit = None if rescan else cached.get(str(path))
         if hit and hit.get("fingerprint") == fp and hit.get("v") == INDEX_VERSION:
-            return FileEntry(str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"]), False
+            return FileEntry(
+                str(path), fp, hit["nominal_date"], hit["partitions"], hit["malformed"], hit["header"]
+            ), False
         if defer_scan and named:
             header = read_header(path, self.table)
             return FileEntry(str(path), fp, named, {named: {}}, 0, header, provisional=True), False

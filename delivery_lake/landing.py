@@ -147,8 +147,6 @@ class LandingReport:
 # ---- SQL generated from the contract -------------------------------------------------------
 
 
-
-
 def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
     """CASE expressions over typed columns naming each broken rule (casts were checked by the reader)."""
     out: list[str] = []
@@ -417,7 +415,9 @@ class Landing:
         same way."""
         return parent_clock(self.lake, table)
 
-    def _land_batch(self, ctx: _LandingContext, entries: list[FileEntry], requested: dict[str, list[str] | None] | None) -> _BatchResult:
+    def _land_batch(
+        self, ctx: _LandingContext, entries: list[FileEntry], requested: dict[str, list[str] | None] | None
+    ) -> _BatchResult:
         table = ctx.table
         out = _BatchResult()
         con = ctx.base.cursor()
@@ -623,7 +623,7 @@ class Landing:
             if near:
                 con.execute(
                     f"""DELETE FROM wanted WHERE k IN (
-                            SELECT {pkey} FROM read_parquet([{', '.join(literal(f) for f in near)}]))"""
+                            SELECT {pkey} FROM read_parquet([{", ".join(literal(f) for f in near)}]))"""
                 )
             if con.execute("SELECT count(*) FROM wanted").fetchone()[0]:
                 everywhere = self._all_parent_keys(ctx, parent)
@@ -650,14 +650,20 @@ class Landing:
         first = date.fromisoformat(min(dates)) - timedelta(days=PARENT_WINDOW_DAYS)
         last = date.fromisoformat(max(dates)) + timedelta(days=1)
         days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
-        return [self.lake.uri(self.lake.data_file("raw", parent, d, c)) for d, c in self.lake.list_partitions("raw", parent, dates=days)]
+        return [
+            self.lake.uri(self.lake.data_file("raw", parent, d, c))
+            for d, c in self.lake.list_partitions("raw", parent, dates=days)
+        ]
 
     def _all_parent_keys(self, ctx: _LandingContext, parent: str) -> str:
         """A table of every landed key of `parent`, built once per landing on the shared instance."""
         name = f"all_keys_{parent}"
         with self._parent_lock:
             if name not in ctx.loaded:
-                files = [self.lake.uri(self.lake.data_file("raw", parent, d, c)) for d, c in self.lake.list_partitions("raw", parent)]
+                files = [
+                    self.lake.uri(self.lake.data_file("raw", parent, d, c))
+                    for d, c in self.lake.list_partitions("raw", parent)
+                ]
                 cur = ctx.base.cursor()
                 try:
                     if files:
@@ -788,8 +794,10 @@ class Landing:
                     expected += e.malformed
             report.read += expected
             if got != expected:
-                raise LandingError(f"{report.table} {d}: read {expected} rows but accounted for {got} "
-                                   "(landed + quarantined + replayed + superseded + pending)")
+                raise LandingError(
+                    f"{report.table} {d}: read {expected} rows but accounted for {got} "
+                    "(landed + quarantined + replayed + superseded + pending)"
+                )
 
 
 @dataclass
@@ -857,7 +865,9 @@ class _PartitionWriter:
         everything = all((r.date or "_", r.client or "_") in wanted for r in counts.typed)
         # A backfill wants every partition of the batch: no need to filter (or copy) `typed`.
         picked_from = (
-            "typed" if everything else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
+            "typed"
+            if everything
+            else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
         )
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW picked AS SELECT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c, * FROM {picked_from}"
@@ -931,7 +941,7 @@ class _PartitionWriter:
         key = ident(table.key)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE history_rows AS
-                SELECT d, c, {', '.join(f'p.{ident(c.name)}' for c in table.columns)},
+                SELECT d, c, {", ".join(f"p.{ident(c.name)}" for c in table.columns)},
                        p._file AS _source_file, b._line::BIGINT AS _source_line,
                        f.path AS _superseded_by, f.arrived AS _superseded_at
                 FROM picked p JOIN bad_lines b USING (_file_rank, _ord)
@@ -939,8 +949,11 @@ class _PartitionWriter:
                 JOIN files f ON f.rank = v.win_f
                 WHERE p._state = '{SUPERSEDED}'"""
         )
-        order = {"bad_rows": "_source_file, _source_line", "pending_rows": "_source_file, _source_line",
-                 "history_rows": f"{key}, _superseded_at, _source_file, _source_line"}
+        order = {
+            "bad_rows": "_source_file, _source_line",
+            "pending_rows": "_source_file, _source_line",
+            "history_rows": f"{key}, _superseded_at, _source_file, _source_line",
+        }
         for name, by in order.items():
             if con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]:
                 con.execute(
@@ -964,7 +977,9 @@ class _PartitionWriter:
             found.update(self.lake.glob(folder + ("/*/" if d else "/") + DATA_FILE))
         return found
 
-    def _results(self, targets: list[tuple[str | None, str | None]], counts: _Counts) -> dict[tuple[str, str], PartitionResult]:
+    def _results(
+        self, targets: list[tuple[str | None, str | None]], counts: _Counts
+    ) -> dict[tuple[str, str], PartitionResult]:
         # `changed` turns true as soon as an object of the partition is published or removed.
         results: dict[tuple[str, str], PartitionResult] = {
             (d or "_", c or "_"): PartitionResult(self.table.name, d, c, changed=False) for d, c in targets
@@ -1032,14 +1047,18 @@ class _PartitionWriter:
                 # partition go from some rows to none, never a half-deleted folder.
                 empty = self.stage / f"empty_{name}.parquet"
                 if not empty.exists():
-                    self.con.execute(f"COPY (SELECT * EXCLUDE (d, c) FROM {name} LIMIT 0) TO '{empty}' (FORMAT parquet)")
+                    self.con.execute(
+                        f"COPY (SELECT * EXCLUDE (d, c) FROM {name} LIMIT 0) TO '{empty}' (FORMAT parquet)"
+                    )
                 self.lake.publish_file(empty, dest)
             else:
                 # Pending and history objects exist only while they hold rows (the release scan
                 # lists pending/), so emptied ones go; Lake.delete verifies the delete.
                 self.lake.delete(dest)
 
-    def _publish_data(self, res: PartitionResult, key: tuple[str, str], old: dict[str, Any], manifest: dict[str, Any]) -> None:
+    def _publish_data(
+        self, res: PartitionResult, key: tuple[str, str], old: dict[str, Any], manifest: dict[str, Any]
+    ) -> None:
         dest = self.lake.data_file("raw", self.table.name, res.date, res.client)
         good = self._staged("good", key)
         if good is None and res.landed:
@@ -1105,9 +1124,7 @@ def reconcile(lake: Lake, inbox: Path, table: Table) -> dict[str, dict[str, Any]
     unread: dict[str, str] = {str(p): why for p, why in refused_files(inbox, table.name)}
     entries = InboxIndex(lake, inbox, table).entries(rescan=True, errors=unread)
     accounted: dict[str, dict[str, int]] = defaultdict(_zero)
-    manifests = lake.glob(
-        lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json")
-    )
+    manifests = lake.glob(lake.meta_path("landing", table.name) + ("/**/*.json" if table.is_fact else "/manifest.json"))
     for m in manifests:
         doc = lake.read_json(m)
         for f, v in doc["by_file"].items():

@@ -163,7 +163,9 @@ def _outcome(res: Any) -> Outcome:
         severity=severity_of(getattr(cfg, "severity", None)),
         success=bool(res.success),
         unexpected_count=result.get("unexpected_count"),
-        unexpected_percent=round(result["unexpected_percent"], 3) if result.get("unexpected_percent") is not None else None,
+        unexpected_percent=round(result["unexpected_percent"], 3)
+        if result.get("unexpected_percent") is not None
+        else None,
         sample=[str(v) for v in sample[:SAMPLE_SIZE]],
         observed=None if observed is None else str(observed),
         error=error,
@@ -171,7 +173,6 @@ def _outcome(res: Any) -> Outcome:
 
 
 # ---- the runner ------------------------------------------------------------------------------
-
 
 
 class Quality:
@@ -268,11 +269,17 @@ class Quality:
         doc = load_suite_doc(name)
         expectations = [
             ExpectationConfiguration(
-                type=e["type"], kwargs=e.get("kwargs", {}), meta=e.get("meta"), notes=e.get("notes"), severity=e.get("severity", "critical")
+                type=e["type"],
+                kwargs=e.get("kwargs", {}),
+                meta=e.get("meta"),
+                notes=e.get("notes"),
+                severity=e.get("severity", "critical"),
             ).to_domain_obj()
             for e in doc["expectations"]
         ]
-        suite = ctx.suites.add(ExpectationSuite(name=name, expectations=expectations, meta=doc.get("meta") or {}, notes=doc.get("notes")))
+        suite = ctx.suites.add(
+            ExpectationSuite(name=name, expectations=expectations, meta=doc.get("meta") or {}, notes=doc.get("notes"))
+        )
         return suite
 
     def checkpoint(self, name: str) -> Any:
@@ -280,8 +287,12 @@ class Quality:
             import great_expectations as gx
 
             ctx = self.context()
-            batch = ctx.data_sources.get("lake").add_dataframe_asset(name).add_batch_definition_whole_dataframe("partition")
-            vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=ctx.suites.get(name)))
+            batch = (
+                ctx.data_sources.get("lake").add_dataframe_asset(name).add_batch_definition_whole_dataframe("partition")
+            )
+            vd = ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch, suite=ctx.suites.get(name))
+            )
             self._checkpoints[name] = ctx.checkpoints.add(
                 gx.Checkpoint(
                     name=name,
@@ -294,7 +305,10 @@ class Quality:
 
     # -- parameters ------------------------------------------------------------------------------
     def _read_partition(self, con: Any, table: Table, uri: str) -> Any:
-        cols = ", ".join(f"CAST({ident(c.name)} AS DOUBLE) AS {ident(c.name)}" if c.dtype == "decimal" else ident(c.name) for c in table.columns)
+        cols = ", ".join(
+            f"CAST({ident(c.name)} AS DOUBLE) AS {ident(c.name)}" if c.dtype == "decimal" else ident(c.name)
+            for c in table.columns
+        )
         con.execute(f"CREATE OR REPLACE TEMP TABLE part AS SELECT {cols} FROM read_parquet('{uri}')")
         return con.execute("SELECT * FROM part").df()
 
@@ -305,8 +319,10 @@ class Quality:
                 continue
             parent = TABLES[c.references[0]]
             src = self.lake.glob_uri("raw", parent.name, parent.is_fact)
-            exists = self.lake.exists(self.lake.data_file("raw", parent.name)) if not parent.is_fact else bool(
-                self.lake.list_dates("raw", parent.name)
+            exists = (
+                self.lake.exists(self.lake.data_file("raw", parent.name))
+                if not parent.is_fact
+                else bool(self.lake.list_dates("raw", parent.name))
             )
             if not exists:
                 out[f"{c.name}_parents"] = []
@@ -321,8 +337,14 @@ class Quality:
                 ]
             else:
                 sources = [f"SELECT {pk} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"]
-            snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k, d, c FROM ({' UNION ALL '.join(sources)})")
-            rows = con.execute(f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {ident(c.name)} FROM part)").fetchall()
+            snap = self._snapshot(
+                con,
+                ("fk", parent.name, c.references[1]),
+                f"SELECT DISTINCT k, d, c FROM ({' UNION ALL '.join(sources)})",
+            )
+            rows = con.execute(
+                f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {ident(c.name)} FROM part)"
+            ).fetchall()
             out[f"{c.name}_parents"] = sorted({r[0] for r in rows})
             if parent.is_fact:
                 self._read_parents.update((parent.name, d, cl) for _k, d, cl in rows if d is not None)
@@ -352,7 +374,11 @@ class Quality:
         """
         by_file = manifest.get("by_file", {})
         paths = [Path(f) for f in by_file if Path(f).exists()]
-        entries = {e.path: e for e in InboxIndex(self.lake, self.settings.inbox_dir, table).entries(paths=paths)} if paths else {}
+        entries = (
+            {e.path: e for e in InboxIndex(self.lake, self.settings.inbox_dir, table).entries(paths=paths)}
+            if paths
+            else {}
+        )
         read = 0
         for f, counts in by_file.items():
             e = entries.get(f)
@@ -395,8 +421,10 @@ class Quality:
             "partition_client": [client],
             **self._fk_parameters(con, table),
         }
-        lo, hi = (0, UNBOUNDED) if date is None or client is None else self._volume_bounds(
-            table, date, client, load_suite_doc(table.name).get("meta", {})
+        lo, hi = (
+            (0, UNBOUNDED)
+            if date is None or client is None
+            else self._volume_bounds(table, date, client, load_suite_doc(table.name).get("meta", {}))
         )
         if int(manifest.get("pending", 0)):
             # Rows waiting for their parents are part of the day: a partition missing them is
@@ -417,7 +445,9 @@ class Quality:
         identifier, vr = next(iter(result.run_results.items()))
         return [_outcome(r) for r in vr.results], identifier
 
-    def validate_raw(self, table_name: str, date: str | None = None, client: str | None = None) -> tuple[PartitionValidation, Any]:
+    def validate_raw(
+        self, table_name: str, date: str | None = None, client: str | None = None
+    ) -> tuple[PartitionValidation, Any]:
         table = TABLES[table_name]
         started = time.monotonic()
         pv = PartitionValidation(table_name, date, client)
@@ -433,10 +463,10 @@ class Quality:
             df = self._read_partition(con, table, self.lake.uri(path))
             pv.rows = len(df)
             params = self.raw_parameters(con, table, date, client)
-            pv.parents = {
-                f"{t}/{d}/{c}": self._data_version(t, d, c) for t, d, c in sorted(self._read_parents)
-            }
-            pv.outcomes, identifier = self._run(table_name, df, params, "-".join(p for p in (table_name, date, client) if p))
+            pv.parents = {f"{t}/{d}/{c}": self._data_version(t, d, c) for t, d, c in sorted(self._read_parents)}
+            pv.outcomes, identifier = self._run(
+                table_name, df, params, "-".join(p for p in (table_name, date, client) if p)
+            )
         finally:
             con.close()
         pv.seconds = round(time.monotonic() - started, 3)
@@ -453,7 +483,10 @@ class Quality:
         try:
             # DECIMAL -> DOUBLE: GX's pandas range metrics want numbers, not Decimal objects.
             rel = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{self.lake.uri(path)}')").fetchall()
-            cols = ", ".join(f"CAST({ident(n)} AS DOUBLE) AS {ident(n)}" if str(t).startswith("DECIMAL") else ident(n) for n, t, *_ in rel)
+            cols = ", ".join(
+                f"CAST({ident(n)} AS DOUBLE) AS {ident(n)}" if str(t).startswith("DECIMAL") else ident(n)
+                for n, t, *_ in rel
+            )
             df = con.execute(f"SELECT {cols} FROM read_parquet('{self.lake.uri(path)}')").df()
         finally:
             con.close()
@@ -462,7 +495,9 @@ class Quality:
         pv.seconds = round(time.monotonic() - started, 3)
         return pv, identifier
 
-    def validate_and_record(self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool = False) -> list[PartitionValidation]:
+    def validate_and_record(
+        self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool = False
+    ) -> list[PartitionValidation]:
         """Validate each partition, write its gate status, then build the Data Docs pages once."""
         out: list[PartitionValidation] = []
         identifiers: list[Any] = []
@@ -476,7 +511,12 @@ class Quality:
         return out
 
     def _validate_each(
-        self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool, out: list[PartitionValidation], identifiers: list[Any]
+        self,
+        table: str,
+        partitions: list[tuple[str | None, str | None]],
+        mart: bool,
+        out: list[PartitionValidation],
+        identifiers: list[Any],
     ) -> None:
         for date, client in partitions:
             try:
@@ -534,7 +574,9 @@ class Quality:
 
     # -- Data Docs -------------------------------------------------------------------------------
     def docs_url(self, identifier: Any) -> str | None:
-        urls = self.context().get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE, only_if_exists=False)
+        urls = self.context().get_docs_sites_urls(
+            resource_identifier=identifier, site_name=DOCS_SITE, only_if_exists=False
+        )
         return urls[0]["site_url"] if urls else None
 
     def build_docs(self, identifiers: list[Any] | None = None) -> Path:
@@ -554,7 +596,11 @@ def gate_counts(lake: Lake, tables: list[str] | None = None) -> dict[str, dict[s
         docs = gate.statuses(lake, name)
         if not docs:
             continue
-        blocked = sorted("/".join(p for p in (d.get("date"), d.get("client")) if p) or name for d in docs if not d.get("passed", True))
+        blocked = sorted(
+            "/".join(p for p in (d.get("date"), d.get("client")) if p) or name
+            for d in docs
+            if not d.get("passed", True)
+        )
         warned = sum(1 for d in docs if d.get("passed", True) and d.get("warnings"))
         reasons: dict[str, int] = {}
         for d in docs:
@@ -562,7 +608,13 @@ def gate_counts(lake: Lake, tables: list[str] | None = None) -> dict[str, dict[s
                 reasons[f["label"]] = reasons.get(f["label"], 0) + 1
             if d.get("error"):
                 reasons["error"] = reasons.get("error", 0) + 1
-        out[name] = {"passed": len(docs) - len(blocked), "blocked": len(blocked), "warned": warned, "blocked_keys": blocked, "reasons": reasons}
+        out[name] = {
+            "passed": len(docs) - len(blocked),
+            "blocked": len(blocked),
+            "warned": warned,
+            "blocked_keys": blocked,
+            "reasons": reasons,
+        }
     return out
 
 

@@ -93,13 +93,46 @@ NEGATIVE: dict[str, int] = {
     r"disappointed": 1,
 }
 TOPICS: dict[str, tuple[str, ...]] = {
-    "missed_delivery": (r"nobody came", r"not here", r"nothing arrived", r"never arrived", r"missed", r"went back",
-                        r"wrong address", r"lost", r"stolen", r"not delivered", r"not received"),
+    "missed_delivery": (
+        r"nobody came",
+        r"not here",
+        r"nothing arrived",
+        r"never arrived",
+        r"missed",
+        r"went back",
+        r"wrong address",
+        r"lost",
+        r"stolen",
+        r"not delivered",
+        r"not received",
+    ),
     "parcel_condition": (r"damaged", r"broken", r"dented", r"crushed", r"wet", r"well packed", r"packaging", r"box"),
-    "punctuality": (r"late", r"later than", r"early", r"on time", r"fast", r"quick(?:ly)?", r"delay(?:ed|s)?",
-                    r"window", r"waited", r"third time", r"to the minute", r"slow"),
-    "driver": (r"driver", r"courier", r"rude", r"polite", r"friendly", r"threw", r"called ahead", r"neighbour",
-               r"rang the bell", r"as asked"),
+    "punctuality": (
+        r"late",
+        r"later than",
+        r"early",
+        r"on time",
+        r"fast",
+        r"quick(?:ly)?",
+        r"delay(?:ed|s)?",
+        r"window",
+        r"waited",
+        r"third time",
+        r"to the minute",
+        r"slow",
+    ),
+    "driver": (
+        r"driver",
+        r"courier",
+        r"rude",
+        r"polite",
+        r"friendly",
+        r"threw",
+        r"called ahead",
+        r"neighbour",
+        r"rang the bell",
+        r"as asked",
+    ),
     "tracking_communication": (r"tracking", r"updates?", r"communication", r"support", r"confusing", r"notification"),
 }
 LABELS = ("negative", "neutral", "positive")
@@ -150,7 +183,12 @@ def label_comments(frame: pl.LazyFrame, column: str = "comment") -> pl.LazyFrame
         .unique()
         .with_columns(
             score.alias("sentiment_score"),
-            pl.when(score >= 2).then(pl.lit("positive")).when(score <= -2).then(pl.lit("negative")).otherwise(pl.lit("neutral")).alias("sentiment"),
+            pl.when(score >= 2)
+            .then(pl.lit("positive"))
+            .when(score <= -2)
+            .then(pl.lit("negative"))
+            .otherwise(pl.lit("neutral"))
+            .alias("sentiment"),
             topic_expr(text).alias("topic"),
         )
     )

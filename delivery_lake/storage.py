@@ -181,7 +181,9 @@ class Lake:
         if dates is None:
             found = self.glob(self.table_dir(zone, table) + f"/date=*/client=*/{DATA_FILE}")
         else:
-            found = [f for d in dates for f in self.glob(self.table_dir(zone, table) + f"/date={d}/client=*/{DATA_FILE}")]
+            found = [
+                f for d in dates for f in self.glob(self.table_dir(zone, table) + f"/date={d}/client=*/{DATA_FILE}")
+            ]
         out = []
         for f in found:
             parts = f.split("/")
@@ -260,7 +262,9 @@ class Lake:
         else:
             left = [path] if self.exists(path) else []
         if left:
-            raise StorageError(f"delete of {self.uri(path)} was not applied to {len(left)} object(s) (permission denied?)")
+            raise StorageError(
+                f"delete of {self.uri(path)} was not applied to {len(left)} object(s) (permission denied?)"
+            )
 
     # ---- engines -----------------------------------------------------------------------
     def duckdb(self, database: str = ":memory:", read_only: bool = False) -> duckdb.DuckDBPyConnection:

@@ -71,7 +71,9 @@ def warehouse_kpis(settings: Settings) -> dict[str, Any] | None:
 KPI_MART = "agg_client_daily_kpis"
 
 
-def mark_incomplete(kpis: dict[str, Any], statuses: list[PartitionStatus], mart_sources: list[str] | None = None) -> None:
+def mark_incomplete(
+    kpis: dict[str, Any], statuses: list[PartitionStatus], mart_sources: list[str] | None = None
+) -> None:
     """Flag the last day's client cells that a blocked raw partition (served from nowhere) or a
     held mart cell leaves incomplete, and add the clients the mart left out: their figures would
     otherwise read as zero deliveries (or be missing) where the truth is "not known yet"."""
@@ -142,7 +144,12 @@ def completeness(lake: Lake, project: Any = None) -> list[PartitionStatus]:
 def partition_lines(statuses: list[PartitionStatus]) -> list[str]:
     """One line per blocked or pending partition, blocked first."""
     order = {BLOCKED: 0, PENDING: 1}
-    return [p.line() for p in sorted((p for p in statuses if p.status in order), key=lambda p: (order[p.status], p.table, p.date, p.client))]
+    return [
+        p.line()
+        for p in sorted(
+            (p for p in statuses if p.status in order), key=lambda p: (order[p.status], p.table, p.date, p.client)
+        )
+    ]
 
 
 def lake_summary(settings: Settings) -> dict[str, Any]:

@@ -124,8 +124,6 @@ class WarehouseReport:
         return [t.table for t in self.tables if t.mode != "unchanged"]
 
 
-
-
 @contextmanager
 def _refresh_lock(path: Path) -> Iterator[None]:
     lock = path.with_name(path.name + ".lock")
@@ -150,7 +148,13 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     with open(path, "rb") as fh:
         head = hashlib.sha256(fh.read(HEADER_BYTES)).hexdigest()
-    return {"inode": st.st_ino, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "header_sha256": head}
+    return {
+        "inode": st.st_ino,
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "header_sha256": head,
+    }
 
 
 class Warehouse:
@@ -218,7 +222,11 @@ class Warehouse:
         with _refresh_lock(self.path):
             # Under the lock no other refresh runs: building files left here were left by a
             # refresh that died (killed process, power loss) and are never published.
-            for pattern in (f".{self.path.name}.*.building", f".{self.path.name}.*.building.wal", f".{self.path.name}.*.keep"):
+            for pattern in (
+                f".{self.path.name}.*.building",
+                f".{self.path.name}.*.building.wal",
+                f".{self.path.name}.*.keep",
+            ):
                 for leftover in self.path.parent.glob(pattern):
                     leftover.unlink(missing_ok=True)
             session = RefreshSession(self, full)
@@ -305,7 +313,12 @@ class Warehouse:
             con.close()
 
     def _refresh_table(
-        self, con: duckdb.DuckDBPyConnection, m: Model, held: dict[str | None, str], exists: bool, skip: frozenset[str] = frozenset()
+        self,
+        con: duckdb.DuckDBPyConnection,
+        m: Model,
+        held: dict[str | None, str],
+        exists: bool,
+        skip: frozenset[str] = frozenset(),
     ) -> TableRefresh:
         """Bring one table to its curated state; `held` (date -> build id it holds) is updated in place."""
         state = self.curated_state(m)
@@ -331,7 +344,9 @@ class Warehouse:
         try:
             for d in [*load, *remove]:
                 if m.is_partitioned and d is not None:
-                    deleted = con.execute(f"DELETE FROM {ident(m.name)} WHERE {ident(m.partition_by or '')} = ?::DATE", [d]).fetchone()
+                    deleted = con.execute(
+                        f"DELETE FROM {ident(m.name)} WHERE {ident(m.partition_by or '')} = ?::DATE", [d]
+                    ).fetchone()
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ? AND date = ?::DATE", [m.name, d])
                 else:
                     deleted = con.execute(f"DELETE FROM {ident(m.name)}").fetchone()
@@ -395,8 +410,12 @@ class Warehouse:
             con.execute(f"INSERT INTO __partition_status SELECT {select} FROM __partition_status_arrow")
         finally:
             con.unregister("__partition_status_arrow")
-        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [STATUS_TABLE]).fetchone()[0]  # type: ignore[index]
-        have_cols = [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {STATUS_TABLE}").fetchall()] if exists else []
+        exists = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [STATUS_TABLE]
+        ).fetchone()[0]  # type: ignore[index]
+        have_cols = (
+            [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {STATUS_TABLE}").fetchall()] if exists else []
+        )
         result = TableRefresh(STATUS_TABLE, "unchanged", rows=len(rows))
         con.execute("BEGIN")
         try:
@@ -416,7 +435,9 @@ class Warehouse:
                     result.rows_deleted = int(con.execute(f"DELETE FROM {STATUS_TABLE}").fetchone()[0])  # type: ignore[index]
             if result.mode != "unchanged":
                 cols = ", ".join(map(ident, names))
-                con.execute(f"INSERT INTO {STATUS_TABLE} ({cols}) SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id")
+                con.execute(
+                    f"INSERT INTO {STATUS_TABLE} ({cols}) SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id"
+                )
                 result.rows_loaded = len(rows)
             _write_comments(con, STATUS_TABLE, completeness.TABLE_COMMENT, [(n, c) for n, _, c in completeness.COLUMNS])
             con.execute("COMMIT")
@@ -431,11 +452,15 @@ class Warehouse:
 def _write_comments(con: duckdb.DuckDBPyConnection, table: str, text: str, columns: list[tuple[str, str]]) -> None:
     """Table and column comments, written only where they differ: each COMMENT alters the
     catalog, and a day's refresh re-wrote about 20 per table unchanged."""
-    row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchone()
+    row = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'", [table]
+    ).fetchone()
     if row is None or row[0] != text:
         con.execute(f"COMMENT ON TABLE {ident(table)} IS {literal(text)}")
     have = dict(
-        con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [table]).fetchall()
+        con.execute(
+            "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'", [table]
+        ).fetchall()
     )
     for name, description in columns:
         if description and have.get(name) != description:
@@ -503,9 +528,14 @@ class RefreshSession:
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
             )
-            for model, d, build_id in con.execute(f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}").fetchall():
+            for model, d, build_id in con.execute(
+                f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}"
+            ).fetchall():
                 self.held.setdefault(model, {})[d] = build_id
-            self.existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+            self.existing = {
+                r[0]
+                for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
+            }
         except BaseException:
             con.close()
             raise
@@ -520,7 +550,9 @@ class RefreshSession:
         """Bring these tables (all when None) to the curated state, leaving out the dates in `skip`."""
         assert self.con is not None
         for name in self.models if names is None else [n for n in names if n in self.models]:
-            t = self.wh._refresh_table(self.con, self.models[name], self.held.setdefault(name, {}), name in self.existing, skip)
+            t = self.wh._refresh_table(
+                self.con, self.models[name], self.held.setdefault(name, {}), name in self.existing, skip
+            )
             if t.mode != "unchanged":
                 self.existing.add(name)
             self._merge(t)
@@ -645,14 +677,25 @@ class RefreshSession:
 
 
 def publish_external_table(
-    lake: Lake, name: str, description: str, columns: list[tuple[str, str, str]], partition_by: str | None = None, grain: str | None = None
+    lake: Lake,
+    name: str,
+    description: str,
+    columns: list[tuple[str, str, str]],
+    partition_by: str | None = None,
+    grain: str | None = None,
 ) -> None:
     """Declare a curated table another producer writes (same files and build manifests as a
     model: `curated/{name}/[date=D/]data.parquet` + `_meta/curated/...`), e.g. the delay-model
     scores. Every later refresh loads it incrementally like a model's table and keeps it."""
     lake.write_json(
         lake.external_table_spec(name),
-        {"name": name, "description": description, "grain": grain, "partition_by": partition_by, "columns": [list(c) for c in columns]},
+        {
+            "name": name,
+            "description": description,
+            "grain": grain,
+            "partition_by": partition_by,
+            "columns": [list(c) for c in columns],
+        },
     )
 
 
@@ -664,8 +707,18 @@ def external_models(lake: Lake) -> list[Model]:
         spec = lake.read_json(spec_path)
         out.append(
             Model(
-                spec["name"], Path(spec_path), "python", "marts", spec["description"], spec.get("grain"), spec.get("partition_by"),
-                0, "table", (), (), columns=[ColumnInfo(n, t, d) for n, t, d in spec["columns"]],
+                spec["name"],
+                Path(spec_path),
+                "python",
+                "marts",
+                spec["description"],
+                spec.get("grain"),
+                spec.get("partition_by"),
+                0,
+                "table",
+                (),
+                (),
+                columns=[ColumnInfo(n, t, d) for n, t, d in spec["columns"]],
             )
         )
     return out
@@ -681,7 +734,13 @@ class QueryRefused(WarehouseError):
 REFUSED = "this connection is read-only and cannot read or write files outside the warehouse"
 # How DuckDB words what `open_reader` forbids (besides its PermissionException): writes to the
 # read-only file, settings after the lock, undoing the external-access switch.
-_REFUSAL_MARKS = ("read-only mode", "configuration has been locked", "external access", "disabled by configuration", "disabled through configuration")
+_REFUSAL_MARKS = (
+    "read-only mode",
+    "configuration has been locked",
+    "external access",
+    "disabled by configuration",
+    "disabled through configuration",
+)
 _scratch_root: Path | None = None
 
 
@@ -717,7 +776,10 @@ def open_reader(path: Path | str) -> duckdb.DuckDBPyConnection:
     # One spill folder per file: DuckDB refuses a second connection to a file in the same
     # process with another configuration (readers in threads share one database instance).
     spill = _reader_scratch() / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    config: dict[str, str | bool | int | float | list[str]] = {"enable_external_access": False, "temp_directory": str(spill)}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "enable_external_access": False,
+        "temp_directory": str(spill),
+    }
     con = duckdb.connect(str(path), read_only=True, config=config)
     try:
         # Set before the lock, not in `config` (TimeZone needs ICU, not loaded yet at connect),
@@ -778,7 +840,9 @@ def describe(path: Path | str) -> dict[str, Any]:
         con.close()
 
 
-def build_curated(settings: Settings, dates: list[str] | None = None, full: bool = False) -> tuple[list[Any], WarehouseReport]:
+def build_curated(
+    settings: Settings, dates: list[str] | None = None, full: bool = False
+) -> tuple[list[Any], WarehouseReport]:
     """Build the marts for `dates` (or everything with `full`) and refresh the warehouse.
 
     The one library entry point for "refresh the curated layer": the CLI's `build` and the

@@ -281,10 +281,22 @@ def mlflow_backend_uri(cfg: StackConfig, db: str | None = None) -> str:
 
 
 def mlflow_command(port: int, workers: int = 1) -> list[str]:
-    return [_bin("mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
+    return [
+        _bin("mlflow"),
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--serve-artifacts",
+    ]
 
 
-def mlflow_env(cfg: StackConfig, base: Mapping[str, str], backend_uri: str, artifacts: str, s3_endpoint: str) -> dict[str, str]:
+def mlflow_env(
+    cfg: StackConfig, base: Mapping[str, str], backend_uri: str, artifacts: str, s3_endpoint: str
+) -> dict[str, str]:
     """The MLflow server reads its stores from the environment (click envvars) and writes
     artifacts to SeaweedFS with the pipeline identity (boto3 reads AWS_*)."""
     env = _clean_env(base)
@@ -377,7 +389,12 @@ def spawn(name: str, cmd: Sequence[str], env: Mapping[str, str], log_dir: Path, 
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            list(cmd), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            list(cmd),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     return Service(name, proc, log_path)
@@ -435,7 +452,9 @@ def wait_http(url: str, service: Service | None = None, timeout: float = 90, ok=
     last: object = None
     while time.monotonic() < deadline:
         if service is not None and not service.alive():
-            raise StackError(f"{service.name} exited (code {service.proc.returncode}); log {service.log_path}:\n{service.log_tail()}")
+            raise StackError(
+                f"{service.name} exited (code {service.proc.returncode}); log {service.log_path}:\n{service.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=3) as resp:
                 if ok(resp.status):
@@ -452,8 +471,16 @@ def wait_http(url: str, service: Service | None = None, timeout: float = 90, ok=
     raise StackError(f"{url} did not answer in {timeout:.0f}s (last: {last}){tail}")
 
 
-def start_mlflow(cfg: StackConfig, base: Mapping[str, str], port: int, backend_uri: str, artifacts: str,
-                 s3_endpoint: str, log_dir: Path, timeout: float = 240) -> Service:
+def start_mlflow(
+    cfg: StackConfig,
+    base: Mapping[str, str],
+    port: int,
+    backend_uri: str,
+    artifacts: str,
+    s3_endpoint: str,
+    log_dir: Path,
+    timeout: float = 240,
+) -> Service:
     svc = spawn("mlflow", mlflow_command(port), mlflow_env(cfg, base, backend_uri, artifacts, s3_endpoint), log_dir)
     try:
         wait_http(f"http://{HOST}:{port}/health", svc, timeout=timeout, ok=lambda s: s == 200)
@@ -463,7 +490,9 @@ def start_mlflow(cfg: StackConfig, base: Mapping[str, str], port: int, backend_u
     return svc
 
 
-def start_seaweed(cfg: StackConfig, env: Mapping[str, str], data_dir: Path, port: int | None, detach: bool) -> SeaweedServer:
+def start_seaweed(
+    cfg: StackConfig, env: Mapping[str, str], data_dir: Path, port: int | None, detach: bool
+) -> SeaweedServer:
     identities = render_identities(IDENTITIES_TEMPLATE, {**env, **cfg.secrets, "LAKE_BUCKET": cfg.bucket})
     buckets = list(dict.fromkeys([cfg.bucket, cfg.artifacts_bucket]))
     server = SeaweedServer()
@@ -524,16 +553,25 @@ def up(env: Mapping[str, str]) -> int:
     if running:
         print(f"already running: {', '.join(running)} (pid files in {cfg.run_dir}); `make down` first", file=sys.stderr)
         return 1
-    busy = [f"{n} port {p}" for n, p in (("S3", cfg.lake_port), ("MLflow", cfg.mlflow_port), ("Dagster", cfg.dagster_port)) if not port_is_free(p)]
+    busy = [
+        f"{n} port {p}"
+        for n, p in (("S3", cfg.lake_port), ("MLflow", cfg.mlflow_port), ("Dagster", cfg.dagster_port))
+        if not port_is_free(p)
+    ]
     if busy:
-        print("ports in use on 127.0.0.1: " + ", ".join(busy) + " (set LAKE_PORT / MLFLOW_PORT / DAGSTER_PORT)", file=sys.stderr)
+        print(
+            "ports in use on 127.0.0.1: " + ", ".join(busy) + " (set LAKE_PORT / MLFLOW_PORT / DAGSTER_PORT)",
+            file=sys.stderr,
+        )
         return 1
     t0 = time.monotonic()
     started: list[int] = []
     try:
         created = ensure_databases(cfg, [cfg.dagster_db, cfg.mlflow_db])
-        print(f"postgres {cfg.pg_host}:{cfg.pg_port}: databases {cfg.dagster_db}, {cfg.mlflow_db}"
-              + (f" (created {', '.join(created)})" if created else " (exist)"))
+        print(
+            f"postgres {cfg.pg_host}:{cfg.pg_port}: databases {cfg.dagster_db}, {cfg.mlflow_db}"
+            + (f" (created {', '.join(created)})" if created else " (exist)")
+        )
         install_dagster_home(cfg.dagster_home)
         cfg.inbox_dir.mkdir(parents=True, exist_ok=True)
 
@@ -544,9 +582,12 @@ def up(env: Mapping[str, str]) -> int:
 
         # MLflow (database migrations on a first start) and Dagster (definitions loading) take
         # a while each: start all three, then wait for them together.
-        mlflow = spawn("mlflow", mlflow_command(cfg.mlflow_port),
-                       mlflow_env(cfg, env, mlflow_backend_uri(cfg), cfg.mlflow_artifacts_destination, cfg.s3_endpoint),
-                       cfg.run_dir)
+        mlflow = spawn(
+            "mlflow",
+            mlflow_command(cfg.mlflow_port),
+            mlflow_env(cfg, env, mlflow_backend_uri(cfg), cfg.mlflow_artifacts_destination, cfg.s3_endpoint),
+            cfg.run_dir,
+        )
         started.append(mlflow.pid)
         _record(cfg, "mlflow", mlflow.pid)
         denv = dagster_env(cfg, env)
@@ -559,7 +600,9 @@ def up(env: Mapping[str, str]) -> int:
         wait_http(f"{cfg.mlflow_url}/health", mlflow, timeout=240, ok=lambda s: s == 200)
         print(f"mlflow      {cfg.mlflow_url}  (pid {mlflow.pid}, log {mlflow.log_path})")
         wait_http(f"{cfg.dagster_url}/server_info", web, timeout=240, ok=lambda s: s == 200)
-        print(f"dagster     {cfg.dagster_url}  (webserver pid {web.pid}, daemon pid {daemon.pid}, logs in {cfg.run_dir})")
+        print(
+            f"dagster     {cfg.dagster_url}  (webserver pid {web.pid}, daemon pid {daemon.pid}, logs in {cfg.run_dir})"
+        )
         time.sleep(2)
         if not daemon.alive():
             raise StackError(f"dagster-daemon exited; log {daemon.log_path}:\n{daemon.log_tail()}")
@@ -605,7 +648,12 @@ def down(env: Mapping[str, str]) -> int:
 
 def status(env: Mapping[str, str]) -> int:
     cfg = StackConfig.from_env(env)
-    urls = {"seaweed": cfg.s3_endpoint, "mlflow": cfg.mlflow_url, "dagster-webserver": cfg.dagster_url, "dagster-daemon": ""}
+    urls = {
+        "seaweed": cfg.s3_endpoint,
+        "mlflow": cfg.mlflow_url,
+        "dagster-webserver": cfg.dagster_url,
+        "dagster-daemon": "",
+    }
     up_count = 0
     for name in SERVICES:
         pid = recorded(cfg, name)

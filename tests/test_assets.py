@@ -76,7 +76,12 @@ def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings
     clients = instance.get_dynamic_partitions("client")
     lake = Lake.from_settings(local_settings)
     con = lake.duckdb()
-    landed_clients = [r[0] for r in con.execute(f"SELECT client_id FROM read_parquet('{lake.uri(lake.data_file('raw', 'clients'))}') ORDER BY 1").fetchall()]
+    landed_clients = [
+        r[0]
+        for r in con.execute(
+            f"SELECT client_id FROM read_parquet('{lake.uri(lake.data_file('raw', 'clients'))}') ORDER BY 1"
+        ).fetchall()
+    ]
     assert sorted(clients) == landed_clients and len(clients) == 4
     # Every (date, client) partition of every fact is materialized in Dagster and exists in the lake.
     for t in ("orders", "deliveries", "customer_feedback"):
@@ -88,8 +93,14 @@ def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings
     # downstream layers, e.g. one curated run for the contiguous dates and one for the
     # dimension marts + warehouse.
     labels = [ln.split(" (run")[0] for ln in outcome.lines]
-    assert [lb.split(":")[0] for lb in labels[:2]] == ["ok   dimensions", "ok   customer_feedback, deliveries, orders 2026-01-05..2026-01-09 x C001..C004"]
-    assert labels[2:4] == ["ok   curated 2026-01-05..2026-01-09", "ok   warehouse + dim_clients, dim_depots, dim_drivers, dim_vehicles"]
+    assert [lb.split(":")[0] for lb in labels[:2]] == [
+        "ok   dimensions",
+        "ok   customer_feedback, deliveries, orders 2026-01-05..2026-01-09 x C001..C004",
+    ]
+    assert labels[2:4] == [
+        "ok   curated 2026-01-05..2026-01-09",
+        "ok   warehouse + dim_clients, dim_depots, dim_drivers, dim_vehicles",
+    ]
     assert len(outcome.run_ids) == len(outcome.lines)
 
 
@@ -163,14 +174,21 @@ def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> 
 
 
 @pytest.mark.slow
-def test_failed_landing_exits_nonzero_and_names_the_file(local_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_landing_exits_nonzero_and_names_the_file(
+    local_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     from delivery_lake.cli import main
 
     bad = local_settings.inbox_dir / "orders" / "2026-01-07.csv"
     bad.write_text("order_id,client_id\nO1,C001\n")
     import os
 
-    env = {"DATA_DIR": str(local_settings.data_dir), "LAKE_URL": local_settings.lake_url, "INBOX_DIR": str(local_settings.inbox_dir), "DAGSTER_HOME": str(local_settings.data_dir / "dh")}
+    env = {
+        "DATA_DIR": str(local_settings.data_dir),
+        "LAKE_URL": local_settings.lake_url,
+        "INBOX_DIR": str(local_settings.inbox_dir),
+        "DAGSTER_HOME": str(local_settings.data_dir / "dh"),
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -206,7 +224,9 @@ def test_real_foreign_exports_fail_with_the_missing_columns(local_settings: Sett
     landing = Landing(lake, local_settings.inbox_dir, local_settings)
     for t in ("clients", "depots"):
         landing.land_dimension(TABLES[t])
-    with pytest.raises(InputError, match=r"missing contract column\(s\) order_id, client_id|missing contract column\(s\) client_id"):
+    with pytest.raises(
+        InputError, match=r"missing contract column\(s\) order_id, client_id|missing contract column\(s\) client_id"
+    ):
         landing.land_fact(TABLES["orders"], {"2026-01-06": None})
 
 
@@ -222,7 +242,9 @@ def test_partition_start_comes_from_the_environment() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "PARTITION_START"}
     firsts = [
-        subprocess.run([sys.executable, "-c", code], env=e, cwd=root, capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], env=e, cwd=root, capture_output=True, text=True, timeout=300, check=True
+        ).stdout.strip()
         for e in (env, {**env, "PARTITION_START": "2014-06-01"})
     ]
     assert firsts == [DEFAULT_PARTITION_START, "2014-06-01"]
@@ -245,17 +267,31 @@ def test_run_refuses_files_without_a_partition_by_name(
     history.write_bytes(b"\n".join(rows).replace(b"2026-01-0", b"2014-10-0"))
     bad_name = orders / "2026-02-30.csv"
     bad_name.write_bytes(rows[0] + b"\nO-RAGGED,C001,not enough fields\n")
-    for k, v in {"DATA_DIR": str(local_settings.data_dir), "LAKE_URL": local_settings.lake_url, "INBOX_DIR": str(local_settings.inbox_dir),
-                 "DAGSTER_HOME": str(local_settings.data_dir / "dh"), "PARTITION_START": PARTITION_START}.items():
+    for k, v in {
+        "DATA_DIR": str(local_settings.data_dir),
+        "LAKE_URL": local_settings.lake_url,
+        "INBOX_DIR": str(local_settings.inbox_dir),
+        "DAGSTER_HOME": str(local_settings.data_dir / "dh"),
+        "PARTITION_START": PARTITION_START,
+    }.items():
         monkeypatch.setenv(k, v)
     code = main(["run"])
     out = " ".join(capsys.readouterr().out.split())
     assert code == 1, out
     assert "Traceback" not in out and "Partition key" not in out
-    assert f"SKIP {history}: date 2014-10-06 is before PARTITION_START {PARTITION_START} (set PARTITION_START to land them)" in out
+    assert (
+        f"SKIP {history}: date 2014-10-06 is before PARTITION_START {PARTITION_START} (set PARTITION_START to land them)"
+        in out
+    )
     assert f"SKIP {bad_name}: no date to file it under: 2026-02-30 in its name is not a real date" in out
     assert "FAILED: 2 file(s) could not be landed" in out
     # Everything else landed, and the curated layer and warehouse were built.
     lake = Lake.from_settings(local_settings)
-    assert {d for d, _ in lake.list_partitions("raw", "orders")} == {"2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"}
+    assert {d for d, _ in lake.list_partitions("raw", "orders")} == {
+        "2026-01-05",
+        "2026-01-06",
+        "2026-01-07",
+        "2026-01-08",
+        "2026-01-09",
+    }
     assert local_settings.warehouse_path.exists()

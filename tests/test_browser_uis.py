@@ -124,7 +124,16 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}",
         "MLFLOW_ARTIFACTS_DIR": str(tmp / "mlflow" / "artifacts"),
     }
-    generate(tmp / "inbox", start=START, days=DAYS, clients=CLIENTS, orders_per_day=90, seed=4, dirty_rate=0.0, progress=False)
+    generate(
+        tmp / "inbox",
+        start=START,
+        days=DAYS,
+        clients=CLIENTS,
+        orders_per_day=90,
+        seed=4,
+        dirty_rate=0.0,
+        progress=False,
+    )
     _break_orders(tmp / "inbox" / "orders" / f"{BAD_DATE}.csv", "C002", 10)
 
     services: list[stack.Service] = []
@@ -155,10 +164,16 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
             MLFLOW_DEFAULT_ARTIFACT_ROOT=env["MLFLOW_ARTIFACTS_DIR"],
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )
-        services.append(stack.spawn("mlflow", [*stack.mlflow_command(mlflow_port), "--no-serve-artifacts"], mlflow_env, tmp / "logs"))
+        services.append(
+            stack.spawn(
+                "mlflow", [*stack.mlflow_command(mlflow_port), "--no-serve-artifacts"], mlflow_env, tmp / "logs"
+            )
+        )
         docs_dir = settings.data_dir / "data_docs"
         assert (docs_dir / "index.html").is_file(), f"no Data Docs in {docs_dir}"
-        docs_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(docs_dir)))
+        docs_server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(docs_dir))
+        )
         threading.Thread(target=docs_server.serve_forever, daemon=True).start()
         dagster_url, mlflow_url = f"http://127.0.0.1:{dagster_port}", f"http://127.0.0.1:{mlflow_port}"
         stack.wait_http(f"{mlflow_url}/health", services[1], timeout=180, ok=lambda s: s == 200)
@@ -168,8 +183,15 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                yield UIs(dagster_url, mlflow_url, f"http://127.0.0.1:{docs_server.server_address[1]}", settings, browser,
-                          outcome.lines, build_seconds)
+                yield UIs(
+                    dagster_url,
+                    mlflow_url,
+                    f"http://127.0.0.1:{docs_server.server_address[1]}",
+                    settings,
+                    browser,
+                    outcome.lines,
+                    build_seconds,
+                )
             finally:
                 browser.close()
     finally:
@@ -238,7 +260,9 @@ def test_dagster_materialization_observed_after_the_runs(uis: UIs) -> None:
     page.get_by_text("Latest materialization").first.wait_for()
     page.get_by_text("rows_by_date").first.wait_for()
     # Dagster shows a relative time ("2 minutes ago") or, depending on age and view, a clock time.
-    assert re.search(r"\d+ (minute|second|hour)s? ago|just now|\b\d{1,2}:\d{2}\b", _body(page)), "no materialization time shown"
+    assert re.search(r"\d+ (minute|second|hour)s? ago|just now|\b\d{1,2}:\d{2}\b", _body(page)), (
+        "no materialization time shown"
+    )
     _shot(page, "dagster_fct_deliveries_overview")
     page.close()
 
@@ -354,7 +378,9 @@ def test_data_docs_index_lists_suites_and_a_failing_validation(uis: UIs) -> None
     page.goto(f"{uis.docs}/index.html")
     page.locator("table tbody tr").first.wait_for()
     suites = set(page.locator("table tbody tr td:last-child").all_inner_texts())
-    assert {"orders", "deliveries", "customer_feedback", "clients", "fct_deliveries"} <= {s.strip() for s in suites}, suites
+    assert {"orders", "deliveries", "customer_feedback", "clients", "fct_deliveries"} <= {s.strip() for s in suites}, (
+        suites
+    )
     bad = page.locator("tr", has_text=f"orders-{BAD_DATE}-C002")
     assert bad.count() == 1 and bad.get_attribute("data-status") == "Failed"
     assert bad.locator(".fa-times").count() == 1, "the failing validation shows no failure mark"

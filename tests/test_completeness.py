@@ -28,7 +28,14 @@ from tests.test_landing import land_all
 D1, D2 = "2026-01-05", "2026-01-06"
 FAILED = {
     "rows": 40,
-    "failed": [{"expectation": "expect_quarantine_ratio_to_be_at_most", "label": "expect_quarantine_ratio_to_be_at_most", "observed": "0.31", "unexpected_count": None}],
+    "failed": [
+        {
+            "expectation": "expect_quarantine_ratio_to_be_at_most",
+            "label": "expect_quarantine_ratio_to_be_at_most",
+            "observed": "0.31",
+            "unexpected_count": None,
+        }
+    ],
     "warnings": [],
     "error": None,
 }
@@ -51,7 +58,16 @@ def landed(tmp_path_factory: pytest.TempPathFactory, project: Project) -> Path:
     """Two days x 2 clients, landed and built once; tests work on copies."""
     root = tmp_path_factory.mktemp("completeness")
     inbox = root / "inbox"
-    generate(inbox, start=date.fromisoformat(D1), days=2, clients=2, orders_per_day=60, seed=5, dirty_rate=0.0, progress=False)
+    generate(
+        inbox,
+        start=date.fromisoformat(D1),
+        days=2,
+        clients=2,
+        orders_per_day=60,
+        seed=5,
+        dirty_rate=0.0,
+        progress=False,
+    )
     settings = Settings.from_env(data_dir=root / "data", lake_url=str(root / "lake"), inbox_dir=inbox)
     lake, _, _ = land_all(settings)
     Runner(lake, project, settings).build(full_refresh=True)
@@ -62,7 +78,10 @@ def landed(tmp_path_factory: pytest.TempPathFactory, project: Project) -> Path:
 def env(landed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, Lake]:
     shutil.copytree(landed / "lake", tmp_path / "lake")
     settings = Settings.from_env(
-        data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=landed / "inbox", warehouse_path=tmp_path / "wh" / "delivery.duckdb"
+        data_dir=tmp_path / "data",
+        lake_url=str(tmp_path / "lake"),
+        inbox_dir=landed / "inbox",
+        warehouse_path=tmp_path / "wh" / "delivery.duckdb",
     )
     # The CLI reads its settings from the environment.
     monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
@@ -90,7 +109,9 @@ def _write_rows(lake: Lake, zone: str, table: str, d: str, c: str, select: str, 
     lake.publish_file(local, lake.data_file(zone, table, d, c))
 
 
-def _hold(lake: Lake, model: str, d: str, cells: list[list[str]], last_good: dict[str, list[list[str]]] | None = None) -> None:
+def _hold(
+    lake: Lake, model: str, d: str, cells: list[list[str]], last_good: dict[str, list[list[str]]] | None = None
+) -> None:
     """Give a built mart partition's manifest the cells and last good copies its build reports."""
     path = lake.build_manifest("curated", model, d)
     doc = lake.read_json(path)
@@ -114,11 +135,21 @@ def _scenario(lake: Lake, tmp: Path) -> None:
     gate.record(lake, "orders", True, {"rows": 60, "failed": [], "warnings": []}, D1, "C001")
     _set_manifest(lake, "deliveries", D1, "C002", pending=3, replayed=2, superseded=1)
     _write_rows(
-        lake, "pending", "deliveries", D1, "C002",
+        lake,
+        "pending",
+        "deliveries",
+        D1,
+        "C002",
         "SELECT *, 'order_id' AS _pending_on, 'inbox/deliveries/late.csv' AS _source_file, 1::BIGINT AS _source_line FROM read_parquet('{raw}') LIMIT 3",
         tmp,
     )
-    _hold(lake, "agg_client_daily_kpis", D2, [[D2, "C001", "input blocked: raw.deliveries"]], {"raw.orders": [[D2, "C002"]]})
+    _hold(
+        lake,
+        "agg_client_daily_kpis",
+        D2,
+        [[D2, "C001", "input blocked: raw.deliveries"]],
+        {"raw.orders": [[D2, "C002"]]},
+    )
     _hold(lake, "fct_feedback", D1, [[D1, "C002", "parent unavailable: raw.orders"]])
 
 
@@ -140,16 +171,30 @@ def test_partition_status_has_a_row_per_landed_partition(env: tuple[Settings, La
         assert (r["rows"], r["quarantined_rows"]) == (doc["landed"], doc["quarantined"])
         assert r["pending_rows"] == doc.get("pending", 0) and r["superseded_rows"] == doc.get("superseded", 0)
         # The landing lands, the gate never ran in this test: nothing is known to be wrong.
-        assert (r["status"], r["served"], r["held_in"], r["checked_at"], r["reasons"]) == ("unchecked", "current", None, None, None)
+        assert (r["status"], r["served"], r["held_in"], r["checked_at"], r["reasons"]) == (
+            "unchecked",
+            "current",
+            None,
+            None,
+            None,
+        )
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     try:
         types = [(r[0], r[1]) for r in con.execute(f"DESCRIBE {STATUS_TABLE}").fetchall()]
-        comments = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [STATUS_TABLE]).fetchall())
-        table_comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ?", [STATUS_TABLE]).fetchone()[0]
+        comments = dict(
+            con.execute(
+                "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [STATUS_TABLE]
+            ).fetchall()
+        )
+        table_comment = con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE table_name = ?", [STATUS_TABLE]
+        ).fetchone()[0]
     finally:
         con.close()
     assert types == [(n, t) for n, t, _ in COLUMNS]
-    assert all(comments[n] for n, _, _ in COLUMNS) and "Grain: one row per (table_name, date, client_id)" in table_comment
+    assert (
+        all(comments[n] for n, _, _ in COLUMNS) and "Grain: one row per (table_name, date, client_id)" in table_comment
+    )
 
 
 def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_path: Path, project: Project) -> None:
@@ -159,14 +204,21 @@ def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_pat
     _scenario(lake, tmp_path)
     report = wh.refresh()
     # Only manifests changed: no curated table reloads, the status table follows anyway.
-    assert report.changed == [] and report.partition_status is not None and report.partition_status.mode == "incremental"
+    assert (
+        report.changed == [] and report.partition_status is not None and report.partition_status.mode == "incremental"
+    )
     rows = _status(settings.warehouse_path)
 
     blocked = rows[("deliveries", D2, "C001")]
     assert blocked["status"] == "blocked" and blocked["served"] == "none"
-    assert blocked["reasons"] == "expect_quarantine_ratio_to_be_at_most: observed 0.31; left out of agg_client_daily_kpis: input blocked: raw.deliveries"
+    assert (
+        blocked["reasons"]
+        == "expect_quarantine_ratio_to_be_at_most: observed 0.31; left out of agg_client_daily_kpis: input blocked: raw.deliveries"
+    )
     assert blocked["held_in"] == "agg_client_daily_kpis" and blocked["checked_at"] is not None
-    assert blocked["rows"] == lake.read_json(manifest_path(lake, "deliveries", D2, "C001"))["landed"] > 0  # blocked, not zero
+    assert (
+        blocked["rows"] == lake.read_json(manifest_path(lake, "deliveries", D2, "C001"))["landed"] > 0
+    )  # blocked, not zero
 
     orders = rows[("orders", D2, "C002")]
     assert (orders["status"], orders["served"], orders["held_in"]) == ("blocked", "last_good", None)
@@ -175,7 +227,12 @@ def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_pat
     )
 
     pending = rows[("deliveries", D1, "C002")]
-    assert (pending["status"], pending["pending_rows"], pending["replayed_rows"], pending["superseded_rows"]) == ("pending", 3, 2, 1)
+    assert (pending["status"], pending["pending_rows"], pending["replayed_rows"], pending["superseded_rows"]) == (
+        "pending",
+        3,
+        2,
+        1,
+    )
     assert pending["served"] == "current" and pending["held_in"] is None  # fct_feedback does not read deliveries
     assert pending["reasons"] == "3 rows wait for their order_id"
     feedback = rows[("customer_feedback", D1, "C002")]
@@ -207,7 +264,14 @@ def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_pat
 
 def test_a_date_wide_verdict_blocks_every_client(env: tuple[Settings, Lake]) -> None:
     _, lake = env
-    gate.record(lake, "customer_feedback", False, {"rows": 0, "failed": [], "warnings": [], "error": "validation crashed: boom"}, D1, None)
+    gate.record(
+        lake,
+        "customer_feedback",
+        False,
+        {"rows": 0, "failed": [], "warnings": [], "error": "validation crashed: boom"},
+        D1,
+        None,
+    )
     got = {(p.table, p.date, p.client): p for p in partition_statuses(lake)}
     for c in ("C001", "C002"):
         p = got[("customer_feedback", D1, c)]
@@ -245,7 +309,9 @@ def test_summary_explains_blocked_and_pending_partitions(
     assert "deliveries blocked" in kpi_row and "held" in kpi_row
 
 
-def test_history_lists_every_version_newest_first(env: tuple[Settings, Lake], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_lists_every_version_newest_first(
+    env: tuple[Settings, Lake], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, lake = env
     raw = lake.data_file("raw", "orders", D1, "C001")
     con = lake.duckdb()
@@ -256,7 +322,11 @@ def test_history_lists_every_version_newest_first(env: tuple[Settings, Lake], tm
     # Both versions in one history file, as the landing keeps a partition's versions together.
     (tmp_path / "h").mkdir()
     _write_rows(
-        lake, "history", "orders", D1, "C001",
+        lake,
+        "history",
+        "orders",
+        D1,
+        "C001",
         f"""SELECT * REPLACE ('Town-v0' AS dropoff_city), 'inbox/orders/{D1}.csv' AS _source_file, 7::BIGINT AS _source_line,
                    'inbox/orders/fix-1.csv' AS _superseded_by, '2026-01-06T08:00:00+00:00' AS _superseded_at
             FROM read_parquet('{{raw}}') WHERE order_id = '{key}'
@@ -268,7 +338,11 @@ def test_history_lists_every_version_newest_first(env: tuple[Settings, Lake], tm
     )
     assert main(["history", "orders", key, "--format", "json"]) == 0
     versions = json.loads(capsys.readouterr().out)
-    assert [(v["version"], v["date"], v["client"]) for v in versions] == [("current", D1, "C001"), ("superseded", D1, "C001"), ("superseded", D1, "C001")]
+    assert [(v["version"], v["date"], v["client"]) for v in versions] == [
+        ("current", D1, "C001"),
+        ("superseded", D1, "C001"),
+        ("superseded", D1, "C001"),
+    ]
     assert [(v["source_file"], v["source_line"], v["superseded_by"]) for v in versions[1:]] == [
         ("inbox/orders/fix-1.csv", 2, "inbox/orders/fix-2.csv"),
         (f"inbox/orders/{D1}.csv", 7, "inbox/orders/fix-1.csv"),
@@ -282,7 +356,8 @@ def test_history_lists_every_version_newest_first(env: tuple[Settings, Lake], tm
     assert f"orders order_id={key}: 3 version(s), newest first" in text
     assert f"current     {D1}/C001" in text
     assert (
-        f"superseded  {D1}/C001 from inbox/orders/fix-1.csv line 2, replaced by inbox/orders/fix-2.csv at 2026-01-07T09:30:00" in text
+        f"superseded  {D1}/C001 from inbox/orders/fix-1.csv line 2, replaced by inbox/orders/fix-2.csv at 2026-01-07T09:30:00"
+        in text
     )
     assert f"dropoff_city: Town-v1 -> {versions[0]['values']['dropoff_city']}" in text
 

@@ -28,7 +28,11 @@ from tests.test_landing import land_all
 
 DAYS = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
 PARTITIONED = [
-    "int_deliveries_enriched", "fct_deliveries", "fct_feedback", "agg_client_daily_kpis", "agg_driver_daily_performance",
+    "int_deliveries_enriched",
+    "fct_deliveries",
+    "fct_feedback",
+    "agg_client_daily_kpis",
+    "agg_driver_daily_performance",
     "agg_depot_daily_load",
 ]
 
@@ -87,19 +91,37 @@ def manifest(lake: Lake, model: str, d: str | None) -> dict:
 
 def expected_deliveries(lake: Lake) -> pl.DataFrame:
     d = raw(lake, "deliveries")
-    o = raw(lake, "orders").select("order_id", "pickup_depot_id", "promised_by", "weight_kg", "parcels", "priority", "order_value")
+    o = raw(lake, "orders").select(
+        "order_id", "pickup_depot_id", "promised_by", "weight_kg", "parcels", "priority", "order_value"
+    )
     j = d.join(o, on="order_id", how="left")
     delivered = pl.col("status") == "delivered"
     late_s = (pl.col("delivered_at") - pl.col("promised_by")).dt.total_seconds()
     return j.select(
-        "delivery_id", "order_id", "client_id", "driver_id", pl.col("pickup_depot_id").alias("depot"), "date",
-        "promised_by", "delivered_at", "status",
+        "delivery_id",
+        "order_id",
+        "client_id",
+        "driver_id",
+        pl.col("pickup_depot_id").alias("depot"),
+        "date",
+        "promised_by",
+        "delivered_at",
+        "status",
         (delivered & (pl.col("delivered_at") <= pl.col("promised_by"))).alias("is_on_time"),
-        pl.when(delivered & pl.col("promised_by").is_not_null()).then(pl.max_horizontal(late_s, 0) / 60.0).alias("late_minutes"),
-        "distance_km", "attempts", "weight_kg", "priority", "order_value",
+        pl.when(delivered & pl.col("promised_by").is_not_null())
+        .then(pl.max_horizontal(late_s, 0) / 60.0)
+        .alias("late_minutes"),
+        "distance_km",
+        "attempts",
+        "weight_kg",
+        "priority",
+        "order_value",
         # not in the mart, used by the aggregates below
-        "vehicle_id", "parcels",
-        pl.when(delivered).then((pl.col("delivered_at") - pl.col("dispatched_at")).dt.total_seconds() / 60.0).alias("minutes"),
+        "vehicle_id",
+        "parcels",
+        pl.when(delivered)
+        .then((pl.col("delivered_at") - pl.col("dispatched_at")).dt.total_seconds() / 60.0)
+        .alias("minutes"),
     )
 
 
@@ -117,7 +139,10 @@ def expected_client_kpis(lake: Lake) -> pl.DataFrame:
     )
     fb = raw(lake, "customer_feedback").group_by("date", "client_id").agg(pl.col("rating").mean().alias("avg_rating"))
     out = per_delivery.join(fb, on=["date", "client_id"], how="full", coalesce=True)
-    return out.with_columns(pl.col("deliveries", "delivered", "failed", "returned", "on_time").fill_null(0), pl.col("revenue").fill_null(0.0))
+    return out.with_columns(
+        pl.col("deliveries", "delivered", "failed", "returned", "on_time").fill_null(0),
+        pl.col("revenue").fill_null(0.0),
+    )
 
 
 # ---- tests -----------------------------------------------------------------------------------------------
@@ -130,7 +155,9 @@ def test_the_dataset_exercises_the_hard_cases(built: Built) -> None:
     assert d.filter((pl.col("status") == "delivered") & ~pl.col("is_on_time")).height > 0  # late
     q = pl.read_parquet(f"{built.lake.root}/quarantine/deliveries/**/*.parquet", hive_partitioning=True)
     assert q.height > 0  # dirty rows were quarantined, and must not reach the marts
-    assert set(curated(built.lake, "fct_deliveries")["delivery_id"]).isdisjoint(set(q["delivery_id"].drop_nulls()) - set(d["delivery_id"]))
+    assert set(curated(built.lake, "fct_deliveries")["delivery_id"]).isdisjoint(
+        set(q["delivery_id"].drop_nulls()) - set(d["delivery_id"])
+    )
 
 
 def test_fct_deliveries_matches_raw(built: Built) -> None:
@@ -146,7 +173,11 @@ def test_fct_deliveries_matches_raw(built: Built) -> None:
 
 
 def test_client_daily_kpis_match_an_independent_computation(built: Built) -> None:
-    got = curated(built.lake, "agg_client_daily_kpis").with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id")
+    got = (
+        curated(built.lake, "agg_client_daily_kpis")
+        .with_columns(pl.col("revenue").cast(pl.Float64))
+        .sort("date", "client_id")
+    )
     want = expected_client_kpis(built.lake).sort("date", "client_id").select(got.columns)
     assert got.height == want.height == len(DAYS) * 4
     assert_frame_equal(got, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
@@ -156,19 +187,27 @@ def test_client_daily_kpis_match_an_independent_computation(built: Built) -> Non
 def test_driver_and_depot_aggregates_match(built: Built) -> None:
     d = expected_deliveries(built.lake)
     drivers = curated(built.lake, "agg_driver_daily_performance").sort("date", "driver_id")
-    want = d.group_by("date", "driver_id").agg(
-        pl.len().alias("deliveries"),
-        pl.col("is_on_time").fill_null(False).sum().alias("on_time_deliveries"),
-        pl.col("distance_km").sum().round(3).alias("distance_km"),
-        pl.col("vehicle_id").n_unique().alias("vehicles_used"),
-    ).sort("date", "driver_id")
+    want = (
+        d.group_by("date", "driver_id")
+        .agg(
+            pl.len().alias("deliveries"),
+            pl.col("is_on_time").fill_null(False).sum().alias("on_time_deliveries"),
+            pl.col("distance_km").sum().round(3).alias("distance_km"),
+            pl.col("vehicle_id").n_unique().alias("vehicles_used"),
+        )
+        .sort("date", "driver_id")
+    )
     assert_frame_equal(drivers.select(want.columns), want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
     depots = curated(built.lake, "agg_depot_daily_load").sort("date", "depot_id")
     cap = raw(built.lake, "depots").select("depot_id", "daily_capacity_parcels")
     want = (
         d.filter(pl.col("depot").is_not_null())
         .group_by("date", pl.col("depot").alias("depot_id"))
-        .agg(pl.len().alias("deliveries"), pl.col("parcels").sum().alias("parcels"), pl.col("driver_id").n_unique().alias("drivers_active"))
+        .agg(
+            pl.len().alias("deliveries"),
+            pl.col("parcels").sum().alias("parcels"),
+            pl.col("driver_id").n_unique().alias("drivers_active"),
+        )
         .join(cap, on="depot_id")
         .with_columns((pl.col("parcels") / pl.col("daily_capacity_parcels")).alias("capacity_utilization"))
         .sort("date", "depot_id")
@@ -187,15 +226,28 @@ def test_dimensions_and_feedback(built: Built) -> None:
     # Accuracy on generated comments. Ground truth: the mood pool the generator drew the
     # comment from (it draws from the pool of the rating's mood: 1-2, 3, 4-5 stars).
     labelled = fb.filter(pl.col("comment").is_not_null())
-    pools = {c.strip(): mood for mood, group in zip(("negative", "neutral", "positive"), COMMENTS, strict=True) for c in group}
+    pools = {
+        c.strip(): mood
+        for mood, group in zip(("negative", "neutral", "positive"), COMMENTS, strict=True)
+        for c in group
+    }
     truth = labelled["comment"].replace_strict(pools, default=None)
     assert truth.null_count() <= 2  # dirty rows may carry a comment no pool has
     assert (labelled["sentiment"] == truth).drop_nulls().mean() == 1.0
     # Against the stars: dirt (a rating changed after the comment was drawn) is the only disagreement.
-    mood = pl.when(pl.col("rating") <= 2).then(pl.lit("negative")).when(pl.col("rating") == 3).then(pl.lit("neutral")).otherwise(pl.lit("positive"))
+    mood = (
+        pl.when(pl.col("rating") <= 2)
+        .then(pl.lit("negative"))
+        .when(pl.col("rating") == 3)
+        .then(pl.lit("neutral"))
+        .otherwise(pl.lit("positive"))
+    )
     agreement = labelled.select((pl.col("sentiment") == mood).mean()).item()
     assert labelled.height > 100 and agreement >= 0.99
-    assert fb.filter(pl.col("comment").is_null())["sentiment"].null_count() == fb.filter(pl.col("comment").is_null()).height
+    assert (
+        fb.filter(pl.col("comment").is_null())["sentiment"].null_count()
+        == fb.filter(pl.col("comment").is_null()).height
+    )
 
 
 def test_blocked_partitions_never_reach_the_marts(built: Built, tmp_path: Path) -> None:
@@ -214,7 +266,10 @@ def test_blocked_partitions_never_reach_the_marts(built: Built, tmp_path: Path) 
     m = manifest(b.lake, "fct_deliveries", day)
     assert m["excluded_partitions"] == {"raw.deliveries": [[day, "C001"]]}
     # Other dates untouched; a neighbouring date that reads C001's orders is unaffected too.
-    assert manifest(b.lake, "fct_deliveries", "2026-01-08")["build_id"] == manifest(built.lake, "fct_deliveries", "2026-01-08")["build_id"]
+    assert (
+        manifest(b.lake, "fct_deliveries", "2026-01-08")["build_id"]
+        == manifest(built.lake, "fct_deliveries", "2026-01-08")["build_id"]
+    )
 
     # Fixed and passed: the rebuild gives back exactly the original files (builds are deterministic).
     gate.record(b.lake, "deliveries", True, {"check": "test"}, date=day, client="C001")
@@ -244,23 +299,32 @@ def test_a_new_day_rebuilds_only_that_day(tmp_path: Path, inbox: Path, built: Bu
     project = built.project
     Runner(lake, project, settings).build(full_refresh=True)
     files = {m: {d: lake.data_file("curated", m, d) for d in DAYS[:-1]} for m in PARTITIONED}
-    stamps = {m: {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()} for m, fs in files.items()}
+    stamps = {
+        m: {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()}
+        for m, fs in files.items()
+    }
 
     new = DAYS[-1]
     assert {f.stem for f in list_files(inbox, "orders")} >= {new}
     for t in FACTS:
         landing.land_fact(t, {new: None})
-    dates = affected_dates(project, {t.name: [new] for t in FACTS}, {d for t in FACTS for d in lake.list_dates("raw", t.name)})
+    dates = affected_dates(
+        project, {t.name: [new] for t in FACTS}, {d for t in FACTS for d in lake.list_dates("raw", t.name)}
+    )
     assert dates == [new]
     results = Runner(lake, project, settings).build(PARTITIONED, dates=dates)
     assert {r.model: r.dates for r in results} == {m: [new] for m in PARTITIONED}
     for m, fs in files.items():
-        assert {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()} == stamps[m], m
+        assert {d: (Path(p).stat().st_mtime_ns, manifest(lake, m, d)["build_id"]) for d, p in fs.items()} == stamps[
+            m
+        ], m
         # The incremental build of the new day equals the full build of the whole dataset.
         assert manifest(lake, m, new)["sha256"] == manifest(built.lake, m, new)["sha256"], m
 
 
-def test_a_date_reads_each_input_over_its_own_lookback(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_date_reads_each_input_over_its_own_lookback(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """int_deliveries_enriched reads orders three days back and deliveries of the built date
     only; the file is the same as the full build's, byte for byte."""
     b = copy_of(built, tmp_path)
@@ -288,8 +352,13 @@ def test_full_refresh_is_explicit_and_prunes(built: Built, tmp_path: Path) -> No
         runner.build_model("fct_deliveries")
     # A curated date whose raw data is gone is removed by a full refresh (and only by one).
     stale = "2026-01-01"
-    shutil.copytree(Path(b.lake.partition_dir("curated", "fct_deliveries", DAYS[0])), Path(b.lake.partition_dir("curated", "fct_deliveries", stale)))
-    b.lake.write_json(b.lake.build_manifest("curated", "fct_deliveries", stale), {"build_id": "x", "rows": 0, "built_at": ""})
+    shutil.copytree(
+        Path(b.lake.partition_dir("curated", "fct_deliveries", DAYS[0])),
+        Path(b.lake.partition_dir("curated", "fct_deliveries", stale)),
+    )
+    b.lake.write_json(
+        b.lake.build_manifest("curated", "fct_deliveries", stale), {"build_id": "x", "rows": 0, "built_at": ""}
+    )
     runner.build_model("fct_deliveries", [DAYS[0]])
     assert stale in b.lake.list_dates("curated", "fct_deliveries")
     result = Runner(b.lake, b.project, b.settings).build_model("fct_deliveries", full_refresh=True)
@@ -320,7 +389,9 @@ def test_end_to_end_on_each_backend(settings: Settings) -> None:
     assert query(settings.warehouse_path, "SELECT count(*) FROM fct_deliveries")[1] == [(n_raw,)] == [(doc["rows"],)]
 
 
-def test_models_of_a_date_build_side_by_side_after_their_inputs(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_of_a_date_build_side_by_side_after_their_inputs(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The runner builds independent models concurrently but never before the models they ref."""
     b = copy_of(built, tmp_path)
     spans: dict[str, tuple[float, float]] = {}
@@ -348,7 +419,11 @@ def test_models_of_a_date_build_side_by_side_after_their_inputs(built: Built, tm
 def test_published_files_are_in_grain_order(built: Built) -> None:
     """Each file is sorted by its grain's key (what makes rebuilds byte-identical, with a row hash for ties)."""
     day = DAYS[2]
-    for model, keys in [("fct_deliveries", ["delivery_id"]), ("agg_driver_daily_performance", ["date", "driver_id"]), ("fct_feedback", ["feedback_id"])]:
+    for model, keys in [
+        ("fct_deliveries", ["delivery_id"]),
+        ("agg_driver_daily_performance", ["date", "driver_id"]),
+        ("fct_feedback", ["feedback_id"]),
+    ]:
         frame = pl.read_parquet(built.lake.data_file("curated", model, day))
         assert frame.height > 10, model
         assert frame.select(keys).equals(frame.select(keys).sort(keys)), model
@@ -367,7 +442,8 @@ def test_an_order_landed_twice_does_not_fan_out_its_delivery(built: Built, tmp_p
     assert orders.height == 1
     original = orders.row(0, named=True)
     later = orders.drop("date", "client").with_columns(
-        pl.col("created_at") + pl.duration(minutes=5), pl.lit(4321.5).cast(orders.schema["order_value"]).alias("order_value")
+        pl.col("created_at") + pl.duration(minutes=5),
+        pl.lit(4321.5).cast(orders.schema["order_value"]).alias("order_value"),
     )
     dest = Path(b.lake.data_file("raw", "orders", str(original["date"]), "C999"))
     dest.parent.mkdir(parents=True)
@@ -412,7 +488,10 @@ def test_a_dimension_whose_inputs_did_not_change_is_not_rebuilt(built: Built, tm
     results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(dims)}
     assert {m for m, r in results.items() if not r.up_to_date} == {"dim_clients"}
     rebuilt = manifest(b.lake, "dim_clients", None)
-    assert rebuilt["build_id"] != before["dim_clients"]["build_id"] and rebuilt["sha256"] != before["dim_clients"]["sha256"]
+    assert (
+        rebuilt["build_id"] != before["dim_clients"]["build_id"]
+        and rebuilt["sha256"] != before["dim_clients"]["sha256"]
+    )
     assert set(wh.refresh().changed) & set(dims) == {"dim_clients"}
 
     # Changed model code or library (the project digest), or a full refresh, rebuilds them all.
@@ -422,7 +501,9 @@ def test_a_dimension_whose_inputs_did_not_change_is_not_rebuilt(built: Built, tm
     assert all(r.up_to_date for r in Runner(b.lake, b.project, b.settings).build(dims))
 
 
-def test_the_models_of_a_run_share_one_duckdb_instance(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_models_of_a_run_share_one_duckdb_instance(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One instance per run, a cursor per model (a new instance per model cost ~0.3 CPU s of the
     benchmark's daily refresh), with each model's temp tables private to its cursor."""
     b = copy_of(built, tmp_path)
@@ -441,7 +522,9 @@ def test_the_models_of_a_run_share_one_duckdb_instance(built: Built, tmp_path: P
     }
 
 
-def test_the_biggest_model_of_a_wave_starts_first(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_biggest_model_of_a_wave_starts_first(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Among models ready together, the one with the biggest output last time starts first:
     fct_deliveries before the three small aggregates that become ready with it."""
     import dataclasses
@@ -459,7 +542,9 @@ def test_the_biggest_model_of_a_wave_starts_first(built: Built, tmp_path: Path, 
     one_worker = dataclasses.replace(b.settings, duckdb_threads=1)  # one at a time: the order is the choice
     Runner(b.lake, b.project, one_worker).build(dates=[DAYS[-1]])
     aggs = ["agg_client_daily_kpis", "agg_depot_daily_load", "agg_driver_daily_performance"]
-    assert manifest(b.lake, "fct_deliveries", DAYS[-1])["rows"] > max(manifest(b.lake, a, DAYS[-1])["rows"] for a in aggs)
+    assert manifest(b.lake, "fct_deliveries", DAYS[-1])["rows"] > max(
+        manifest(b.lake, a, DAYS[-1])["rows"] for a in aggs
+    )
     assert started[0] == "int_deliveries_enriched"
     assert all(started.index("fct_deliveries") < started.index(a) for a in aggs), started
 
@@ -514,7 +599,11 @@ def test_an_order_created_long_before_dispatch_is_found_outside_the_lookback(tmp
             w.writerows(records)
 
     delivery = next(r for r in rows(inbox / "deliveries" / f"{day}.csv") if r["status"] == "delivered")
-    origin = next(p for p in sorted((inbox / "orders").glob("*.csv")) if any(r["order_id"] == delivery["order_id"] for r in rows(p)))
+    origin = next(
+        p
+        for p in sorted((inbox / "orders").glob("*.csv"))
+        if any(r["order_id"] == delivery["order_id"] for r in rows(p))
+    )
     assert origin.stem >= "2026-01-10"  # generated close to dispatch: moving it is what makes the case
     order = next(r for r in rows(origin) if r["order_id"] == delivery["order_id"])
     write(origin, [r for r in rows(origin) if r["order_id"] != delivery["order_id"]])
@@ -541,11 +630,20 @@ def test_an_order_created_long_before_dispatch_is_found_outside_the_lookback(tmp
     want = (
         pl.read_csv(inbox / "deliveries" / f"{day}.csv", infer_schema=False)
         .join(orders.select("order_id", "promised_by"), on="order_id", how="left")
-        .select("delivery_id", "promised_by", ((pl.col("status") == "delivered") & (pl.col("delivered_at") <= pl.col("promised_by"))).alias("is_on_time"))
+        .select(
+            "delivery_id",
+            "promised_by",
+            ((pl.col("status") == "delivered") & (pl.col("delivered_at") <= pl.col("promised_by"))).alias("is_on_time"),
+        )
         .sort("delivery_id")
     )
     assert want["promised_by"].null_count() == 0
-    assert_frame_equal(fct.select("delivery_id", pl.col("promised_by").dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "is_on_time").sort("delivery_id"), want)
+    assert_frame_equal(
+        fct.select("delivery_id", pl.col("promised_by").dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "is_on_time").sort(
+            "delivery_id"
+        ),
+        want,
+    )
     doc = manifest(lake, "int_deliveries_enriched", day)
     assert doc["parents_found"] == {"raw.orders": [[early, "C001"]]} and doc["held_cells"] == []
     assert results["int_deliveries_enriched"].held_cells == [] == results["agg_client_daily_kpis"].held_cells
@@ -555,7 +653,9 @@ def test_an_order_created_long_before_dispatch_is_found_outside_the_lookback(tmp
     incremental = {m: manifest(lake, m, day)["sha256"] for m in models}
     Runner(lake, Project.load(), settings).build(models, full_refresh=True)
     assert {m: manifest(lake, m, day)["sha256"] for m in models} == incremental
-    assert manifest(lake, "int_deliveries_enriched", day)["parents_found"] == {}  # a full refresh reads every order already
+    assert (
+        manifest(lake, "int_deliveries_enriched", day)["parents_found"] == {}
+    )  # a full refresh reads every order already
 
 
 def test_a_blocked_deliveries_partition_holds_its_cell_instead_of_zeros(built: Built, tmp_path: Path) -> None:
@@ -563,20 +663,37 @@ def test_a_blocked_deliveries_partition_holds_its_cell_instead_of_zeros(built: B
     cell (not one with deliveries = 0 and revenue = 0.00), and the build says which cell and why."""
     b = copy_of(built, tmp_path)
     day, client = DAYS[2], "C002"
-    assert raw(b.lake, "customer_feedback").filter((pl.col("date").cast(pl.Utf8) == day) & (pl.col("client") == client)).height > 0
+    assert (
+        raw(b.lake, "customer_feedback")
+        .filter((pl.col("date").cast(pl.Utf8) == day) & (pl.col("client") == client))
+        .height
+        > 0
+    )
     gate.record(b.lake, "deliveries", False, {"check": "test"}, day, client)
     results = {r.model: r for r in Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=[day])}
 
     cell = [[day, client, "blocked: raw.deliveries"]]
-    for m in ("int_deliveries_enriched", "fct_deliveries", "agg_client_daily_kpis", "agg_driver_daily_performance", "agg_depot_daily_load"):
+    for m in (
+        "int_deliveries_enriched",
+        "fct_deliveries",
+        "agg_client_daily_kpis",
+        "agg_driver_daily_performance",
+        "agg_depot_daily_load",
+    ):
         assert _held(results[m]) == cell == _held(manifest(b.lake, m, day)), m
     assert _held(results["fct_feedback"]) == []  # its own input is whole
     kpis = pl.read_parquet(b.lake.data_file("curated", "agg_client_daily_kpis", day))
     assert client not in kpis["client_id"].to_list() and kpis.height == 3
-    want = expected_client_kpis(built.lake).filter((pl.col("date").cast(pl.Utf8) == day) & (pl.col("client_id") != client))
+    want = expected_client_kpis(built.lake).filter(
+        (pl.col("date").cast(pl.Utf8) == day) & (pl.col("client_id") != client)
+    )
     assert_frame_equal(
-        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("client_id"), want.sort("client_id").select(kpis.columns),
-        check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9,
+        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("client_id"),
+        want.sort("client_id").select(kpis.columns),
+        check_dtypes=False,
+        check_exact=False,
+        rtol=1e-12,
+        atol=1e-9,
     )
     assert client in pl.read_parquet(b.lake.data_file("curated", "fct_feedback", day))["client_id"].to_list()
     for m in ("agg_driver_daily_performance", "agg_depot_daily_load"):
@@ -600,14 +717,21 @@ def test_a_blocked_orders_partition_holds_the_cells_of_its_deliveries(built: Bui
     # Independent: the deliveries whose order lies in the blocked partition, per (date, client).
     blocked_orders = _orders_of(b.lake, blocked_day, client)["order_id"]
     hit = (
-        raw(b.lake, "deliveries").filter(pl.col("order_id").is_in(blocked_orders.implode()))
-        .group_by(pl.col("date").cast(pl.Utf8), "client_id").len().sort("date", "client_id")
+        raw(b.lake, "deliveries")
+        .filter(pl.col("order_id").is_in(blocked_orders.implode()))
+        .group_by(pl.col("date").cast(pl.Utf8), "client_id")
+        .len()
+        .sort("date", "client_id")
     )
     assert hit.height >= 2  # dispatched on the day and the next ones
     held = {(d, c): n for d, c, n in hit.iter_rows()}
     for d in DAYS:
         doc = manifest(b.lake, "int_deliveries_enriched", d)
-        want = [[d, c, f"parent unavailable: raw.orders ({n} row{'s' if n != 1 else ''})"] for (dd, c), n in held.items() if dd == d]
+        want = [
+            [d, c, f"parent unavailable: raw.orders ({n} row{'s' if n != 1 else ''})"]
+            for (dd, c), n in held.items()
+            if dd == d
+        ]
         assert doc["held_cells"] == want, d
         assert manifest(b.lake, "agg_client_daily_kpis", d)["held_cells"] == want, d
 
@@ -618,8 +742,12 @@ def test_a_blocked_orders_partition_holds_the_cells_of_its_deliveries(built: Bui
         ~pl.struct(pl.col("date").cast(pl.Utf8), "client_id").is_in([{"date": d, "client_id": c} for d, c in held])
     )
     assert_frame_equal(
-        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id"), want_kpis.sort("date", "client_id").select(kpis.columns),
-        check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9,
+        kpis.with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id"),
+        want_kpis.sort("date", "client_id").select(kpis.columns),
+        check_dtypes=False,
+        check_exact=False,
+        rtol=1e-12,
+        atol=1e-9,
     )
     fct = curated(b.lake, "fct_deliveries")
     assert fct["promised_by"].null_count() == 0 and fct["is_on_time"].null_count() == 0
@@ -647,11 +775,21 @@ def test_a_blocked_partition_with_a_last_good_copy_is_read_from_it(built: Built,
     # The changed version would move on-time counts: reading it by mistake could not pass below.
     hit = raw(b.lake, "deliveries").filter(pl.col("order_id").is_in(changed["order_id"].implode()))
     assert hit["date"].cast(pl.Utf8).unique().len() >= 2
-    kpis = curated(b.lake, "agg_client_daily_kpis").with_columns(pl.col("revenue").cast(pl.Float64)).sort("date", "client_id")
-    want = expected_client_kpis(built.lake).sort("date", "client_id").select(kpis.columns)  # the old orders, read independently
+    kpis = (
+        curated(b.lake, "agg_client_daily_kpis")
+        .with_columns(pl.col("revenue").cast(pl.Float64))
+        .sort("date", "client_id")
+    )
+    want = (
+        expected_client_kpis(built.lake).sort("date", "client_id").select(kpis.columns)
+    )  # the old orders, read independently
     assert kpis.height == len(DAYS) * 4
     assert_frame_equal(kpis, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
-    assert curated(b.lake, "fct_deliveries")["promised_by"].sort().equals(curated(built.lake, "fct_deliveries")["promised_by"].sort())
+    assert (
+        curated(b.lake, "fct_deliveries")["promised_by"]
+        .sort()
+        .equals(curated(built.lake, "fct_deliveries")["promised_by"].sort())
+    )
     for m in ("int_deliveries_enriched", "fct_deliveries", "agg_client_daily_kpis"):
         doc = manifest(b.lake, m, DAYS[2])
         assert doc["served_last_good"] == {"raw.orders": [[blocked_day, client]]}, m

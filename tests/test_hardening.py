@@ -54,10 +54,14 @@ def _write(path: Path, rows: list[list[str]]) -> None:
 
 
 def _quarantine(lake: Lake, table: str) -> list[tuple]:
-    return duckdb.connect().execute(
-        f"""SELECT _source_file, _source_line, _reason FROM read_parquet('{lake.root}/quarantine/{table}/*/*/data.parquet')
+    return (
+        duckdb.connect()
+        .execute(
+            f"""SELECT _source_file, _source_line, _reason FROM read_parquet('{lake.root}/quarantine/{table}/*/*/data.parquet')
             ORDER BY 1, 2"""
-    ).fetchall()
+        )
+        .fetchall()
+    )
 
 
 def test_a_file_whose_every_row_fails_to_parse_is_quarantined_line_by_line(hs: Settings, run_cli) -> None:
@@ -93,7 +97,9 @@ def test_a_file_holding_one_oversized_line_is_quarantined_not_lost(hs: Settings,
     assert q == [(str(big), 2, "malformed:line_size_over_maximum")]
 
 
-def test_run_fails_naming_the_file_when_rows_do_not_reconcile(hs: Settings, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_fails_naming_the_file_when_rows_do_not_reconcile(
+    hs: Settings, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import delivery_lake.landing as landing_module
 
     real = landing_module._PartitionWriter._results
@@ -134,7 +140,9 @@ def test_two_first_runs_at_once_share_one_instance(tmp_path: Path) -> None:
     assert (tmp_path / "home" / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
 
 
-def test_a_run_whose_process_was_killed_is_marked_failed(hs: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_whose_process_was_killed_is_marked_failed(
+    hs: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dagster as dg
 
     from assets.run import fail_dead_runs
@@ -174,7 +182,9 @@ def test_a_run_whose_process_was_killed_is_marked_failed(hs: Settings, tmp_path:
     assert fail_dead_runs(instance) == []  # nothing left to mark
 
 
-def _env_for(monkeypatch: pytest.MonkeyPatch, s: Settings, secret: str | None = None, endpoint: str | None = None) -> None:
+def _env_for(
+    monkeypatch: pytest.MonkeyPatch, s: Settings, secret: str | None = None, endpoint: str | None = None
+) -> None:
     for name, value in {
         "DATA_DIR": str(s.data_dir),
         "LAKE_URL": s.lake_url,
@@ -190,7 +200,12 @@ def _env_for(monkeypatch: pytest.MonkeyPatch, s: Settings, secret: str | None = 
 @pytest.mark.s3
 @pytest.mark.parametrize("command", [["summary"], ["reconcile"], ["build", "--full-refresh"], ["run"]])
 def test_a_refused_secret_is_explained_in_one_line(
-    seaweed, tmp_path: Path, small_export: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+    seaweed,
+    tmp_path: Path,
+    small_export: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
 ) -> None:
     from delivery_lake.cli import main
 
@@ -265,9 +280,13 @@ def test_reordered_columns_a_byte_order_mark_and_crlf_land_like_the_original(hs:
             landing.land_dimension(t)
         for t in FACTS:
             landing.land_fact(t, {DAY: None})
-        return duckdb.connect().execute(
-            f"SELECT * FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet', hive_partitioning = true) ORDER BY order_id"
-        ).fetchall()
+        return (
+            duckdb.connect()
+            .execute(
+                f"SELECT * FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet', hive_partitioning = true) ORDER BY order_id"
+            )
+            .fetchall()
+        )
 
     expected = land(hs)
     other = tmp_path / "other"

@@ -179,7 +179,9 @@ def test_crash_mid_write_leaves_previous_partition_intact(settings: Settings, mo
     changed = [k for k in before if before[k] != after[k]]
     assert len(changed) <= 1  # at most the one partition that was fully published
     assert all(k.startswith(DAY) for k in changed)
-    assert {k: v for k, v in after.items() if not k.startswith(DAY)} == {k: v for k, v in before.items() if not k.startswith(DAY)}
+    assert {k: v for k, v in after.items() if not k.startswith(DAY)} == {
+        k: v for k, v in before.items() if not k.startswith(DAY)
+    }
     # A reader of the whole table never trips over the partial temp file.
     assert read_table(lake, "raw", "orders").num_rows > 0
 
@@ -266,7 +268,7 @@ def test_a_corrected_file_supersedes_and_keeps_the_old_version_as_history(local_
     assert landed == [("4321.00",)]
     history = con.execute(
         f"""SELECT order_value::VARCHAR, _source_file, _source_line, _superseded_by
-            FROM read_parquet('{lake.glob_uri('history', 'orders', True)}') WHERE order_id = ?""",
+            FROM read_parquet('{lake.glob_uri("history", "orders", True)}') WHERE order_id = ?""",
         [order_id],
     ).fetchall()
     assert history == [(f"{float(old_value):.2f}", str(src), line, str(correction))]
@@ -325,7 +327,9 @@ def test_two_versions_of_a_key_in_one_file_remain_a_conflict(local_settings: Set
     assert report.by_reason["duplicate"] >= 1
 
 
-def test_backfill_reads_each_csv_once_and_indexes_what_it_read(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backfill_reads_each_csv_once_and_indexes_what_it_read(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fact file nobody indexed yet is counted by the landing that reads it, not scanned twice."""
     lake = Lake.from_settings(local_settings)
     landing = Landing(lake, local_settings.inbox_dir, local_settings)
@@ -347,13 +351,17 @@ def test_backfill_reads_each_csv_once_and_indexes_what_it_read(local_settings: S
         for p in files:
             # what the landing learned is exactly what the index scan finds
             assert cached[str(p)] == inbox_module._scan(lake, p, t).to_json()
-            assert sum(sum(c.values()) for c in cached[str(p)]["partitions"].values()) + cached[str(p)]["malformed"] == count_records(p)
+            assert sum(sum(c.values()) for c in cached[str(p)]["partitions"].values()) + cached[str(p)][
+                "malformed"
+            ] == count_records(p)
         assert reports[t.name].read == accounted(reports[t.name])
     for path, v in reconcile(lake, local_settings.inbox_dir, TABLES["orders"]).items():
         assert v["read"] == accounted(v), path
 
 
-def test_file_touching_dates_its_name_does_not_announce(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_touching_dates_its_name_does_not_announce(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A file named for one day holding another day's rows is still filed under the right dates."""
     plans: list[list[str]] = []
     original = Landing._land
@@ -414,7 +422,10 @@ def test_client_id_that_is_not_path_safe_is_quarantined_not_written_as_a_folder(
 
     unsafe = "ACME West/2"
     pattern = re.compile(rb"\bC002\b")  # bytes: the dirty export holds invalid UTF-8 on purpose
-    touched = [local_settings.inbox_dir / "clients" / "clients.csv", *(local_settings.inbox_dir / "orders").glob("*.csv")]
+    touched = [
+        local_settings.inbox_dir / "clients" / "clients.csv",
+        *(local_settings.inbox_dir / "orders").glob("*.csv"),
+    ]
     for p in touched:
         p.write_bytes(pattern.sub(unsafe.encode(), p.read_bytes()))
     lake, _, reports = land_all(local_settings)
@@ -422,7 +433,7 @@ def test_client_id_that_is_not_path_safe_is_quarantined_not_written_as_a_folder(
     con = lake.duckdb()
     quarantined = con.execute(
         f"""SELECT client, count(*), count(*) FILTER (_reasons LIKE '%orphan:client_id%' OR _raw_line IS NOT NULL)
-            FROM read_parquet('{lake.glob_uri('quarantine', 'orders', True)}', hive_partitioning=true)
+            FROM read_parquet('{lake.glob_uri("quarantine", "orders", True)}', hive_partitioning=true)
             WHERE client_id = ? GROUP BY ALL""",
         [unsafe],
     ).fetchall()
@@ -449,7 +460,8 @@ def test_duckdb_spills_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mo
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     settings = dataclasses.replace(
-        Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "data" / "lake")), duckdb_memory_limit="30MB"
+        Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "data" / "lake")),
+        duckdb_memory_limit="30MB",
     )
     con = Lake.from_settings(settings).duckdb()
     total = con.execute(
@@ -500,7 +512,13 @@ def test_a_local_lake_reads_without_fsspec(local_settings: Settings) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert json.loads(out) == [
-        True, False, lake.version(clients), "clients", "default", len(lake.list_partitions("raw", "orders")), False
+        True,
+        False,
+        lake.version(clients),
+        "clients",
+        "default",
+        len(lake.list_partitions("raw", "orders")),
+        False,
     ]
     assert lake.list_partitions("raw", "orders")
     with pytest.raises(FileNotFoundError):
@@ -512,7 +530,9 @@ def test_relative_inbox_reuses_the_index(local_settings: Settings, monkeypatch: 
     land_all(local_settings)
     monkeypatch.chdir(local_settings.inbox_dir.parent)
     relative = Settings.from_env(
-        data_dir=local_settings.data_dir, lake_url=local_settings.lake_url, inbox_dir=Path(local_settings.inbox_dir.name)
+        data_dir=local_settings.data_dir,
+        lake_url=local_settings.lake_url,
+        inbox_dir=Path(local_settings.inbox_dir.name),
     )
     assert relative.inbox_dir == local_settings.inbox_dir
 
@@ -584,10 +604,18 @@ def test_compressed_exports_land_like_the_plain_csv(local_settings: Settings, tm
                 continue
             assert _zone_rows(compressed, zone, table) == _zone_rows(plain, zone, table), (zone, table)
     # Line numbers in quarantine are lines of the decompressed file.
-    q = [r for r in read_table(compressed, "quarantine", "orders").to_pylist() if r["_source_file"].endswith((".gz", ".zst"))]
+    q = [
+        r
+        for r in read_table(compressed, "quarantine", "orders").to_pylist()
+        if r["_source_file"].endswith((".gz", ".zst"))
+    ]
     assert {Path(r["_source_file"]).suffix for r in q} == {".gz", ".zst"}
     texts = {
-        f: (gzip.decompress(Path(f).read_bytes()) if f.endswith(".gz") else pa.input_stream(f, compression="zstd").read()).split(b"\n")
+        f: (
+            gzip.decompress(Path(f).read_bytes())
+            if f.endswith(".gz")
+            else pa.input_stream(f, compression="zstd").read()
+        ).split(b"\n")
         for f in {r["_source_file"] for r in q}
     }
     for r in q:
@@ -596,12 +624,16 @@ def test_compressed_exports_land_like_the_plain_csv(local_settings: Settings, tm
             assert line.split(",")[0] == r["_raw_line"].split(",")[0]
         elif r["order_id"]:
             assert line.startswith(r["order_id"] + ",")
-    plain_counts = {Path(p).name.split(".")[0]: v for p, v in reconcile(plain, local_settings.inbox_dir, TABLES["orders"]).items()}
+    plain_counts = {
+        Path(p).name.split(".")[0]: v for p, v in reconcile(plain, local_settings.inbox_dir, TABLES["orders"]).items()
+    }
     for path, v in reconcile(compressed, inbox, TABLES["orders"]).items():
         assert v == plain_counts[Path(path).name.split(".")[0]] and v["read"] == accounted(v), path
 
 
-def test_files_it_does_not_read_are_refused_by_name(local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_files_it_does_not_read_are_refused_by_name(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     orders = local_settings.inbox_dir / "orders"
     xlsx = orders / "2026-01-10.xlsx"
     xlsx.write_bytes(b"PK\x03\x04 not really a workbook")
@@ -679,7 +711,9 @@ def _with_dates(src: Path, dest: Path, old: str, new: str) -> None:
     dest.write_bytes(both.replace(old.encode(), new.encode()))
 
 
-def test_dates_outside_the_partitions_are_refused_by_the_scan(local_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dates_outside_the_partitions_are_refused_by_the_scan(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An export of history before PARTITION_START (or of days still to come) is named with
     its dates when the inbox is scanned, instead of failing a Dagster run on a partition key."""
     orders = local_settings.inbox_dir / "orders"
@@ -698,7 +732,9 @@ def test_dates_outside_the_partitions_are_refused_by_the_scan(local_settings: Se
     assert not any(d.startswith("2014") for d in changes.facts["orders"])
     # The lake's settings decide by default (PARTITION_START, via Settings.from_env).
     monkeypatch.setenv("PARTITION_START", "2014-01-01")
-    earlier = Settings.from_env(data_dir=local_settings.data_dir, lake_url=local_settings.lake_url, inbox_dir=local_settings.inbox_dir)
+    earlier = Settings.from_env(
+        data_dir=local_settings.data_dir, lake_url=local_settings.lake_url, inbox_dir=local_settings.inbox_dir
+    )
     monkeypatch.delenv("PARTITION_START")
     assert earlier.partition_start == "2014-01-01"
     changes = inbox_module.scan_changes(Lake.from_settings(earlier), local_settings.inbox_dir, None)

@@ -55,7 +55,9 @@ def _env(root: Path, lake_dir: Path, inbox: Path) -> Env:
 def curated_lake(tmp_path_factory: pytest.TempPathFactory) -> Env:
     """10 days x 4 clients x 400 orders/day, landed and curated (read-only: tests copy it)."""
     root = tmp_path_factory.mktemp("ml_base")
-    generate(root / "inbox", start=START, days=10, clients=4, orders_per_day=400, seed=11, dirty_rate=0.001, progress=False)
+    generate(
+        root / "inbox", start=START, days=10, clients=4, orders_per_day=400, seed=11, dirty_rate=0.001, progress=False
+    )
     env = _env(root, root / "lake", root / "inbox")
     land_all(env.settings)
     results = Runner(env.lake, Project.load(), env.settings).build(full_refresh=True)
@@ -74,7 +76,9 @@ def trained(curated_lake: Env, tmp_path_factory: pytest.TempPathFactory) -> tupl
     env = copy_env(curated_lake, tmp_path_factory.mktemp("ml_trained"))
     plan = registry.plan_training(env.lake, env.settings)
     assert plan.should_train and "no champion yet" in plan.reason
-    result = training.train(env.lake, env.settings, plan, tags={"dagster.run_id": "test-run", "dagster.asset_key": "ml/delay_model"})
+    result = training.train(
+        env.lake, env.settings, plan, tags={"dagster.run_id": "test-run", "dagster.asset_key": "ml/delay_model"}
+    )
     return env, result
 
 
@@ -91,10 +95,15 @@ def test_features_are_known_at_dispatch(curated_lake: Env) -> None:
     assert f[features.LABEL].null_count() == fct["is_on_time"].null_count()
     # The first day has no previous days: no driver history, whatever happened that day.
     first = f.filter(pl.col("date") == START)
-    assert first["driver_recent_deliveries"].max() == 0 and first["driver_recent_on_time_rate"].null_count() == first.height
+    assert (
+        first["driver_recent_deliveries"].max() == 0
+        and first["driver_recent_on_time_rate"].null_count() == first.height
+    )
     # History only counts verdicts known before the day starts: never more than the previous days hold.
     day5 = f.filter(pl.col("date") == START + timedelta(days=4))
-    prior = fct.filter((pl.col("date") < START + timedelta(days=4)) & (pl.col("date") >= START)).group_by("driver_id").len()
+    prior = (
+        fct.filter((pl.col("date") < START + timedelta(days=4)) & (pl.col("date") >= START)).group_by("driver_id").len()
+    )
     joined = day5.join(prior, on="driver_id", how="left").with_columns(pl.col("len").fill_null(0))
     assert (joined["driver_recent_deliveries"] <= joined["len"]).all()
     assert f.select(pl.col("hours_to_promise").min()).item() > 0  # promise after dispatch
@@ -102,7 +111,9 @@ def test_features_are_known_at_dispatch(curated_lake: Env) -> None:
 
 
 def _feature_files(lake: Lake) -> dict[str, bytes]:
-    return {d: Path(lake.data_file(features.ZONE, features.TABLE, d)).read_bytes() for d in features.feature_dates(lake)}
+    return {
+        d: Path(lake.data_file(features.ZONE, features.TABLE, d)).read_bytes() for d in features.feature_dates(lake)
+    }
 
 
 def test_features_read_only_the_curated_layer(curated_lake: Env, tmp_path: Path) -> None:
@@ -117,12 +128,16 @@ def test_features_read_only_the_curated_layer(curated_lake: Env, tmp_path: Path)
     lake.delete(lake.meta_path("quality"), recursive=True)
     assert not lake.list_partitions("raw", "deliveries") and not lake.list_partitions("raw", "orders")
     rows = features.build_features(lake, env.settings, DAYS)
-    assert sum(rows.values()) == sum(pl.read_parquet(f).height for f in map(Path, (lake.data_file("curated", features.SOURCE, d) for d in DAYS)))
+    assert sum(rows.values()) == sum(
+        pl.read_parquet(f).height for f in map(Path, (lake.data_file("curated", features.SOURCE, d) for d in DAYS))
+    )
     assert _feature_files(lake) == before
     # And what the query names is exactly the declared inputs (assets/ml.py builds its deps from them).
     sql = features.features_sql(lake, [DAYS[-1]]) or ""
     read = {lake.uri(lake.data_file("curated", features.SOURCE, d)) for d in DAYS[-1 - features.HISTORY_DAYS :]}
-    read |= {lake.uri(lake.data_file("curated", n)) for n, lookback in features.CURATED_INPUTS.items() if lookback is None}
+    read |= {
+        lake.uri(lake.data_file("curated", n)) for n, lookback in features.CURATED_INPUTS.items() if lookback is None
+    }
     assert all(f"'{f}'" in sql for f in read) and sql.count("read_parquet(") == 1 + len(features.DIMENSIONS)
     assert "/raw/" not in sql and features.source_dates(lake, [DAYS[-1]]) == DAYS[-1 - features.HISTORY_DAYS :]
 
@@ -148,10 +163,15 @@ def test_features_match_an_independent_computation(curated_lake: Env) -> None:
         vehicle = dims["dim_vehicles"].row(by_predicate=pl.col("vehicle_id") == t["vehicle_id"], named=True)
         history = enriched.filter(
             (pl.col("driver_id") == t["driver_id"])
-            & pl.col("date").is_between(t["date"] - timedelta(days=features.HISTORY_DAYS), t["date"] - timedelta(days=1))
+            & pl.col("date").is_between(
+                t["date"] - timedelta(days=features.HISTORY_DAYS), t["date"] - timedelta(days=1)
+            )
             & pl.col("is_on_time").is_not_null()
             # the verdict is known: delivered on time before the day, or the promise passed before it
-            & (pl.min_horizontal(pl.col("delivered_at").fill_null(pl.col("promised_by")), pl.col("promised_by")) < start)
+            & (
+                pl.min_horizontal(pl.col("delivered_at").fill_null(pl.col("promised_by")), pl.col("promised_by"))
+                < start
+            )
         )
         if t["depot_id"] is None:
             load = None
@@ -187,8 +207,17 @@ def test_run_is_logged_with_metrics_signature_and_plots(trained: tuple[Env, trai
     env, result = trained
     client = registry.client(env.settings)
     run = client.get_run(result.run_id)
-    for k in ("roc_auc", "log_loss", "brier", "baseline_rate_roc_auc", "baseline_rate_log_loss", "baseline_rate_brier",
-              "baseline_priority_roc_auc", "baseline_priority_log_loss", "baseline_priority_brier"):
+    for k in (
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "baseline_rate_roc_auc",
+        "baseline_rate_log_loss",
+        "baseline_rate_brier",
+        "baseline_priority_roc_auc",
+        "baseline_priority_log_loss",
+        "baseline_priority_brier",
+    ):
         assert k in run.data.metrics, k
     tags = run.data.tags
     assert tags["dagster.run_id"] == "test-run" and tags["dagster.asset_key"] == "ml/delay_model"
@@ -231,7 +260,9 @@ def test_worse_challenger_is_not_promoted(trained: tuple[Env, training.TrainingR
     assert str(client.get_model_version_by_alias(registry.MODEL_NAME, "challenger").version) == weak.version
     tags = client.get_run(weak.run_id).data.tags
     assert tags[registry.TAG_DECISION] == "kept"
-    assert float(tags["delivery_lake.champion_roc_auc_same_window"]) == pytest.approx(first.metrics["roc_auc"], abs=1e-5)
+    assert float(tags["delivery_lake.champion_roc_auc_same_window"]) == pytest.approx(
+        first.metrics["roc_auc"], abs=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -245,7 +276,9 @@ def test_worse_challenger_is_not_promoted(trained: tuple[Env, training.TrainingR
         (0.74, "1", None, True),  # champion cannot score the current features
     ],
 )
-def test_promotion_rule(challenger: float, champion_version: str | None, champion: float | None, promoted: bool) -> None:
+def test_promotion_rule(
+    challenger: float, champion_version: str | None, champion: float | None, promoted: bool
+) -> None:
     assert training.decide(challenger, 0.55, champion_version, champion, "n/a", "w")[0] is promoted
 
 
@@ -264,7 +297,9 @@ def test_scoring_uses_the_champion(trained: tuple[Env, training.TrainingResult])
     assert {t.table: t.rows for t in report.tables}[scoring.TABLE] == result.rows
     con = duckdb.connect(str(env.settings.warehouse_path), read_only=True)
     try:
-        n, versions = con.execute(f"SELECT count(*), string_agg(DISTINCT model_version, ',') FROM {scoring.TABLE}").fetchone()  # type: ignore[misc]
+        n, versions = con.execute(
+            f"SELECT count(*), string_agg(DISTINCT model_version, ',') FROM {scoring.TABLE}"
+        ).fetchone()  # type: ignore[misc]
         assert n == result.rows and versions == champion
         assert con.execute("SELECT count(*) FROM fct_deliveries").fetchone()[0] > 0  # type: ignore[index]
     finally:
@@ -301,10 +336,16 @@ def test_publisher_reproduces_the_runner(curated_lake: Env, tmp_path: Path) -> N
         con = lake.duckdb()
         try:
             # shuffled, so the order comes from the publisher
-            con.execute(f"CREATE TEMP TABLE __out AS SELECT * FROM read_parquet('{lake.data_file('curated', name, d)}') ORDER BY random()")
-            doc = publish_partition(target, con, "curated", name, d, [(c.name, c.type) for c in m.columns], m.grain_columns, target.settings)
+            con.execute(
+                f"CREATE TEMP TABLE __out AS SELECT * FROM read_parquet('{lake.data_file('curated', name, d)}') ORDER BY random()"
+            )
+            doc = publish_partition(
+                target, con, "curated", name, d, [(c.name, c.type) for c in m.columns], m.grain_columns, target.settings
+            )
             with pytest.raises(PublishError):
-                publish_partition(target, con, "curated", name, d, [(c.name, c.type) for c in m.columns[:-1]], [], target.settings)
+                publish_partition(
+                    target, con, "curated", name, d, [(c.name, c.type) for c in m.columns[:-1]], [], target.settings
+                )
         finally:
             con.close()
         built = lake.read_json(lake.build_manifest("curated", name, d))
@@ -349,7 +390,9 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
         lake.delete(lake.partition_dir(features.ZONE, features.TABLE, d), recursive=True)
     _block_client(lake, DAYS[2], "C001")
     _block_mart(lake, DAYS[3])
-    resource = LakehouseResource(data_dir=str(s.data_dir), lake_url=s.lake_url, inbox_dir=str(s.inbox_dir), warehouse_path=str(s.warehouse_path))
+    resource = LakehouseResource(
+        data_dir=str(s.data_dir), lake_url=s.lake_url, inbox_dir=str(s.inbox_dir), warehouse_path=str(s.warehouse_path)
+    )
 
     def tick() -> dg.SensorResult:
         with dg.build_sensor_context(resources={"lakehouse": resource}) as ctx:
@@ -364,18 +407,30 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_ARTIFACTS_DIR", str(s.mlflow_artifacts_dir))
     first = tick()
-    assert len(first.run_requests or []) == 1 and "no champion yet" in first.run_requests[0].tags["delivery_lake/retrain_reason"]
+    assert (
+        len(first.run_requests or []) == 1
+        and "no champion yet" in first.run_requests[0].tags["delivery_lake/retrain_reason"]
+    )
     instance = dg.DagsterInstance.ephemeral()
     # The scores reach the warehouse through its asset, which runs after them.
     run = dg.materialize(
-        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key in (MODEL_KEY, RISK_KEY, FEATURES_KEY, WAREHOUSE_KEY)],
-        selection=[MODEL_KEY, RISK_KEY, WAREHOUSE_KEY], instance=instance, resources={"lakehouse": resource},
+        [
+            a
+            for a in defs.assets
+            if isinstance(a, dg.AssetsDefinition) and a.key in (MODEL_KEY, RISK_KEY, FEATURES_KEY, WAREHOUSE_KEY)
+        ],
+        selection=[MODEL_KEY, RISK_KEY, WAREHOUSE_KEY],
+        instance=instance,
+        resources={"lakehouse": resource},
     )
     assert run.success
     steps = [e.asset_key for e in run.get_asset_materialization_events()]
     assert steps.index(WAREHOUSE_KEY) > steps.index(RISK_KEY)
     loaded = instance.get_latest_materialization_event(WAREHOUSE_KEY).asset_materialization.metadata["rows"].value  # type: ignore[union-attr]
-    assert loaded[scoring.TABLE] == instance.get_latest_materialization_event(RISK_KEY).asset_materialization.metadata["dagster/row_count"].value  # type: ignore[union-attr]
+    assert (
+        loaded[scoring.TABLE]
+        == instance.get_latest_materialization_event(RISK_KEY).asset_materialization.metadata["dagster/row_count"].value
+    )  # type: ignore[union-attr]
     meta = instance.get_latest_materialization_event(MODEL_KEY).asset_materialization.metadata  # type: ignore[union-attr]
     assert meta["promoted"].value is True and list(meta["partitions_excluded"].value) == [DAYS[3]]
     assert meta["client_partitions_excluded"].value == {DAYS[2]: ["C001"]}
@@ -404,7 +459,9 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
     # The training asset agrees: it observes the reason instead of training.
     run = dg.materialize(
         [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key in (MODEL_KEY, FEATURES_KEY)],
-        selection=[MODEL_KEY], instance=instance, resources={"lakehouse": resource},
+        selection=[MODEL_KEY],
+        instance=instance,
+        resources={"lakehouse": resource},
     )
     assert run.success and not run.get_asset_materialization_events()
     obs = [e for e in run.all_events if e.event_type_value == "ASSET_OBSERVATION"]
@@ -422,12 +479,21 @@ def test_ml_definitions() -> None:
     assert graph.get(FEATURES_KEY).partitions_def == DAILY_PARTITIONS and graph.get(FEATURES_KEY).group_name == "ml"
     # The features' lineage is what they read: curated tables only, with their partition windows.
     parents = graph.get(FEATURES_KEY).parent_keys
-    assert parents == {dg.AssetKey(["curated", n]) for n in ("int_deliveries_enriched", "dim_clients", "dim_drivers", "dim_depots", "dim_vehicles")}
+    assert parents == {
+        dg.AssetKey(["curated", n])
+        for n in ("int_deliveries_enriched", "dim_clients", "dim_drivers", "dim_depots", "dim_vehicles")
+    }
     enriched = graph.get_partition_mapping(FEATURES_KEY, dg.AssetKey(["curated", "int_deliveries_enriched"]))
-    assert isinstance(enriched, dg.TimeWindowPartitionMapping) and (enriched.start_offset, enriched.end_offset) == (-features.HISTORY_DAYS, 0)
+    assert isinstance(enriched, dg.TimeWindowPartitionMapping) and (enriched.start_offset, enriched.end_offset) == (
+        -features.HISTORY_DAYS,
+        0,
+    )
     assert graph.get(dg.AssetKey(["curated", "int_deliveries_enriched"])).partitions_def == DAILY_PARTITIONS
     # One loader of the scores: the warehouse asset depends on them.
-    assert RISK_KEY in graph.get(WAREHOUSE_KEY).parent_keys and graph.get(RISK_KEY).parent_keys == {MODEL_KEY, FEATURES_KEY}
+    assert RISK_KEY in graph.get(WAREHOUSE_KEY).parent_keys and graph.get(RISK_KEY).parent_keys == {
+        MODEL_KEY,
+        FEATURES_KEY,
+    }
     assert graph.get(MODEL_KEY).parent_keys == {FEATURES_KEY}
     # The retrain sensor targets the model and the scores, nothing upstream of them.
     retrain = defs.resolve_sensor_def("retrain_sensor")

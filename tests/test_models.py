@@ -31,17 +31,47 @@ from delivery_lake.transform import (
 )
 
 MARTS = {
-    "dim_clients", "dim_drivers", "dim_depots", "dim_vehicles", "fct_deliveries", "fct_feedback",
-    "agg_client_daily_kpis", "agg_driver_daily_performance", "agg_depot_daily_load",
+    "dim_clients",
+    "dim_drivers",
+    "dim_depots",
+    "dim_vehicles",
+    "fct_deliveries",
+    "fct_feedback",
+    "agg_client_daily_kpis",
+    "agg_driver_daily_performance",
+    "agg_depot_daily_load",
 }
 # The columns analysts rely on (issue #3), in order.
 FCT_DELIVERIES = [
-    "delivery_id", "order_id", "client_id", "driver_id", "depot", "date", "promised_by", "delivered_at", "status",
-    "is_on_time", "late_minutes", "distance_km", "attempts", "weight_kg", "priority", "order_value",
+    "delivery_id",
+    "order_id",
+    "client_id",
+    "driver_id",
+    "depot",
+    "date",
+    "promised_by",
+    "delivered_at",
+    "status",
+    "is_on_time",
+    "late_minutes",
+    "distance_km",
+    "attempts",
+    "weight_kg",
+    "priority",
+    "order_value",
 ]
 CLIENT_KPIS = [
-    "date", "client_id", "deliveries", "delivered", "failed", "returned", "on_time", "on_time_rate",
-    "avg_delivery_minutes", "avg_rating", "revenue",
+    "date",
+    "client_id",
+    "deliveries",
+    "delivered",
+    "failed",
+    "returned",
+    "on_time",
+    "on_time_rate",
+    "avg_delivery_minutes",
+    "avg_rating",
+    "revenue",
 ]
 
 
@@ -122,7 +152,12 @@ def test_affected_dates_follow_lookback() -> None:
     # A new last day of every feed: only that day.
     assert affected_dates(project, {"orders": ["2026-01-11"], "deliveries": ["2026-01-11"]}, existing) == ["2026-01-11"]
     # A corrected old orders day: that day and the dispatch days its orders can reach.
-    assert affected_dates(project, {"orders": ["2026-01-06"]}, existing) == ["2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
+    assert affected_dates(project, {"orders": ["2026-01-06"]}, existing) == [
+        "2026-01-06",
+        "2026-01-07",
+        "2026-01-08",
+        "2026-01-09",
+    ]
     # Deliveries and feedback are read for the built date only.
     assert affected_dates(project, {"deliveries": ["2026-01-06"]}, existing) == ["2026-01-06"]
     assert affected_dates(project, {"customer_feedback": ["2026-01-06"]}, existing) == ["2026-01-06"]
@@ -179,7 +214,9 @@ def test_held_cells_is_a_relation_of_every_build_not_a_model(tmp_path: Path) -> 
     a = project["a"]
     assert a.refs == () and a.sources == (("raw", "deliveries"),)
     assert [(c.name, c.type, c.description) for c in a.columns] == [
-        ("delivery_id", "VARCHAR", "Delivery."), ("date", "DATE", "Dispatch date."), ("complete", "BOOLEAN", "No held cell that day."),
+        ("delivery_id", "VARCHAR", "Delivery."),
+        ("date", "DATE", "Dispatch date."),
+        ("complete", "BOOLEAN", "No held cell that day."),
     ]
     (tmp_path / "marts" / "held_cells.sql").write_text("select 1 as x")
     with pytest.raises(ModelError, match="'held_cells' is a reserved model name"):
@@ -194,25 +231,42 @@ def test_parent_links_follow_the_contract_between_facts_read_together() -> None:
     ]
     # Only when the model reads both ends: a mart of deliveries and feedback looks nothing up.
     assert parent_links(["deliveries", "customer_feedback"]) == []
-    assert parent_links(["deliveries", "orders", "clients"]) == [ParentLink("deliveries", "order_id", "orders", "order_id")]
+    assert parent_links(["deliveries", "orders", "clients"]) == [
+        ParentLink("deliveries", "order_id", "orders", "order_id")
+    ]
 
 
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({"marts/a.sql": "select * from {{ ref('b') }}", "marts/b.sql": "select * from {{ ref('a') }}"}, "ref() cycle: a (a.sql) -> b (b.sql) -> a (a.sql)"),
+        (
+            {"marts/a.sql": "select * from {{ ref('b') }}", "marts/b.sql": "select * from {{ ref('a') }}"},
+            "ref() cycle: a (a.sql) -> b (b.sql) -> a (a.sql)",
+        ),
         ({"marts/a.sql": "select * from {{ ref('nope') }}"}, "a.sql: ref('nope') names no model"),
-        ({"marts/a.sql": "select * from {{ source('raw', 'parcels') }}"}, "a.sql: source('raw', 'parcels') is not a table"),
+        (
+            {"marts/a.sql": "select * from {{ source('raw', 'parcels') }}"},
+            "a.sql: source('raw', 'parcels') is not a table",
+        ),
         ({"marts/a.sql": "select * from {{ var('x') }}"}, "a.sql: only {{ ref('model') }}"),
-        ({"marts/a.sql": "select * from {{ ref('x', lookback_days=-1) }}"}, "a.sql: the only option of ref() and source() is lookback_days"),
-        ({"marts/a.sql": "select * from {{ ref('x', days=2) }}"}, "a.sql: the only option of ref() and source() is lookback_days"),
+        (
+            {"marts/a.sql": "select * from {{ ref('x', lookback_days=-1) }}"},
+            "a.sql: the only option of ref() and source() is lookback_days",
+        ),
+        (
+            {"marts/a.sql": "select * from {{ ref('x', days=2) }}"},
+            "a.sql: the only option of ref() and source() is lookback_days",
+        ),
         ({"marts/a.sql": "select * from {{ ref('x', lookback_days='3') }}"}, "a.sql: the only option"),
         ({"marts/a.sql": "select * from {{ ref('x') "}, "a.sql: '{{' without a closing"),
         ({"marts/a.sql": "select from where ("}, "a.sql: SQL does not parse"),
         ({"marts/a.sql": "drop table x"}, "a.sql: a model is a query"),
         ({"marts/a.sql": "select 1; select 2"}, "a.sql: a model is exactly one query"),
         ({"marts/a.sql": "select no_such_column from {{ source('raw', 'orders') }}"}, "a.sql: Binder Error"),
-        ({"marts/a.sql": "-- partition_by: date\nselect 1 as x"}, "a.sql: partition_by 'date' must be an output column"),
+        (
+            {"marts/a.sql": "-- partition_by: date\nselect 1 as x"},
+            "a.sql: partition_by 'date' must be an output column",
+        ),
         ({"staging/a.sql": "select 1", "marts/a.sql": "select 2"}, "model name 'a' is also defined"),
     ],
 )
@@ -262,10 +316,28 @@ HELD_OUT = [
 ]
 # Hand-labelled topics of the generator's templates, in COMMENTS order.
 TEMPLATE_TOPICS = [
-    "punctuality", "missed_delivery", "parcel_condition", "missed_delivery", "tracking_communication", "driver",
-    "missed_delivery", "missed_delivery",
-    "parcel_condition", "general", "driver", "punctuality", "tracking_communication", "punctuality",
-    "general", "driver", "driver", "general", "punctuality", "punctuality", "general", "tracking_communication",
+    "punctuality",
+    "missed_delivery",
+    "parcel_condition",
+    "missed_delivery",
+    "tracking_communication",
+    "driver",
+    "missed_delivery",
+    "missed_delivery",
+    "parcel_condition",
+    "general",
+    "driver",
+    "punctuality",
+    "tracking_communication",
+    "punctuality",
+    "general",
+    "driver",
+    "driver",
+    "general",
+    "punctuality",
+    "punctuality",
+    "general",
+    "tracking_communication",
 ]
 
 
@@ -294,7 +366,15 @@ def test_comments_are_labelled_once_per_distinct_text_in_row_order() -> None:
     out = label_comments(frame).collect()
     assert out["id"].to_list() == list(range(len(comments)))  # every row, in its order
     assert out["sentiment"].to_list() == ["negative", None, "positive", None, "negative", "neutral", None]
-    assert out["topic"].to_list() == ["parcel_condition", None, "punctuality", None, "parcel_condition", "general", None]
+    assert out["topic"].to_list() == [
+        "parcel_condition",
+        None,
+        "punctuality",
+        None,
+        "parcel_condition",
+        "general",
+        None,
+    ]
     # The same label as each comment classified alone.
     assert list(zip(out["sentiment"], out["topic"], strict=True)) == [classify([c])[0] for c in comments]
 
@@ -309,13 +389,17 @@ def test_comments_are_labelled_once_per_distinct_text_in_row_order() -> None:
         ("fct_deliveries", None, []),
     ],
 )
-def test_grain_names_the_sort_key_of_published_files(project: Project, model: str, grain: str | None, keys: list[str]) -> None:
+def test_grain_names_the_sort_key_of_published_files(
+    project: Project, model: str, grain: str | None, keys: list[str]
+) -> None:
     from dataclasses import replace
 
     assert replace(project[model], grain=grain).grain_columns == keys
 
 
-def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """fct_deliveries waits on int_deliveries_enriched only: it must start while fct_feedback
     (no relation, started alongside int) is still running."""
     import threading
@@ -337,7 +421,9 @@ def test_a_model_starts_when_its_refs_are_built_not_a_whole_round(project: Proje
         return ModelResult(name, dates=list(dates or [None]))
 
     monkeypatch.setattr(Runner, "build_model", fake_build)
-    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=tmp_path / "inbox")
+    settings = Settings.from_env(
+        data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=tmp_path / "inbox"
+    )
     assert settings.duckdb_threads >= 2
     results = Runner(Lake.from_settings(settings), project, settings).build(dates=["2026-01-05"])
     assert {r.model for r in results} == {m.name for m in project.materialized()}
@@ -359,7 +445,9 @@ def test_curated_asset_graph(project: Project) -> None:
         assert node.group_name == "curated"
         assert (node.partitions_def == DAILY_PARTITIONS) == m.is_partitioned
         refs, sources = project.inputs(name)
-        assert set(node.parent_keys) == {dg.AssetKey(["raw", t]) for _, t in sources} | {dg.AssetKey(["curated", r]) for r in refs}
+        assert set(node.parent_keys) == {dg.AssetKey(["raw", t]) for _, t in sources} | {
+            dg.AssetKey(["curated", r]) for r in refs
+        }
         assert node.automation_condition is not None
         schema = node.metadata["dagster/column_schema"]
         assert [c.name for c in schema.columns] == [c.name for c in m.columns]
@@ -438,7 +526,9 @@ def test_project_cache_follows_the_library_a_python_model_imports(tmp_path: Path
     assert second != first
     assert project_module._cache_file(second) != project_module._cache_file(first)
     # The runner's own source is part of it too (now a package of its own).
-    (library / "transform" / "runner.py").write_text((library / "transform" / "runner.py").read_text() + "\n# a runner change\n")
+    (library / "transform" / "runner.py").write_text(
+        (library / "transform" / "runner.py").read_text() + "\n# a runner change\n"
+    )
     assert project_module._project_digest(root, paths, library) not in (first, second)
 
 
@@ -451,5 +541,7 @@ def test_python_models_exchange_frames_without_pyarrow(tmp_path: Path) -> None:
         "p = Project.load(cache=False)\n"
         "print(len(p['fct_feedback'].columns), 'pyarrow' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     assert out == [str(len(Project.load()["fct_feedback"].columns)), "False"]

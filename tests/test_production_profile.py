@@ -53,7 +53,9 @@ class Prod:
     def fs(self, identity: str, secret: str | None = None):
         key = self.cfg.secrets[f"LAKE_{identity.upper()}_ACCESS_KEY"]
         return s3_filesystem(
-            self.seaweed.endpoint_url, key, secret or self.cfg.secrets[f"LAKE_{identity.upper()}_SECRET_KEY"],
+            self.seaweed.endpoint_url,
+            key,
+            secret or self.cfg.secrets[f"LAKE_{identity.upper()}_SECRET_KEY"],
             config_kwargs={"retries": {"max_attempts": 1}},
         )
 
@@ -96,8 +98,13 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         mlflow_port = _free_port()
         cfg = dataclasses.replace(cfg, lake_port=server.s3_port, mlflow_port=mlflow_port)
         mlflow = stack.start_mlflow(
-            cfg, env, mlflow_port, stack.mlflow_backend_uri(cfg), cfg.mlflow_artifacts_destination,
-            server.endpoint_url, tmp / "logs",
+            cfg,
+            env,
+            mlflow_port,
+            stack.mlflow_backend_uri(cfg),
+            cfg.mlflow_artifacts_destination,
+            server.endpoint_url,
+            tmp / "logs",
         )
         cleanups.append(mlflow.stop)
 
@@ -106,14 +113,26 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         stack.install_dagster_home(cfg.dagster_home)
         os.environ.clear()
         os.environ.update(stack.dagster_env(cfg, env))
-        generate(cfg.inbox_dir, start=START, days=DAYS, clients=CLIENTS, orders_per_day=120, seed=21, dirty_rate=0.0, progress=False)
+        generate(
+            cfg.inbox_dir,
+            start=START,
+            days=DAYS,
+            clients=CLIENTS,
+            orders_per_day=120,
+            seed=21,
+            dirty_rate=0.0,
+            progress=False,
+        )
 
         import dagster as dg
 
         from assets.run import run_inbox
 
         settings = Settings.from_env()
-        assert settings.lake_url == "s3://lake/prod" and settings.aws_access_key_id == cfg.secrets["LAKE_PIPELINE_ACCESS_KEY"]
+        assert (
+            settings.lake_url == "s3://lake/prod"
+            and settings.aws_access_key_id == cfg.secrets["LAKE_PIPELINE_ACCESS_KEY"]
+        )
         t0 = time.monotonic()
         outcome = run_inbox(settings)
         seconds = time.monotonic() - t0
@@ -207,7 +226,11 @@ def test_analyst_reads_curated_data_and_cannot_write(prod: Prod) -> None:
             aws_secret_access_key=prod.cfg.secrets["LAKE_ANALYST_SECRET_KEY"],
         )
     )
-    n = lake.duckdb().execute(f"SELECT count(*) FROM read_parquet('{lake.glob_uri('curated', 'fct_deliveries', True)}')").fetchone()[0]
+    n = (
+        lake.duckdb()
+        .execute(f"SELECT count(*) FROM read_parquet('{lake.glob_uri('curated', 'fct_deliveries', True)}')")
+        .fetchone()[0]
+    )
     assert n > 0
     with pytest.raises(PermissionError):
         lake.write_json(lake.meta_path("analyst_was_here.json"), {"x": 1})
@@ -224,7 +247,9 @@ def test_analyst_reads_curated_data_and_cannot_write(prod: Prod) -> None:
 def test_wrong_secret_is_denied(prod: Prod) -> None:
     for identity in ("pipeline", "analyst"):
         with pytest.raises(PermissionError):
-            prod.fs(identity, secret="not-the-secret-" + secrets.token_hex(4)).cat_file("lake/prod/_meta/cli_cursor.json")
+            prod.fs(identity, secret="not-the-secret-" + secrets.token_hex(4)).cat_file(
+                "lake/prod/_meta/cli_cursor.json"
+            )
     with pytest.raises(PermissionError):
         prod.fs("pipeline", secret="wrong").pipe_file("lake/prod/x.txt", b"x")
     # the right secret works for the same object
@@ -258,7 +283,9 @@ def test_init_env_writes_private_secrets_and_keeps_existing(tmp_path: Path) -> N
     assert not cfg.dagster_home.is_relative_to(stack.INFRA)
 
 
-def test_up_refuses_without_secrets_and_down_never_touches_foreign_pids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_up_refuses_without_secrets_and_down_never_touches_foreign_pids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = {"DATA_DIR": str(tmp_path)}
     assert stack.up(env) == 2
     assert "SEAWEED_ADMIN_ACCESS_KEY" in capsys.readouterr().err

@@ -162,7 +162,9 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     q = Quality(lake, qs)
     res = {r.client: r for r in q.validate_and_record("deliveries", [(DAY, "C001"), (DAY, "C002")])}
     warn = res["C001"]
-    assert warn.passed and [(o.label, o.severity) for o in warn.warnings] == [("expect_column_mean_to_be_between(distance_km)", WARN)]
+    assert warn.passed and [(o.label, o.severity) for o in warn.warnings] == [
+        ("expect_column_mean_to_be_between(distance_km)", WARN)
+    ]
     assert float(warn.warnings[0].observed) == pytest.approx(900.0)
     assert gate.blocked_partitions(lake, "deliveries") == {(DAY, "C002")}
     [bad] = res["C002"].failed_errors
@@ -176,7 +178,9 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     assert "Status: Failed" in text and "Unsuccessful Expectations 1 " in text
     # GX renders each expectation as prose under its column: the failed range rule on attempts.
     section = text[text.index(" attempts Status Expectation") :]
-    assert re.search(r"values must be greater than or equal to 1(\.0)? and less than or equal to 10(\.0)?", section[:400])
+    assert re.search(
+        r"values must be greater than or equal to 1(\.0)? and less than or equal to 10(\.0)?", section[:400]
+    )
     assert not re.search(r"""<(link|script)[^>]+(href|src)=["']https?://""", html)
     assert (qs.data_dir / "data_docs" / "static" / "styles" / "offline.css").exists()
     assert "deliveries-2026-01-06-C002" in (qs.data_dir / "data_docs" / "index.html").read_text()
@@ -187,7 +191,9 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
 
 def _check_eval(instance: dg.DagsterInstance, table: str, zone: str = "raw"):
     key = dg.AssetCheckKey(dg.AssetKey([zone, table]), "gx_suite")
-    return instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[0].event.dagster_event.event_specific_data
+    return instance.event_log_storage.get_asset_check_execution_history(key, limit=1)[
+        0
+    ].event.dagster_event.event_specific_data
 
 
 def _mart_rows(lake: Lake, model: str, date: str) -> list[dict]:

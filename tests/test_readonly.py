@@ -60,7 +60,10 @@ def _curated_revenue(lake: Lake) -> list[tuple[str, Decimal]]:
 def _snapshot(*roots: Path) -> dict[str, str]:
     """Every file under these folders -> sha256 of its bytes."""
     return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for root in roots for p in sorted(root.rglob("*")) if p.is_file()
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -82,11 +85,13 @@ def live(built: tuple[Settings, Lake, Project], tmp_path_factory: pytest.TempPat
 HOSTILE: dict[str, tuple[str, list[str]]] = {
     "copy over a raw partition": ("COPY (SELECT * FROM fct_deliveries LIMIT 3) TO '{raw_file}' (FORMAT parquet)", []),
     "copy into a partition folder": (
-        "COPY (SELECT * FROM fct_deliveries) TO '{partition}/extra.parquet' (FORMAT parquet)", ["{partition}/extra.parquet"]
+        "COPY (SELECT * FROM fct_deliveries) TO '{partition}/extra.parquet' (FORMAT parquet)",
+        ["{partition}/extra.parquet"],
     ),
     "copy to /tmp": ("COPY (SELECT 1 AS x) TO '{outside}/out.csv'", ["{outside}/out.csv"]),
     "attach the spare read-write and update it": (
-        f"ATTACH '{{spare}}' AS spare (READ_WRITE); UPDATE spare.{KPIS} SET revenue = 999999", []
+        f"ATTACH '{{spare}}' AS spare (READ_WRITE); UPDATE spare.{KPIS} SET revenue = 999999",
+        [],
     ),
     "attach a new file": ("ATTACH '{outside}/new.duckdb' AS other", ["{outside}/new.duckdb"]),
     "read_csv": ("SELECT * FROM read_csv('/etc/passwd')", []),
@@ -97,7 +102,10 @@ HOSTILE: dict[str, tuple[str, list[str]]] = {
     "load": ("LOAD httpfs", []),
     "turn external access back on": ("SET enable_external_access = true", []),
     "unlock the configuration": ("SET lock_configuration = false", []),
-    "profile to a file": ("SET profiling_output = '{outside}/profile.json'; PRAGMA enable_profiling = 'json'", ["{outside}/profile.json"]),
+    "profile to a file": (
+        "SET profiling_output = '{outside}/profile.json'; PRAGMA enable_profiling = 'json'",
+        ["{outside}/profile.json"],
+    ),
     "create table": ("CREATE TABLE hacked AS SELECT 1 AS x", []),
     "insert": (f"INSERT INTO {KPIS} SELECT * FROM {KPIS} LIMIT 1", []),
     "export database": ("EXPORT DATABASE '{outside}/export'", ["{outside}/export"]),
@@ -112,7 +120,13 @@ def test_the_query_command_refuses_and_changes_nothing(
     lake = Path(live.lake.url)
     raw_file = next(p for p in sorted((lake / "raw").rglob("*.parquet")))
     outside = Path("/tmp") / f"delivery-lake-test-{uuid.uuid4().hex}"  # /tmp itself, not pytest's folder
-    places = {"raw_file": raw_file, "partition": raw_file.parent, "outside": outside, "spare": live.spare_path, "lake": lake}
+    places = {
+        "raw_file": raw_file,
+        "partition": raw_file.parent,
+        "outside": outside,
+        "spare": live.spare_path,
+        "lake": lake,
+    }
     sql, targets = HOSTILE[name]
     sql = sql.format(**places)
     before = _snapshot(lake, live.path.parent)
@@ -163,11 +177,17 @@ def test_reading_the_warehouse_still_works(
         assert query(live.path, f"SELECT count(*) FROM {table}")[1][0][0] > 0
     for m in live.project.published():
         n = query(live.path, f"SELECT count(*) FROM {m.name}")[1][0][0]
-        assert n == sum(live.lake.read_json(p)["rows"] for p in live.lake.list_build_manifests("curated", m.name).values()) > 0
+        assert (
+            n
+            == sum(live.lake.read_json(p)["rows"] for p in live.lake.list_build_manifests("curated", m.name).values())
+            > 0
+        )
         assert [r[0] for r in query(live.path, f"DESCRIBE {m.name}")[1]] == [c.name for c in m.columns]
     summary = dict((r[0], r[4]) for r in query(live.path, f"SUMMARIZE {KPIS}")[1])
     assert summary["client_id"] >= 4  # approx_unique
-    comments = dict(query(live.path, f"SELECT column_name, comment FROM duckdb_columns() WHERE table_name = '{KPIS}'")[1])
+    comments = dict(
+        query(live.path, f"SELECT column_name, comment FROM duckdb_columns() WHERE table_name = '{KPIS}'")[1]
+    )
     assert comments["on_time_rate"] == "On-time deliveries / all deliveries dispatched that day."
     # Statements DuckDB accepts on a read-only file without writing it.
     for sql in ("CHECKPOINT", "VACUUM", f"ANALYZE {KPIS}", "CREATE TEMP TABLE scratch AS SELECT 1 AS x"):
@@ -199,7 +219,9 @@ def _poison(path: Path, clients: tuple[str, ...] = ("C001", "C002", "C003")) -> 
         con.close()
 
 
-def test_a_poisoned_spare_is_discarded_and_the_warehouse_rebuilt(wh: Warehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_poisoned_spare_is_discarded_and_the_warehouse_rebuilt(
+    wh: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
     want = _curated_revenue(wh.lake)
     wh.refresh(full=True)
     assert wh.refresh().base == "spare"

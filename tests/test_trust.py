@@ -187,7 +187,9 @@ def test_a_corrected_re_export_lands_the_corrections_keeps_history_and_blocks_no
     assert mart_kpis(lake) == independent_kpis(ts.inbox_dir)
 
 
-def test_children_landed_a_run_before_their_orders_are_released_by_the_orders_run(ts: Settings, run_cli, tmp_path: Path) -> None:
+def test_children_landed_a_run_before_their_orders_are_released_by_the_orders_run(
+    ts: Settings, run_cli, tmp_path: Path
+) -> None:
     held = tmp_path / "held-orders"
     shutil.move(str(ts.inbox_dir / "orders"), held)
     first = run_cli(ts)

@@ -55,7 +55,11 @@ def test_every_mart_is_a_commented_table(wh: Warehouse) -> None:
     try:
         tables = dict(con.execute("SELECT table_name, comment FROM duckdb_tables()").fetchall())
         assert "Grain: one row per delivery_id" in tables["fct_deliveries"]
-        cols = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'agg_client_daily_kpis'").fetchall())
+        cols = dict(
+            con.execute(
+                "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'agg_client_daily_kpis'"
+            ).fetchall()
+        )
         assert cols["on_time_rate"] == "On-time deliveries / all deliveries dispatched that day."
         for m in wh.project.published():
             n = con.execute(f"SELECT count(*) FROM {m.name}").fetchone()[0]
@@ -75,14 +79,24 @@ def test_comments_follow_the_model_files(wh: Warehouse, built: tuple[Settings, L
     m = project["agg_client_daily_kpis"]
     edited = copy.copy(m)
     edited.description = "Client KPIs, reworded."
-    edited.columns = [dataclasses.replace(c, description="Share delivered by the promise.") if c.name == "on_time_rate" else c for c in m.columns]
+    edited.columns = [
+        dataclasses.replace(c, description="Share delivered by the promise.") if c.name == "on_time_rate" else c
+        for c in m.columns
+    ]
     Runner(lake, project, settings).build([m.name], dates=[DAY])
-    report = {t.table: t for t in Warehouse(lake, Project(project.root, {**project.models, m.name: edited}, project.digest), wh.path).refresh().tables}
+    report = {
+        t.table: t
+        for t in Warehouse(lake, Project(project.root, {**project.models, m.name: edited}, project.digest), wh.path)
+        .refresh()
+        .tables
+    }
     assert report[m.name].mode == "incremental"
     con = duckdb.connect(str(wh.path), read_only=True)
     try:
         table = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ?", [m.name]).fetchone()[0]
-        cols = dict(con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [m.name]).fetchall())
+        cols = dict(
+            con.execute("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [m.name]).fetchall()
+        )
     finally:
         con.close()
     assert table.startswith("Client KPIs, reworded.")
@@ -108,7 +122,9 @@ def test_refresh_reloads_only_changed_partitions(wh: Warehouse, built: tuple[Set
     assert held[DAY] == lake.read_json(lake.build_manifest("curated", "fct_deliveries", DAY))["build_id"]
 
 
-def test_readers_see_the_old_or_the_new_file_never_an_error(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+def test_readers_see_the_old_or_the_new_file_never_an_error(
+    wh: Warehouse, built: tuple[Settings, Lake, Project]
+) -> None:
     lake = built[1]
     wh.refresh()
     full_n = _count(wh.path)
@@ -119,16 +135,21 @@ def test_readers_see_the_old_or_the_new_file_never_an_error(wh: Warehouse, built
 
     # An analyst session in another process holds the file open through every refresh.
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import duckdb, sys, time\n"
-            f"con = duckdb.connect({str(wh.path)!r}, read_only=True)\n"
-            "print('open', flush=True)\n"
-            "seen = set()\n"
-            "for _ in range(400):\n"
-            "    seen.add(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0]); time.sleep(0.01)\n"
-            "print(sorted(seen))\n"
-        )],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, sys, time\n"
+                f"con = duckdb.connect({str(wh.path)!r}, read_only=True)\n"
+                "print('open', flush=True)\n"
+                "seen = set()\n"
+                "for _ in range(400):\n"
+                "    seen.add(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0]); time.sleep(0.01)\n"
+                "print(sorted(seen))\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
 
@@ -166,7 +187,9 @@ def test_readers_see_the_old_or_the_new_file_never_an_error(wh: Warehouse, built
     assert holder.returncode == 0
 
 
-def test_cli_query_formats_and_errors(wh: Warehouse, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_query_formats_and_errors(
+    wh: Warehouse, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("WAREHOUSE_PATH", str(wh.path))
     assert main(["query", "SELECT 1 AS x"]) == 1  # no warehouse yet
     assert "no warehouse at" in capsys.readouterr().err
@@ -193,7 +216,13 @@ def test_cli_query_formats_and_errors(wh: Warehouse, monkeypatch: pytest.MonkeyP
 def test_cli_query_in_a_subprocess_has_no_traceback(wh: Warehouse, tmp_path: Path) -> None:
     wh.refresh()
     env = {"WAREHOUSE_PATH": str(wh.path), "PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path)}
-    bad = subprocess.run([sys.executable, "-m", "delivery_lake.cli", "query", "SELEC 1"], env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "delivery_lake.cli", "query", "SELEC 1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1
     assert "Parser Error" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
 
@@ -211,10 +240,14 @@ def _forget_day(wh: Warehouse, project: Project) -> None:
             con.execute(f"DELETE FROM {META_TABLE} WHERE date = DATE '{DAY}'")
         finally:
             con.close()
-    wh.published_path.write_text(json.dumps({"live": file_fingerprint(wh.path), "spare": file_fingerprint(wh.spare_path)}))
+    wh.published_path.write_text(
+        json.dumps({"live": file_fingerprint(wh.path), "spare": file_fingerprint(wh.spare_path)})
+    )
 
 
-def test_appends_skip_the_vacuum_until_it_pays(wh: Warehouse, built: tuple[Settings, Lake, Project], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_appends_skip_the_vacuum_until_it_pays(
+    wh: Warehouse, built: tuple[Settings, Lake, Project], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import delivery_lake.warehouse as warehouse
 
     settings, lake, project = built
@@ -256,7 +289,9 @@ def _held_builds(path: Path) -> dict[tuple[str, str | None], str]:
     return {(m, d): b for m, d, b in rows}
 
 
-def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse, built: tuple[Settings, Lake, Project]) -> None:
+def test_refresh_starts_from_the_spare_unless_someone_has_it_open(
+    wh: Warehouse, built: tuple[Settings, Lake, Project]
+) -> None:
     settings, lake, project = built
     full = Warehouse(lake, project, wh.path.parent / "full.duckdb")
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
@@ -297,14 +332,20 @@ def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse,
     # A session in another process: its lock refuses the write, the refresh copies instead.
     spare = str(wh.spare_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import duckdb, sys\n"
-            f"con = duckdb.connect({spare!r}, read_only=True)\n"
-            "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
-            "sys.stdin.readline()\n"
-            "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
-        )],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, sys\n"
+                f"con = duckdb.connect({spare!r}, read_only=True)\n"
+                "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
+                "sys.stdin.readline()\n"
+                "print(con.execute('SELECT count(*) FROM fct_deliveries').fetchone()[0], flush=True)\n"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdin is not None and holder.stdout is not None
     try:
@@ -320,7 +361,8 @@ def test_refresh_starts_from_the_spare_unless_someone_has_it_open(wh: Warehouse,
     sql = "SELECT * FROM fct_deliveries ORDER BY delivery_id"
     assert query(wh.path, sql) == query(full.path, sql)
     assert sorted(p.name for p in wh.path.parent.iterdir() if p.name.startswith(".delivery")) == [
-        ".delivery.duckdb.published.json", ".delivery.duckdb.spare"
+        ".delivery.duckdb.published.json",
+        ".delivery.duckdb.spare",
     ]
 
 
@@ -362,7 +404,9 @@ def test_tables_load_while_their_models_build_and_a_failed_build_publishes_nothi
 
 def test_a_refresh_removes_what_a_dead_refresh_left(wh: Warehouse) -> None:
     wh.refresh()
-    dead = [wh.path.with_name(f".{wh.path.name}.0123456789ab{suffix}") for suffix in (".building", ".building.wal", ".keep")]
+    dead = [
+        wh.path.with_name(f".{wh.path.name}.0123456789ab{suffix}") for suffix in (".building", ".building.wal", ".keep")
+    ]
     for p in dead:
         p.write_bytes(b"half written")
     other = wh.path.with_name("analyst_notes.duckdb")  # not the refresh's: left alone
@@ -373,7 +417,10 @@ def test_a_refresh_removes_what_a_dead_refresh_left(wh: Warehouse) -> None:
 
 
 def test_cli_build_all_models_or_some(
-    built: tuple[Settings, Lake, Project], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    built: tuple[Settings, Lake, Project],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`delivery-lake build`: every model for a date (with the warehouse), or only `--model`s."""
     settings, lake, _ = built

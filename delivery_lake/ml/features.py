@@ -220,7 +220,9 @@ def gate_exclusions(lake: Lake, dates: Iterable[str]) -> tuple[dict[str, list[st
         landed.setdefault(d, set()).add(c)
     for d, blocked in clients.items():
         if landed.get(d) and landed[d] <= blocked:
-            whole.setdefault(d, []).append(f"raw deliveries of every client ({', '.join(sorted(blocked))}) failed their blocking checks")
+            whole.setdefault(d, []).append(
+                f"raw deliveries of every client ({', '.join(sorted(blocked))}) failed their blocking checks"
+            )
     for model in GATED_MARTS:
         for d, _ in gate.blocked_partitions(lake, model):
             if d in wanted:
@@ -234,6 +236,8 @@ def drop_blocked_clients(frame: pl.DataFrame, partial: dict[str, list[str]]) -> 
     if not partial or frame.is_empty():
         return frame
     blocked = pl.DataFrame(
-        [(date.fromisoformat(d), c) for d, cs in partial.items() for c in cs], schema={"date": pl.Date, "client_id": pl.Utf8}, orient="row"
+        [(date.fromisoformat(d), c) for d, cs in partial.items() for c in cs],
+        schema={"date": pl.Date, "client_id": pl.Utf8},
+        orient="row",
     )
     return frame.join(blocked, on=["date", "client_id"], how="anti")

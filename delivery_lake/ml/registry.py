@@ -67,7 +67,9 @@ def experiment_id(settings: Settings, mlflow_client: Any) -> str:
     location = None
     # A tracking server owns its artifact store (`mlflow server --artifacts-destination`,
     # S3 in the production profile); a local folder is only for the embedded store.
-    if settings.mlflow_artifacts_dir is not None and not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+    if settings.mlflow_artifacts_dir is not None and not settings.mlflow_tracking_uri.startswith(
+        ("http://", "https://")
+    ):
         settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
         location = settings.mlflow_artifacts_dir.as_uri()
     return str(mlflow_client.create_experiment(EXPERIMENT, artifact_location=location))
@@ -147,7 +149,9 @@ class TrainingPlan:
     available: list[str]  # feature partitions in the lake
     excluded: dict[str, list[str]]  # blocked date -> reasons
     usable: list[str]  # available and not blocked
-    excluded_clients: dict[str, list[str]] = field(default_factory=dict)  # usable date -> clients whose rows are dropped
+    excluded_clients: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # usable date -> clients whose rows are dropped
     champion_version: str | None = None
     champion_run_id: str | None = None
     champion_dates: set[str] = field(default_factory=set)
@@ -247,7 +251,10 @@ def _last_training_run(c: Any, settings: Settings) -> Any | None:
     if exp is None:
         return None
     runs = c.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{TAG_DECISION}` != ''", order_by=["attributes.start_time DESC"], max_results=1
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_DECISION}` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0] if runs else None
 

@@ -24,14 +24,22 @@ def summary_section(settings: Settings) -> Any:
         return t
     m = champ["metrics"]
     t.add_row("champion", f"{registry.MODEL_NAME} v{champ['version']} (challenger: v{champ['challenger_version']})")
-    t.add_row("trained on", champ["partitions"] + (f"; excluded: {', '.join(sorted(champ['excluded']))}" if champ["excluded"] else ""))
+    t.add_row(
+        "trained on",
+        champ["partitions"] + (f"; excluded: {', '.join(sorted(champ['excluded']))}" if champ["excluded"] else ""),
+    )
     t.add_row(
         "ROC AUC (eval window)",
         f"{m.get('roc_auc', float('nan')):.3f} vs baseline {m.get('baseline_rate_roc_auc', float('nan')):.3f} (constant) / "
         f"{m.get('baseline_priority_roc_auc', float('nan')):.3f} (per priority)",
     )
-    t.add_row("log loss", f"{m.get('log_loss', float('nan')):.4f} vs baseline {m.get('baseline_rate_log_loss', float('nan')):.4f}")
-    t.add_row("Brier", f"{m.get('brier', float('nan')):.4f} vs baseline {m.get('baseline_rate_brier', float('nan')):.4f}")
+    t.add_row(
+        "log loss",
+        f"{m.get('log_loss', float('nan')):.4f} vs baseline {m.get('baseline_rate_log_loss', float('nan')):.4f}",
+    )
+    t.add_row(
+        "Brier", f"{m.get('brier', float('nan')):.4f} vs baseline {m.get('baseline_rate_brier', float('nan')):.4f}"
+    )
     t.add_row("last decision", champ["last_decision"])
     scores = scoring.read_scores(settings)
     if scores:

@@ -83,8 +83,15 @@ def score(lake: Lake, settings: Settings, day: str | None = None) -> ScoringResu
     if day is None:
         day, blocked = latest_scorable_date(lake)
     if day is None:
-        return ScoringResult(None, skipped="no validated feature partition to score" + (f" (blocked: {sorted(blocked)})" if blocked else ""))
-    champ = registry.version_by_alias(registry.client(settings), registry.CHAMPION) if registry.store_exists(settings) else None
+        return ScoringResult(
+            None,
+            skipped="no validated feature partition to score" + (f" (blocked: {sorted(blocked)})" if blocked else ""),
+        )
+    champ = (
+        registry.version_by_alias(registry.client(settings), registry.CHAMPION)
+        if registry.store_exists(settings)
+        else None
+    )
     if champ is None:
         return ScoringResult(day, skipped="no champion model registered yet: train first")
     frame = features.drop_blocked_clients(features.read_features(lake, [day]), features.gate_exclusions(lake, [day])[1])
@@ -126,8 +133,12 @@ def _publish(lake: Lake, settings: Settings, out: pl.DataFrame, day: str) -> Non
         con = lake.duckdb()
         try:
             source = "'" + str(staged).replace("'", "''") + "'"
-            con.execute(f"CREATE TEMP VIEW __out AS SELECT {casts} FROM read_parquet({source}, hive_partitioning = false)")
-            publish_partition(lake, con, ZONE, TABLE, day, [(n, t) for n, t, _ in COLUMNS], ["delivery_id"], settings, stage=stage)
+            con.execute(
+                f"CREATE TEMP VIEW __out AS SELECT {casts} FROM read_parquet({source}, hive_partitioning = false)"
+            )
+            publish_partition(
+                lake, con, ZONE, TABLE, day, [(n, t) for n, t, _ in COLUMNS], ["delivery_id"], settings, stage=stage
+            )
         finally:
             con.close()
     publish_external_table(lake, TABLE, DESCRIPTION, COLUMNS, partition_by="date", grain=GRAIN)

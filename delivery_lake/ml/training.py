@@ -219,7 +219,10 @@ def decide(
 ) -> tuple[bool, str]:
     """(promote?, why): see the module docstring for the rule."""
     if challenger < baseline + PROMOTION_MARGIN:
-        return False, f"kept: ROC AUC {challenger:.4f} does not beat the naive baseline {baseline:.4f} by {PROMOTION_MARGIN}"
+        return (
+            False,
+            f"kept: ROC AUC {challenger:.4f} does not beat the naive baseline {baseline:.4f} by {PROMOTION_MARGIN}",
+        )
     if champion_version is None:
         return True, f"promoted: no champion yet (ROC AUC {challenger:.4f}, baseline {baseline:.4f})"
     if champion is None:
@@ -321,15 +324,26 @@ def train(
             for path in _plots(Path(tmp), y_eval, curves, model, x_eval):
                 mlflow.log_artifact(str(path), artifact_path="plots")
             partitions = Path(tmp) / "partitions.json"
-            partitions.write_text(json.dumps(
-                    {"train": train_dates, "eval": eval_dates, "excluded": plan.excluded, "excluded_client_partitions": plan.excluded_clients},
+            partitions.write_text(
+                json.dumps(
+                    {
+                        "train": train_dates,
+                        "eval": eval_dates,
+                        "excluded": plan.excluded,
+                        "excluded_client_partitions": plan.excluded_clients,
+                    },
                     indent=1,
-                ))
+                )
+            )
             mlflow.log_artifact(str(partitions), artifact_path="data")
         version = str(info.registered_model_version)
 
         promoted, decision = decide(
-            metrics["roc_auc"], best_baseline, None if champ is None else str(champ.version), champ_score, champ_note,
+            metrics["roc_auc"],
+            best_baseline,
+            None if champ is None else str(champ.version),
+            champ_score,
+            champ_note,
             f"{eval_dates[0]}..{eval_dates[-1]}",
         )
         decision_tags = {

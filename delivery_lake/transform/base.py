@@ -73,7 +73,6 @@ class Model:
         return keys if set(keys) <= {c.name for c in self.columns} else []
 
 
-
 def source_view(schema: str, table: str) -> str:
     return f"src_{schema}__{table}"
 

@@ -16,9 +16,9 @@ def held_cells_sql(cells: Iterable[HeldCell]) -> str:
     """The `held_cells` relation: (date DATE, client_id VARCHAR, reason VARCHAR), empty when nothing is held."""
     rows = sorted(set(cells))
     if not rows:
-        return "SELECT NULL::DATE AS \"date\", NULL::VARCHAR AS client_id, NULL::VARCHAR AS reason WHERE false"
+        return 'SELECT NULL::DATE AS "date", NULL::VARCHAR AS client_id, NULL::VARCHAR AS reason WHERE false'
     values = ", ".join(f"(DATE {lit(d)}, {lit(c)}, {lit(r)})" for d, c, r in rows)
-    return f"SELECT * FROM (VALUES {values}) AS t(\"date\", client_id, reason)"
+    return f'SELECT * FROM (VALUES {values}) AS t("date", client_id, reason)'
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ def held_dates(lake: Lake, project: Project) -> list[str]:
     return sorted(out)
 
 
-def affected_dates(project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None) -> list[str]:
+def affected_dates(
+    project: Project, changed: dict[str, Iterable[str]], existing: Iterable[str] | None = None
+) -> list[str]:
     """Curated dates to rebuild when raw fact `table -> dates` changed: each date plus the
     lookback after it with which a model reads that table (a re-landed order changes the
     deliveries dispatched up to that many days later), and so on down partitioned refs (a

@@ -33,13 +33,17 @@ def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...], int | None
         and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
     )
     if not ok:
-        raise ModelError(f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, got {{{{ {expr} }}}}")
+        raise ModelError(
+            f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, got {{{{ {expr} }}}}"
+        )
     assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     lookback: int | None = None
     for kw in node.keywords:
         value = kw.value.value if isinstance(kw.value, ast.Constant) else None
         if kw.arg != "lookback_days" or type(value) is not int or value < 0:
-            raise ModelError(f"{path}: the only option of ref() and source() is lookback_days=<days, 0 or more>, got {{{{ {expr} }}}}")
+            raise ModelError(
+                f"{path}: the only option of ref() and source() is lookback_days=<days, 0 or more>, got {{{{ {expr} }}}}"
+            )
         lookback = value
     args = tuple(a.value for a in node.args)  # type: ignore[attr-defined]
     if node.func.id == "ref" and len(args) != 1:
@@ -116,7 +120,13 @@ def _final_projections(tree: Any) -> list[Any]:
             return []
         sel = q.selects
         src = q.args.get("from") or q.args.get("from_")
-        if len(sel) == 1 and isinstance(sel[0], exp.Star) and src is not None and isinstance(src.this, exp.Table) and src.this.name in ctes:
+        if (
+            len(sel) == 1
+            and isinstance(sel[0], exp.Star)
+            and src is not None
+            and isinstance(src.this, exp.Table)
+            and src.this.name in ctes
+        ):
             q = ctes[src.this.name]
             continue
         return list(sel)
@@ -183,8 +193,19 @@ def parse_model(path: Path, root: Path) -> Model:
         description, config = parse_header(_sql_header(text))
         compiled, refs, sources, lookbacks = render(text, path)
         docs = column_comments(compiled, path)
-        return Model(name, path, "sql", layer, description, **_config(path, layer, config), refs=tuple(refs),
-                     sources=tuple(sources), compiled_sql=compiled, column_docs=docs, call_lookbacks=lookbacks)
+        return Model(
+            name,
+            path,
+            "sql",
+            layer,
+            description,
+            **_config(path, layer, config),
+            refs=tuple(refs),
+            sources=tuple(sources),
+            compiled_sql=compiled,
+            column_docs=docs,
+            call_lookbacks=lookbacks,
+        )
     try:
         module = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
@@ -198,5 +219,14 @@ def parse_model(path: Path, root: Path) -> Model:
     if not any(isinstance(n, ast.FunctionDef) and n.name == "model" for n in module.body):
         raise ModelError(f"{path}: a Python model defines model(ref, source) -> polars.LazyFrame")
     docs = dict(_literal(module, "COLUMNS", path, {}))
-    return Model(name, path, "python", layer, description, **_config(path, layer, config), refs=py_refs,
-                 sources=py_sources, column_docs=docs)
+    return Model(
+        name,
+        path,
+        "python",
+        layer,
+        description,
+        **_config(path, layer, config),
+        refs=py_refs,
+        sources=py_sources,
+        column_docs=docs,
+    )

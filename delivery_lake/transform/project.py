@@ -188,7 +188,9 @@ class Project:
                 if m.is_partitioned and m.materialized == "table":
                     col = next((c for c in m.columns if c.name == m.partition_by), None)
                     if col is None or col.type != "DATE":
-                        raise ModelError(f"{m.path}: partition_by {m.partition_by!r} must be an output column of type DATE")
+                        raise ModelError(
+                            f"{m.path}: partition_by {m.partition_by!r} must be an output column of type DATE"
+                        )
         finally:
             con.close()
 

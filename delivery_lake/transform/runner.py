@@ -87,7 +87,6 @@ class _Reads:
         return [list(c) for c in sorted(self.held) if d is None or c[0] == d]
 
 
-
 class Runner:
     """Builds table models into the curated zone; views are compiled into the models that ref them.
 
@@ -196,7 +195,7 @@ class Runner:
             return empty_source_sql(table)
         cols = ", ".join(quote(c) for c in TABLES[table].column_names)
         return (
-            f"SELECT {cols}, \"date\" FROM read_parquet([{', '.join(lit(self.lake.uri(p)) for p in paths)}], "
+            f'SELECT {cols}, "date" FROM read_parquet([{", ".join(lit(self.lake.uri(p)) for p in paths)}], '
             f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}){where}"
         )
 
@@ -260,14 +259,19 @@ class Runner:
                     f"[{', '.join(lit(self.lake.uri(f)) for f in others.values())}], hive_partitioning = true, "
                     f"hive_types = {{'date': DATE, 'client': VARCHAR}}) WHERE {key} IN (SELECT k FROM {missing})"
                 )
-            parts = [(str(d), str(c)) for d, c in con.execute(f"SELECT DISTINCT d, client FROM {found} ORDER BY ALL").fetchall()]
+            parts = [
+                (str(d), str(c))
+                for d, c in con.execute(f"SELECT DISTINCT d, client FROM {found} ORDER BY ALL").fetchall()
+            ]
             if parts:
                 source = source_key("raw", link.parent)
                 reads.note(reads.parents_found, source, [[d, c] for d, c in parts])
                 reads.note(reads.served_last_good, source, [p for p in served if tuple(p) in parts])
                 # Only the rows of the keys looked for: the rest of those partitions lies outside
                 # the lookback, and a model counting parents over its window must not see it.
-                extra = self._files_sql(link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})")
+                extra = self._files_sql(
+                    link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})"
+                )
                 reads.views[link.parent] = f"{reads.views[link.parent]} UNION ALL {extra}"
                 con.execute(f"CREATE OR REPLACE TEMP VIEW {parent} AS {reads.views[link.parent]}")
         reason = f"parent unavailable: {source_key('raw', link.parent)}"
@@ -299,7 +303,9 @@ class Runner:
                 reads.files[table] = files
                 reads.note(reads.served_last_good, key, served)
                 reads.note(reads.excluded, key, excluded)
-                if lookbacks.get(key, 0) == 0:  # a blocked partition read at an earlier date is the child check's business
+                if (
+                    lookbacks.get(key, 0) == 0
+                ):  # a blocked partition read at an earlier date is the child check's business
                     reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
                 sql = reads.views[table] = self._files_sql(table, [f for *_, f in files])
             con.execute(f"CREATE TEMP VIEW {quote(source_view(schema, table))} AS {sql}")
@@ -330,7 +336,9 @@ class Runner:
                 wanted = self.available_dates(name)
                 result.removed = [d for d in self.lake.list_dates(ZONE, name) if d not in wanted]
             elif dates is None:
-                raise ModelError(f"{name} is partitioned by {m.partition_by}: pass the dates to build, or full_refresh=True")
+                raise ModelError(
+                    f"{name} is partitioned by {m.partition_by}: pass the dates to build, or full_refresh=True"
+                )
             else:
                 wanted = sorted({date.fromisoformat(d).isoformat() for d in dates})
             if not wanted and not result.removed:
@@ -338,7 +346,11 @@ class Runner:
                 return result
         else:
             result.inputs = self.inputs_digest(m)
-            last = self.lake.read_json(self.lake.build_manifest(ZONE, name)) if result.inputs and not full_refresh else None
+            last = (
+                self.lake.read_json(self.lake.build_manifest(ZONE, name))
+                if result.inputs and not full_refresh
+                else None
+            )
             if last and last.get("inputs") == result.inputs and self.lake.exists(self.lake.data_file(ZONE, name)):
                 result.up_to_date, result.rows, result.dates = True, int(last["rows"]), [None]
                 result.excluded = last.get("excluded_partitions") or {}
@@ -349,7 +361,11 @@ class Runner:
         con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
         try:
             reads = self._prepare(con, m, wanted)
-            result.excluded, result.served_last_good, result.parents_found = reads.excluded, reads.served_last_good, reads.parents_found
+            result.excluded, result.served_last_good, result.parents_found = (
+                reads.excluded,
+                reads.served_last_good,
+                reads.parents_found,
+            )
             result.held_cells = [c for d in (wanted if m.is_partitioned else [None]) for c in reads.held_at(d)]
             if m.language == "python":
                 con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
@@ -362,7 +378,9 @@ class Runner:
             kind = "TABLE" if m.is_partitioned and len(wanted) > 1 else "VIEW"
             if m.is_partitioned:
                 in_list = ", ".join(f"DATE {lit(d)}" for d in wanted) or "NULL"
-                con.execute(f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) WHERE {quote(m.partition_by or '')} IN ({in_list})")
+                con.execute(
+                    f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) WHERE {quote(m.partition_by or '')} IN ({in_list})"
+                )
             else:
                 con.execute(f"CREATE TEMP {kind} __out AS {query}")
             got = [(str(r[0]), str(r[1])) for r in con.execute("DESCRIBE __out").fetchall()]
@@ -371,7 +389,9 @@ class Runner:
             with staging_dir(self.settings) as stage:
                 if m.is_partitioned:
                     for d in wanted:
-                        n = self._publish(con, m, d, f"WHERE {quote(m.partition_by or '')} = DATE {lit(d)}", stage, result)
+                        n = self._publish(
+                            con, m, d, f"WHERE {quote(m.partition_by or '')} = DATE {lit(d)}", stage, result
+                        )
                         result.rows_by_date[d] = n
                 else:
                     result.rows = self._publish(con, m, None, "", stage, result)
@@ -387,7 +407,9 @@ class Runner:
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
-    def _publish(self, con: duckdb.DuckDBPyConnection, m: Model, d: str | None, where: str, stage: Path, result: ModelResult) -> int:
+    def _publish(
+        self, con: duckdb.DuckDBPyConnection, m: Model, d: str | None, where: str, stage: Path, result: ModelResult
+    ) -> int:
         """One date (or the whole table) of `__out`, through the project's one publisher."""
         doc = publish_partition(
             self.lake,
@@ -425,8 +447,10 @@ class Runner:
         if unknown:
             raise ModelError(f"unknown model(s): {', '.join(unknown)}")
         wanted_dates = None if dates is None else list(dates)
-        if wanted_dates is None and not full_refresh and any(
-            m.is_partitioned for m in self.project.materialized() if m.name in names
+        if (
+            wanted_dates is None
+            and not full_refresh
+            and any(m.is_partitioned for m in self.project.materialized() if m.name in names)
         ):
             raise ModelError("pass dates to build, or full_refresh=True")
         results: dict[str, ModelResult] = {}
@@ -449,7 +473,9 @@ class Runner:
             # Models others wait on first, then date-partitioned ones (a day's fact) before whole
             # small tables (dimensions), then the biggest output last time: the longest build
             # must not be left for last. Ties keep the project's order.
-            return sorted(ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned, -last_rows[m.name], position[m.name]))
+            return sorted(
+                ready, key=lambda m: (-waited_on[m.name], not m.is_partitioned, -last_rows[m.name], position[m.name])
+            )
 
         # For a few dates, models run side by side: each is a small query that keeps one core
         # busy. A full refresh runs them one at a time: each query then uses every core already,
@@ -469,7 +495,9 @@ class Runner:
                             upstream_failed = [r for r in refs[name] if r in failed]
                             if upstream_failed:
                                 failed.add(name)
-                                results[name] = ModelResult(name, skipped=f"upstream {', '.join(upstream_failed)} not built")
+                                results[name] = ModelResult(
+                                    name, skipped=f"upstream {', '.join(upstream_failed)} not built"
+                                )
                                 graph.done(name)
                             else:
                                 ready.append(self.project[name])
