@@ -20,19 +20,21 @@ help:  ## list the targets
 
 # Bytecode is compiled here, once: with PYTHONDONTWRITEBYTECODE set (as on our machines)
 # Python never caches it, and every process would recompile what it imports.
+# -qq: pip's own notices about this machine's package index settings are not news; errors show.
 $(BIN)/.installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "uv==$$(grep '^uv==' constraints.txt | cut -d= -f3)"
-	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt --compile-bytecode -e '.[dev]'
-	$(BIN)/python -m compileall -q delivery_lake assets bench
-	touch $@
+	@echo "installing the pinned dependencies into $(VENV) (constraints.txt)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq "uv==$$(grep '^uv==' constraints.txt | cut -d= -f3)"
+	@$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt --compile-bytecode -e '.[dev]'
+	@$(BIN)/python -m compileall -q delivery_lake assets bench
+	@touch $@
 
 install: $(BIN)/.installed  ## create .venv and install the pinned dependencies
 
 demo: install  ## generate two weeks x 8 clients, run every asset in-process, print the summary
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/delivery-lake generate --out $(INBOX_DIR) --start $(DEMO_START) --days $(DEMO_DAYS) --clients $(DEMO_CLIENTS) --quiet
-	$(BIN)/delivery-lake run --summary
+	@mkdir -p $(DAGSTER_HOME)
+	@$(BIN)/delivery-lake generate --out $(INBOX_DIR) --start $(DEMO_START) --days $(DEMO_DAYS) --clients $(DEMO_CLIENTS) --quiet
+	@$(BIN)/delivery-lake run --summary
 
 docs: install  ## rebuild the GX Data Docs site from stored validation results into DATA_DIR/data_docs (offline-safe)
 	$(BIN)/delivery-lake docs

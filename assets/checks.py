@@ -122,7 +122,8 @@ def check_result(
         metadata["data_docs_first_blocked"] = dg.MetadataValue.url(first.docs_url)
     severity = dg.AssetCheckSeverity.ERROR if blocked else dg.AssetCheckSeverity.WARN
     description = (
-        f"{len(blocked)} of {len(results)} partition(s) blocked by ERROR expectations: {', '.join(sorted(r.key for r in blocked)[:10])}"
+        f"{len(blocked)} of {len(results)} partition(s) blocked by ERROR expectations: "
+        f"{', '.join(sorted(r.key for r in blocked)[:10])}"
         if blocked
         else f"{len(results)} partition(s) passed" + (f"; {len(warned)} with warnings" if warned else "")
     )

@@ -79,6 +79,20 @@ def _column_schema(m: Model) -> dg.TableSchema:
     )
 
 
+def column_lineage(project: Project, m: Model) -> dg.TableColumnLineage:
+    """Each output column's inputs among the asset's deps (`Project.column_lineage`: through the
+    views it compiles in, to the nearest table model or raw table); columns with none are left out."""
+    return dg.TableColumnLineage(
+        {
+            column: [
+                dg.TableColumnDep(asset_key=dg.AssetKey([layer, table]), column_name=c) for layer, table, c in deps
+            ]
+            for column, deps in project.column_lineage(m.name).items()
+            if deps
+        }
+    )
+
+
 def _description(project: Project, m: Model) -> str:
     views = [v.name for v in project.view_closure(m.name)]
     parts = [m.description]
@@ -108,6 +122,7 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         kinds={"polars" if m.language == "python" else "duckdb", "parquet"},
         metadata={
             "dagster/column_schema": _column_schema(m),
+            "dagster/column_lineage": column_lineage(project, m),
             "model_file": dg.MetadataValue.path(str(m.path)),
             "grain": m.grain or "",
             "compiles_in": [v.name for v in project.view_closure(m.name)],
@@ -136,6 +151,8 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
                 "served_last_good": dg.MetadataValue.json(result.served_last_good),
                 "duration_s": result.seconds,
                 "location": dg.MetadataValue.path(lake.uri(lake.table_dir("curated", m.name))),
+                # Also on each materialization, where Dagster's docs attach it (its UI reads both).
+                "dagster/column_lineage": column_lineage(project, m),
             }
         )
 

@@ -47,9 +47,9 @@ DIMS = [model_key(name) for name, lookback in features.CURATED_INPUTS.items() if
         "One row per delivery with what is known when it leaves the depot (distance, weight, parcels, priority, "
         "client tier and SLA, hours to the promise, dispatch hour and weekday, depot load that day, driver tenure "
         f"and on-time rate over the previous {features.HISTORY_DAYS} days as known at the start of the day, "
-        "vehicle type) and the label `is_late`. Read from the curated layer only (`int_deliveries_enriched` of the date "
-        f"and the {features.HISTORY_DAYS} days before, the dimension snapshots); see `delivery_lake/ml/features.py` for the "
-        "leakage rules. A date is rebuilt when those partitions change."
+        "vehicle type) and the label `is_late`. Read from the curated layer only (`int_deliveries_enriched` of the "
+        f"date and the {features.HISTORY_DAYS} days before, the dimension snapshots); see "
+        "`delivery_lake/ml/features.py` for the leakage rules. A date is rebuilt when those partitions change."
     ),
     metadata={"features": list(features.FEATURES), "label": features.LABEL},
 )

@@ -64,7 +64,8 @@ def build_landing_asset(table: Table) -> dg.AssetsDefinition:
     common: dict[str, Any] = dict(
         key=dg.AssetKey(["raw", table.name]),
         group_name="raw",
-        description=f"{table.description}\n\nLanded from `INBOX_DIR/{table.name}/*.csv`; bad rows go to quarantine with a reason, "
+        description=f"{table.description}\n\nLanded from `INBOX_DIR/{table.name}/*.csv`; "
+        "bad rows go to quarantine with a reason, "
         "rows identical to what an earlier file landed count as replayed, corrected versions move to history/, "
         "and rows whose parent fact has not landed wait in pending/.",
         deps=dim_parents + fact_parents,

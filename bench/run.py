@@ -221,7 +221,8 @@ def landing_round(
                 )
                 checks.assert_same_partitions("ours", ours, other, theirs)
         facts["checked"] = (
-            f"rows per (table, date, client) equal across {', '.join(c for c in contestants if c != 'duckdb_parse')}: {len(ours)} partitions"
+            "rows per (table, date, client) equal across "
+            f"{', '.join(c for c in contestants if c != 'duckdb_parse')}: {len(ours)} partitions"
         )
         console.print(f"[green]equal[/]: {facts['checked']}")
         for t, res in r.measurements["ours"][-1].result["tables"].items():

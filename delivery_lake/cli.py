@@ -130,7 +130,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
     versions = key_history(Lake.from_settings(settings), TABLES[args.table], args.key)
     if not versions:
         print(
-            f"error: no {args.table} row with {TABLES[args.table].key} = {args.key!r} (not landed, pending nor superseded)",
+            f"error: no {args.table} row with {TABLES[args.table].key} = {args.key!r} "
+            "(not landed, pending nor superseded)",
             file=sys.stderr,
         )
         return 1

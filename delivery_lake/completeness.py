@@ -141,7 +141,8 @@ def _pending_on(lake: Lake, table: str, parts: list[PartitionStatus]) -> None:
         con = lake.duckdb()
         try:
             rows = con.execute(
-                f"SELECT filename, _pending_on, count(*) FROM read_parquet([{listing}], filename = true, hive_partitioning = false) GROUP BY ALL"
+                "SELECT filename, _pending_on, count(*) "
+                f"FROM read_parquet([{listing}], filename = true, hive_partitioning = false) GROUP BY ALL"
             ).fetchall()
         finally:
             con.close()

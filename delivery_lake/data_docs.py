@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 OFFLINE_CSS = """/* delivery_lake: local stand-in for the CDN Bootstrap GX Data Docs expect. */
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #212529; background: #f8f9fa; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; \
+color: #212529; background: #f8f9fa; }
 .container, .container-fluid { padding: 1rem 2rem; max-width: 1400px; margin: 0 auto; }
 .row { display: flex; flex-wrap: wrap; gap: 1rem; }
 .col-md-2, .col-md-3 { flex: 0 0 18%; }
@@ -33,7 +34,8 @@ table, .table { border-collapse: collapse; width: 100%; margin-bottom: 1rem; }
 th, td { border: 1px solid #dee2e6; padding: .35rem .6rem; text-align: left; vertical-align: top; }
 thead th { background: #e9ecef; }
 .table-striped tbody tr:nth-of-type(odd), tbody tr:nth-child(odd) { background: #fbfbfc; }
-.badge { display: inline-block; padding: .15em .45em; border-radius: .25rem; font-size: 85%; background: #6c757d; color: #fff; }
+.badge { display: inline-block; padding: .15em .45em; border-radius: .25rem; font-size: 85%; \
+background: #6c757d; color: #fff; }
 .badge-info, .badge-primary { background: #0d6efd; }
 .badge-secondary { background: #6c757d; }
 .text-danger, .fa-times { color: #c62828; }
@@ -61,7 +63,10 @@ _MARKER = "<!-- delivery_lake:offline -->"
 
 
 _EMPTY_TABLE = re.compile(r'(<table\s+id="(?P<id>[^"]+)"[^>]*data-toggle="table"[^>]*>)\s*(</table>)')
-_TABLE_DATA = r"\$\('#{id}'\)\.bootstrapTable\(\s*Object\.assign\(\s*\{{\s*columns: (?P<columns>\[.*?\]),\s*data: (?P<data>\[.*?\]),\s*\n"
+_TABLE_DATA = (
+    r"\$\('#{id}'\)\.bootstrapTable\(\s*Object\.assign\(\s*\{{\s*"
+    r"columns: (?P<columns>\[.*?\]),\s*data: (?P<data>\[.*?\]),\s*\n"
+)
 
 
 def render_tables(html: str) -> str:

@@ -268,7 +268,8 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
         if table.is_fact:
             pcol, ccol = table.partition_column, table.client_column
             rows = con.execute(
-                f"""SELECT CAST("{pcol}" AS DATE)::VARCHAR AS d, coalesce(trim("{ccol}"), '') AS c, count(*) AS n, {parse_all}
+                f"""SELECT CAST("{pcol}" AS DATE)::VARCHAR AS d, coalesce(trim("{ccol}"), '') AS c, """
+                f"""count(*) AS n, {parse_all}
                     FROM {src} GROUP BY ALL"""
             ).fetchall()
             rows = [r[:3] for r in rows]

@@ -633,7 +633,8 @@ class Landing:
             expired = (
                 "false"
                 if ctx.clock is None
-                else f"date_diff('day', TRY_CAST(_date AS DATE), DATE {literal(ctx.clock)}) > {int(self.settings.orphan_grace_days)}"
+                else f"date_diff('day', TRY_CAST(_date AS DATE), DATE {literal(ctx.clock)}) "
+                f"> {int(self.settings.orphan_grace_days)}"
             )
             con.execute(
                 f"""UPDATE typed SET _rs = CASE WHEN {expired} THEN ['orphan:{column}'] ELSE _rs END,
@@ -870,7 +871,8 @@ class _PartitionWriter:
             else "typed SEMI JOIN targets ON coalesce(_date, '_') = d AND coalesce(_client, '_') = c"
         )
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW picked AS SELECT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c, * FROM {picked_from}"
+            "CREATE OR REPLACE TEMP VIEW picked AS "
+            f"SELECT coalesce(_date, '_') AS d, coalesce(_client, '_') AS c, * FROM {picked_from}"
         )
         # No ORDER BY: `typed` is in file order and DuckDB keeps insertion order in the write.
         con.execute(
@@ -997,7 +999,8 @@ class _PartitionWriter:
                 ):
                     slot[state] += int(n)
         for d, c, reason, f, unparsed, n in self.con.execute(
-            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
+            "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) "
+            "FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
         ).fetchall():
             res = results[(d, c)]
             res.by_reason[reason] = res.by_reason.get(reason, 0) + int(n)
@@ -1188,14 +1191,16 @@ def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]
             for column, parent in parents:
                 parent_files = lake.list_partitions("raw", parent)
                 known = (
-                    f"SELECT {ident(TABLES[parent].key)} AS k FROM read_parquet([{', '.join(literal(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
+                    f"SELECT {ident(TABLES[parent].key)} AS k FROM read_parquet(["
+                    f"{', '.join(literal(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
                     if parent_files
                     else "SELECT NULL::VARCHAR AS k WHERE false"
                 )
                 expired = "false" if clock is None else f"date_diff('day', date, DATE {literal(clock)}) > {grace}"
                 rows = con.execute(
                     f"""SELECT DISTINCT CAST(date AS VARCHAR), client
-                        FROM read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}})
+                        FROM read_parquet([{files}], hive_partitioning = true, """
+                    f"""hive_types = {{'date': DATE, 'client': VARCHAR}})
                         WHERE _pending_on = {literal(column)} AND ({expired} OR {ident(column)} IN ({known}))"""
                 ).fetchall()
                 for d, c in rows:

@@ -83,7 +83,8 @@ def publish_partition(
         local = folder / f"{name}_{date or 'all'}.parquet"
         # COPY returns the rows it wrote: no second read of the file to count them.
         copied = con.execute(
-            f"COPY (SELECT {cols} FROM {relation} AS __out {where} ORDER BY {order}) TO {literal(str(local))} (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY (SELECT {cols} FROM {relation} AS __out {where} ORDER BY {order}) "
+            f"TO {literal(str(local))} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchone()
         assert copied is not None
         digest = hashlib.sha256(local.read_bytes()).hexdigest()

@@ -361,7 +361,8 @@ class Warehouse:
                 # zone maps keep a date's DELETE and analysts' date filters cheap.
                 con.execute(f"SET preserve_insertion_order = {'false' if len(load) == 1 else 'true'}")
                 inserted = con.execute(
-                    f"INSERT INTO {ident(m.name)} ({cols}) SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+                    f"INSERT INTO {ident(m.name)} ({cols}) "
+                    f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
                 ).fetchone()
                 result.rows_loaded = int(inserted[0])  # type: ignore[index]
                 con.executemany(
@@ -436,7 +437,8 @@ class Warehouse:
             if result.mode != "unchanged":
                 cols = ", ".join(map(ident, names))
                 con.execute(
-                    f"INSERT INTO {STATUS_TABLE} ({cols}) SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id"
+                    f"INSERT INTO {STATUS_TABLE} ({cols}) "
+                    f"SELECT {cols} FROM __partition_status ORDER BY table_name, date, client_id"
                 )
                 result.rows_loaded = len(rows)
             _write_comments(con, STATUS_TABLE, completeness.TABLE_COMMENT, [(n, c) for n, _, c in completeness.COLUMNS])
@@ -526,7 +528,8 @@ class RefreshSession:
         try:
             os.chmod(self.building, PRIVATE_MODE)
             con.execute(
-                f"CREATE TABLE IF NOT EXISTS {META_TABLE} (model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
+                f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                "(model VARCHAR, date DATE, build_id VARCHAR, rows BIGINT, built_at VARCHAR)"
             )
             for model, d, build_id in con.execute(
                 f"SELECT model, date::VARCHAR, build_id FROM {META_TABLE}"
@@ -789,7 +792,10 @@ def open_reader(path: Path | str) -> duckdb.DuckDBPyConnection:
             con.execute("SET lock_configuration = true")
         except duckdb.InvalidInputException:
             pass  # already locked by a reader in another thread; checked below
-        settings = "current_setting('lock_configuration'), current_setting('enable_external_access'), current_setting('TimeZone')"
+        settings = (
+            "current_setting('lock_configuration'), current_setting('enable_external_access'), "
+            "current_setting('TimeZone')"
+        )
         if con.execute(f"SELECT {settings}").fetchone() != (True, False, "UTC"):
             raise WarehouseError(f"could not open {path} read-only without external access")
     except BaseException:

@@ -280,9 +280,9 @@ def test_run_refuses_files_without_a_partition_by_name(
     assert code == 1, out
     assert "Traceback" not in out and "Partition key" not in out
     assert (
-        f"SKIP {history}: date 2014-10-06 is before PARTITION_START {PARTITION_START} (set PARTITION_START to land them)"
-        in out
-    )
+        f"SKIP {history}: date 2014-10-06 is before PARTITION_START {PARTITION_START} "
+        "(set PARTITION_START to land them)"
+    ) in out
     assert f"SKIP {bad_name}: no date to file it under: 2026-02-30 in its name is not a real date" in out
     assert "FAILED: 2 file(s) could not be landed" in out
     # Everything else landed, and the curated layer and warehouse were built.

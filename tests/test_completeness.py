@@ -140,7 +140,8 @@ def _scenario(lake: Lake, tmp: Path) -> None:
         "deliveries",
         D1,
         "C002",
-        "SELECT *, 'order_id' AS _pending_on, 'inbox/deliveries/late.csv' AS _source_file, 1::BIGINT AS _source_line FROM read_parquet('{raw}') LIMIT 3",
+        "SELECT *, 'order_id' AS _pending_on, 'inbox/deliveries/late.csv' AS _source_file, "
+        "1::BIGINT AS _source_line FROM read_parquet('{raw}') LIMIT 3",
         tmp,
     )
     _hold(
@@ -211,9 +212,9 @@ def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_pat
 
     blocked = rows[("deliveries", D2, "C001")]
     assert blocked["status"] == "blocked" and blocked["served"] == "none"
-    assert (
-        blocked["reasons"]
-        == "expect_quarantine_ratio_to_be_at_most: observed 0.31; left out of agg_client_daily_kpis: input blocked: raw.deliveries"
+    assert blocked["reasons"] == (
+        "expect_quarantine_ratio_to_be_at_most: observed 0.31; "
+        "left out of agg_client_daily_kpis: input blocked: raw.deliveries"
     )
     assert blocked["held_in"] == "agg_client_daily_kpis" and blocked["checked_at"] is not None
     assert (
@@ -223,7 +224,8 @@ def test_blocked_pending_and_held_partitions(env: tuple[Settings, Lake], tmp_pat
     orders = rows[("orders", D2, "C002")]
     assert (orders["status"], orders["served"], orders["held_in"]) == ("blocked", "last_good", None)
     assert orders["reasons"] == (
-        "expect_column_values_to_not_be_null(order_id): 4 unexpected (10.0%); expect_quarantine_ratio_to_be_at_most: observed 0.31"
+        "expect_column_values_to_not_be_null(order_id): 4 unexpected (10.0%); "
+        "expect_quarantine_ratio_to_be_at_most: observed 0.31"
     )
 
     pending = rows[("deliveries", D1, "C002")]
@@ -327,7 +329,8 @@ def test_history_lists_every_version_newest_first(
         "orders",
         D1,
         "C001",
-        f"""SELECT * REPLACE ('Town-v0' AS dropoff_city), 'inbox/orders/{D1}.csv' AS _source_file, 7::BIGINT AS _source_line,
+        f"""SELECT * REPLACE ('Town-v0' AS dropoff_city), 'inbox/orders/{D1}.csv' AS _source_file, """
+        f"""7::BIGINT AS _source_line,
                    'inbox/orders/fix-1.csv' AS _superseded_by, '2026-01-06T08:00:00+00:00' AS _superseded_at
             FROM read_parquet('{{raw}}') WHERE order_id = '{key}'
             UNION ALL
@@ -356,9 +359,9 @@ def test_history_lists_every_version_newest_first(
     assert f"orders order_id={key}: 3 version(s), newest first" in text
     assert f"current     {D1}/C001" in text
     assert (
-        f"superseded  {D1}/C001 from inbox/orders/fix-1.csv line 2, replaced by inbox/orders/fix-2.csv at 2026-01-07T09:30:00"
-        in text
-    )
+        f"superseded  {D1}/C001 from inbox/orders/fix-1.csv line 2, "
+        "replaced by inbox/orders/fix-2.csv at 2026-01-07T09:30:00"
+    ) in text
     assert f"dropoff_city: Town-v1 -> {versions[0]['values']['dropoff_city']}" in text
 
     assert main(["history", "orders", "O-NO-SUCH-ORDER"]) == 1

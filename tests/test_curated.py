@@ -380,7 +380,8 @@ def test_end_to_end_on_each_backend(settings: Settings) -> None:
     con = lake.duckdb()
     try:
         n_raw = con.execute(
-            f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'deliveries', True)}', hive_partitioning = true) WHERE date = '{day}'"
+            f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'deliveries', True)}', "
+            f"hive_partitioning = true) WHERE date = '{day}'"
         ).fetchone()[0]
     finally:
         con.close()

@@ -173,7 +173,8 @@ def test_clean_run_satisfies_contract(clean: tuple[Path, GenerationSummary]) -> 
     assert orphans == 0
     assert (
         con.execute(
-            f"select count(*) from {rels['deliveries']} d join {rels['orders']} o using (order_id) where d.dispatched_at <= o.created_at"
+            f"select count(*) from {rels['deliveries']} d join {rels['orders']} o using (order_id) "
+            "where d.dispatched_at <= o.created_at"
         ).fetchone()[0]
         == 0
     )

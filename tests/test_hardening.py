@@ -57,7 +57,8 @@ def _quarantine(lake: Lake, table: str) -> list[tuple]:
     return (
         duckdb.connect()
         .execute(
-            f"""SELECT _source_file, _source_line, _reason FROM read_parquet('{lake.root}/quarantine/{table}/*/*/data.parquet')
+            f"""SELECT _source_file, _source_line, _reason """
+            f"""FROM read_parquet('{lake.root}/quarantine/{table}/*/*/data.parquet')
             ORDER BY 1, 2"""
         )
         .fetchall()
@@ -283,7 +284,8 @@ def test_reordered_columns_a_byte_order_mark_and_crlf_land_like_the_original(hs:
         return (
             duckdb.connect()
             .execute(
-                f"SELECT * FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet', hive_partitioning = true) ORDER BY order_id"
+                f"SELECT * FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet', hive_partitioning = true) "
+                "ORDER BY order_id"
             )
             .fetchall()
         )

@@ -249,7 +249,8 @@ def test_a_corrected_file_supersedes_and_keeps_the_old_version_as_history(local_
     src = local_settings.inbox_dir / "orders" / f"{DAY}.csv"
     con = lake.duckdb()
     order_id = con.execute(
-        f"SELECT min(order_id) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) WHERE date = '{DAY}'"
+        f"SELECT min(order_id) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) "
+        f"WHERE date = '{DAY}'"
     ).fetchone()[0]
     rows = _csv_rows(src)
     header = rows[0]
@@ -393,7 +394,8 @@ def test_file_touching_dates_its_name_does_not_announce(
     # every row of the misnamed file with a parseable DAY timestamp sits in a DAY partition or its quarantine
     con = lake.duckdb()
     landed_day = con.execute(
-        f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) WHERE date = '{DAY}'"
+        f"SELECT count(*) FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}', hive_partitioning=true) "
+        f"WHERE date = '{DAY}'"
     ).fetchone()[0]
     assert 0 < landed_day <= expected[DAY]
     # planned by its name first, then landed again once its real dates were learned
@@ -465,7 +467,8 @@ def test_duckdb_spills_under_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mo
     )
     con = Lake.from_settings(settings).duckdb()
     total = con.execute(
-        "SELECT count(*), sum(x) FROM (SELECT (i * 7919) % 1000003 AS x, repeat('a', 20) AS s FROM range(3000000) t(i) ORDER BY x, s)"
+        "SELECT count(*), sum(x) FROM "
+        "(SELECT (i * 7919) % 1000003 AS x, repeat('a', 20) AS s FROM range(3000000) t(i) ORDER BY x, s)"
     ).fetchone()
     assert total == (3_000_000, sum((i * 7919) % 1000003 for i in range(3_000_000)))
     # It did spill, there (DuckDB removes the folder it made when the connection closes).

@@ -337,7 +337,8 @@ def test_publisher_reproduces_the_runner(curated_lake: Env, tmp_path: Path) -> N
         try:
             # shuffled, so the order comes from the publisher
             con.execute(
-                f"CREATE TEMP TABLE __out AS SELECT * FROM read_parquet('{lake.data_file('curated', name, d)}') ORDER BY random()"
+                f"CREATE TEMP TABLE __out AS SELECT * FROM read_parquet('{lake.data_file('curated', name, d)}') "
+                "ORDER BY random()"
             )
             doc = publish_partition(
                 target, con, "curated", name, d, [(c.name, c.type) for c in m.columns], m.grain_columns, target.settings

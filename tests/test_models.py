@@ -174,7 +174,10 @@ def test_lookback_per_input(tmp_path: Path) -> None:
             "join {{ ref('stg_o', lookback_days=2) }} as o using (order_id)"
         ),
         "marts/b.sql": "-- partition_by: date\nselect * from {{ ref('a', lookback_days=4) }}",
-        "marts/c.sql": "-- partition_by: date\n-- lookback_days: 1\nselect * from {{ source('raw', 'deliveries', lookback_days=0) }}",
+        "marts/c.sql": (
+            "-- partition_by: date\n-- lookback_days: 1\n"
+            "select * from {{ source('raw', 'deliveries', lookback_days=0) }}"
+        ),
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -545,3 +548,45 @@ def test_python_models_exchange_frames_without_pyarrow(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     ).stdout.split()
     assert out == [str(len(Project.load()["fct_feedback"].columns)), "False"]
+
+
+def test_column_lineage_stops_at_the_nearest_asset(project: Project) -> None:
+    """Lineage walks through views (stg_orders) down to table models and raw sources, and stops
+    at the nearest asset: fct_deliveries reads int_deliveries_enriched, a table model."""
+    fct = project.column_lineage("fct_deliveries")
+    assert list(fct) == FCT_DELIVERIES
+    assert fct["promised_by"] == [("curated", "int_deliveries_enriched", "promised_by")]
+    assert fct["depot"] == [("curated", "int_deliveries_enriched", "depot_id")]
+    enriched = project.column_lineage("int_deliveries_enriched")
+    # Through stg_orders (renamed) and the latest copy of each order (arg_max by created_at).
+    assert ("raw", "orders", "pickup_depot_id") in enriched["depot_id"]
+    assert {t for _, t, _ in enriched["depot_id"]} == {"orders"}
+    assert ("raw", "orders", "promised_by") in enriched["promised_by"]
+    assert enriched["delivery_id"] == [("raw", "deliveries", "delivery_id")]
+    kpis = project.column_lineage("agg_client_daily_kpis")
+    assert kpis["revenue"] == [("curated", "int_deliveries_enriched", "order_value")]
+    assert kpis["avg_rating"] == [("raw", "customer_feedback", "rating")]
+    # A Python model: same-named input columns, through its view ref.
+    feedback = project.column_lineage("fct_feedback")
+    assert feedback["rating"] == [("raw", "customer_feedback", "rating")]
+    assert feedback["sentiment"] == []
+    # Every dep is a dep of the asset.
+    for m in project.materialized():
+        refs, sources = project.inputs(m.name)
+        inputs = {("curated", r) for r in refs} | {("raw", t) for _, t in sources}
+        assert set(m.column_lineage) == {c.name for c in m.columns}
+        assert {(layer, t) for deps in m.column_lineage.values() for layer, t, _ in deps} <= inputs, m.name
+
+
+def test_column_lineage_is_dagster_metadata() -> None:
+    graph = defs.resolve_asset_graph()
+    lineage = graph.get(dg.AssetKey(["curated", "fct_deliveries"])).metadata["dagster/column_lineage"]
+    assert isinstance(lineage, dg.TableColumnLineage)
+    assert lineage.deps_by_column["promised_by"] == [
+        dg.TableColumnDep(asset_key=dg.AssetKey(["curated", "int_deliveries_enriched"]), column_name="promised_by")
+    ]
+    enriched = graph.get(dg.AssetKey(["curated", "int_deliveries_enriched"])).metadata["dagster/column_lineage"]
+    assert (
+        dg.TableColumnDep(asset_key=dg.AssetKey(["raw", "orders"]), column_name="pickup_depot_id")
+        in enriched.deps_by_column["depot_id"]
+    )

@@ -177,7 +177,8 @@ def test_a_corrected_re_export_lands_the_corrections_keeps_history_and_blocks_no
     assert pq.ParquetDataset(f"{lake.root}/history/orders", partitioning="hive").read().num_rows == len(changed)
     landed = dict(
         con.execute(
-            f"SELECT order_id, promised_by FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet') WHERE order_id IN ?",
+            f"SELECT order_id, promised_by FROM read_parquet('{lake.root}/raw/orders/*/*/data.parquet') "
+            "WHERE order_id IN ?",
             [list(changed)],
         ).fetchall()
     )
@@ -258,11 +259,13 @@ def test_an_orphan_waits_through_the_grace_period_then_is_quarantined_with_its_r
     # two past DATES[2] (still pending).
     q = con.execute(
         f"""SELECT delivery_id, _reason, _source_file, _source_line
-            FROM read_parquet('{lake.root}/quarantine/deliveries/*/*/data.parquet') WHERE _reason LIKE 'orphan:order_id'"""
+            FROM read_parquet('{lake.root}/quarantine/deliveries/*/*/data.parquet') """
+        """WHERE _reason LIKE 'orphan:order_id'"""
     ).fetchall()
     assert q == [(planted[DATES[0]][0], "orphan:order_id", str(ts.inbox_dir / "deliveries" / f"{DATES[0]}.csv"), 5)]
     p = con.execute(
-        f"""SELECT delivery_id, _pending_on, _source_line FROM read_parquet('{lake.root}/pending/deliveries/*/*/data.parquet')"""
+        f"""SELECT delivery_id, _pending_on, _source_line """
+        f"""FROM read_parquet('{lake.root}/pending/deliveries/*/*/data.parquet')"""
     ).fetchall()
     assert p == [(planted[DATES[2]][0], "order_id", 5)]
     assert blocked(lake) == {}

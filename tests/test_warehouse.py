@@ -470,7 +470,8 @@ def test_the_benchmark_kpi_queries_on_the_marts_agree_with_the_fact_table(wh: Wa
     con = duckdb.connect()
     try:
         lost = con.execute(
-            f"""SELECT count(*) FROM read_csv('{wh.lake.settings.inbox_dir}/deliveries/*.csv', header = true, all_varchar = true, ignore_errors = true) AS d
+            f"""SELECT count(*) FROM read_csv('{wh.lake.settings.inbox_dir}/deliveries/*.csv', """
+            f"""header = true, all_varchar = true, ignore_errors = true) AS d
                 SEMI JOIN read_parquet('{wh.lake.root}/quarantine/orders/**/*.parquet', union_by_name = true) AS q
                 ON q.order_id::VARCHAR = d.order_id"""
         ).fetchone()[0]

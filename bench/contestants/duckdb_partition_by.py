@@ -18,7 +18,10 @@ from pathlib import Path
 
 def source(inbox: str, table: str, columns: dict[str, str]) -> str:
     cols = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
-    return f"read_csv('{inbox}/{table}/*.csv', header=true, auto_detect=false, columns={{{cols}}}, timestampformat='%Y-%m-%dT%H:%M:%SZ')"
+    return (
+        f"read_csv('{inbox}/{table}/*.csv', header=true, auto_detect=false, columns={{{cols}}}, "
+        "timestampformat='%Y-%m-%dT%H:%M:%SZ')"
+    )
 
 
 def main() -> None:

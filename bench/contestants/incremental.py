@@ -1,7 +1,8 @@
 """Contestant `incremental`: one new day into an existing lake, then the curated refresh.
 
 `--mode new-day`: the lake already holds the first N days, curated layer and warehouse
-built (the harness copies the lake of `full-curated`); the inbox now also holds day N+1. Land day N+1 of every fact table
+built (the harness copies the lake of `full-curated`); the inbox now also holds day N+1. Land day N+1 of every fact \
+table
 (only the files that touch it; the inbox index of the other files is cached in the lake)
 and refresh the curated tables for that date.
 `--mode full-curated`: build the whole curated layer (and warehouse) over the lake, the

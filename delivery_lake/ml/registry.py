@@ -224,7 +224,10 @@ def plan_training(lake: Lake, settings: Settings, force: bool = False) -> Traini
         plan.should_train = True
         plan.reason = f"no champion yet: training on {len(usable)} validated partition(s) {encode_dates(usable)}"
     elif not new:
-        plan.reason = f"no new validated data since champion v{champ.version} (trained on {encode_dates(sorted(plan.champion_dates))})"
+        plan.reason = (
+            f"no new validated data since champion v{champ.version} "
+            f"(trained on {encode_dates(sorted(plan.champion_dates))})"
+        )
     elif not plan.new_usable:
         plan.reason = (
             f"all {len(new)} new partition(s) since champion v{champ.version} failed their checks: "
@@ -232,7 +235,10 @@ def plan_training(lake: Lake, settings: Settings, force: bool = False) -> Traini
         )
     else:
         plan.should_train = True
-        plan.reason = f"{len(plan.new_usable)} new validated partition(s) since champion v{champ.version}: {encode_dates(plan.new_usable)}"
+        plan.reason = (
+            f"{len(plan.new_usable)} new validated partition(s) since champion v{champ.version}: "
+            f"{encode_dates(plan.new_usable)}"
+        )
         if plan.new_blocked:
             plan.reason += f" ({len(plan.new_blocked)} excluded: {_describe_excluded(excluded, plan.new_blocked)})"
     if plan.should_train:

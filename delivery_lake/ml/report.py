@@ -30,7 +30,8 @@ def summary_section(settings: Settings) -> Any:
     )
     t.add_row(
         "ROC AUC (eval window)",
-        f"{m.get('roc_auc', float('nan')):.3f} vs baseline {m.get('baseline_rate_roc_auc', float('nan')):.3f} (constant) / "
+        f"{m.get('roc_auc', float('nan')):.3f} vs baseline "
+        f"{m.get('baseline_rate_roc_auc', float('nan')):.3f} (constant) / "
         f"{m.get('baseline_priority_roc_auc', float('nan')):.3f} (per priority)",
     )
     t.add_row(
@@ -46,7 +47,8 @@ def summary_section(settings: Settings) -> Any:
         t.add_row(
             "risk scores",
             f"{scores['rows']:,} deliveries of {scores['date']} scored by v{scores['model_version']}: "
-            f"mean P(late) {scores['mean_probability']:.1%}, {scores['high_risk']} high risk (warehouse table fct_delivery_risk)",
+            f"mean P(late) {scores['mean_probability']:.1%}, {scores['high_risk']} high risk "
+            "(warehouse table fct_delivery_risk)",
         )
     t.add_row("MLflow run", champ["run_url"])
     t.add_row("open the UI", f"make mlflow-ui  ->  {settings.mlflow_ui_url}")

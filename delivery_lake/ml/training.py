@@ -229,7 +229,8 @@ def decide(
         return True, f"promoted: {note}"
     if challenger >= champion + PROMOTION_MARGIN:
         return True, (
-            f"promoted: ROC AUC {challenger:.4f} beats champion v{champion_version} {champion:.4f} by >= {PROMOTION_MARGIN} on {window}"
+            f"promoted: ROC AUC {challenger:.4f} beats champion v{champion_version} {champion:.4f} "
+            f"by >= {PROMOTION_MARGIN} on {window}"
         )
     return False, (
         f"kept champion v{champion_version}: challenger ROC AUC {challenger:.4f} vs champion {champion:.4f} "

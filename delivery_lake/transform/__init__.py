@@ -40,6 +40,7 @@ The package, one job per module (each imports only those above it):
     parse.py          one model file: templating, header, column comments (sqlglot)
     held.py           held cells and the parent links between raw facts
     python_models.py  the Polars bridge: running a Python model over DuckDB relations
+    lineage.py        column lineage of the table models, through views to the nearest assets (sqlglot)
     project.py        Project: every model parsed, described and ordered; its digest and cache
     incremental.py    date windows, affected_dates, held_dates
     runner.py         Runner: reading inputs, building and publishing models, the build schedule

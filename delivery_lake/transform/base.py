@@ -54,6 +54,8 @@ class Model:
     call_lookbacks: dict[str, int] = field(default_factory=dict)
     column_docs: dict[str, str] = field(default_factory=dict)
     columns: list[ColumnInfo] = field(default_factory=list)
+    # Output column -> the (layer, table, column) it is computed from (transform/lineage.py).
+    column_lineage: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
     @property
     def is_view(self) -> bool:

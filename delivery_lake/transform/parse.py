@@ -34,7 +34,8 @@ def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...], int | None
     )
     if not ok:
         raise ModelError(
-            f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, got {{{{ {expr} }}}}"
+            f"{path}: only {{{{ ref('model') }}}} and {{{{ source('raw', 'table') }}}} are supported, "
+            f"got {{{{ {expr} }}}}"
         )
     assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     lookback: int | None = None
@@ -42,7 +43,8 @@ def _parse_call(expr: str, path: Path) -> tuple[str, tuple[str, ...], int | None
         value = kw.value.value if isinstance(kw.value, ast.Constant) else None
         if kw.arg != "lookback_days" or type(value) is not int or value < 0:
             raise ModelError(
-                f"{path}: the only option of ref() and source() is lookback_days=<days, 0 or more>, got {{{{ {expr} }}}}"
+                f"{path}: the only option of ref() and source() is lookback_days=<days, 0 or more>, "
+                f"got {{{{ {expr} }}}}"
             )
         lookback = value
     args = tuple(a.value for a in node.args)  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from delivery_lake.transform.base import (
     source_view,
 )
 from delivery_lake.transform.held import held_cells_sql
+from delivery_lake.transform.lineage import ColumnDep, trace_column_lineage
 from delivery_lake.transform.parse import parse_model
 from delivery_lake.transform.python_models import ArrowStream, run_python_model
 
@@ -90,6 +91,7 @@ class Project:
                     "refs": tuple(d["refs"]),
                     "sources": tuple(tuple(x) for x in d["sources"]),
                     "columns": [ColumnInfo(**c) for c in d["columns"]],
+                    "column_lineage": {c: [tuple(x) for x in deps] for c, deps in d["column_lineage"].items()},
                 }
             )
             models[m.name] = m
@@ -149,6 +151,11 @@ class Project:
         walk(name, 0)
         return out
 
+    def column_lineage(self, name: str) -> dict[str, list[ColumnDep]]:
+        """Output column of a table model -> the (layer, table, column) it is computed from: the
+        nearest assets, `("curated", model, column)` or `("raw", table, column)`, through views."""
+        return self.models[name].column_lineage
+
     def fact_sources(self, name: str) -> list[str]:
         """Raw fact tables a model depends on, transitively through every ref."""
         out: list[str] = []
@@ -193,6 +200,14 @@ class Project:
                         )
         finally:
             con.close()
+        # Column lineage needs every table model's columns: traced once all are described, and
+        # cached with them (the SQL's lineage is read by sqlglot, see transform/lineage.py). SQL
+        # sqlglot cannot trace gets no lineage: it runs all the same.
+        from sqlglot.errors import SqlglotError
+
+        for m in self.materialized():
+            with contextlib.suppress(SqlglotError):
+                m.column_lineage = trace_column_lineage(self.models, m.name)
 
     def _doc(self, m: Model, column: str) -> str:
         """The model's own comment, else the same column's description upstream (refs, then the contract)."""

@@ -379,7 +379,8 @@ class Runner:
             if m.is_partitioned:
                 in_list = ", ".join(f"DATE {lit(d)}" for d in wanted) or "NULL"
                 con.execute(
-                    f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) WHERE {quote(m.partition_by or '')} IN ({in_list})"
+                    f"CREATE TEMP {kind} __out AS SELECT * FROM ({query}) "
+                    f"WHERE {quote(m.partition_by or '')} IN ({in_list})"
                 )
             else:
                 con.execute(f"CREATE TEMP {kind} __out AS {query}")
