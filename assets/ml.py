@@ -110,7 +110,7 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
         lake,
         settings,
         plan,
-        tags={"dagster.run_id": context.run_id, "dagster.asset_key": MODEL_KEY.to_user_string()},
+        tags={"dagster.run_id": context.run.run_id, "dagster.asset_key": MODEL_KEY.to_user_string()},
         kind=config.model_kind,
     )
     (context.log.info if result.promoted else context.log.warning)(result.decision)

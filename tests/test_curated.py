@@ -164,7 +164,7 @@ def test_fct_deliveries_matches_raw(built: Built) -> None:
     got = curated(built.lake, "fct_deliveries").sort("delivery_id")
     want = expected_deliveries(built.lake).drop("vehicle_id", "parcels", "minutes").sort("delivery_id")
     assert got.columns == want.columns
-    assert_frame_equal(got, want.cast(got.schema), check_exact=False, rtol=1e-12, atol=1e-9)
+    assert_frame_equal(got, want.cast(got.schema), check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
     # One row per delivery, in the partition of its dispatch date.
     assert got["delivery_id"].n_unique() == got.height
     for d in DAYS:
@@ -180,7 +180,7 @@ def test_client_daily_kpis_match_an_independent_computation(built: Built) -> Non
     )
     want = expected_client_kpis(built.lake).sort("date", "client_id").select(got.columns)
     assert got.height == want.height == len(DAYS) * 4
-    assert_frame_equal(got, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert_frame_equal(got, want, check_dtypes=False, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
     assert got["on_time_rate"].min() < 1 and got["failed"].sum() > 0 and got["returned"].sum() > 0
 
 
@@ -197,7 +197,7 @@ def test_driver_and_depot_aggregates_match(built: Built) -> None:
         )
         .sort("date", "driver_id")
     )
-    assert_frame_equal(drivers.select(want.columns), want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert_frame_equal(drivers.select(want.columns), want, check_dtypes=False, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
     depots = curated(built.lake, "agg_depot_daily_load").sort("date", "depot_id")
     cap = raw(built.lake, "depots").select("depot_id", "daily_capacity_parcels")
     want = (
@@ -212,7 +212,7 @@ def test_driver_and_depot_aggregates_match(built: Built) -> None:
         .with_columns((pl.col("parcels") / pl.col("daily_capacity_parcels")).alias("capacity_utilization"))
         .sort("date", "depot_id")
     )
-    assert_frame_equal(depots.select(want.columns), want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert_frame_equal(depots.select(want.columns), want, check_dtypes=False, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
 
 
 def test_dimensions_and_feedback(built: Built) -> None:
@@ -693,8 +693,8 @@ def test_a_blocked_deliveries_partition_holds_its_cell_instead_of_zeros(built: B
         want.sort("client_id").select(kpis.columns),
         check_dtypes=False,
         check_exact=False,
-        rtol=1e-12,
-        atol=1e-9,
+        rel_tol=1e-12,
+        abs_tol=1e-9,
     )
     assert client in pl.read_parquet(b.lake.data_file("curated", "fct_feedback", day))["client_id"].to_list()
     for m in ("agg_driver_daily_performance", "agg_depot_daily_load"):
@@ -747,8 +747,8 @@ def test_a_blocked_orders_partition_holds_the_cells_of_its_deliveries(built: Bui
         want_kpis.sort("date", "client_id").select(kpis.columns),
         check_dtypes=False,
         check_exact=False,
-        rtol=1e-12,
-        atol=1e-9,
+        rel_tol=1e-12,
+        abs_tol=1e-9,
     )
     fct = curated(b.lake, "fct_deliveries")
     assert fct["promised_by"].null_count() == 0 and fct["is_on_time"].null_count() == 0
@@ -785,7 +785,7 @@ def test_a_blocked_partition_with_a_last_good_copy_is_read_from_it(built: Built,
         expected_client_kpis(built.lake).sort("date", "client_id").select(kpis.columns)
     )  # the old orders, read independently
     assert kpis.height == len(DAYS) * 4
-    assert_frame_equal(kpis, want, check_dtypes=False, check_exact=False, rtol=1e-12, atol=1e-9)
+    assert_frame_equal(kpis, want, check_dtypes=False, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
     assert (
         curated(b.lake, "fct_deliveries")["promised_by"]
         .sort()

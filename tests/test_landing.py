@@ -53,7 +53,7 @@ def count_records(path: Path) -> int:
 def read_table(lake: Lake, zone: str, table: str) -> pa.Table:
     con = lake.duckdb()
     try:
-        return con.execute(
+        return con.sql(
             f"SELECT * FROM read_parquet('{lake.glob_uri(zone, table, TABLES[table].is_fact)}', hive_partitioning=true)"
         ).to_arrow_table()
     finally:

@@ -498,7 +498,7 @@ def test_ml_definitions() -> None:
     assert graph.get(MODEL_KEY).parent_keys == {FEATURES_KEY}
     # The retrain sensor targets the model and the scores, nothing upstream of them.
     retrain = defs.resolve_sensor_def("retrain_sensor")
-    assert set(retrain.asset_selection.resolve(graph)) == {MODEL_KEY, RISK_KEY}
+    assert set(defs.resolve_job_def(retrain.job_name).asset_layer.selected_asset_keys) == {MODEL_KEY, RISK_KEY}
 
 
 def test_settings_mlflow_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
