@@ -31,10 +31,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed  ## create .venv and install the pinned dependencies
 
-demo: install  ## generate two weeks x 8 clients, run every asset in-process, print the summary
+demo: install  ## generate two weeks x 8 clients, run every asset in-process, print the summary, ask two questions
 	@mkdir -p $(DAGSTER_HOME)
 	@$(BIN)/delivery-lake generate --out $(INBOX_DIR) --start $(DEMO_START) --days $(DEMO_DAYS) --clients $(DEMO_CLIENTS) --quiet
 	@$(BIN)/delivery-lake run --summary
+	@echo; echo 'Two questions in plain English (delivery-lake ask "..."; more in the README):'
+	@$(BIN)/delivery-lake ask "on-time rate by client last week"
+	@$(BIN)/delivery-lake ask "which depot had the most deliveries yesterday"
 
 docs: install  ## rebuild the GX Data Docs site from stored validation results into DATA_DIR/data_docs (offline-safe)
 	$(BIN)/delivery-lake docs
@@ -56,10 +59,10 @@ mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the embedded stor
 	  --default-artifact-root "$${MLFLOW_ARTIFACTS_DIR:-$(DATA_DIR)/mlflow/artifacts}" --host 127.0.0.1 --port 5000
 
 lake-up: install  ## start SeaweedFS S3 on 127.0.0.1:$(LAKE_PORT) (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
-	$(BIN)/python -m delivery_lake.seaweed up --dir $(DATA_DIR)/seaweed --port $(LAKE_PORT) --pidfile $(DATA_DIR)/seaweed.pid
+	$(BIN)/python -m infra.seaweed up --dir $(DATA_DIR)/seaweed --port $(LAKE_PORT) --pidfile $(DATA_DIR)/seaweed.pid
 
 lake-down:  ## stop the SeaweedFS started by lake-up
-	$(BIN)/python -m delivery_lake.seaweed down --pidfile $(DATA_DIR)/seaweed.pid
+	$(BIN)/python -m infra.seaweed down --pidfile $(DATA_DIR)/seaweed.pid
 
 contract: install  ## regenerate docs/contract.md from the contract
 	$(BIN)/delivery-lake contract

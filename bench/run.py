@@ -82,7 +82,8 @@ def library_fingerprint() -> dict:
     ).stdout.strip()
     files = sorted((REPO / "delivery_lake").glob("*.py"))
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
-    landing = hashlib.sha1((REPO / "delivery_lake" / "landing.py").read_bytes()).hexdigest()[:12]
+    landing_files = sorted((REPO / "delivery_lake").glob("landing*.py"))
+    landing = hashlib.sha1(b"".join(p.read_bytes() for p in landing_files)).hexdigest()[:12]
     return {"git_head": head, "delivery_lake_sha1": digest, "landing_py_sha1": landing}
 
 

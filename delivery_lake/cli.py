@@ -1,4 +1,5 @@
-"""`delivery-lake` command line: generate, run, build, query, summary, history, reconcile, contract."""
+"""`delivery-lake` command line: generate, run, build, query, summary, history, reconcile, contract;
+metrics, metric, ask, ask-eval and serve (the semantic layer, delivery_lake/semantic/)."""
 
 from __future__ import annotations
 
@@ -325,13 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("contract", help="write docs/contract.md from the contract (or --check it)")
     c.add_argument("--check", action="store_true")
     c.set_defaults(func=_cmd_contract)
+
+    from delivery_lake.semantic.commands import add_commands  # metrics, metric, ask, ask-eval, serve
+
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # MLflow logs at INFO by itself ("Creating initial MLflow database tables..."): no news for
-    # someone running a command; its warnings and errors still show.
+    # someone running a command; its warnings and errors still show. MLflow sets its logger's
+    # level from this variable when it is imported (after this point), so both are needed.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from delivery_lake.inbox import InputError
     from delivery_lake.landing import LandingError

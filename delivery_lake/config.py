@@ -49,6 +49,10 @@ class Settings:
     mlflow_tracking_uri: str = ""
     mlflow_artifacts_dir: Path | None = None
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # Question service: Redis for the answer cache (in-process cache when unset), and the bearer
+    # token it requires when bound to anything but the loopback interface.
+    redis_url: str | None = field(default=None, repr=False)
+    service_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -72,6 +76,8 @@ class Settings:
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifacts_dir=_env("MLFLOW_ARTIFACTS_DIR", str(data_dir / "mlflow" / "artifacts")),
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+            redis_url=_env("REDIS_URL"),
+            service_token=_env("DELIVERY_LAKE_SERVICE_TOKEN"),
         )
         values.update(overrides)
         # Every path absolute, read or passed in: the inbox index and the manifests key files by

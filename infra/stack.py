@@ -20,36 +20,45 @@ Secrets come from the environment, or from `.env` for variables the environment 
 unset. They reach the services through their environment (never a command line, which
 `ps` shows to every user) and are never printed; `up` refuses to start while one is
 missing. Each service runs in its own process group; `down` signals those groups only,
-after checking that each recorded pid still runs the command it recorded.
+after checking that each recorded pid still runs the command it recorded. Starting,
+waiting and stopping are infra.processes (shared with the SeaweedFS manager, infra.seaweed).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import string
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from delivery_lake.seaweed import SeaweedError, SeaweedServer, pid_alive, port_is_free
+from infra.processes import (
+    HOST,
+    ProcessError,
+    Service,
+    cmdline,
+    find_executable,
+    pid_alive,
+    port_is_free,
+    read_pidfile,
+    spawn,
+    stop_group,
+    wait_http,
+    write_pidfile,
+)
+from infra.seaweed import SeaweedError, SeaweedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = Path(__file__).resolve().parent
 DAGSTER_YAML = INFRA / "dagster.yaml"
 IDENTITIES_TEMPLATE = INFRA / "seaweed" / "identities.template.json"
-HOST = "127.0.0.1"
 
 # Secrets `up` needs; `init-env` generates them.
 SECRET_VARS = (
@@ -259,10 +268,7 @@ def install_dagster_home(home: Path) -> Path:
 # ---- service commands and environments -------------------------------------------------------
 def _bin(name: str) -> str:
     """A console script of the running interpreter's environment (the venv), else PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
+    found = find_executable(name)
     if not found:
         raise StackError(f"`{name}` not found next to {sys.executable} or on PATH; run `make install`")
     return found
@@ -354,123 +360,6 @@ def daemon_command() -> list[str]:
     return [_bin("dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")]
 
 
-# ---- processes ---------------------------------------------------------------------------------
-@dataclass
-class Service:
-    """One background process in its own session (so its group is exactly its tree)."""
-
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 20) -> None:
-        stop_group(self.pid, timeout)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(1)
-
-
-def spawn(name: str, cmd: Sequence[str], env: Mapping[str, str], log_dir: Path, cwd: Path = ROOT) -> Service:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    with open(log_path, "ab") as log:
-        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Service(name, proc, log_path)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def stop_group(pid: int, timeout: float = 20) -> bool:
-    """SIGTERM the process group led by `pid`, wait for the whole group, SIGKILL what is left.
-
-    Only a group that `pid` leads is signalled (every service here is started in a new
-    session); otherwise only `pid` itself. True if something was running.
-    """
-    try:
-        leads_group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        leads_group = _group_alive(pid)  # leader gone, children may remain in its group
-        if not leads_group:
-            return False
-    send = (lambda s: os.killpg(pid, s)) if leads_group else (lambda s: os.kill(pid, s))
-    alive = (lambda: _group_alive(pid)) if leads_group else (lambda: pid_alive(pid))
-    with contextlib.suppress(ProcessLookupError):
-        send(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive() and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.1)
-    if alive():
-        with contextlib.suppress(ProcessLookupError):
-            send(signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while alive() and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def wait_http(url: str, service: Service | None = None, timeout: float = 90, ok=lambda status: status < 500) -> None:
-    """Until `url` answers with a status `ok` accepts; fails early if `service` exits."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if service is not None and not service.alive():
-            raise StackError(
-                f"{service.name} exited (code {service.proc.returncode}); log {service.log_path}:\n{service.log_tail()}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
-                if ok(resp.status):
-                    return
-                last = resp.status
-        except urllib.error.HTTPError as exc:
-            if ok(exc.code):
-                return
-            last = exc.code
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    tail = f"; log {service.log_path}:\n{service.log_tail()}" if service else ""
-    raise StackError(f"{url} did not answer in {timeout:.0f}s (last: {last}){tail}")
-
-
 def start_mlflow(
     cfg: StackConfig,
     base: Mapping[str, str],
@@ -481,7 +370,8 @@ def start_mlflow(
     log_dir: Path,
     timeout: float = 240,
 ) -> Service:
-    svc = spawn("mlflow", mlflow_command(port), mlflow_env(cfg, base, backend_uri, artifacts, s3_endpoint), log_dir)
+    env = mlflow_env(cfg, base, backend_uri, artifacts, s3_endpoint)
+    svc = spawn("mlflow", mlflow_command(port), env, log_dir, cwd=ROOT)
     try:
         wait_http(f"http://{HOST}:{port}/health", svc, timeout=timeout, ok=lambda s: s == 200)
     except BaseException:
@@ -514,28 +404,16 @@ def _pidfile(cfg: StackConfig, name: str) -> Path:
     return cfg.run_dir / f"{name}.pid"
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def recorded(cfg: StackConfig, name: str) -> int | None:
     """The pid `up` recorded for `name` if that process still runs the expected command."""
-    path = _pidfile(cfg, name)
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid_alive(pid) and CMD_MARKERS[name] in _cmdline(pid):
+    pid = read_pidfile(_pidfile(cfg, name))
+    if pid is not None and pid_alive(pid) and CMD_MARKERS[name] in " ".join(cmdline(pid) or ()):
         return pid
     return None
 
 
 def _record(cfg: StackConfig, name: str, pid: int) -> None:
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    _pidfile(cfg, name).write_text(f"{pid}\n")
+    write_pidfile(_pidfile(cfg, name), pid)
 
 
 # ---- commands -------------------------------------------------------------------------------------
@@ -576,6 +454,7 @@ def up(env: Mapping[str, str]) -> int:
         cfg.inbox_dir.mkdir(parents=True, exist_ok=True)
 
         server = start_seaweed(cfg, env, cfg.stack_dir / "seaweed", cfg.lake_port, detach=True)
+        assert server.pid is not None
         started.append(server.pid)
         _record(cfg, "seaweed", server.pid)
         print(f"seaweedfs   {cfg.s3_endpoint}  buckets {cfg.bucket}  (pid {server.pid}, log {server.log_path})")
@@ -587,14 +466,15 @@ def up(env: Mapping[str, str]) -> int:
             mlflow_command(cfg.mlflow_port),
             mlflow_env(cfg, env, mlflow_backend_uri(cfg), cfg.mlflow_artifacts_destination, cfg.s3_endpoint),
             cfg.run_dir,
+            cwd=ROOT,
         )
         started.append(mlflow.pid)
         _record(cfg, "mlflow", mlflow.pid)
         denv = dagster_env(cfg, env)
-        web = spawn("dagster-webserver", webserver_command(cfg.dagster_port), denv, cfg.run_dir)
+        web = spawn("dagster-webserver", webserver_command(cfg.dagster_port), denv, cfg.run_dir, cwd=ROOT)
         started.append(web.pid)
         _record(cfg, "dagster-webserver", web.pid)
-        daemon = spawn("dagster-daemon", daemon_command(), denv, cfg.run_dir)
+        daemon = spawn("dagster-daemon", daemon_command(), denv, cfg.run_dir, cwd=ROOT)
         started.append(daemon.pid)
         _record(cfg, "dagster-daemon", daemon.pid)
         wait_http(f"{cfg.mlflow_url}/health", mlflow, timeout=240, ok=lambda s: s == 200)
@@ -606,7 +486,7 @@ def up(env: Mapping[str, str]) -> int:
         time.sleep(2)
         if not daemon.alive():
             raise StackError(f"dagster-daemon exited; log {daemon.log_path}:\n{daemon.log_tail()}")
-    except (StackError, SeaweedError, OSError, KeyboardInterrupt) as exc:
+    except (StackError, ProcessError, SeaweedError, OSError, KeyboardInterrupt) as exc:
         print(f"make up failed: {exc or 'interrupted'}; stopping what it started", file=sys.stderr)
         for pid in reversed(started):
             stop_group(pid)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from datetime import date
 from pathlib import Path
 
 import pytest
 
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
+from tests.helpers import START
 from tests.s3_server import s3_settings, seaweed  # noqa: F401  (fixtures)
-
-START = date(2026, 1, 5)
 
 
 @pytest.fixture(scope="session")

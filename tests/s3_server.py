@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from delivery_lake.config import Settings
-from delivery_lake.seaweed import SeaweedError, SeaweedServer, find_weed
+from infra.seaweed import SeaweedError, SeaweedServer, find_weed
 
 BUCKET = "lake"
 

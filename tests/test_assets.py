@@ -11,13 +11,13 @@ import dagster as dg
 import pytest
 
 from assets.definitions import defs
-from assets.partitions import CLIENT_PARTITIONS, FACT_PARTITIONS
+from assets.partitions import FACT_PARTITIONS
 from assets.resources import LakehouseResource
 from assets.run import run_inbox
 from assets.schedules import nightly_full_refresh
 from assets.sensors import RANGE_END, RANGE_START, inbox_sensor
 from delivery_lake.config import Settings
-from delivery_lake.contract import TABLES
+from delivery_lake.contract import FACTS, TABLES
 from delivery_lake.planning import RunPlan, plan_runs
 from delivery_lake.storage import Lake
 
@@ -62,16 +62,14 @@ def test_planner_cuts_exact_rectangles() -> None:
 
 
 @pytest.mark.slow
-def test_cli_run_lands_everything_and_registers_clients(local_settings: Settings) -> None:
+def test_cli_run_lands_everything_and_registers_clients(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     instance = dg.DagsterInstance.ephemeral()
     import assets.run as orch
 
-    orch_instance = orch.dagster_instance
-    orch.dagster_instance = lambda s: instance  # type: ignore[assignment]
-    try:
-        outcome = run_inbox(local_settings)
-    finally:
-        orch.dagster_instance = orch_instance  # type: ignore[assignment]
+    monkeypatch.setattr(orch, "dagster_instance", lambda s: instance)
+    outcome = run_inbox(local_settings)
     assert outcome.success, outcome.failure
     clients = instance.get_dynamic_partitions("client")
     lake = Lake.from_settings(local_settings)
@@ -156,8 +154,16 @@ def test_new_clients_become_partitions(local_settings: Settings) -> None:
     path.write_text(text.rstrip("\n") + "\n" + ",".join(row) + "\n")
     clients_asset = [a for a in dims if a.key.path[1] == "clients"]
     assert dg.materialize(clients_asset, instance=instance, resources=resources).success
-    assert sorted(instance.get_dynamic_partitions("client")) == ["C001", "C002", "C003", "C004", "C006"]
-    assert CLIENT_PARTITIONS.name == "client"
+    clients = ["C001", "C002", "C003", "C004", "C006"]
+    assert sorted(instance.get_dynamic_partitions("client")) == clients
+    # ...and the fact assets are partitioned by that set: their client dimension is the
+    # dynamic partitions the clients asset just grew, the new client included.
+    graph = defs.resolve_asset_graph()
+    for t in FACTS:
+        partitions = graph.get(dg.AssetKey(["raw", t.name])).partitions_def
+        assert isinstance(partitions, dg.MultiPartitionsDefinition)
+        client_dimension = {d.name: d.partitions_def for d in partitions.partitions_defs}["client"]
+        assert sorted(client_dimension.get_partition_keys(dynamic_partitions_store=instance)) == clients
 
 
 def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> None:
@@ -175,30 +181,20 @@ def test_nightly_schedule_requests_the_whole_inbox(local_settings: Settings) -> 
 
 @pytest.mark.slow
 def test_failed_landing_exits_nonzero_and_names_the_file(
-    local_settings: Settings, capsys: pytest.CaptureFixture[str]
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from delivery_lake.cli import main
 
     bad = local_settings.inbox_dir / "orders" / "2026-01-07.csv"
     bad.write_text("order_id,client_id\nO1,C001\n")
-    import os
-
-    env = {
+    for k, v in {
         "DATA_DIR": str(local_settings.data_dir),
         "LAKE_URL": local_settings.lake_url,
         "INBOX_DIR": str(local_settings.inbox_dir),
         "DAGSTER_HOME": str(local_settings.data_dir / "dh"),
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        code = main(["run"])
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    }.items():
+        monkeypatch.setenv(k, v)
+    code = main(["run"])
     assert code == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "2026-01-07.csv" in out.replace(" ", "") and "promised_by" in out

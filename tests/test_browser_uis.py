@@ -31,7 +31,7 @@ import pytest
 
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
-from infra import stack
+from infra import processes, stack
 
 pytestmark = pytest.mark.browser
 
@@ -136,28 +136,32 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
     )
     _break_orders(tmp / "inbox" / "orders" / f"{BAD_DATE}.csv", "C002", 10)
 
-    services: list[stack.Service] = []
+    services: list[processes.Service] = []
     saved = dict(os.environ)
     docs_server = None
     try:
         # 1) the pipeline, in-process, recorded in DAGSTER_HOME (SQLite) and MLflow (SQLite)
-        os.environ.update(env)
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        from assets.run import run_inbox
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            mp.delenv("AWS_ENDPOINT_URL", raising=False)
+            from assets.run import run_inbox
 
-        settings = Settings.from_env()
-        t0 = time.monotonic()
-        outcome = run_inbox(settings)
-        build_seconds = time.monotonic() - t0
+            settings = Settings.from_env()
+            t0 = time.monotonic()
+            outcome = run_inbox(settings)
+            build_seconds = time.monotonic() - t0
         assert outcome.success, f"{outcome.failure}\n" + "\n".join(outcome.lines)
         print(f"\npipeline for the UI tests built in-process in {build_seconds:.0f}s", file=sys.stderr)
-        os.environ.clear()
-        os.environ.update(saved)
 
         # 2) the servers
         dagster_port, mlflow_port = _free_port(), _free_port()
         web_env = {**saved, **env}
-        services.append(stack.spawn("dagster-webserver", stack.webserver_command(dagster_port), web_env, tmp / "logs"))
+        services.append(
+            processes.spawn(
+                "dagster-webserver", stack.webserver_command(dagster_port), web_env, tmp / "logs", cwd=stack.ROOT
+            )
+        )
         mlflow_env = {k: v for k, v in saved.items() if not k.startswith("MLFLOW_")}
         mlflow_env.update(
             MLFLOW_BACKEND_STORE_URI=env["MLFLOW_TRACKING_URI"],
@@ -165,8 +169,12 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )
         services.append(
-            stack.spawn(
-                "mlflow", [*stack.mlflow_command(mlflow_port), "--no-serve-artifacts"], mlflow_env, tmp / "logs"
+            processes.spawn(
+                "mlflow",
+                [*stack.mlflow_command(mlflow_port), "--no-serve-artifacts"],
+                mlflow_env,
+                tmp / "logs",
+                cwd=stack.ROOT,
             )
         )
         docs_dir = settings.data_dir / "data_docs"
@@ -176,8 +184,8 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
         )
         threading.Thread(target=docs_server.serve_forever, daemon=True).start()
         dagster_url, mlflow_url = f"http://127.0.0.1:{dagster_port}", f"http://127.0.0.1:{mlflow_port}"
-        stack.wait_http(f"{mlflow_url}/health", services[1], timeout=180, ok=lambda s: s == 200)
-        stack.wait_http(f"{dagster_url}/server_info", services[0], timeout=180, ok=lambda s: s == 200)
+        processes.wait_http(f"{mlflow_url}/health", services[1], timeout=180, ok=lambda s: s == 200)
+        processes.wait_http(f"{dagster_url}/server_info", services[0], timeout=180, ok=lambda s: s == 200)
 
         SHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as pw:
@@ -195,8 +203,6 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
             finally:
                 browser.close()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         if docs_server is not None:
             docs_server.shutdown()
             docs_server.server_close()

@@ -23,7 +23,7 @@ from delivery_lake.storage import UNASSIGNED_CLIENT, Lake
 from delivery_lake.summary import partition_lines
 from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import STATUS_TABLE, Warehouse, query
-from tests.test_landing import land_all
+from tests.helpers import land_all
 
 D1, D2 = "2026-01-05", "2026-01-06"
 FAILED = {

@@ -21,7 +21,7 @@ from delivery_lake.contract import TABLES
 from delivery_lake.generator import generate
 from delivery_lake.landing import reconcile
 from delivery_lake.storage import Lake
-from tests.conftest import START
+from tests.helpers import START
 
 # End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
 pytestmark = pytest.mark.slow

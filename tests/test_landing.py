@@ -22,20 +22,9 @@ from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.inbox import InputError, list_files
 from delivery_lake.landing import Landing, reconcile
 from delivery_lake.storage import UNASSIGNED_CLIENT, Lake
+from tests.helpers import land_all, read_table
 
 DAY = "2026-01-06"
-
-
-def land_all(settings: Settings) -> tuple[Lake, Landing, dict]:
-    lake = Lake.from_settings(settings)
-    landing = Landing(lake, settings.inbox_dir, settings)
-    reports = {}
-    for t in DIMENSIONS:
-        reports[t.name] = landing.land_dimension(t)
-    dates = sorted({f.stem for f in list_files(settings.inbox_dir, "orders")})
-    for t in FACTS:
-        reports[t.name] = landing.land_fact(t, {d: None for d in dates})
-    return lake, landing, reports
 
 
 def accounted(r: object) -> int:
@@ -48,16 +37,6 @@ def count_records(path: Path) -> int:
     """Independent count of CSV records (quoted newlines included), not using DuckDB."""
     text = path.read_bytes().decode("utf-8", errors="replace")
     return sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1
-
-
-def read_table(lake: Lake, zone: str, table: str) -> pa.Table:
-    con = lake.duckdb()
-    try:
-        return con.sql(
-            f"SELECT * FROM read_parquet('{lake.glob_uri(zone, table, TABLES[table].is_fact)}', hive_partitioning=true)"
-        ).to_arrow_table()
-    finally:
-        con.close()
 
 
 def test_layout_types_and_reconciliation(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from delivery_lake.publish import PublishError, publish_partition
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import Warehouse, external_models
-from tests.test_landing import land_all
+from tests.helpers import land_all
 
 # End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
 pytestmark = pytest.mark.slow

@@ -23,9 +23,9 @@ import pytest
 
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
-from delivery_lake.seaweed import SeaweedServer, s3_filesystem
 from delivery_lake.storage import Lake
-from infra import stack
+from infra import processes, stack
+from infra.seaweed import SeaweedServer, s3_filesystem
 
 pytestmark = [pytest.mark.production, pytest.mark.s3]
 
@@ -45,7 +45,7 @@ class Prod:
     cfg: stack.StackConfig
     settings: Settings
     seaweed: SeaweedServer
-    mlflow: stack.Service
+    mlflow: processes.Service
     outcome: object
     seconds: float
     instance: object
@@ -84,7 +84,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         pytest.fail(f"refusing to run against {cfg.pg_host}/{cfg.dagster_db}", pytrace=False)
 
     cleanups: list = []
-    saved_env = dict(os.environ)
+    mp = pytest.MonkeyPatch()
     try:
         try:
             stack.ensure_databases(cfg, [cfg.dagster_db, cfg.mlflow_db])
@@ -111,8 +111,11 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         # The environment the daemon's runs get under `make up`, applied to this process:
         # run_inbox builds its instance with DagsterInstance.get() from DAGSTER_HOME.
         stack.install_dagster_home(cfg.dagster_home)
-        os.environ.clear()
-        os.environ.update(stack.dagster_env(cfg, env))
+        dagster_env = stack.dagster_env(cfg, env)
+        for name in set(os.environ) - set(dagster_env):
+            mp.delenv(name)
+        for name, value in dagster_env.items():
+            mp.setenv(name, value)
         generate(
             cfg.inbox_dir,
             start=START,
@@ -140,8 +143,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         cleanups.append(instance.dispose)
         yield Prod(cfg, settings, server, mlflow, outcome, seconds, instance)
     finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
+        mp.undo()
         errors = []
         for fn in reversed(cleanups):
             try:

@@ -20,7 +20,7 @@ from delivery_lake.generator import generate
 from delivery_lake.landing import Landing
 from delivery_lake.quality import ERROR, WARN, Quality, load_suite_doc, suite_names
 from delivery_lake.storage import Lake
-from tests.conftest import START
+from tests.helpers import START
 
 DATES = ["2026-01-05", "2026-01-06", "2026-01-07"]
 DAY = "2026-01-06"

@@ -22,7 +22,7 @@ from delivery_lake.config import Settings
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import LIVE_MODE, PRIVATE_MODE, Warehouse, query
-from tests.test_landing import land_all
+from tests.helpers import land_all
 
 DAY = "2026-01-07"
 KPIS = "agg_client_daily_kpis"

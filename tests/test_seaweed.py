@@ -14,11 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from delivery_lake.seaweed import SeaweedServer, identities_config, pid_alive, port_is_free, s3_filesystem
 from delivery_lake.storage import Lake, StorageError
+from infra.processes import pid_alive, port_is_free
+from infra.seaweed import SeaweedServer, identities_config, s3_filesystem
 from tests.s3_server import SeaweedInfo  # fixtures `seaweed` and `s3_settings` come from conftest.py
 
 pytestmark = pytest.mark.s3
+
+ROOT = Path(__file__).resolve().parents[1]  # `python -m infra.seaweed` runs from the repository root
 
 
 def _listening(port: int) -> bool:
@@ -87,12 +90,13 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    cli = [sys.executable, "-m", "delivery_lake.seaweed"]
+    cli = [sys.executable, "-m", "infra.seaweed"]
     pidfile = tmp_path / "weed.pid"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "LAKE_URL"}
     refused = subprocess.run(
         [*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port)],
         env=base_env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
@@ -107,6 +111,7 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
     up = subprocess.run(
         [*cli, "up", "--dir", str(tmp_path / "d"), "--port", str(port), "--pidfile", str(pidfile)],
         env=env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=90,
@@ -120,7 +125,12 @@ def test_cli_up_and_down(tmp_path: Path) -> None:
         assert "clilake" in fs.ls("")  # bucket taken from LAKE_URL
     finally:
         down = subprocess.run(
-            [*cli, "down", "--pidfile", str(pidfile)], env=base_env, capture_output=True, text=True, timeout=60
+            [*cli, "down", "--pidfile", str(pidfile)],
+            env=base_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert down.returncode == 0, down.stderr
     assert not pid_alive(pid)

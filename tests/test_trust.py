@@ -31,7 +31,7 @@ from delivery_lake.generator import generate
 from delivery_lake.inbox import fingerprint, list_files
 from delivery_lake.landing import Landing, reconcile, releasable
 from delivery_lake.storage import Lake
-from tests.conftest import START
+from tests.helpers import START
 
 # End-to-end: real landings, Dagster runs and MLflow; not in the fast tier (`make test-fast`).
 pytestmark = pytest.mark.slow

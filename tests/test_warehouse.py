@@ -20,7 +20,7 @@ from delivery_lake.config import Settings
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import META_TABLE, Warehouse, file_fingerprint, query
-from tests.test_landing import land_all
+from tests.helpers import land_all
 
 DAY = "2026-01-07"
 

@@ -16,6 +16,7 @@ final as (
         order_id,  -- Order delivered.
         client_id,  -- Client of the order.
         driver_id,  -- Courier.
+        vehicle_id,  -- Vehicle the delivery was made with.
         depot_id as depot,  -- Depot the parcels left from (the order's pickup depot).
         -- [timestamps]
         date,  -- Dispatch date (UTC); the partition.
@@ -25,6 +26,7 @@ final as (
         status,  -- Final outcome: delivered, failed or returned.
         is_on_time,  -- Delivered and delivered_at <= promised_by.
         late_minutes,  -- Minutes after promised_by; 0 if on time, null if not delivered.
+        delivery_minutes,  -- Minutes from dispatch to hand-over; null if not delivered.
         -- [numbers]
         distance_km,  -- Route distance depot to drop-off.
         attempts,  -- Delivery attempts made.

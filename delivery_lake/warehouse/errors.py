@@ -1,0 +1,5 @@
+"""The warehouse's error type, shared by the refresh and the readers."""
+
+
+class WarehouseError(RuntimeError):
+    pass
