@@ -72,6 +72,7 @@ lint: install  ## ruff (rules and formatting), mypy, and the import-layer contra
 	$(BIN)/ruff format --check delivery_lake assets tests bench infra
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/delivery-lake metrics --check-docs
 
 fmt: install  ## format the code (ruff)
 	$(BIN)/ruff format delivery_lake assets tests bench infra

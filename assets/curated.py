@@ -14,6 +14,8 @@ from assets.checks import FRESHNESS_POLICY
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
+from delivery_lake.semantic.layer import default as semantic_layer
+from delivery_lake.semantic.layer import metrics_on
 from delivery_lake.transform import MODELS_DIR, Model, Project, Runner
 from delivery_lake.warehouse import Warehouse
 
@@ -104,6 +106,14 @@ def _description(project: Project, m: Model) -> str:
     )
     if m.is_partitioned:
         parts.append("Each date is rebuilt on its own; raw partitions blocked by the quality gate are left out.")
+    governed = metrics_on(semantic_layer(), m.name)
+    if governed:
+        # The metric definitions live in semantic/*.yaml; the mart's docs show them, never restate them.
+        parts.append(
+            "Governed metrics on this table (semantic/metrics.yaml): "
+            + "; ".join(f"`{g.name}` = {g.definition()}" for g in governed)
+            + "."
+        )
     return "\n\n".join(parts)
 
 

@@ -44,6 +44,8 @@ TARGETS = {
     "query_speedup_vs_pandas": (">=", 50.0),
     "median_parquet_file_mb": None,
     "files_per_partition": ("<=", 1.0),
+    "ask_p95_ms_uncached": ("<=", 300.0),
+    "ask_p95_ms_cached": ("<=", 20.0),
 }
 
 
@@ -320,6 +322,9 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
     for name in ("kpi_duckdb", "kpi_duckdb_adhoc"):
         rows = checks.assert_same_answers(name, r.measurements[name][-1].result["answers"], "pandas", pandas_answers)
     console.print(f"[green]equal[/]: KPI answers of the marts, of fct_deliveries and of pandas, rows per query {rows}")
+    console.rule("[bold]questions[/]: a replayed question log through the question service")
+    r.run("ask_service", "ask_service.py", ["--warehouse", warehouse])
+    out["ask_service"] = r.measurements["ask_service"][-1].result
     out.update(
         kpi_source="warehouse",
         kpi_rows_compared=rows,
@@ -462,6 +467,20 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
         m,
         mean=fs.get("files_per_partition_mean"),
         partitions=fs.get("partitions"),
+    )
+    ask = extras["ask_service"]
+    figures = dict(
+        cache=ask["cache"],
+        asks=ask["asks"],
+        distinct_questions=ask["distinct_questions"],
+        refused=ask["refused"],
+        cache_hit_ratio=ask["hit_ratio"],
+    )
+    keys["ask_p95_ms_uncached"] = _key(
+        "ask_p95_ms_uncached", ask["uncached_p95_ms"], m, p50_ms=ask["uncached_p50_ms"], **figures
+    )
+    keys["ask_p95_ms_cached"] = _key(
+        "ask_p95_ms_cached", ask["cached_p95_ms"], m, p50_ms=ask["cached_p50_ms"], **figures
     )
     return keys
 

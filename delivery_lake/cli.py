@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, render_markdown
+from delivery_lake.semantic.parsers import add_commands
 
 if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; commands that do not build skip them
     from delivery_lake.transform import ModelResult
@@ -327,9 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true")
     c.set_defaults(func=_cmd_contract)
 
-    from delivery_lake.semantic.commands import add_commands  # metrics, metric, ask, ask-eval, serve
-
-    add_commands(sub)
+    add_commands(sub)  # metrics, metric, ask, ask-eval, serve
     return p
 
 

@@ -70,7 +70,7 @@ SECRET_VARS = (
     "LAKE_ANALYST_SECRET_KEY",
 )
 # Start order; `down` stops in reverse.
-SERVICES = ("seaweed", "mlflow", "dagster-webserver", "dagster-daemon")
+SERVICES = ("seaweed", "mlflow", "dagster-webserver", "dagster-daemon", "ask-service")
 # What /proc/<pid>/cmdline must contain for `down` to signal a recorded pid.
 CMD_MARKERS = {
     "seaweed": "weed",
@@ -127,6 +127,8 @@ class StackConfig:
     lake_port: int = 8333
     mlflow_port: int = 5000
     dagster_port: int = 3000
+    ask_port: int = 8765
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     max_concurrent_runs: int = 2
     mlflow_artifacts_destination: str = ""
     warehouse_path: str | None = None
@@ -155,6 +157,8 @@ class StackConfig:
             lake_port=int(get("LAKE_PORT", "8333")),
             mlflow_port=int(get("MLFLOW_PORT", "5000")),
             dagster_port=int(get("DAGSTER_PORT", "3000")),
+            ask_port=int(get("ASK_PORT", "8765")),
+            redis_url=get("REDIS_URL", "redis://127.0.0.1:6379/0"),
             max_concurrent_runs=int(get("DAGSTER_MAX_CONCURRENT_RUNS", "2")),
             mlflow_artifacts_destination=get("MLFLOW_ARTIFACTS_DESTINATION", f"s3://{bucket}/mlflow-artifacts"),
             warehouse_path=env.get("WAREHOUSE_PATH") or None,
@@ -194,6 +198,10 @@ class StackConfig:
     @property
     def dagster_url(self) -> str:
         return f"http://{HOST}:{self.dagster_port}"
+
+    @property
+    def ask_url(self) -> str:
+        return f"http://{HOST}:{self.ask_port}"
 
     def missing_secrets(self) -> list[str]:
         return [k for k in SECRET_VARS if not self.secrets.get(k)]
@@ -356,6 +364,10 @@ def webserver_command(port: int) -> list[str]:
     return [_bin("dagster-webserver"), "-w", str(ROOT / "workspace.yaml"), "-h", HOST, "-p", str(port)]
 
 
+def ask_command(port: int) -> list[str]:
+    return [_bin("delivery-lake"), "serve", "--host", HOST, "--port", str(port)]
+
+
 def daemon_command() -> list[str]:
     return [_bin("dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")]
 
@@ -433,12 +445,19 @@ def up(env: Mapping[str, str]) -> int:
         return 1
     busy = [
         f"{n} port {p}"
-        for n, p in (("S3", cfg.lake_port), ("MLflow", cfg.mlflow_port), ("Dagster", cfg.dagster_port))
+        for n, p in (
+            ("S3", cfg.lake_port),
+            ("MLflow", cfg.mlflow_port),
+            ("Dagster", cfg.dagster_port),
+            ("question service", cfg.ask_port),
+        )
         if not port_is_free(p)
     ]
     if busy:
         print(
-            "ports in use on 127.0.0.1: " + ", ".join(busy) + " (set LAKE_PORT / MLFLOW_PORT / DAGSTER_PORT)",
+            "ports in use on 127.0.0.1: "
+            + ", ".join(busy)
+            + " (set LAKE_PORT / MLFLOW_PORT / DAGSTER_PORT / ASK_PORT)",
             file=sys.stderr,
         )
         return 1
@@ -477,12 +496,20 @@ def up(env: Mapping[str, str]) -> int:
         daemon = spawn("dagster-daemon", daemon_command(), denv, cfg.run_dir, cwd=ROOT)
         started.append(daemon.pid)
         _record(cfg, "dagster-daemon", daemon.pid)
+        # The question service reads the warehouse the pipeline publishes (answers cached in Redis).
+        ask = spawn(
+            "ask-service", ask_command(cfg.ask_port), {**denv, "REDIS_URL": cfg.redis_url}, cfg.run_dir, cwd=ROOT
+        )
+        started.append(ask.pid)
+        _record(cfg, "ask-service", ask.pid)
         wait_http(f"{cfg.mlflow_url}/health", mlflow, timeout=240, ok=lambda s: s == 200)
         print(f"mlflow      {cfg.mlflow_url}  (pid {mlflow.pid}, log {mlflow.log_path})")
         wait_http(f"{cfg.dagster_url}/server_info", web, timeout=240, ok=lambda s: s == 200)
         print(
             f"dagster     {cfg.dagster_url}  (webserver pid {web.pid}, daemon pid {daemon.pid}, logs in {cfg.run_dir})"
         )
+        wait_http(f"{cfg.ask_url}/health", ask, timeout=120, ok=lambda s: s == 200)
+        print(f"questions   {cfg.ask_url}  (pid {ask.pid}, answers cached in Redis, log {ask.log_path})")
         time.sleep(2)
         if not daemon.alive():
             raise StackError(f"dagster-daemon exited; log {daemon.log_path}:\n{daemon.log_tail()}")
@@ -498,6 +525,7 @@ def up(env: Mapping[str, str]) -> int:
         f"the daemon lands, refreshes, validates and retrains.\n"
         f"  Dagster UI  {cfg.dagster_url}\n"
         f"  MLflow UI   {cfg.mlflow_url}\n"
+        f"  Questions   {cfg.ask_url}  (page; API docs at {cfg.ask_url}/docs)\n"
         f"  S3 (lake)   {cfg.s3_endpoint}  {cfg.lake_url}\n"
         f"  Data Docs   {cfg.stack_dir / 'data_docs' / 'index.html'}\n"
         f"`make down` stops it."
@@ -533,6 +561,7 @@ def status(env: Mapping[str, str]) -> int:
         "mlflow": cfg.mlflow_url,
         "dagster-webserver": cfg.dagster_url,
         "dagster-daemon": "",
+        "ask-service": cfg.ask_url,
     }
     up_count = 0
     for name in SERVICES:

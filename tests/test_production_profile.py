@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -244,6 +244,46 @@ def test_analyst_reads_curated_data_and_cannot_write(prod: Prod) -> None:
     assert prod.fs("pipeline").exists(parts[0])
     with pytest.raises(PermissionError):
         analyst.mkdir("analyst-bucket")
+
+
+def test_question_service_answers_from_the_published_warehouse_with_redis(prod: Prod, tmp_path) -> None:
+    """The service `make up` starts (same command, same environment as the daemon's runs),
+    answering from the warehouse the pipeline published, with its answers cached in Redis."""
+    import json
+    import urllib.request
+
+    import duckdb
+
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(prod.cfg.redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at {prod.cfg.redis_url} is not reachable: {exc}")
+    port = _free_port()
+    env = {**stack.dagster_env(prod.cfg, os.environ), "REDIS_URL": prod.cfg.redis_url}
+    service = processes.spawn("ask-service", stack.ask_command(port), env, tmp_path, cwd=stack.ROOT)
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/health", service, timeout=120, ok=lambda s: s == 200)
+
+        def ask(question: str) -> dict:
+            body = json.dumps({"question": question, "as_of": str(START + timedelta(days=DAYS - 1))}).encode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/ask", body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+
+        question = f"deliveries per day in the last {DAYS} days"
+        first, second = ask(question), ask(question)
+        con = duckdb.connect(str(prod.settings.warehouse_path), read_only=True)
+        want = con.execute("SELECT date::VARCHAR, count(*) FROM fct_deliveries GROUP BY 1 ORDER BY 1").fetchall()
+        con.close()
+        assert [tuple(r) for r in first["rows"]] == want and len(want) == DAYS
+        assert first["cached"] is False and second["cached"] is True and second["rows"] == first["rows"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+            assert json.loads(resp.read())["cache"] == "redis"
+    finally:
+        processes.stop_group(service.proc.pid, reap=service.proc.poll)
 
 
 def test_wrong_secret_is_denied(prod: Prod) -> None:

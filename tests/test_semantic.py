@@ -313,3 +313,17 @@ def test_ask_and_metric_from_the_command_line(
     assert main(["metrics"]) == 0
     listing = capsys.readouterr().out
     assert "on_time_rate" in listing and "On-time deliveries" in listing and "vehicle_type" in listing
+
+
+def test_the_marts_docs_read_the_metric_definitions(capsys: pytest.CaptureFixture[str]) -> None:
+    import dagster as dg
+
+    from assets.definitions import defs
+
+    assert main(["metrics", "--check-docs"]) == 0, "docs/metrics.md is stale: delivery-lake metrics --write-docs"
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    layer = default()
+    for m in layer.metrics.values():
+        assert f"| `{m.name}` | `{layer.models[m.model].table}` | `{m.definition()}` |" in doc
+    described = defs.resolve_asset_graph().get(dg.AssetKey(["curated", "fct_deliveries"])).description or ""
+    assert f"`on_time_rate` = {layer.metrics['on_time_rate'].definition()}" in described

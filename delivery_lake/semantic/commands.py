@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.table import Table as RichTable
 from delivery_lake.config import Settings
 from delivery_lake.semantic import evaluation
 from delivery_lake.semantic.compiler import MetricQuery
-from delivery_lake.semantic.layer import SemanticError
+from delivery_lake.semantic.layer import SemanticError, render_markdown
 from delivery_lake.semantic.layer import default as default_layer
 from delivery_lake.semantic.service import QuestionService, make_cache
 from delivery_lake.warehouse import WarehouseError
@@ -62,8 +63,21 @@ def _service(settings: Settings) -> QuestionService:
     return QuestionService(settings.warehouse_path, make_cache(settings.redis_url))
 
 
+METRICS_DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "metrics.md"
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     layer = default_layer()
+    if args.write_docs or args.check_docs:
+        text = render_markdown(layer)
+        if args.check_docs:
+            if not METRICS_DOC.exists() or METRICS_DOC.read_text() != text:
+                print(f"{METRICS_DOC} is out of date: run `delivery-lake metrics --write-docs`", file=sys.stderr)
+                return 1
+            return 0
+        METRICS_DOC.write_text(text)
+        console.print(f"wrote {METRICS_DOC}")
+        return 0
     if args.format == "json":
         print(json.dumps(QuestionService(Settings.from_env().warehouse_path, layer=layer).catalogue(), indent=1))
         return 0
@@ -160,38 +174,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from delivery_lake.semantic.api import serve  # FastAPI and uvicorn: only for this command
 
     return serve(Settings.from_env(), host=args.host, port=args.port)
-
-
-def add_commands(sub: Any) -> None:
-    m = sub.add_parser("metrics", help="list the governed metrics and dimensions (semantic/*.yaml)")
-    m.add_argument("--format", choices=("table", "json"), default="table")
-    m.set_defaults(func=cmd_metrics)
-
-    q = sub.add_parser("metric", help="answer a structured metric query, e.g. metric on_time_rate --by client")
-    q.add_argument("metric", help="metric name (comma-separated for several)")
-    q.add_argument("--by", action="append", help="dimension(s) to break down by (date, client, depot, ...)")
-    q.add_argument("--grain", choices=("day", "week", "month"), default="day", help="grain of the date dimension")
-    q.add_argument("--where", action="append", help="DIMENSION=VALUE filter (repeatable; same dimension = any of)")
-    q.add_argument("--from", dest="from_", help="first date, YYYY-MM-DD (inclusive)")
-    q.add_argument("--to", help="last date, YYYY-MM-DD (inclusive)")
-    q.add_argument("--order-by", help="metric to rank by")
-    q.add_argument("--ascending", action="store_true", help="rank lowest first")
-    q.add_argument("--limit", type=int)
-    q.add_argument("--format", choices=("table", "json"), default="table")
-    q.set_defaults(func=cmd_metric)
-
-    a = sub.add_parser("ask", help="ask the warehouse a question in plain English (refusals exit 3)")
-    a.add_argument("question")
-    a.add_argument("--as-of", help="the date 'today' means, YYYY-MM-DD (default: today, UTC)")
-    a.add_argument("--format", choices=("table", "json"), default="table")
-    a.set_defaults(func=cmd_ask)
-
-    e = sub.add_parser("ask-eval", help="score `ask` on the labelled question set (accuracy, refusals)")
-    e.add_argument("--questions", default=str(evaluation.DEFAULT_QUESTIONS))
-    e.add_argument("-v", "--verbose", action="store_true")
-    e.set_defaults(func=cmd_ask_eval)
-
-    s = sub.add_parser("serve", help="HTTP question service and page (POST /ask, GET /metrics, POST /metric)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8765)
-    s.set_defaults(func=cmd_serve)

@@ -21,7 +21,6 @@ from delivery_lake.semantic.answer import _plain
 from delivery_lake.semantic.service import QuestionService
 from delivery_lake.warehouse import open_reader
 
-DEFAULT_QUESTIONS = Path(__file__).resolve().parent.parent.parent / "tests" / "questions" / "labelled.yaml"
 TARGET_ACCURACY = 0.95
 
 

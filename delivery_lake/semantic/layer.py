@@ -275,3 +275,38 @@ def check_columns(layer: SemanticLayer, columns_of: dict[str, set[str]]) -> list
             if table in columns_of and col not in columns_of[table]:
                 problems.append(f"dimension {d.name}: {table} has no column {col}")
     return problems
+
+
+def metrics_on(layer: SemanticLayer, table: str) -> list[Metric]:
+    """The governed metrics computed on a warehouse table (for that mart's docs)."""
+    return [m for m in layer.metrics.values() if layer.models[m.model].table == table]
+
+
+def render_markdown(layer: SemanticLayer) -> str:
+    """docs/metrics.md: the metrics and dimensions as the YAML defines them."""
+    lines = [
+        "# Governed metrics",
+        "",
+        "Generated from `semantic/*.yaml` by `delivery-lake metrics --write-docs`; do not edit by hand.",
+        "A ratio is `sum(numerator) / sum(denominator)` over the rows of each group asked for.",
+        "",
+        "| metric | on | definition | format | better | also called | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in layer.metrics.values():
+        words = ", ".join(w for w in m.synonyms if w != m.name.replace("_", " "))
+        table = layer.models[m.model].table
+        definition = m.definition().replace("|", "\\|")
+        lines.append(
+            f"| `{m.name}` | `{table}` | `{definition}` | {m.format} | {m.better} | {words} | {m.description} |"
+        )
+    lines += ["", "| dimension | reached from | also called | description |", "|---|---|---|---|"]
+    for d in layer.dimensions.values():
+        reach = "every model (its time column)" if d.time else ", ".join(f"{k}: `{v}`" for k, v in d.columns.items())
+        grains = f" Grains: {', '.join(d.grains)}." if d.time else ""
+        lines.append(f"| `{d.name}` | {reach} | {', '.join(d.synonyms)} | {d.description}{grains} |")
+    lines += ["", "| model | table | time column | joins |", "|---|---|---|---|"]
+    for model in layer.models.values():
+        joins = ", ".join(f"{j.name} (`{j.table}`)" for j in model.joins.values())
+        lines.append(f"| `{model.name}` | `{model.table}` | `{model.time}` | {joins} |")
+    return "\n".join(lines) + "\n"
