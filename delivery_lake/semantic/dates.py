@@ -182,7 +182,10 @@ def _rules() -> list[tuple[re.Pattern[str], object]]:
             r(rf"(?:on\s+)?last\s+({_WEEKDAY})"),
             lambda m, a: (_weekday_before(m.group(1).lower(), a, True),) * 2 + (None,),
         ),
-        (r(rf"(?:on\s+)?(?:the\s+)?({DATE})"), lambda m, a: (parse_date(m.group(1), a),) * 2 + (None,)),
+        (
+            r(rf"(?:on\s+)?(?:{_WEEKDAY},?\s+)?(?:the\s+)?({DATE})"),
+            lambda m, a: (parse_date(m.group(1), a),) * 2 + (None,),
+        ),
         (r(rf"(?:on\s+)({_WEEKDAY})"), lambda m, a: (_weekday_before(m.group(1).lower(), a, False),) * 2 + (None,)),
         (
             r(rf"(?:in|during|for|of)\s+({_MONTH})(?:\s+({_YEAR}))?"),

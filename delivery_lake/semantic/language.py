@@ -238,6 +238,11 @@ STOPWORDS = frozenset(
         "ship",
         "shipped",
         "handle",
+        "minutes",
+        "mins",
+        "driven",
+        "drive",
+        "drove",
         "handled",
     ]
 )
@@ -419,6 +424,7 @@ def _match_terms(tokens: list[str], vocab: Vocabulary) -> list[tuple[Term | None
 
 
 RANK_WORDS = DESC_WORDS | ASC_WORDS | BEST | WORST
+SHARE_WORDS = {"percentage", "percent", "share", "proportion", "fraction", "ratio", "rate"}
 AVERAGE_WORDS = {"average", "avg", "mean"}
 GENERIC_METRIC = "deliveries"
 GENERIC_NOUNS = {"deliveries", "delivery", "shipments", "shipment", "parcels", "parcel", "packages", "package", "jobs"}
@@ -496,6 +502,7 @@ def interpret(question: str, layer: SemanticLayer, vocab: Vocabulary, as_of: dt.
     dimension_words: list[tuple[str, bool]] = []  # (dimension, asked "by"/"per"/"each" it)
     generic: list[int] = []  # positions of a bare "deliveries"/"parcels" noun
     plural = False  # "which drivers" ranks several, "which driver" one
+    share = False  # "what share of deliveries failed": a rate, not a count
     for idx, (term, word) in enumerate(matched):
         previous = matched[idx - 1][1] if idx > 0 else ""
         if term is None:
@@ -516,6 +523,9 @@ def interpret(question: str, layer: SemanticLayer, vocab: Vocabulary, as_of: dt.
                 continue
             if word in AVERAGE_WORDS and _before_ratio(matched, idx, layer):
                 continue  # "average rating", "mean late probability": the metric is already an average
+            if word in SHARE_WORDS:
+                share = True
+                continue
             if word in STOPWORDS or word in GROUP_WORDS or word in COMPARE_WORDS:
                 continue
             if any(p.match(word) for p in vocab.id_patterns):
@@ -550,6 +560,21 @@ def interpret(question: str, layer: SemanticLayer, vocab: Vocabulary, as_of: dt.
     # counted, not a second metric, unless the question joins them ("deliveries and revenue").
     if len(metrics) > 1 and generic and not any(_joined(matched, i) for i in generic):
         metrics.remove(GENERIC_METRIC)
+    # "deliveries that failed" counts what the `failed` metric counts: one status value on the
+    # generic count is that status's own metric, when one is declared.
+    statuses = values.get("status", [])
+    if metrics == [GENERIC_METRIC] and len(statuses) == 1 and statuses[0] in layer.metrics and "status" not in group_by:
+        metrics = [statuses[0]]
+        del values["status"]
+    if share:
+        rates = [layer.metrics[m].rate or m for m in metrics]
+        if not all(layer.metrics[r].is_ratio for r in rates):
+            plain = [m for m, r in zip(metrics, rates, strict=True) if not layer.metrics[r].is_ratio]
+            return Refusal(
+                f"there is no governed rate for the share of {', '.join(plain)}",
+                _suggest(" ".join(plain) + " rate", layer, vocab),
+            )
+        metrics = list(dict.fromkeys(rates))
 
     if unknown:
         what = ", ".join(repr(w) for w in unknown)

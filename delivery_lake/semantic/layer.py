@@ -73,6 +73,7 @@ class Metric:
     format: str
     synonyms: tuple[str, ...]
     better: str = "higher"
+    rate: str | None = None  # the ratio metric meaning "the share of" this count
     expr: str | None = None
     numerator: str | None = None
     denominator: str | None = None
@@ -236,10 +237,14 @@ def load(directory: Path = SEMANTIC_DIR) -> SemanticLayer:
             format=fmt,
             synonyms=_words(raw.get("synonyms"), where),
             better=better,
+            rate=str(raw["rate"]) if raw.get("rate") else None,
             expr=_aggregate(str(raw["expr"]), where) if has_expr else None,
             numerator=_aggregate(str(raw["numerator"]), where) if has_ratio else None,
             denominator=_aggregate(str(raw["denominator"]), where) if has_ratio else None,
         )
+    for m in metrics.values():
+        if m.rate and (m.rate not in metrics or not metrics[m.rate].is_ratio):
+            raise SemanticError(f"{path.name}: metric {m.name}: rate {m.rate!r} is not a ratio metric of this file")
     return SemanticLayer(models, dimensions, metrics)
 
 
