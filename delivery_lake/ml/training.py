@@ -313,7 +313,6 @@ def train(
             name="model",
             signature=signature,
             input_example=x_example,
-            registered_model_name=registry.MODEL_NAME,
             pyfunc_predict_fn="predict_proba",
             # skops (MLflow's safe default format) refuses types it does not know; these are
             # the ones our pipeline holds (HistGradientBoosting trees, sklearn's validators).
@@ -337,7 +336,14 @@ def train(
                 )
             )
             mlflow.log_artifact(str(partitions), artifact_path="data")
-        version = str(info.registered_model_version)
+        # Registered through the client rather than `registered_model_name=`: the fluent path
+        # prints "Successfully registered model ..." to stderr on every retrain, which is not news.
+        if not c.search_registered_models(filter_string=f"name = '{registry.MODEL_NAME}'"):
+            c.create_registered_model(registry.MODEL_NAME)
+        created = c.create_model_version(
+            registry.MODEL_NAME, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id
+        )
+        version = str(created.version)
 
         promoted, decision = decide(
             metrics["roc_auc"],
