@@ -200,6 +200,7 @@ def _mart_rows(lake: Lake, model: str, date: str) -> list[dict]:
     return pq.read_table(lake.data_file("curated", model, date)).to_pylist()
 
 
+@pytest.mark.slow  # a whole Dagster run (about 16 s): the full suite only
 def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Settings, run_cli) -> None:
     src = qs.inbox_dir / "deliveries" / f"{DAY}.csv"
     original = src.read_text()
