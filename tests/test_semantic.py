@@ -327,3 +327,14 @@ def test_the_marts_docs_read_the_metric_definitions(capsys: pytest.CaptureFixtur
         assert f"| `{m.name}` | `{layer.models[m.model].table}` | `{m.definition()}` |" in doc
     described = defs.resolve_asset_graph().get(dg.AssetKey(["curated", "fct_deliveries"])).description or ""
     assert f"`on_time_rate` = {layer.metrics['on_time_rate'].definition()}" in described
+
+
+def test_ask_from_the_shell_answers_without_an_unreachable_redis(
+    warehouse: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WAREHOUSE_PATH", str(warehouse))
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+    assert main(["ask", "deliveries by client", "--as-of", "2026-03-11", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == [["C001", "Acme Foods", 3], ["C002", "Borealis Books", 3]]
+    assert "Redis cache (REDIS_URL) unavailable" in captured.err and "s3cret" not in captured.err

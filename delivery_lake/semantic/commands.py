@@ -17,7 +17,7 @@ from delivery_lake.semantic import evaluation
 from delivery_lake.semantic.compiler import MetricQuery
 from delivery_lake.semantic.layer import SemanticError, render_markdown
 from delivery_lake.semantic.layer import default as default_layer
-from delivery_lake.semantic.service import QuestionService, make_cache
+from delivery_lake.semantic.service import MemoryCache, QuestionService, make_cache
 from delivery_lake.warehouse import WarehouseError
 
 REFUSED_EXIT = 3
@@ -60,7 +60,13 @@ def print_answer(result: dict[str, Any]) -> None:
 
 
 def _service(settings: Settings) -> QuestionService:
-    return QuestionService(settings.warehouse_path, make_cache(settings.redis_url))
+    try:
+        cache = make_cache(settings.redis_url)
+    except Exception as exc:  # the Redis client's errors; the URL is not repeated (it may hold a password)
+        # One question from the shell does not need the shared cache: answer it uncached, and say so.
+        print(f"note: Redis cache (REDIS_URL) unavailable, answering without it: {type(exc).__name__}", file=sys.stderr)
+        cache = MemoryCache()
+    return QuestionService(settings.warehouse_path, cache)
 
 
 METRICS_DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "metrics.md"
