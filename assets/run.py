@@ -32,6 +32,8 @@ from delivery_lake.landing import releasable, unreconciled
 from delivery_lake.ml.features import FACT, HISTORY_DAYS
 from delivery_lake.planning import plan_runs
 from delivery_lake.quality import Quality
+from delivery_lake.sources.mapping import MappingError
+from delivery_lake.sources.render import render_arrived
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
 from delivery_lake.transform import affected_dates, held_dates
 
@@ -258,6 +260,18 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         outcome.lines.append(
             f"marked {len(dead)} run(s) failed whose process had died: {', '.join(r[:8] for r in dead)}"
         )
+    # Foreign exports (INBOX_DIR/sources/<name>/) become contract-shaped feed files first.
+    try:
+        rendered = render_arrived(settings.inbox_dir, settings.duckdb_memory_limit)
+    except MappingError as exc:
+        outcome.success = False
+        outcome.failure = "source mapping: " + " | ".join(exc.problems)
+        return outcome
+    for written in rendered:
+        if written.changed:
+            outcome.lines.append(
+                f"rendered {written.feed} from {written.foreign_file or 'the mapping'}: {written.rows_rendered:,} rows"
+            )
     cursor_path = lake.meta_path("cli_cursor.json")
     cursor = None if full else lake.read_json(cursor_path, default={})
     changes = scan_changes(lake, settings.inbox_dir, cursor)

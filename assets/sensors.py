@@ -12,6 +12,8 @@ from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, scan_changes
 from delivery_lake.landing import releasable
 from delivery_lake.planning import plan_runs
+from delivery_lake.sources.mapping import MappingError
+from delivery_lake.sources.render import render_arrived
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -86,6 +88,12 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
 def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
     settings = lakehouse.settings()
     cursor = json.loads(context.cursor) if context.cursor else {}
+    try:
+        # Foreign exports (INBOX_DIR/sources/<name>/) become feed files this scan then sees.
+        render_arrived(settings.inbox_dir, settings.duckdb_memory_limit)
+    except MappingError as exc:
+        for problem in exc.problems:
+            context.log.error(f"not rendered: {problem}")
     changes = scan_changes(lakehouse.lake(), settings.inbox_dir, cursor)
     if changes.empty:
         released = release_requests(

@@ -17,6 +17,7 @@ from rich.table import Table as RichTable
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, render_markdown
 from delivery_lake.semantic.parsers import add_commands
+from delivery_lake.sources.parsers import add_commands as add_source_commands
 
 if TYPE_CHECKING:  # the runner pulls in sqlglot and Polars; commands that do not build skip them
     from delivery_lake.transform import ModelResult
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_contract)
 
     add_commands(sub)  # metrics, metric, ask, ask-eval, serve
+    add_source_commands(sub)  # source check, source init, source render
     return p
 
 

@@ -44,7 +44,6 @@ from .contract import (
     INDUSTRIES,
     PRIORITIES,
     REGIONS,
-    STATUSES,
     TABLES,
     TIERS,
     VEHICLE_TYPES,
@@ -225,6 +224,9 @@ FAILURE_P = np.array([0.35, 0.18, 0.12, 0.08, 0.12, 0.15])
 RETURN_REASONS = np.array([2, 3, 1])  # refused, damaged, address_not_found
 RETURN_REASON_P = np.array([0.5, 0.3, 0.2])
 PROOFS = ("signature", "photo", "none")
+# The outcomes generated, indexed by the status codes drawn below; the contract also allows
+# `in_transit` and `canceled`, which only real clients' exports bring.
+OUTCOMES = ("delivered", "failed", "returned")
 # Rating 1..5 by outcome: on time, late <= 4 h, late > 4 h, failed, returned.
 RATING_P = np.array(
     [
@@ -912,7 +914,7 @@ def _deliveries(
         pl.lit(world.vehicle_ids.gather(vehicle)).alias("vehicle_id"),
         _fmt_ts(pl.col("dispatch")).alias("dispatched_at"),
         pl.when(pl.col("has")).then(_fmt_ts(pl.col("delivered"))).alias("delivered_at"),
-        pl.lit(_strings(STATUSES).gather(status)).alias("status"),
+        pl.lit(_strings(OUTCOMES).gather(status)).alias("status"),
         pl.lit(pl.Series(attempts.astype(np.int64))).alias("attempts"),
         pl.lit(pl.Series(distance)).alias("distance_km"),
         pl.lit(_strings(FAILURE_REASONS).gather(reason)).alias("failure_reason"),
@@ -1065,7 +1067,8 @@ def _inject(
         r = idx["bad_status"]
         col, opts = {
             "orders": ("priority", ("urgent", "overnight", "STANDARD")),
-            "deliveries": ("status", ("lost", "in_transit", "unknown")),
+            # none of them allowed by the contract (in_transit is, since real clients report it)
+            "deliveries": ("status", ("lost", "misrouted", "unknown")),
             "customer_feedback": ("channel", ("fax", "pigeon", "phone")),
         }[table]
         df = _set(df, col, r, pick("bad_status", opts))

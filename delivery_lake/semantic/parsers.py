@@ -7,21 +7,12 @@ command runs. Importing the question layer costs ~190 ms (dateparser, sqlglot, D
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from delivery_lake.lazy_commands import later
+
 DEFAULT_QUESTIONS = Path(__file__).resolve().parent.parent.parent / "tests" / "questions" / "labelled.yaml"
-
-
-def _later(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from delivery_lake.semantic import commands
-
-        return int(getattr(commands, name)(args))
-
-    return run
 
 
 def add_commands(sub: Any) -> None:
@@ -30,7 +21,7 @@ def add_commands(sub: Any) -> None:
     m.add_argument("--format", choices=("table", "json"), default="table")
     m.add_argument("--write-docs", action="store_true", help="write docs/metrics.md from semantic/*.yaml")
     m.add_argument("--check-docs", action="store_true", help="fail if docs/metrics.md is out of date")
-    m.set_defaults(func=_later("cmd_metrics"))
+    m.set_defaults(func=later("delivery_lake.semantic.commands", "cmd_metrics"))
 
     q = sub.add_parser("metric", help="answer a structured metric query, e.g. metric on_time_rate --by client")
     q.add_argument("metric", help="metric name (comma-separated for several)")
@@ -43,20 +34,20 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--ascending", action="store_true", help="rank lowest first")
     q.add_argument("--limit", type=int)
     q.add_argument("--format", choices=("table", "json"), default="table")
-    q.set_defaults(func=_later("cmd_metric"))
+    q.set_defaults(func=later("delivery_lake.semantic.commands", "cmd_metric"))
 
     a = sub.add_parser("ask", help="ask the warehouse a question in plain English (refusals exit 3)")
     a.add_argument("question")
     a.add_argument("--as-of", help="the date 'today' means, YYYY-MM-DD (default: today, UTC)")
     a.add_argument("--format", choices=("table", "json"), default="table")
-    a.set_defaults(func=_later("cmd_ask"))
+    a.set_defaults(func=later("delivery_lake.semantic.commands", "cmd_ask"))
 
     e = sub.add_parser("ask-eval", help="score `ask` on the labelled question set (accuracy, refusals)")
     e.add_argument("--questions", default=str(DEFAULT_QUESTIONS))
     e.add_argument("-v", "--verbose", action="store_true")
-    e.set_defaults(func=_later("cmd_ask_eval"))
+    e.set_defaults(func=later("delivery_lake.semantic.commands", "cmd_ask_eval"))
 
     s = sub.add_parser("serve", help="HTTP question service and page (POST /ask, GET /metrics, POST /metric)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
-    s.set_defaults(func=_later("cmd_serve"))
+    s.set_defaults(func=later("delivery_lake.semantic.commands", "cmd_serve"))

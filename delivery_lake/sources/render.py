@@ -1,0 +1,579 @@
+"""Render a source's foreign files into contract-shaped CSV files in the inbox.
+
+Each mapped feed and foreign file becomes `INBOX_DIR/<feed>/<source>--<foreign file stem>.csv`, in
+the contract's column order followed by `source_file` (the foreign file, relative to INBOX_DIR) and
+`source_line`, then any `extra` columns; the ordinary landing types, quarantines and reconciles it
+like any other file, and its extra columns point a quarantined row back to the foreign line.
+
+DuckDB does the work in one statement per file (`COPY (SELECT ...) TO`): the foreign file is read
+as text (`read_csv`, every column VARCHAR, names from its header), streaming, never loaded into
+Python. Null tokens and trimming apply to every foreign column first; then lookups, the filter,
+the column expressions, prefixes, value maps and time conversion. A value that does not convert
+(a date in another format) is written as it came, so the landing quarantines it with the foreign
+text rather than as missing.
+
+Rendering is idempotent: the same foreign bytes and mapping give the same output bytes, and an
+output that would not change is not rewritten (its modification time, which the inbox index and
+the landing's file order use, stays). Files are written atomically (a temporary name starting with
+'.', which the inbox ignores, then a rename). What was rendered, and which columns hold
+placeholders, is recorded beside the foreign files in `INBOX_DIR/sources/<source>/.rendered/`,
+outside the feed folders, whose every non-CSV file the inbox refuses.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import functools
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from delivery_lake.contract import DUCKDB_TYPES, Column
+from delivery_lake.inbox import MAX_LINE, compression
+from delivery_lake.sources.mapping import (
+    SOURCES_DIR,
+    ColumnSpec,
+    Feed,
+    Lookup,
+    Mapping,
+    MappingError,
+    check_headers,
+    foreign_files,
+    foreign_header,
+    load,
+    open_bytes,
+    parse_expression,
+)
+from delivery_lake.sql import ident, literal
+
+# Rows of each foreign file typed in the conversion check (`check_conversions`).
+SAMPLE_ROWS = 2000
+RENDERED = ".rendered"
+EXTRA = ("source_file", "source_line")
+
+
+@dataclass
+class Rendered:
+    """One output file: what it came from and what became of the foreign rows."""
+
+    feed: str
+    foreign_file: str | None  # relative to INBOX_DIR; None for constant rows
+    output: str
+    rows_read: int = 0  # foreign records (constant rows: the rows declared)
+    rows_rendered: int = 0
+    rows_filtered_out: int = 0  # by `filter`
+    rows_collapsed: int = 0  # by `distinct_on`
+    placeholders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changed: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+
+def reader_sql(path: Path, header: list[str], delimiter: str) -> str:
+    """The foreign file as text: names from its header (already checked), DuckDB's sniffer not asked."""
+    cols = ", ".join(f"{literal(h)}: 'VARCHAR'" for h in header)
+    opts = [
+        "header=true",
+        "auto_detect=false",
+        f"delim={literal(delimiter)}",
+        "quote='\"'",
+        "escape='\"'",
+        f"columns={{{cols}}}",
+        f"max_line_size={MAX_LINE}",
+        # DuckDB's default buffer is 16 lines of the longest allowed (160 MB a read); a few are
+        # plenty, and keep a render within a small memory limit
+        f"buffer_size={4 * MAX_LINE}",
+    ]
+    codec = compression(path)
+    if codec:
+        opts.append(f"compression='{codec}'")
+    return f"read_csv({literal(str(path))}, {', '.join(opts)})"
+
+
+def _clean(mapping: Mapping, expr: str) -> str:
+    """Trimmed, and NULL where the text is a null token."""
+    v = f"trim({expr})" if mapping.trim else expr
+    if not mapping.null_tokens:
+        return v
+    return f"CASE WHEN {v} IN ({', '.join(literal(t) for t in mapping.null_tokens)}) THEN NULL ELSE {v} END"
+
+
+def _qualify(sql: str, alias: str = "f") -> str:
+    """The expression with unqualified columns read from `alias` and `lookup.aggregate` from its CTE."""
+
+    def fix(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and node.name:
+            return exp.column(node.name, table=f"lk_{node.table}" if node.table else alias, quoted=True)
+        return node
+
+    return parse_expression(sql, aggregate_ok=True).transform(fix).sql(dialect="duckdb")
+
+
+def _cleaned_files(mapping: Mapping, files: list[Path], lines: bool) -> str:
+    """Every file's records, cleaned, with `__file` (rank), `__rec` (ordinal) and, with `lines`,
+    `__line`: the line a record starts on in the file.
+
+    A record quoted across several lines counts every line it spans: its line is 1 (the header)
+    + its ordinal + the line breaks inside the records before it, i.e. the line an editor shows
+    it starting on (a blank line in the file, which the reader skips, would shift this by one).
+    The running sum is a sorted window over every column, so it is only computed for a file that
+    has such records (`spans_lines`); elsewhere the line is the ordinal + 1, and DuckDB reads only
+    the columns the mapping uses.
+    """
+    parts = []
+    for rank, path in enumerate(files):
+        header = foreign_header(path, mapping.delimiter)
+        cols = ", ".join(f"{_clean(mapping, ident(h))} AS {ident(h)}" for h in header)
+        numbered = f"SELECT *, row_number() OVER () AS __rec FROM {reader_sql(path, header, mapping.delimiter)}"
+        if lines and not spans_lines(path, mapping.delimiter):
+            numbered = f"SELECT *, __rec + 1 AS __line FROM ({numbered})"
+        elif lines:
+            text = f"concat_ws('', {', '.join(ident(h) for h in header)})"
+            breaks = f"length({text}) - length(replace({text}, chr(10), ''))"
+            numbered = (
+                "SELECT *, __rec + 1 + coalesce(sum(__nl) OVER (ORDER BY __rec ROWS BETWEEN UNBOUNDED PRECEDING "
+                f"AND 1 PRECEDING), 0) AS __line FROM (SELECT *, {breaks} AS __nl FROM ({numbered}))"
+            )
+        line = ", __line" if lines else ""
+        parts.append(f"SELECT {rank} AS __file, __rec{line}, {cols} FROM ({numbered})")
+    return " UNION ALL BY NAME ".join(parts)
+
+
+def spans_lines(path: Path, delimiter: str = ",") -> bool:
+    """Whether some record of the file spans several lines (a quoted value holding a line break):
+    the file has more lines than records + the header."""
+    st = path.stat()
+    return _spans_lines(str(path), delimiter, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _spans_lines(path: str, delimiter: str, _size: int, _mtime: int) -> bool:
+    """Keyed by size and modification time too, so a changed file is looked at again."""
+    lines, last = 0, b"\n"
+    with open_bytes(Path(path)) as fh:
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    lines += last != b"\n"
+    header = foreign_header(Path(path), delimiter)
+    con = duckdb.connect()
+    try:
+        row = con.execute(f"SELECT count(*) FROM {reader_sql(Path(path), header, delimiter)}").fetchone()
+    finally:
+        con.close()
+    return lines > (row[0] if row else 0) + 1
+
+
+def _lookup_cte(mapping: Mapping, lookup: Lookup, folder: Path) -> str:
+    aggs = []
+    for a in lookup.aggregates:
+        v = _qualify(a.sql, "s")
+        if a.func == "sum":
+            # exact decimal addition: a float sum depends on the order threads add in
+            aggs.append(f"CAST(sum(TRY_CAST({v} AS DECIMAL(38,6))) AS DOUBLE) AS {ident(a.name)}")
+        elif a.func == "count":
+            aggs.append(f"count({v}) AS {ident(a.name)}")
+        else:
+            order = f"{_qualify(a.order_by, 's')}, " if a.order_by else ""
+            aggs.append(f"first({v} ORDER BY {order}s.__file, s.__rec) AS {ident(a.name)}")
+    files = foreign_files(folder, lookup.from_)
+    return (
+        f"{ident('lk_' + lookup.name)} AS (SELECT s.{ident(lookup.key)} AS __key, {', '.join(aggs)} "
+        f"FROM ({_cleaned_files(mapping, files, lines=False)}) s GROUP BY ALL)"
+    )
+
+
+def _base(spec: ColumnSpec) -> str:
+    """The column's text before prefixes, value maps and conversion."""
+    if spec.is_constant:
+        return "NULL::VARCHAR" if spec.constant is None else literal(spec.constant)
+    if spec.date is not None:
+        return f"(CAST({_qualify(spec.date)} AS VARCHAR) || ' ' || CAST({_qualify(spec.time or '')} AS VARCHAR))"
+    return f"CAST({_qualify(spec.sql or '')} AS VARCHAR)"
+
+
+def _finish(mapping: Mapping, spec: ColumnSpec, col: Column | None, v: str) -> list[str]:
+    """Successive expressions over `v` (each over the previous one's result): prefix, value map,
+    conversion, default. Returned as layers so no expression repeats another's text."""
+    layers = []
+    if spec.strip_prefix:
+        p = literal(spec.strip_prefix)
+        layers.append(
+            _clean(mapping, f"CASE WHEN starts_with({v}, {p}) THEN {v}[{len(spec.strip_prefix) + 1}:] ELSE {v} END")
+        )
+    if spec.value_map:
+        cases = " ".join(f"WHEN {literal(k)} THEN {literal(t)}" for k, t in spec.value_map.items())
+        layers.append(f"CASE {v} {cases} ELSE {v} END")
+    dtype = col.dtype if col else "string"
+    if dtype == "timestamp" and not spec.is_constant:
+        fmts = spec.format
+        parsed = (
+            f"try_strptime({v}, [{', '.join(literal(f) for f in fmts)}])" if fmts else f"TRY_CAST({v} AS TIMESTAMP)"
+        )
+        if spec.end_of_day:
+            # the whole day counts: a deadline of 2018-01-10 is met by 23:59:59 local time that day
+            parsed = f"(date_trunc('day', {parsed}) + INTERVAL 1 DAY - INTERVAL 1 SECOND)"
+        aware = any("%z" in f or "%Z" in f for f in fmts)
+        instant = parsed if aware else f"timezone({literal(mapping.timezone)}, {parsed})"
+        layers.append(f"coalesce(replace(CAST(timezone('UTC', {instant}) AS VARCHAR), ' ', 'T') || 'Z', {v})")
+    elif dtype == "date" and spec.format and not spec.is_constant:
+        listed = ", ".join(literal(f) for f in spec.format)
+        layers.append(f"coalesce(strftime(try_strptime({v}, [{listed}]), '%Y-%m-%d'), {v})")
+    if spec.default is not None:
+        layers.append(f"coalesce({v}, {literal(spec.default)})")
+    return layers
+
+
+@dataclass
+class FeedSql:
+    """The SQL of one feed over one foreign file: `select` (ordered, the output), `stats` (counts)."""
+
+    select: str
+    stats: str
+    defaults: list[str]  # columns whose default counts `stats` returns, in order
+
+
+def feed_sql(
+    mapping: Mapping, feed: Feed, path: Path, folder: Path, inbox: Path | None, sample: bool = False
+) -> FeedSql:
+    """`sample`: no line numbers, no order, the first SAMPLE_ROWS rows (for checks)."""
+    specs = _output_specs(feed)
+    lines = not sample
+    ctes = [f"f AS ({_cleaned_files(mapping, [path], lines=lines)})"]
+    ctes += [_lookup_cte(mapping, lk, folder) for lk in feed.lookups]
+    joins = " ".join(
+        f"LEFT JOIN {ident('lk_' + lk.name)} ON {ident('lk_' + lk.name)}.__key = ({_qualify(lk.on)})"
+        for lk in feed.lookups
+    )
+    names = list(specs)
+    base = ", ".join(f"{_base(spec)} AS c{i}" for i, (spec, _c) in enumerate(specs.values()))
+    conditions = [f"coalesce(({_qualify(feed.filter)})::BOOLEAN, false)"] if feed.filter else []
+    if feed.distinct_on and not sample:
+        # the first record of each value, found by an aggregate over a second read of the file
+        # (an aggregate spills to disk; a window partitioned by the value would hold every row)
+        keep_where = f"WHERE {conditions[0]}" if conditions else ""
+        ctes.append(
+            f"keep AS (SELECT min(f.__rec) AS __rec FROM ({_cleaned_files(mapping, [path], lines=False)}) f "
+            f"{joins} {keep_where} GROUP BY {_qualify(feed.distinct_on)})"
+        )
+        conditions.append("f.__rec IN (SELECT __rec FROM keep)")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    line = "f.__line" if lines else "NULL::BIGINT"
+    ctes.append(f"joined AS (SELECT f.__rec, {line} AS __line, {base} FROM f {joins} {where})")
+    # each layer rewrites the columns it changes, in turn, over the previous layer's columns
+    steps = {i: _finish(mapping, spec, col, f"c{i}") for i, (spec, col) in enumerate(specs.values())}
+    prev = "joined"
+    for depth in range(max((len(s) for s in steps.values()), default=0)):
+        cols = ", ".join(f"{steps[i][depth] if depth < len(steps[i]) else f'c{i}'} AS c{i}" for i in range(len(names)))
+        ctes.append(f"l{depth} AS (SELECT __rec, __line, {cols} FROM {prev})")
+        prev = f"l{depth}"
+    source = literal(str(path.relative_to(inbox)) if inbox and path.is_relative_to(inbox) else path.name)
+    contract_cols = [f"c{i} AS {ident(n)}" for i, n in enumerate(names) if n in feed.table.column_names]
+    extra_cols = [f"c{i} AS {ident(n)}" for i, n in enumerate(names) if n not in feed.table.column_names]
+    out = ", ".join([*contract_cols, f"{source} AS source_file", "__line AS source_line", *extra_cols])
+    order = f"LIMIT {SAMPLE_ROWS}" if sample else "ORDER BY __rec"
+    with_ = "WITH " + ", ".join(ctes)
+    select = f"{with_} SELECT {out} FROM {prev} {order}"
+    defaults = [n for n, (spec, _c) in specs.items() if spec.default is not None]
+    counts = ", ".join(f"count_if(c{names.index(n)} IS NULL)" for n in defaults)
+    filtered = (
+        f"(SELECT count_if(coalesce(({_qualify(feed.filter)})::BOOLEAN, false)) FROM f {joins})"
+        if feed.filter
+        else "(SELECT count(*) FROM f)"
+    )
+    stats = (
+        f"{with_} SELECT (SELECT count(*) FROM f), {filtered}, count(*){', ' + counts if counts else ''} FROM joined"
+    )
+    return FeedSql(select, stats, defaults)
+
+
+def _output_specs(feed: Feed) -> dict[str, tuple[ColumnSpec, Column | None]]:
+    out: dict[str, tuple[ColumnSpec, Column | None]] = {c.name: (feed.columns[c.name], c) for c in feed.table.columns}
+    out.update({n: (s, None) for n, s in feed.extra.items()})
+    return out
+
+
+def constant_sql(mapping: Mapping, feed: Feed) -> str:
+    rows = []
+    for row in feed.rows:
+        vals = [_base(row[c.name]) for c in feed.table.columns]
+        rows.append(
+            f"SELECT {', '.join(f'{v} AS {ident(c.name)}' for v, c in zip(vals, feed.table.columns, strict=True))}, "
+            f"{literal(mapping.label)} AS source_file, NULL::BIGINT AS source_line"
+        )
+    return " UNION ALL ".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before anything is written
+
+
+def check(mapping: Mapping, folder: Path, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+    """Headers, binding and a conversion sample; raises MappingError. Returns warnings: columns where
+    some sampled values will not convert (the landing quarantines those rows)."""
+    check_headers(mapping, folder)
+    problems: list[str] = []
+    warnings: list[str] = []
+    own = con is None
+    con = con or duckdb.connect()
+    try:
+        for feed in mapping.feeds.values():
+            if feed.is_constant:
+                continue
+            for path in foreign_files(folder, feed.from_ or ""):
+                _check_feed(con, mapping, feed, path, folder, problems, warnings)
+    finally:
+        if own:
+            con.close()
+    if problems:
+        raise MappingError(problems)
+    return warnings
+
+
+def _check_feed(
+    con: duckdb.DuckDBPyConnection,
+    mapping: Mapping,
+    feed: Feed,
+    path: Path,
+    folder: Path,
+    problems: list[str],
+    warnings: list[str],
+) -> None:
+    where = f"{mapping.label}: feed {feed.name}"
+    sql = feed_sql(mapping, feed, path, folder, None, sample=True)
+    try:
+        con.execute(f"DESCRIBE {sql.select}")
+    except duckdb.Error as exc:
+        problems.append(_bind_problem(con, mapping, feed, path, folder, exc))
+        return
+    specs = _output_specs(feed)
+    typed = [(n, c) for n, (_s, c) in specs.items() if c is not None and c.dtype != "string"]
+    if not typed:
+        return
+    sel = ", ".join(
+        f"count({ident(n)}), count({_cast(n, c)}), "
+        f"first({ident(n)}) FILTER (WHERE {_cast(n, c)} IS NULL AND {ident(n)} IS NOT NULL)"
+        for n, c in typed
+    )
+    try:
+        row = con.execute(f"SELECT {sel} FROM ({sql.select})").fetchone() or ()
+    except duckdb.Error as exc:
+        problems.append(f"{where}: {path.name}: cannot be read ({str(exc).splitlines()[0]})")
+        return
+    for i, (n, c) in enumerate(typed):
+        present, converts, example = row[3 * i], row[3 * i + 1], row[3 * i + 2]
+        if present and converts * 2 < present:
+            # most values failing is a mapping mistake (a wrong column, a wrong format), not dirt
+            problems.append(
+                f"{where}, column {n}: {present - converts} of {present} sampled values of {path.name} do not "
+                f"convert to {c.dtype} (e.g. {example!r}); check the expression, its `format` or the source column"
+            )
+        elif present and converts < present:
+            warnings.append(
+                f"{where}, column {n}: {present - converts} of {present} sampled values of {path.name} "
+                f"do not convert to {c.dtype} (e.g. {example!r}); the landing will quarantine those rows"
+            )
+
+
+def _cast(name: str, col: Column) -> str:
+    return f"TRY_CAST({ident(name)} AS {DUCKDB_TYPES[col.dtype]})"
+
+
+def _bind_problem(
+    con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, path: Path, folder: Path, exc: duckdb.Error
+) -> str:
+    """Name the column whose expression DuckDB cannot run (tried one at a time)."""
+    nulls = {c: _NULL for c in feed.columns}
+    candidates: list[tuple[str, dict[str, ColumnSpec], dict[str, ColumnSpec]]]
+    candidates = [(n, {**nulls, n: s}, {}) for n, s in feed.columns.items()]
+    candidates += [(n, nulls, {n: s}) for n, s in feed.extra.items()]
+    for name, columns, extra in candidates:
+        if columns.get(name, _NULL).is_constant and name not in extra:
+            continue
+        single = Feed(feed.name, feed.table, feed.from_, columns=columns, extra=extra, lookups=feed.lookups)
+        try:
+            con.execute(f"DESCRIBE {feed_sql(mapping, single, path, folder, None, sample=True).select}")
+        except duckdb.Error as col_exc:
+            why = str(col_exc).splitlines()[0]
+            return f"{mapping.label}: feed {feed.name}, column {name}: DuckDB cannot run it: {why}"
+    return f"{mapping.label}: feed {feed.name}: DuckDB cannot run the mapping: {str(exc).splitlines()[0]}"
+
+
+_NULL = ColumnSpec("_", is_constant=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> list[Rendered]:
+    """Render every mapped feed of every foreign file into the inbox; everything is checked first.
+
+    `memory_limit` caps DuckDB (e.g. the lake's DUCKDB_MEMORY_LIMIT); the sort that numbers lines
+    and orders the output spills to a temporary folder beyond it.
+    """
+    inbox = Path(inbox).resolve()
+    folder = mapping.folder(inbox)
+    if not folder.is_dir():
+        raise MappingError([f"{mapping.label}: no foreign files: {folder} does not exist"])
+    out: list[Rendered] = []
+    spill = tempfile.TemporaryDirectory(prefix="delivery-lake-render-")
+    con = duckdb.connect(config={"temp_directory": spill.name})
+    if memory_limit:
+        con.execute(f"SET memory_limit = {literal(memory_limit)}")
+    try:
+        check(mapping, folder, con)
+        for feed in mapping.feeds.values():
+            if feed.is_constant:
+                out.append(_write_constant(con, mapping, feed, inbox))
+                continue
+            for path in foreign_files(folder, feed.from_ or ""):
+                out.append(_write_feed(con, mapping, feed, path, folder, inbox))
+    finally:
+        con.close()
+        spill.cleanup()
+    _write_sidecars(mapping, folder, out)
+    return out
+
+
+def output_path(inbox: Path, mapping: Mapping, feed: str, stem: str) -> Path:
+    return Path(inbox) / feed / f"{mapping.source}--{stem}.csv"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ending in (".csv.gz", ".csv.zst", ".csv"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return path.stem
+
+
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> tuple[int, bool]:
+    """Write `sql`'s rows to `target` atomically unless the bytes would not change: (rows, changed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    try:
+        written = con.execute(f"COPY ({sql}) TO {literal(str(tmp))} (FORMAT csv, HEADER, DELIMITER ',')").fetchone()
+        rows = int(written[0]) if written else 0
+        if rows == 0:
+            tmp.unlink()
+            return 0, False
+        if target.exists() and filecmp.cmp(tmp, target, shallow=False):
+            tmp.unlink()
+            return rows, False
+        os.replace(tmp, target)
+        return rows, True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_constant(con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, inbox: Path) -> Rendered:
+    target = output_path(inbox, mapping, feed.name, "mapping")
+    rows, changed = _copy(con, constant_sql(mapping, feed), target)
+    rendered = Rendered(feed.name, None, str(target.relative_to(inbox)), len(feed.rows), rows, changed=changed)
+    for name, spec in feed.placeholders().items():
+        rendered.placeholders[name] = {
+            "value": spec.constant,
+            "reason": spec.placeholder or feed.placeholder,
+            "rows": rows,
+        }
+    return rendered
+
+
+def _write_feed(
+    con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, path: Path, folder: Path, inbox: Path
+) -> Rendered:
+    target = output_path(inbox, mapping, feed.name, _stem(path))
+    sql = feed_sql(mapping, feed, path, folder, inbox)
+    try:
+        stats = con.execute(sql.stats).fetchone() or (0, 0, 0)
+        rows, changed = _copy(con, sql.select, target)
+    except duckdb.Error as exc:
+        raise MappingError(
+            [f"{mapping.label}: feed {feed.name}: {path} cannot be read: {str(exc).splitlines()[0]}"]
+        ) from None
+    read, kept, distinct = int(stats[0]), int(stats[1]), int(stats[2])
+    rendered = Rendered(
+        feed.name,
+        str(path.relative_to(inbox)) if path.is_relative_to(inbox) else str(path),
+        str(target.relative_to(inbox)),
+        rows_read=read,
+        rows_rendered=rows,
+        rows_filtered_out=read - kept,
+        rows_collapsed=kept - distinct,
+        changed=changed,
+    )
+    nulls = dict(zip(sql.defaults, stats[3:], strict=True))
+    for name, spec in feed.placeholders().items():
+        if spec.is_constant:
+            rendered.placeholders[name] = {"value": spec.constant, "reason": spec.placeholder, "rows": rows}
+        elif spec.default is not None:
+            rendered.placeholders[name] = {"value": spec.default, "reason": spec.placeholder, "rows": int(nulls[name])}
+        else:
+            rendered.placeholders[name] = {"value": None, "reason": spec.placeholder, "rows": rows}
+    return rendered
+
+
+def sidecar_path(folder: Path, rendered: Rendered) -> Path:
+    return Path(folder) / RENDERED / rendered.feed / f"{Path(rendered.output).stem}.json"
+
+
+def _write_sidecars(mapping: Mapping, folder: Path, out: list[Rendered]) -> None:
+    """Per output file, what it came from and its placeholder columns (deterministic: no clock)."""
+    for r in out:
+        if not r.rows_rendered:
+            continue
+        doc = {"mapping": mapping.label, "source": mapping.source, **asdict(r)}
+        doc.pop("changed")
+        target = sidecar_path(folder, r)
+        text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        if target.exists() and target.read_text(encoding="utf-8") == text:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+
+
+def read_sidecars(mapping: Mapping, inbox: Path) -> dict[str, dict[str, Any]]:
+    """Rendered output (relative to INBOX_DIR) -> its sidecar document."""
+    out = {}
+    for p in sorted((mapping.folder(inbox) / RENDERED).glob("*/*.json")):
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        out[doc["output"]] = doc
+    return out
+
+
+def render_arrived(inbox: Path, memory_limit: str | None = None) -> list[Rendered]:
+    """Render every source whose foreign files sit in `INBOX_DIR/sources/<name>/` and that has a
+    mapping (`sources/<name>.yaml`): what `delivery-lake run` and the inbox sensor do before they
+    look for new feed files, so a foreign export lands like our own. A folder without a mapping is
+    an error naming it (its files would otherwise never land), as is a mapping that does not fit."""
+    root = Path(inbox) / "sources"
+    if not root.is_dir():
+        return []
+    out: list[Rendered] = []
+    problems: list[str] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (SOURCES_DIR / f"{folder.name}.yaml").exists():
+            problems.append(
+                f"{folder}: foreign files without a mapping: write sources/{folder.name}.yaml "
+                f"(`delivery-lake source init {folder.name} {folder}`)"
+            )
+            continue
+        try:
+            out += render(load(folder.name), inbox, memory_limit)
+        except MappingError as exc:
+            problems += exc.problems
+    if problems:
+        raise MappingError(problems)
+    return out
