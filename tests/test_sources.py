@@ -241,6 +241,7 @@ def test_rendered_rows_point_to_the_foreign_line_and_are_utc(tmp_path: Path) -> 
 # Landing what was rendered
 
 
+@pytest.mark.slow  # lands the real Olist sample: the full suite only
 def test_olist_lands_reconciled_with_documented_quarantine_and_kpis(tmp_path: Path) -> None:
     inbox = _olist_inbox(tmp_path)
     rendering.render(load("olist"), inbox)
@@ -288,6 +289,7 @@ def test_olist_lands_reconciled_with_documented_quarantine_and_kpis(tmp_path: Pa
     assert abs(rate - expected_rate) <= 0.005, (rate, expected_rate)
 
 
+@pytest.mark.slow  # lands a real 11k-row export: the full suite only
 def test_food_delivery_lands_reconciled_with_documented_quarantine(tmp_path: Path) -> None:
     _need(FOOD)
     inbox = _inbox(tmp_path, "food_delivery", [FOOD])
