@@ -95,3 +95,10 @@ class Settings:
 def partition_start() -> str:
     """PARTITION_START as the partition definitions need it when they load (see assets/partitions.py)."""
     return Settings.from_env().partition_start
+
+
+def cache_dir() -> Path:
+    """Where parsed model projects are cached (DELIVERY_LAKE_CACHE_DIR, default ~/.cache/delivery_lake):
+    read where the cache is used, which is before any Settings exist (a project loads on import of
+    the Dagster definitions)."""
+    return Path(_env("DELIVERY_LAKE_CACHE_DIR") or Path.home() / ".cache" / "delivery_lake")

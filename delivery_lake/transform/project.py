@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import duckdb
 
 from delivery_lake import contract
+from delivery_lake.config import cache_dir
 from delivery_lake.contract import TABLES
 from delivery_lake.storage import write_file_atomic
 from delivery_lake.transform.base import (
@@ -240,8 +240,7 @@ def _project_digest(root: Path, paths: list[Path], library: Path = Path(contract
 
 def _cache_file(digest: str) -> Path:
     """Where a parsed project is cached, named by its digest."""
-    base = os.environ.get("DELIVERY_LAKE_CACHE_DIR") or Path.home() / ".cache" / "delivery_lake"
-    return Path(base) / f"project-{digest[:24]}.json"
+    return cache_dir() / f"project-{digest[:24]}.json"
 
 
 def _toposort(models: dict[str, Model]) -> list[str]:
