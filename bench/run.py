@@ -273,6 +273,7 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
         work = r.run_dir / f"inc-{rep}"
         trash.discard(work)
         shutil.copytree(daily, work)  # untimed: the state before the new day arrives
+        adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
         linked = []
         try:
             for t in FACTS:
@@ -333,6 +334,30 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
         kpi_pandas=r.summary("kpi_pandas"),
     )
     return out
+
+
+def adopt_copied_warehouse(live: Path) -> None:
+    """Record the copied warehouse files as published. A refresh only starts from a live file
+    and spare that are still as published (inode, times, headers); a copy has new inodes and
+    times, so without this every timed day would rebuild the warehouse from scratch, which a
+    daily run in production (nothing copies its files) never does. The copies must match
+    what was published byte for byte in size and headers, else nothing is adopted."""
+    from delivery_lake.warehouse import file_fingerprint
+
+    record = live.with_name(f".{live.name}.published.json")
+    if not record.exists():
+        return
+    doc = json.loads(record.read_text())
+    files = {"live": live, "spare": live.with_name(f".{live.name}.spare")}
+    for role, path in files.items():
+        want = doc.get(role)
+        if want is None or not path.exists():
+            continue
+        got = file_fingerprint(path)
+        if (got["bytes"], got["header_sha256"]) != (want["bytes"], want["header_sha256"]):
+            raise RuntimeError(f"{path} is not a copy of the published {role} file")
+        doc[role] = got
+    record.write_text(json.dumps(doc, indent=1, sort_keys=True))
 
 
 # ---- the keys ---------------------------------------------------------------------------------

@@ -53,12 +53,15 @@ def main() -> None:
     out: dict = {}
     if a.mode == "new-day":
         landing = Landing(Lake.from_settings(settings), settings.inbox_dir, settings)
-        # The fact tables do not depend on each other at landing (fact-to-fact keys are
-        # checked by the suites), so they land side by side, as Dagster runs the three
-        # raw assets as parallel steps.
-        with ThreadPoolExecutor(max_workers=len(FACTS)) as pool:
-            reports = list(pool.map(lambda t: landing.land_fact(t, {a.day: None}), FACTS))
-        for t, r in zip(FACTS, reports, strict=True):
+        # As `delivery-lake run` plans it: the parent table first (a delivery or a feedback
+        # waits as pending until its order has landed), then its children side by side, as
+        # Dagster runs those raw assets as parallel steps.
+        parents = [t for t in FACTS if t.name == "orders"]
+        children = [t for t in FACTS if t.name != "orders"]
+        reports = [landing.land_fact(t, {a.day: None}) for t in parents]
+        with ThreadPoolExecutor(max_workers=len(children)) as pool:
+            reports += list(pool.map(lambda t: landing.land_fact(t, {a.day: None}), children))
+        for t, r in zip(parents + children, reports, strict=True):
             out[t.name] = {
                 "landed": r.landed,
                 "quarantined": r.quarantined,
