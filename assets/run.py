@@ -25,6 +25,7 @@ from assets.definitions import defs
 from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.partitions import CLIENT_PARTITIONS
 from assets.resources import LakehouseResource
+from delivery_lake.completeness import mostly_blocked, partition_statuses
 from delivery_lake.config import Settings
 from delivery_lake.contract import FACTS, TABLES
 from delivery_lake.inbox import scan_changes
@@ -33,7 +34,7 @@ from delivery_lake.ml.features import FACT, HISTORY_DAYS
 from delivery_lake.planning import plan_runs
 from delivery_lake.quality import Quality
 from delivery_lake.sources.mapping import MappingError
-from delivery_lake.sources.render import render_arrived
+from delivery_lake.sources.render import arrived_clients, render_arrived
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
 from delivery_lake.transform import affected_dates, held_dates
 
@@ -341,6 +342,14 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     if not _run_ml(defs, instance, settings, lake, changes, outcome):
         return outcome
     lake.write_json(cursor_path, changes.cursor)
+    source_clients = arrived_clients(settings.inbox_dir)
+    failing = mostly_blocked(partition_statuses(lake), source_clients) if source_clients else []
+    if failing:
+        outcome.success = False
+        outcome.failure = "a source's data mostly fails the quality gate: " + " | ".join(
+            f"source {source_clients[client]} (client {client}): {why}" for client, why in failing
+        )
+        return outcome
     if changes.errors:
         outcome.success = False
         outcome.failure = f"{len(changes.errors)} file(s) could not be landed: " + " | ".join(changes.errors)

@@ -244,6 +244,28 @@ def partition_statuses(lake: Lake, sources: Mapping[str, Iterable[str]] | None =
     return sorted(out, key=lambda p: (p.table, p.date, p.client))
 
 
+def mostly_blocked(
+    statuses: Iterable[PartitionStatus], clients: Iterable[str], share: float = 0.5
+) -> list[tuple[str, str]]:
+    """(client, why) for each client whose fact partitions are more than `share` blocked: a source
+    whose data mostly fails the gate has not been onboarded, whatever the exit status of each step."""
+    lines = []
+    wanted = set(clients)
+    by_client: dict[str, list[PartitionStatus]] = {}
+    for p in statuses:
+        if p.client in wanted:
+            by_client.setdefault(p.client, []).append(p)
+    for client, parts in sorted(by_client.items()):
+        blocked = [p for p in parts if p.status == BLOCKED]
+        if parts and len(blocked) / len(parts) > share:
+            reasons: dict[str, int] = {}
+            for p in blocked:
+                reasons[p.reasons or "-"] = reasons.get(p.reasons or "-", 0) + 1
+            top = max(reasons, key=lambda r: reasons[r])
+            lines.append((client, f"{len(blocked)} of {len(parts)} fact partitions blocked (most often: {top})"))
+    return lines
+
+
 def table_counts(statuses: Iterable[PartitionStatus]) -> dict[str, dict[str, int]]:
     """Per fact table: partitions and rows landed / quarantined / replayed / superseded / pending,
     and the partitions (and their landed rows) blocked or pending."""

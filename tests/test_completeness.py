@@ -367,3 +367,15 @@ def test_history_lists_every_version_newest_first(
     assert main(["history", "orders", "O-NO-SUCH-ORDER"]) == 1
     err = capsys.readouterr().err
     assert "no orders row with order_id = 'O-NO-SUCH-ORDER'" in err
+
+
+def test_a_client_whose_partitions_mostly_fail_the_gate_is_named() -> None:
+    from delivery_lake.completeness import BLOCKED, PASSED, PartitionStatus, mostly_blocked
+
+    parts = [PartitionStatus("orders", f"2026-01-0{d}", "OLIST", BLOCKED, "rows: range") for d in (1, 2, 3)]
+    parts += [PartitionStatus("orders", "2026-01-04", "OLIST", PASSED)]
+    parts += [PartitionStatus("orders", f"2026-01-0{d}", "C001", BLOCKED if d == 1 else PASSED) for d in (1, 2, 3)]
+    assert mostly_blocked(parts, ["OLIST", "C001"]) == [
+        ("OLIST", "3 of 4 fact partitions blocked (most often: rows: range)")
+    ]
+    assert mostly_blocked(parts, ["C001"]) == []

@@ -406,3 +406,18 @@ def test_init_drafts_a_mapping_to_finish() -> None:
     assert doc["feeds"]["customer_feedback"]["from"] == "olist_order_reviews_dataset.csv"
     assert "TODO" in text
     assert foreign_header(OLIST / "olist_orders_dataset.csv")[0] == "order_id"
+
+
+def test_run_renders_arrived_sources_and_names_a_folder_without_mapping(tmp_path: Path) -> None:
+    from delivery_lake.sources.mapping import MappingError
+    from delivery_lake.sources.render import arrived_clients, render_arrived
+
+    inbox = _olist_inbox(tmp_path)
+    assert arrived_clients(inbox) == {"OLIST": "olist"}
+    rendered = render_arrived(inbox)
+    assert {r.feed for r in rendered} >= {"clients", "orders", "deliveries", "customer_feedback"}
+    assert (inbox / "orders" / "olist--olist_orders_dataset.csv").exists()
+    (inbox / "sources" / "acme").mkdir()
+    (inbox / "sources" / "acme" / "export.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(MappingError, match=r"sources/acme: foreign files without a mapping"):
+        render_arrived(inbox)

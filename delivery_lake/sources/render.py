@@ -553,17 +553,33 @@ def read_sidecars(mapping: Mapping, inbox: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def arrived_folders(inbox: Path) -> list[Path]:
+    """The source folders `INBOX_DIR/sources/<name>/` holding foreign files."""
+    root = Path(inbox) / "sources"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def arrived_clients(inbox: Path) -> dict[str, str]:
+    """Client id -> source name, for the arrived sources that are one client each."""
+    out = {}
+    for folder in arrived_folders(inbox):
+        if (SOURCES_DIR / f"{folder.name}.yaml").exists():
+            mapping = load(folder.name)
+            if mapping.client_id:
+                out[mapping.client_id] = mapping.source
+    return out
+
+
 def render_arrived(inbox: Path, memory_limit: str | None = None) -> list[Rendered]:
     """Render every source whose foreign files sit in `INBOX_DIR/sources/<name>/` and that has a
     mapping (`sources/<name>.yaml`): what `delivery-lake run` and the inbox sensor do before they
     look for new feed files, so a foreign export lands like our own. A folder without a mapping is
     an error naming it (its files would otherwise never land), as is a mapping that does not fit."""
-    root = Path(inbox) / "sources"
-    if not root.is_dir():
-        return []
     out: list[Rendered] = []
     problems: list[str] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in arrived_folders(inbox):
         if not (SOURCES_DIR / f"{folder.name}.yaml").exists():
             problems.append(
                 f"{folder}: foreign files without a mapping: write sources/{folder.name}.yaml "
