@@ -343,14 +343,13 @@ def adopt_copied_warehouse(live: Path) -> None:
     times, so without this every timed day would rebuild the warehouse from scratch, which a
     daily run in production (nothing copies its files) never does. The copies must match
     what was published byte for byte in size and headers, else nothing is adopted."""
-    from delivery_lake.warehouse import file_fingerprint
+    from delivery_lake.warehouse import WarehouseFiles, file_fingerprint
 
-    record = live.with_name(f".{live.name}.published.json")
-    if not record.exists():
+    files = WarehouseFiles(live)
+    doc = files.published()
+    if not doc:
         return
-    doc = json.loads(record.read_text())
-    files = {"live": live, "spare": live.with_name(f".{live.name}.spare")}
-    for role, path in files.items():
+    for role, path in {"live": files.path, "spare": files.spare_path}.items():
         want = doc.get(role)
         if want is None or not path.exists():
             continue
@@ -358,7 +357,7 @@ def adopt_copied_warehouse(live: Path) -> None:
         if (got["bytes"], got["header_sha256"]) != (want["bytes"], want["header_sha256"]):
             raise RuntimeError(f"{path} is not a copy of the published {role} file")
         doc[role] = got
-    record.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    files.published_path.write_text(json.dumps(doc, indent=1, sort_keys=True))
 
 
 MAPPED_DAYS = 5  # days of orders both sides land (the mapped side also renders them)

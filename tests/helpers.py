@@ -3,9 +3,12 @@ from here, never from each other or from conftest.py."""
 
 from __future__ import annotations
 
+import os
 from datetime import date
+from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
@@ -39,3 +42,18 @@ def read_table(lake: Lake, zone: str, table: str) -> pa.Table:
         ).to_arrow_table()
     finally:
         con.close()
+
+
+# The browser tests drive Debian's Chromium through Playwright (it cannot download browsers here).
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+
+
+def require_chromium() -> None:
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: the browser tests drive Debian's chromium (Playwright cannot "
+            "download browsers here). Install it with: apt-get update && apt-get install -y chromium",
+            pytrace=False,
+        )

@@ -24,14 +24,11 @@ import pytest
 
 from delivery_lake.config import Settings
 from infra import processes
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_chromium
 from tests.semantic_lake import semantic_settings  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# As tests/test_browser_uis.py launches it.
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 UI_TIMEOUT_MS = 60_000
 AS_OF = "2026-03-11"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -62,18 +59,9 @@ class Site:
             return json.loads(resp.read())
 
 
-def _require_chromium() -> None:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the browser tests drive Debian's chromium (Playwright cannot "
-            "download browsers here). Install it with: apt-get update && apt-get install -y chromium",
-            pytrace=False,
-        )
-
-
 @pytest.fixture(scope="module")
 def site(semantic_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:  # noqa: F811
-    _require_chromium()
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     logs = tmp_path_factory.mktemp("ask_page_logs")

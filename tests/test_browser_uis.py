@@ -32,12 +32,10 @@ import pytest
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from infra import processes, stack
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 START = date(2026, 3, 2)
 DAYS, CLIENTS = 7, 2
 BAD_DATE = START.isoformat()  # orders of C002 on the first day fail the `orders` suite
@@ -92,15 +90,6 @@ class UIs:
         return page
 
 
-def _require_chromium() -> None:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the browser tests drive Debian's chromium (Playwright cannot "
-            "download browsers here). Install it with: apt-get update && apt-get install -y chromium",
-            pytrace=False,
-        )
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
@@ -108,7 +97,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
-    _require_chromium()
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     tmp = tmp_path_factory.mktemp("uis")

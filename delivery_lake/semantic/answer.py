@@ -18,6 +18,7 @@ import duckdb
 
 from delivery_lake.semantic.compiler import Compiled, MetricQuery, compile_query
 from delivery_lake.semantic.layer import SemanticLayer
+from delivery_lake.sql import ident, literal
 from delivery_lake.warehouse import STATUS_TABLE, file_fingerprint, open_reader
 
 # Raw fact tables behind each model's rows: their partitions' completeness is the model's.
@@ -40,7 +41,7 @@ class Answer:
         return {"columns": self.columns, "rows": self.rows, "sql": self.sql, "caveats": self.caveats}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-ready: numbers as numbers, dates as ISO strings."""
     if isinstance(value, decimal.Decimal):
         return float(value)
@@ -79,7 +80,7 @@ def caveats(
     sources = sorted({s for m in models for s in MODEL_SOURCES.get(m, ())})
     if not sources:
         return notes
-    where = ["table_name IN (" + ", ".join("'" + s + "'" for s in sources) + ")"]
+    where = ["table_name IN (" + ", ".join(literal(s) for s in sources) + ")"]
     params: list[Any] = []
     if q.start:
         where.append("date >= ?")
@@ -115,7 +116,9 @@ def caveats(
     if q.start or q.end:
         model_tables = [layer.models[m].table for m in models if layer.models[m].table in tables]
         if model_tables:
-            span = " UNION ALL ".join(f'SELECT min("date") AS lo, max("date") AS hi FROM "{t}"' for t in model_tables)
+            span = " UNION ALL ".join(
+                f'SELECT min("date") AS lo, max("date") AS hi FROM {ident(t)}' for t in model_tables
+            )
             lo, hi = con.execute(f"SELECT min(lo), max(hi) FROM ({span})").fetchone() or (None, None)
             if lo is None:
                 notes.append("the warehouse holds no dates for these metrics yet")
@@ -140,7 +143,7 @@ def run_query(
         missing = [layer.models[layer.metric(m).model].table for m in q.metrics]
         if any(t not in tables for t in missing):
             return Answer(compiled.columns, [], compiled.sql, notes)
-        rows = [[_plain(v) for v in row] for row in reader.execute(compiled.sql).fetchall()]
+        rows = [[plain(v) for v in row] for row in reader.execute(compiled.sql).fetchall()]
     finally:
         if own:
             reader.close()

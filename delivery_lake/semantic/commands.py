@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,35 +135,37 @@ def cmd_metric(args: argparse.Namespace) -> int:
             descending=not args.ascending,
             limit=args.limit,
         )
-        result, _ = _service(Settings.from_env()).metric(query)
+    except SemanticError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _respond(lambda: _service(Settings.from_env()).metric(query)[0], args.format)
+
+
+def _respond(answer: Callable[[], dict[str, Any]], fmt: str) -> int:
+    """Print an answer (or why there is none) for `metric` and `ask`: 0 answered, 3 refused,
+    2 a query the semantic layer cannot compile, 1 no warehouse to answer from."""
+    try:
+        result = answer()
     except SemanticError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except WarehouseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.format == "json":
+    if fmt == "json":
         print(json.dumps(result, indent=1))
     else:
         print_answer(result)
-    return 0
+    return REFUSED_EXIT if result.get("refused") else 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     try:
         as_of = _date(args.as_of)
-        result, _ = _service(Settings.from_env()).ask(args.question, as_of)
     except SemanticError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except WarehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.format == "json":
-        print(json.dumps(result, indent=1))
-    else:
-        print_answer(result)
-    return REFUSED_EXIT if result.get("refused") else 0
+    return _respond(lambda: _service(Settings.from_env()).ask(args.question, as_of)[0], args.format)
 
 
 def cmd_ask_eval(args: argparse.Namespace) -> int:

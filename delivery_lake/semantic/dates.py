@@ -143,7 +143,7 @@ def _rules() -> list[tuple[re.Pattern[str], object]]:
             r(
                 rf"(?:between|from)\s+({DATE}|{_MONTH}(?:\s+{_YEAR})?)\s+(?:and|to|until|till|through)\s+({DATE}|{_MONTH}(?:\s+{_YEAR})?)"
             ),
-            lambda m, a: (_span_start(m.group(1), a), _span_end(m.group(2), a), None),
+            lambda m, a: (_span(m.group(1), a)[0], _span(m.group(2), a)[1], None),
         ),
         (r(rf"since\s+({DATE})"), lambda m, a: (parse_date(m.group(1), a), a, None)),
         (
@@ -209,18 +209,13 @@ def _month(as_of: dt.date, offset: int) -> tuple[dt.date, dt.date, str]:
     return (*_month_range(first.year, first.month), "month")
 
 
-def _span_start(text: str, as_of: dt.date) -> dt.date:
+def _span(text: str, as_of: dt.date) -> tuple[dt.date, dt.date]:
+    """A range end written as a month (its first and last day) or as one date (that day twice)."""
     m = re.fullmatch(rf"({_MONTH})(?:\s+({_YEAR}))?", text.strip(), re.IGNORECASE)
     if m:
-        return _month_of(m.group(1).lower(), m.group(2), as_of)[0]
-    return parse_date(text.lower(), as_of)
-
-
-def _span_end(text: str, as_of: dt.date) -> dt.date:
-    m = re.fullmatch(rf"({_MONTH})(?:\s+({_YEAR}))?", text.strip(), re.IGNORECASE)
-    if m:
-        return _month_of(m.group(1).lower(), m.group(2), as_of)[1]
-    return parse_date(text.lower(), as_of)
+        return _month_of(m.group(1).lower(), m.group(2), as_of)
+    day = parse_date(text.lower(), as_of)
+    return day, day
 
 
 RULES = _rules()

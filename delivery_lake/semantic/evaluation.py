@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from delivery_lake.semantic.answer import _plain
+from delivery_lake.semantic.answer import plain
 from delivery_lake.semantic.service import QuestionService
 from delivery_lake.warehouse import open_reader
 
@@ -139,7 +139,7 @@ def evaluate(qs: QuestionSet, service: QuestionService) -> Report:
                 continue
             keep = [i for i, c in enumerate(result["columns"]) if c not in labels]
             got = [[row[i] for i in keep] for row in result["rows"]]
-            want = [[_plain(v) for v in row] for row in con.execute(str(item.sql)).fetchall()]
+            want = [[plain(v) for v in row] for row in con.execute(str(item.sql)).fetchall()]
             ok = _rows_equal(got, want, item.ordered)
             why = result["interpretation"]["text"]
             if not ok:

@@ -25,6 +25,7 @@ from rapidfuzz.distance import OSA
 from delivery_lake.semantic.compiler import MetricQuery, compile_query
 from delivery_lake.semantic.dates import DateError, TimeRange, find_range
 from delivery_lake.semantic.layer import SemanticError, SemanticLayer
+from delivery_lake.sql import ident
 
 MAX_N = 6  # longest phrase (in words) matched
 
@@ -335,9 +336,10 @@ class Vocabulary:
             if con is None:
                 break
             if d.entity and d.entity.table in tables:
+                key, name_col = ident(d.entity.key), ident(d.entity.name)
                 rows = con.execute(
-                    f'SELECT DISTINCT CAST("{d.entity.key}" AS VARCHAR), CAST("{d.entity.name}" AS VARCHAR) '
-                    f'FROM "{d.entity.table}" WHERE "{d.entity.key}" IS NOT NULL'
+                    f"SELECT DISTINCT CAST({key} AS VARCHAR), CAST({name_col} AS VARCHAR) "
+                    f"FROM {ident(d.entity.table)} WHERE {key} IS NOT NULL"
                 ).fetchall()
                 for key, name in rows:
                     add(key, Term("value", d.name, key))
@@ -346,8 +348,9 @@ class Vocabulary:
                         labels[(d.name, key)] = name
             elif d.values_from and d.values_from[0] in tables:
                 table, column = d.values_from
+                col = ident(column)
                 for (value,) in con.execute(
-                    f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM "{table}" WHERE "{column}" IS NOT NULL'
+                    f"SELECT DISTINCT CAST({col} AS VARCHAR) FROM {ident(table)} WHERE {col} IS NOT NULL"
                 ).fetchall():
                     add(value, Term("value", d.name, value))
                     add(value.replace("_", " "), Term("value", d.name, value))
@@ -634,10 +637,7 @@ def _value_text(vocab: Vocabulary, dim: str, key: str) -> str:
 
 def describe(q: MetricQuery, layer: SemanticLayer, vocab: Vocabulary, time_range: TimeRange | None) -> str:
     parts = [" and ".join(layer.metrics[m].label.lower() for m in q.metrics)]
-    dims = [
-        ("date" if g != "date" else {"day": "day", "week": "week", "month": "month"}[q.grain]) if g == "date" else g
-        for g in q.group_by
-    ]
+    dims = [q.grain if g == "date" else g for g in q.group_by]
     if dims:
         parts.append("by " + ", ".join(d.replace("_", " ") for d in dims))
     for dim, keys in q.filters:
