@@ -1,29 +1,41 @@
-"""Great Expectations 1.x suites run per partition, recorded in the partition gate.
+"""Great Expectations 1.x suites over the partitions a run wrote, verdicts recorded per partition.
 
-Suites live as reviewable JSON files in `expectations/<table or mart>.json` (GX's own
-suite format) and are loaded into an ephemeral GX context at run time; only validation
-results (JSON) and Data Docs (HTML) are written to disk, under `DATA_DIR/gx/validations`
-and `DATA_DIR/data_docs`.
+Each table or mart has two GX suites, reviewable JSON in GX's own suite format:
+
+- `expectations/<name>.json`, the row rules (keys present and unique, values in range or in
+  a set, foreign keys, column pairs). Every row of every partition being validated is checked
+  in one GX validation; the rows carry their partition in a `_partition` column, which GX
+  returns for each unexpected row (`unexpected_index_column_names`), so each partition gets its
+  own count and sample. Only row-by-row (map) expectations without `mostly` belong here: for
+  them a partition passes exactly when none of its rows is unexpected, whatever else is
+  validated beside it. Loading a suite that breaks this fails, naming the file.
+- `expectations/partitions/<name>.json`, the partition rules, over a profile with one row per
+  partition: its row count, the landing's counts (`manifest_landed`, `read`, `quarantined`,
+  `held`, `accounted` = rows + quarantined + held, `quarantine_ratio`), the volume band
+  (`volume_min`, `volume_max`) and the column statistics the suite names (`mean_<column>`,
+  `unique_proportion_<column>`), computed here with DuckDB.
+
+Why two suites rather than one validation per partition: GX spends most of a validation
+building its metric graph (about 10 ms per expectation, whatever the row count), so a run of
+75 partitions paid 75 times for the same graph. Two validations per table per run cost the
+same for one partition or a thousand. Batches are capped at `MAX_BATCH_ROWS` rows, so memory
+does not grow with the run.
+
+Row columns computed from the lake with DuckDB joins: `_orphan_<column>` (a foreign key no
+parent row holds) and `_elsewhere_<key>` (a key another partition also holds), NULL when fine,
+for `expect_column_values_to_be_null`. Parameters (`{"$PARAMETER": name}` in the suites):
+
+- `quarantine_threshold`: `Settings.quarantine_threshold` (the profile carries
+  `quarantine_min_rows`, `Settings.quarantine_min_rows`);
+- the profile's volume band: around the median row count of the same client's previous
+  days (suite `meta.volume` of the partition rules).
 
 Severity is GX 1.x's own per-expectation `severity` field:
 - `critical` (GX's default): ERROR. A failure blocks the partition in the gate.
 - `warning` or `info`: WARN. Reported (check metadata, Data Docs, summary), never blocks.
 
-Per partition: its Parquet file is read with DuckDB into a small pandas frame (one
-partition, never the whole table). What GX cannot see from one partition is computed in
-DuckDB/Python and passed in as suite parameters (`{"$PARAMETER": name}` in the suite):
-
-- `<column>_parents`: parent keys that exist among this partition's values (a DuckDB
-  semi-join against the parent table), for `expect_column_values_to_be_in_set` foreign keys;
-- `keys_elsewhere`: keys of this partition also present in another partition of the table;
-- `read`, `quarantined`, `manifest_landed`: from the inbox index and landing manifest
-  (row-count reconciliation and the quarantine ratio, see `gx_expectations.py`);
-- `quarantine_threshold`: `Settings.quarantine_threshold`;
-- `volume_min`, `volume_max`: a band around the median row count of the same client's
-  previous days (suite `meta.volume`).
-
 Every validated partition is written to the gate (`gate.record`), passed or not; a
-validation that crashes records the partition as blocked (fail closed).
+validation that crashes records its partitions as blocked (fail closed).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,16 +54,33 @@ from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, Table
 from delivery_lake.inbox import InboxIndex
 from delivery_lake.landing import manifest_path
-from delivery_lake.sql import ident
+from delivery_lake.sql import ident, literal
 from delivery_lake.storage import Lake
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
+PARTITION_SUITES_DIR = SUITES_DIR / "partitions"
+PARTITION_SUFFIX = ".partitions"
 ERROR, WARN = "ERROR", "WARN"
 DOCS_SITE = "lake"
 SAMPLE_SIZE = 5
+# Row columns added for the row rules: the partition each row belongs to, and its client.
+ROW_PARTITION, ROW_DATE, ROW_CLIENT = "_partition", "_partition_date", "_partition_client"
+PROFILE_KEY = "partition"
+# Rows validated in one GX call (a pandas frame): beyond it the partitions are split in batches.
+MAX_BATCH_ROWS = 500_000
+STATISTICS = {
+    "mean_": "AVG(CAST({c} AS DOUBLE))",
+    "unique_proportion_": "COUNT(DISTINCT {c}) / NULLIF(COUNT({c}), 0)",
+}
 # Used when a suite has no meta.volume section.
 DEFAULT_VOLUME = {"window_days": 7, "min_history": 3, "low": 0.5, "high": 2.0}
 UNBOUNDED = 10**12
+# Row rules must decide row by row: see the module docstring.
+ROW_RULE_BASES = ("ColumnMapExpectation", "ColumnPairMapExpectation", "MulticolumnMapExpectation")
+
+
+class SuiteError(ValueError):
+    pass
 
 
 # ---- suites ---------------------------------------------------------------------------------
@@ -60,8 +90,17 @@ def suite_path(name: str) -> Path:
     return SUITES_DIR / f"{name}.json"
 
 
+def partition_suite_path(name: str) -> Path:
+    return PARTITION_SUITES_DIR / f"{name}.json"
+
+
 def load_suite_doc(name: str) -> dict[str, Any]:
     return json.loads(suite_path(name).read_text())
+
+
+def load_partition_suite_doc(name: str) -> dict[str, Any]:
+    path = partition_suite_path(name)
+    return json.loads(path.read_text()) if path.exists() else {"name": name + PARTITION_SUFFIX, "expectations": []}
 
 
 def suite_names() -> list[str]:
@@ -71,6 +110,18 @@ def suite_names() -> list[str]:
 def severity_of(gx_severity: Any) -> str:
     value = getattr(gx_severity, "value", gx_severity) or "critical"
     return ERROR if str(value).lower() == "critical" else WARN
+
+
+def profile_statistics(name: str) -> dict[str, str]:
+    """Profile column -> SQL over the partition's rows, for the statistics the partition rules name."""
+    out = {}
+    for e in load_partition_suite_doc(name)["expectations"]:
+        kw = e.get("kwargs", {})
+        for col in (kw.get("column"), kw.get("column_A"), kw.get("column_B")):
+            for prefix, sql in STATISTICS.items():
+                if isinstance(col, str) and col.startswith(prefix):
+                    out[col] = sql.format(c=ident(col.removeprefix(prefix)))
+    return out
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -142,37 +193,52 @@ class PartitionValidation:
         }
 
 
-def _outcome(res: Any) -> Outcome:
-    cfg = res.expectation_config
-    kw = dict(cfg.kwargs)
-    column = kw.get("column") or (
-        f"{kw['column_A']}, {kw['column_B']}" if "column_A" in kw else ", ".join(kw.get("column_list") or []) or None
-    )
-    result = res.result or {}
-    error = None
+def _columns_of(kw: dict[str, Any]) -> list[str]:
+    if kw.get("column"):
+        return [kw["column"]]
+    if "column_A" in kw:
+        return [kw["column_A"], kw["column_B"]]
+    return list(kw.get("column_list") or [])
+
+
+def _error_of(res: Any) -> str | None:
     info = res.exception_info or {}
     infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
     for i in infos:
         if i.get("raised_exception"):
-            error = str(i.get("exception_message") or "raised an exception").strip().splitlines()[0][:300]
-    observed = result.get("observed_value")
-    sample = result.get("partial_unexpected_list") or []
-    return Outcome(
-        expectation=cfg.type,
-        column=column,
-        severity=severity_of(getattr(cfg, "severity", None)),
-        success=bool(res.success),
-        unexpected_count=result.get("unexpected_count"),
-        unexpected_percent=round(result["unexpected_percent"], 3)
-        if result.get("unexpected_percent") is not None
-        else None,
-        sample=[str(v) for v in sample[:SAMPLE_SIZE]],
-        observed=None if observed is None else str(observed),
-        error=error,
-    )
+            return str(i.get("exception_message") or "raised an exception").strip().splitlines()[0][:300]
+    return None
+
+
+def _split_by_partition(res: Any, index: str) -> dict[str, list[dict[str, Any]]]:
+    """The unexpected rows of one expectation result, grouped by the partition GX reported."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in (res.result or {}).get("unexpected_index_list") or []:
+        if isinstance(entry, dict) and index in entry:
+            out[str(entry[index])].append(entry)
+    return out
+
+
+def _nullable(value: str | None) -> str:
+    return "NULL::VARCHAR" if value is None else literal(value)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
 # ---- the runner ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """Partitions validated together: their keys, data files and the rows each holds."""
+
+    name: str
+    partitions: list[PartitionValidation]
+    uris: dict[str, str]  # partition key -> data file
 
 
 class Quality:
@@ -182,18 +248,14 @@ class Quality:
         self.lake, self.settings = lake, settings
         self._ctx: Any = None
         self._checkpoints: dict[str, Any] = {}
-        # Key snapshots shared by the partitions of one `validate_and_record` call: every
-        # partition needs the other partitions' keys and the parent keys, and re-reading them
-        # per partition is quadratic in object-store reads.
+        # Key snapshots shared by the batches of one `validate_and_record` call.
         self._snapshots: dict[tuple[str, ...], Any] | None = None
-        # Landing manifests listed and read during the same batch (every partition's
-        # reconciliation and volume bounds read its neighbours' and its history's).
+        # Landing manifests listed and read during the same call (every partition's volume
+        # bounds read its history's).
         self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
-        # Parent fact partitions the current validation's foreign-key check read.
-        self._read_parents: set[tuple[str, str, str]] = set()
 
     def _snapshot(self, con: Any, key: tuple[str, ...], sql: str) -> str:
-        """A relation name for `sql`: a view on this connection, or a cached Arrow copy during a batch."""
+        """A relation name for `sql`: a view on this connection, or a cached Arrow copy during a call."""
         name = "snap_" + "_".join(key).replace("-", "_")
         if self._snapshots is None:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
@@ -204,7 +266,7 @@ class Quality:
         return name
 
     def _landing_manifests(self, pattern: str) -> dict[str, dict[str, Any]]:
-        """Path -> document of the landing manifests matching `pattern` (cached during a batch)."""
+        """Path -> document of the landing manifests matching `pattern` (cached during a call)."""
         if self._manifests is not None and pattern in self._manifests:
             return self._manifests[pattern]
         found = {p: self.lake.read_json(p) or {} for p in self.lake.glob(pattern)}
@@ -236,8 +298,6 @@ class Quality:
             ProgressBarsConfig,
         )
 
-        import delivery_lake.gx_expectations  # noqa: F401  (registers the custom expectations)
-
         cfg = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
             analytics_enabled=False,
@@ -258,114 +318,176 @@ class Quality:
         self._ctx = gx.get_context(mode="ephemeral", project_config=cfg)
         self._ctx.data_sources.add_pandas("lake")
         for name in suite_names():
-            self._suite(name)
+            self._add_suite(load_suite_doc(name), suite_path(name), row_rules=True)
+            self._add_suite(load_partition_suite_doc(name), partition_suite_path(name), row_rules=False)
         return self._ctx
 
-    def _suite(self, name: str) -> Any:
+    def _add_suite(self, doc: dict[str, Any], path: Path, row_rules: bool) -> Any:
         from great_expectations.core.expectation_suite import ExpectationSuite
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-        ctx = self._ctx
-        doc = load_suite_doc(name)
-        expectations = [
-            ExpectationConfiguration(
+        expectations = []
+        for e in doc["expectations"]:
+            exp = ExpectationConfiguration(
                 type=e["type"],
                 kwargs=e.get("kwargs", {}),
                 meta=e.get("meta"),
                 notes=e.get("notes"),
                 severity=e.get("severity", "critical"),
             ).to_domain_obj()
-            for e in doc["expectations"]
-        ]
-        suite = ctx.suites.add(
-            ExpectationSuite(name=name, expectations=expectations, meta=doc.get("meta") or {}, notes=doc.get("notes"))
+            bases = {b.__name__ for b in type(exp).__mro__}
+            if not bases & set(ROW_RULE_BASES) or e.get("kwargs", {}).get("mostly") not in (None, 1, 1.0):
+                raise SuiteError(
+                    f"{path}: {e['type']} is not a row-by-row rule without `mostly`"
+                    + (
+                        "; row rules are validated over many partitions at once, so a rule about a whole "
+                        "partition (row counts, means) belongs in the partition rules, "
+                        f"{PARTITION_SUITES_DIR.name}/{path.name}, over the profile's columns"
+                        if row_rules
+                        else "; partition rules judge each profile row (one per partition) on its own"
+                    )
+                )
+            expectations.append(exp)
+        return self._ctx.suites.add(
+            ExpectationSuite(
+                name=doc["name"], expectations=expectations, meta=doc.get("meta") or {}, notes=doc.get("notes")
+            )
         )
-        return suite
 
-    def checkpoint(self, name: str) -> Any:
-        if name not in self._checkpoints:
+    def checkpoint(self, suite: str, index_column: str) -> Any:
+        if suite not in self._checkpoints:
             import great_expectations as gx
 
             ctx = self.context()
-            batch = (
-                ctx.data_sources.get("lake").add_dataframe_asset(name).add_batch_definition_whole_dataframe("partition")
-            )
+            batch = ctx.data_sources.get("lake").add_dataframe_asset(suite).add_batch_definition_whole_dataframe("rows")
             vd = ctx.validation_definitions.add(
-                gx.ValidationDefinition(name=name, data=batch, suite=ctx.suites.get(name))
+                gx.ValidationDefinition(name=suite, data=batch, suite=ctx.suites.get(suite))
             )
-            self._checkpoints[name] = ctx.checkpoints.add(
+            self._checkpoints[suite] = ctx.checkpoints.add(
                 gx.Checkpoint(
-                    name=name,
+                    name=suite,
                     validation_definitions=[vd],
                     actions=[],
-                    result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+                    # COMPLETE: every unexpected row with its partition, so each partition is judged
+                    # on its own rows (a few per failure: the landing quarantined the rest).
+                    result_format={
+                        "result_format": "COMPLETE",
+                        "unexpected_index_column_names": [index_column],
+                        "partial_unexpected_count": SAMPLE_SIZE,
+                        "return_unexpected_index_query": False,
+                    },
                 )
             )
-        return self._checkpoints[name]
+        return self._checkpoints[suite]
 
-    # -- parameters ------------------------------------------------------------------------------
-    def _read_partition(self, con: Any, table: Table, uri: str) -> Any:
-        cols = ", ".join(
-            f"CAST({ident(c.name)} AS DOUBLE) AS {ident(c.name)}" if c.dtype == "decimal" else ident(c.name)
-            for c in table.columns
+    def _run(self, suite: str, index_column: str, df: Any, params: dict[str, Any], run_name: str) -> tuple[Any, Any]:
+        import great_expectations as gx
+
+        result = self.checkpoint(suite, index_column).run(
+            batch_parameters={"dataframe": df},
+            expectation_parameters=params,
+            run_id=gx.RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
         )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE part AS SELECT {cols} FROM read_parquet('{uri}')")
-        return con.execute("SELECT * FROM part").df()
+        identifier, vr = next(iter(result.run_results.items()))
+        return vr, identifier
 
-    def _fk_parameters(self, con: Any, table: Table) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
+    # -- the rows of a batch ---------------------------------------------------------------------
+    def _load_rows(self, con: Any, name: str, batch: _Batch, mart: bool) -> dict[str, int]:
+        """Temp table `part`: the batch's rows with their partition columns; returns rows per partition."""
+        files = con.sql(
+            "SELECT * FROM (VALUES "
+            + ", ".join(
+                f"({literal(uri)}, {literal(pv.key)}, {_nullable(pv.date)}, {_nullable(pv.client)})"
+                for pv in batch.partitions
+                if (uri := batch.uris.get(pv.key))
+            )
+            + f") AS f(uri, {ROW_PARTITION}, {ROW_DATE}, {ROW_CLIENT})"
+        ).to_arrow_table()
+        con.register("batch_files", files)
+        uris = ", ".join(literal(u) for u in batch.uris.values())
+        if mart:
+            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet([{uris}])").fetchall()
+            typed = [(n, str(t)) for n, t, *_ in described]
+        else:
+            typed = [(c.name, c.duckdb_type) for c in TABLES[name].columns]
+        # DECIMAL -> DOUBLE: GX's pandas range metrics want numbers, not Decimal objects.
+        cols = ", ".join(
+            f"CAST(r.{ident(n)} AS DOUBLE) AS {ident(n)}" if t.upper().startswith("DECIMAL") else f"r.{ident(n)}"
+            for n, t in typed
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE part AS
+                SELECT {cols}, f.{ROW_PARTITION}, f.{ROW_DATE}, f.{ROW_CLIENT}
+                FROM read_parquet([{uris}], filename = true, hive_partitioning = false) r
+                JOIN batch_files f ON r.filename = f.uri"""
+        )
+        return dict(con.execute(f"SELECT {ROW_PARTITION}, count(*) FROM part GROUP BY ALL").fetchall())
+
+    def _add_lookups(self, con: Any, table: Table) -> dict[str, set[tuple[str, str, str]]]:
+        """Columns the row rules read from other tables, added to `part` by DuckDB joins:
+
+        - `_orphan_<column>`: the foreign key's value when no parent row holds it, else NULL;
+        - `_elsewhere_<key>`: the key when another partition of the table holds it too, else NULL.
+
+        Joined here rather than passed to GX as value sets: GX copies an expectation's parameters
+        many times while it plans a validation, so a set of every parent key cost seconds.
+        Returns, per partition, the parent fact partitions its keys were found in (the verdict
+        records their versions, so a change there makes it stale; see `stale`).
+        """
+        read: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
         for c in table.columns:
             if not c.references or c.references[0] == table.name:
                 continue
             parent = TABLES[c.references[0]]
-            src = self.lake.glob_uri("raw", parent.name, parent.is_fact)
+            col, out = ident(c.name), ident(f"_orphan_{c.name}")
             exists = (
                 self.lake.exists(self.lake.data_file("raw", parent.name))
                 if not parent.is_fact
                 else bool(self.lake.list_dates("raw", parent.name))
             )
             if not exists:
-                out[f"{c.name}_parents"] = []
+                con.execute(f"ALTER TABLE part ADD COLUMN {out} VARCHAR")
+                con.execute(f"UPDATE part SET {out} = CAST({col} AS VARCHAR)")
                 continue
+            src = self.lake.glob_uri("raw", parent.name, parent.is_fact)
             pk = ident(c.references[1])
+            source = (
+                f"SELECT {pk} AS k, CAST(date AS VARCHAR) AS d, client AS c "
+                f"FROM read_parquet('{src}', hive_partitioning = true)"
+                if parent.is_fact
+                else f"SELECT {pk} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"
+            )
+            snap = self._snapshot(con, ("fk", parent.name, c.references[1]), f"SELECT DISTINCT k, d, c FROM ({source})")
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE part AS
+                    SELECT p.*, CASE WHEN p.{col} IS NOT NULL AND NOT EXISTS
+                        (SELECT 1 FROM {snap} s WHERE s.k = p.{col}) THEN CAST(p.{col} AS VARCHAR) END AS {out}
+                    FROM part p"""
+            )
             if parent.is_fact:
-                # Where each parent key lives: the verdict records the versions of the parent
-                # partitions it read, so a change there makes it stale (see `stale`).
-                sources = [
-                    f"SELECT {pk} AS k, CAST(date AS VARCHAR) AS d, client AS c "
-                    f"FROM read_parquet('{src}', hive_partitioning = true)"
-                ]
-            else:
-                sources = [f"SELECT {pk} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"]
+                rows = con.execute(
+                    f"""SELECT DISTINCT p.{ROW_PARTITION}, s.d, s.c FROM {snap} s
+                        JOIN (SELECT DISTINCT {ROW_PARTITION}, {col} AS v FROM part) p ON s.k = p.v"""
+                ).fetchall()
+                for p, d, cl in rows:
+                    read[p].add((parent.name, d, cl))
+        if table.is_fact:
+            key, out = ident(table.key), ident(f"_elsewhere_{table.key}")
             snap = self._snapshot(
                 con,
-                ("fk", parent.name, c.references[1]),
-                f"SELECT DISTINCT k, d, c FROM ({' UNION ALL '.join(sources)})",
+                ("keys", table.name),
+                f"""SELECT DISTINCT {key} AS k, CAST(date AS VARCHAR) AS d, client AS c
+                    FROM read_parquet('{self.lake.glob_uri("raw", table.name, True)}', hive_partitioning = true)""",
             )
-            rows = con.execute(
-                f"SELECT DISTINCT k, d, c FROM {snap} WHERE k IN (SELECT {ident(c.name)} FROM part)"
-            ).fetchall()
-            out[f"{c.name}_parents"] = sorted({r[0] for r in rows})
-            if parent.is_fact:
-                self._read_parents.update((parent.name, d, cl) for _k, d, cl in rows if d is not None)
-        return out
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE part AS
+                    SELECT p.*, CASE WHEN EXISTS (SELECT 1 FROM {snap} s WHERE s.k = p.{key}
+                        AND NOT (s.d = p.{ROW_DATE} AND s.c = p.{ROW_CLIENT})) THEN p.{key} END AS {out}
+                    FROM part p"""
+            )
+        return read
 
-    def _keys_elsewhere(self, con: Any, table: Table, date: str | None, client: str | None) -> list[str]:
-        if not table.is_fact:
-            return []
-        key = ident(table.key)
-        snap = self._snapshot(
-            con,
-            ("keys", table.name),
-            f"""SELECT DISTINCT {key} AS k, CAST(date AS VARCHAR) AS d, client AS c
-                FROM read_parquet('{self.lake.glob_uri("raw", table.name, True)}', hive_partitioning = true)""",
-        )
-        rows = con.execute(
-            f"SELECT DISTINCT k FROM {snap} WHERE k IN (SELECT {key} FROM part) AND NOT (d = ? AND c = ?)",
-            [date, client],
-        ).fetchall()
-        return sorted(r[0] for r in rows)
-
+    # -- the profile of a batch ------------------------------------------------------------------
     def _reconciliation(self, table: Table, manifest: dict[str, Any], date: str | None, client: str | None) -> int:
         """Rows this partition's source files hold for it, as the inbox index counted them.
 
@@ -404,130 +526,199 @@ class Quality:
         median = statistics.median(recent)
         return int(median * float(vol["low"])), int(median * float(vol["high"])) + 1
 
-    def raw_parameters(self, con: Any, table: Table, date: str | None, client: str | None) -> dict[str, Any]:
-        manifest = self.lake.read_json(manifest_path(self.lake, table.name, date, client)) or {}
+    def _landing_profile(self, table: Table, pv: PartitionValidation) -> dict[str, Any]:
+        """The landing's side of a raw partition: what its manifest and the inbox say."""
+        manifest = self.lake.read_json(manifest_path(self.lake, table.name, pv.date, pv.client)) or {}
         quarantined = int(manifest.get("quarantined", 0))
         held = sum(int(manifest.get(k, 0)) for k in ("replayed", "superseded", "pending"))
-        read = self._reconciliation(table, manifest, date, client)
-        params: dict[str, Any] = {
-            "quarantined": quarantined,
-            "manifest_landed": int(manifest.get("landed", -1)),
-            # No manifest: the data did not come through the landing; make reconciliation fail.
-            "read": read if manifest else -1,
-            "held": held,
-            "quarantine_threshold": self.settings.quarantine_threshold,
-            "quarantine_min_rows": self.settings.quarantine_min_rows,
-            "keys_elsewhere": self._keys_elsewhere(con, table, date, client),
-            "partition_client": [client],
-            **self._fk_parameters(con, table),
-        }
         lo, hi = (
             (0, UNBOUNDED)
-            if date is None or client is None
-            else self._volume_bounds(table, date, client, load_suite_doc(table.name).get("meta", {}))
+            if pv.date is None or pv.client is None
+            else self._volume_bounds(table, pv.date, pv.client, load_partition_suite_doc(table.name).get("meta", {}))
         )
         if int(manifest.get("pending", 0)):
             # Rows waiting for their parents are part of the day: a partition missing them is
             # incomplete (and reported pending), not abnormally small.
             lo = 0
-        params |= {"volume_min": lo, "volume_max": hi}
-        return params
+        total = pv.rows + quarantined
+        return {
+            "manifest_landed": int(manifest.get("landed", -1)),
+            # No manifest: the data did not come through the landing; make reconciliation fail.
+            "read": self._reconciliation(table, manifest, pv.date, pv.client) if manifest else -1,
+            "quarantined": quarantined,
+            "held": held,
+            "accounted": pv.rows + quarantined + held,
+            "quarantine_ratio": round(quarantined / total, 4) if total else 0.0,
+            "quarantine_min_rows": self.settings.quarantine_min_rows,
+            "volume_min": lo,
+            "volume_max": hi,
+        }
+
+    def _profile(self, con: Any, name: str, batch: _Batch, mart: bool) -> Any:
+        import pandas as pd
+
+        stats = profile_statistics(name)
+        values: dict[str, dict[str, Any]] = {}
+        if stats:
+            select = ", ".join(f"{sql} AS {ident(col)}" for col, sql in stats.items())
+            cur = con.execute(f"SELECT {ROW_PARTITION}, {select} FROM part GROUP BY ALL")
+            names = [d[0] for d in cur.description]
+            values = {r[0]: dict(zip(names[1:], r[1:], strict=True)) for r in cur.fetchall()}
+        rows = []
+        for pv in batch.partitions:
+            if pv.error:
+                continue
+            row: dict[str, Any] = {PROFILE_KEY: pv.key, "rows": pv.rows}
+            if not mart:
+                row |= self._landing_profile(TABLES[name], pv)
+            row |= values.get(pv.key, dict.fromkeys(stats))
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     # -- validation ------------------------------------------------------------------------------
-    def _run(self, suite: str, df: Any, params: dict[str, Any], run_name: str) -> tuple[list[Outcome], Any]:
-        import great_expectations as gx
+    def _validate_batch(self, name: str, batch: _Batch, mart: bool) -> list[Any]:
+        """Validate one batch: row rules over its rows, partition rules over its profile."""
+        con = self.lake.duckdb()
+        try:
+            counts = self._load_rows(con, name, batch, mart)
+            for pv in batch.partitions:
+                pv.rows = counts.get(pv.key, 0)
+            params: dict[str, Any] = {"quarantine_threshold": self.settings.quarantine_threshold}
+            if not mart:
+                table = TABLES[name]
+                parents_read = self._add_lookups(con, table)
+                for pv in batch.partitions:
+                    pv.parents = {
+                        f"{t}/{d}/{c}": self._data_version(t, d, c) for t, d, c in sorted(parents_read.get(pv.key, ()))
+                    }
+            rows = con.execute(f"SELECT * FROM part ORDER BY {ROW_PARTITION}").df()
+            profile = self._profile(con, name, batch, mart)
+        finally:
+            con.close()
+        row_result, row_id = self._run(name, ROW_PARTITION, rows, params, batch.name)
+        part_result, part_id = self._run(name + PARTITION_SUFFIX, PROFILE_KEY, profile, params, batch.name)
+        by_key = {p[PROFILE_KEY]: p for p in profile.to_dict("records")}
+        for pv in batch.partitions:
+            if pv.error:
+                continue
+            pv.outcomes = [self._row_outcome(r, pv) for r in row_result.results]
+            pv.outcomes += [self._partition_outcome(r, by_key.get(pv.key, {}), pv) for r in part_result.results]
+        return [row_id, part_id]
 
-        result = self.checkpoint(suite).run(
-            batch_parameters={"dataframe": df},
-            expectation_parameters=params,
-            run_id=gx.RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
+    @staticmethod
+    def _row_outcome(res: Any, pv: PartitionValidation) -> Outcome:
+        cfg = res.expectation_config
+        columns = _columns_of(dict(cfg.kwargs))
+        error = _error_of(res)
+        unexpected = _split_by_partition(res, ROW_PARTITION).get(pv.key, [])
+        values = [e[columns[0]] if len(columns) == 1 else tuple(e.get(c) for c in columns) for e in unexpected]
+        return Outcome(
+            expectation=cfg.type,
+            column=", ".join(columns) or None,
+            severity=severity_of(getattr(cfg, "severity", None)),
+            success=error is None and not unexpected,
+            unexpected_count=len(unexpected),
+            unexpected_percent=round(100 * len(unexpected) / pv.rows, 3) if pv.rows else None,
+            sample=[_value(v) for v in values[:SAMPLE_SIZE]],
+            error=error,
         )
-        identifier, vr = next(iter(result.run_results.items()))
-        return [_outcome(r) for r in vr.results], identifier
 
-    def validate_raw(
-        self, table_name: str, date: str | None = None, client: str | None = None
-    ) -> tuple[PartitionValidation, Any]:
-        table = TABLES[table_name]
-        started = time.monotonic()
-        pv = PartitionValidation(table_name, date, client)
-        identifier = None
-        path = self.lake.data_file("raw", table_name, date, client)
-        if not self.lake.exists(path):
-            pv.error = f"no data file at {self.lake.uri(path)}"
-            return pv, None
-        pv.data_sha256 = self.lake.sha256(path)
-        self._read_parents = set()
-        con = self.lake.duckdb()
-        try:
-            df = self._read_partition(con, table, self.lake.uri(path))
-            pv.rows = len(df)
-            params = self.raw_parameters(con, table, date, client)
-            pv.parents = {f"{t}/{d}/{c}": self._data_version(t, d, c) for t, d, c in sorted(self._read_parents)}
-            pv.outcomes, identifier = self._run(
-                table_name, df, params, "-".join(p for p in (table_name, date, client) if p)
-            )
-        finally:
-            con.close()
-        pv.seconds = round(time.monotonic() - started, 3)
-        return pv, identifier
+    @staticmethod
+    def _partition_outcome(res: Any, profile: dict[str, Any], pv: PartitionValidation) -> Outcome:
+        cfg = res.expectation_config
+        columns = _columns_of(dict(cfg.kwargs))
+        error = _error_of(res)
+        failed = pv.key in _split_by_partition(res, PROFILE_KEY)
+        observed = (
+            _value(profile.get(columns[0]))
+            if len(columns) == 1
+            else ", ".join(f"{c}={_value(profile.get(c))}" for c in columns)
+        )
+        return Outcome(
+            expectation=cfg.type,
+            column=", ".join(columns) or None,
+            severity=severity_of(getattr(cfg, "severity", None)),
+            success=error is None and not failed,
+            observed=observed,
+            error=error,
+        )
 
-    def validate_mart(self, model: str, date: str | None = None) -> tuple[PartitionValidation, Any]:
-        started = time.monotonic()
-        pv = PartitionValidation(model, date, None)
-        path = self.lake.data_file("curated", model, date)
-        if not self.lake.exists(path):
-            pv.error = f"no data file at {self.lake.uri(path)}"
-            return pv, None
-        con = self.lake.duckdb()
-        try:
-            # DECIMAL -> DOUBLE: GX's pandas range metrics want numbers, not Decimal objects.
-            rel = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{self.lake.uri(path)}')").fetchall()
-            cols = ", ".join(
-                f"CAST({ident(n)} AS DOUBLE) AS {ident(n)}" if str(t).startswith("DECIMAL") else ident(n)
-                for n, t, *_ in rel
-            )
-            df = con.execute(f"SELECT {cols} FROM read_parquet('{self.lake.uri(path)}')").df()
-        finally:
-            con.close()
-        pv.rows = len(df)
-        pv.outcomes, identifier = self._run(model, df, {}, "-".join(p for p in (model, date) if p))
-        pv.seconds = round(time.monotonic() - started, 3)
-        return pv, identifier
+    def _batches(self, name: str, partitions: list[tuple[str | None, str | None]], mart: bool) -> list[_Batch]:
+        """Partitions in batches of at most MAX_BATCH_ROWS rows (read from the Parquet footers)."""
+        zone = "curated" if mart else "raw"
+        pvs = [PartitionValidation(name, d, c) for d, c in partitions]
+        uris: dict[str, str] = {}
+        for pv in pvs:
+            path = self.lake.data_file(zone, name, pv.date, None if mart else pv.client)
+            if not self.lake.exists(path):
+                pv.error = f"no data file at {self.lake.uri(path)}"
+                continue
+            if not mart:
+                pv.data_sha256 = self.lake.sha256(path)
+            uris[pv.key] = self.lake.uri(path)
+        sizes: dict[str, int] = {}
+        if uris:
+            con = self.lake.duckdb()
+            try:
+                files = ", ".join(map(literal, uris.values()))
+                by_uri = dict(
+                    con.execute(f"SELECT file_name, num_rows FROM parquet_file_metadata([{files}])").fetchall()
+                )
+            finally:
+                con.close()
+            sizes = {k: int(by_uri.get(u, 0)) for k, u in uris.items()}
+        out: list[_Batch] = []
+        current: list[PartitionValidation] = []
+        rows = 0
+        for pv in pvs:
+            if current and rows + sizes.get(pv.key, 0) > MAX_BATCH_ROWS:
+                out.append(self._batch(name, current, uris))
+                current, rows = [], 0
+            current.append(pv)
+            rows += sizes.get(pv.key, 0)
+        if current:
+            out.append(self._batch(name, current, uris))
+        return out
+
+    @staticmethod
+    def _batch(name: str, pvs: list[PartitionValidation], uris: dict[str, str]) -> _Batch:
+        keys = [pv.key for pv in pvs]
+        label = "-".join([name, keys[0].replace("/", "-")]) if keys[0] != name else name
+        if len(keys) > 1:
+            label += f"-and-{len(keys) - 1}-more"
+        return _Batch(label, pvs, {k: uris[k] for k in keys if k in uris})
 
     def validate_and_record(
         self, table: str, partitions: list[tuple[str | None, str | None]], mart: bool = False
     ) -> list[PartitionValidation]:
-        """Validate each partition, write its gate status, then build the Data Docs pages once."""
+        """Validate the partitions in batches, write each one's gate status, then build the Data Docs once."""
         out: list[PartitionValidation] = []
         identifiers: list[Any] = []
         self._snapshots, self._manifests = {}, {}
         try:
-            self._validate_each(table, partitions, mart, out, identifiers)
+            for batch in self._batches(table, partitions, mart):
+                started = time.monotonic()
+                ids: list[Any] = []
+                if any(pv.error is None for pv in batch.partitions):
+                    try:
+                        ids = self._validate_batch(table, batch, mart)
+                    except SuiteError:
+                        raise
+                    except Exception as exc:  # fail closed: an unvalidated partition must not look valid
+                        for pv in batch.partitions:
+                            pv.error = pv.error or f"validation crashed: {exc!r}"[:500]
+                identifiers += ids
+                url = self.docs_url(ids[0]) if ids else None
+                seconds = round((time.monotonic() - started) / max(1, len(batch.partitions)), 3)
+                for pv in batch.partitions:
+                    pv.docs_url, pv.seconds = (url if pv.error is None else None), seconds
+                    gate.record(self.lake, table, pv.passed, pv.details(), pv.date, pv.client)
+                    out.append(pv)
         finally:
             self._snapshots, self._manifests = None, None
         if identifiers:
             self.build_docs(identifiers)
         return out
-
-    def _validate_each(
-        self,
-        table: str,
-        partitions: list[tuple[str | None, str | None]],
-        mart: bool,
-        out: list[PartitionValidation],
-        identifiers: list[Any],
-    ) -> None:
-        for date, client in partitions:
-            try:
-                pv, ident = self.validate_mart(table, date) if mart else self.validate_raw(table, date, client)
-            except Exception as exc:  # fail closed: an unvalidated partition must not look valid
-                pv, ident = PartitionValidation(table, date, client, error=f"validation crashed: {exc!r}"[:500]), None
-            if ident is not None:
-                identifiers.append(ident)
-                pv.docs_url = self.docs_url(ident)
-            gate.record(self.lake, table, pv.passed, pv.details(), date, client)
-            out.append(pv)
 
     def landed(self, table: str, date: str | None, client: str | None) -> bool:
         """Whether the landing wrote this partition (its manifest exists)."""

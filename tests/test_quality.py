@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,15 @@ from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.generator import generate
 from delivery_lake.landing import Landing
-from delivery_lake.quality import ERROR, WARN, Quality, load_suite_doc, suite_names
+from delivery_lake.quality import (
+    ERROR,
+    WARN,
+    Quality,
+    SuiteError,
+    load_partition_suite_doc,
+    load_suite_doc,
+    suite_names,
+)
 from delivery_lake.storage import Lake
 from tests.helpers import START
 
@@ -82,12 +91,33 @@ def test_suites_are_files_that_cover_the_contract() -> None:
         for c in t.columns:
             if c.min is not None or c.max is not None:
                 assert ("expect_column_values_to_be_between", c.name) in kinds, (t.name, c.name)
-            if c.allowed or (c.references and c.references[0] != t.name):
+            if c.allowed:
                 assert ("expect_column_values_to_be_in_set", c.name) in kinds, (t.name, c.name)
-        assert ("expect_partition_rows_to_reconcile", None) in kinds
-        assert all(e["severity"] in ("critical", "warning") for e in doc["expectations"])
+            if c.references and c.references[0] != t.name:  # foreign key: no orphan
+                assert ("expect_column_values_to_be_null", f"_orphan_{c.name}") in kinds, (t.name, c.name)
+        assert ("expect_column_pair_values_to_be_equal", None) in kinds or not t.is_fact  # row in its partition
+        rules = load_partition_suite_doc(t.name)["expectations"]
+        pairs = {(e["kwargs"].get("column_A"), e["kwargs"].get("column_B")) for e in rules}
+        assert {("read", "accounted"), ("rows", "manifest_landed")} <= pairs  # reconciliation, per partition
+        assert all(e["severity"] in ("critical", "warning") for e in doc["expectations"] + rules)
     kpis = load_suite_doc("agg_client_daily_kpis")["expectations"]
     assert {"column": "on_time_rate", "min_value": 0, "max_value": 1} in [e["kwargs"] for e in kpis]
+
+
+def test_a_rule_about_a_whole_partition_is_refused_among_the_row_rules(qs: Settings, monkeypatch) -> None:
+    """Row rules are validated over many partitions at once: a mean or a row count there would
+    judge the batch, not the partition. Loading such a suite fails, naming the file."""
+    import delivery_lake.quality as quality
+
+    suites = qs.data_dir / "suites"
+    (suites / "partitions").mkdir(parents=True)
+    doc = load_suite_doc("orders")
+    doc["expectations"].append({"type": "expect_column_mean_to_be_between", "kwargs": {"column": "weight_kg"}})
+    (suites / "orders.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(quality, "SUITES_DIR", suites)
+    monkeypatch.setattr(quality, "PARTITION_SUITES_DIR", suites / "partitions")
+    with pytest.raises(SuiteError, match=r"orders\.json: expect_column_mean_to_be_between .*partitions/orders\.json"):
+        Quality(Lake.from_settings(qs), qs).context()
 
 
 def test_quarantine_ratio_blocks_few_bad_rows_pass_and_a_fix_unblocks(qs: Settings) -> None:
@@ -103,7 +133,7 @@ def test_quarantine_ratio_blocks_few_bad_rows_pass_and_a_fix_unblocks(qs: Settin
     assert ok.passed and not ok.failed_errors
     manifest = lake.read_json(lake.meta_path("landing", "orders", f"date={DAY}", "client=C002.json"))
     assert manifest["quarantined"] == 8
-    assert labels(bad.failed_errors) == {"expect_quarantine_ratio_to_be_at_most"}
+    assert labels(bad.failed_errors) == {"expect_column_values_to_be_between(quarantine_ratio)"}
     ratio = float(bad.failed_errors[0].observed)
     assert ratio == pytest.approx(8 / (manifest["landed"] + 8), abs=1e-4) and ratio > qs.quarantine_threshold
     assert gate.blocked_partitions(lake, "orders") == {(DAY, "C002")}
@@ -142,10 +172,13 @@ def test_orphans_and_duplicates_written_past_landing_block(qs: Settings) -> None
     q = Quality(lake, qs)
     [d] = q.validate_and_record("deliveries", [(DAY, "C003")])
     [o] = q.validate_and_record("orders", [(DAY, "C001")])
-    [fk] = [x for x in d.failed_errors if x.label == "expect_column_values_to_be_in_set(order_id)"]
+    [fk] = [x for x in d.failed_errors if x.label == "expect_column_values_to_be_null(_orphan_order_id)"]
     assert fk.unexpected_count == 2 and set(fk.sample) == {"O-NOWHERE-1", "O-NOWHERE-2"}
     [dup] = o.failed_errors
-    assert dup.label == "expect_column_values_to_not_be_in_set(order_id)" and set(dup.sample) == {other[0], other[1]}
+    assert dup.label == "expect_column_values_to_be_null(_elsewhere_order_id)" and set(dup.sample) == {
+        other[0],
+        other[1],
+    }
     assert {("2026-01-06", "C003")} == gate.blocked_partitions(lake, "deliveries")
     assert {("2026-01-06", "C001")} == gate.blocked_partitions(lake, "orders")
 
@@ -163,7 +196,7 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     res = {r.client: r for r in q.validate_and_record("deliveries", [(DAY, "C001"), (DAY, "C002")])}
     warn = res["C001"]
     assert warn.passed and [(o.label, o.severity) for o in warn.warnings] == [
-        ("expect_column_mean_to_be_between(distance_km)", WARN)
+        ("expect_column_values_to_be_between(mean_distance_km)", WARN)
     ]
     assert float(warn.warnings[0].observed) == pytest.approx(900.0)
     assert gate.blocked_partitions(lake, "deliveries") == {(DAY, "C002")}
@@ -173,7 +206,8 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     # Data Docs: the page of that validation exists, names the failed expectation, and is offline-safe.
     page = Path(res["C002"].docs_url.removeprefix("file://"))
     html = page.read_text()
-    assert page.is_relative_to(qs.data_dir / "data_docs") and "deliveries-2026-01-06-C002" in str(page)
+    # One page per batch of partitions validated together, named after the first and the count.
+    assert page.is_relative_to(qs.data_dir / "data_docs") and "deliveries-2026-01-06-C001-and-1-more" in str(page)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
     assert "Status: Failed" in text and "Unsuccessful Expectations 1 " in text
     # GX renders each expectation as prose under its column: the failed range rule on attempts.
@@ -183,7 +217,7 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     )
     assert not re.search(r"""<(link|script)[^>]+(href|src)=["']https?://""", html)
     assert (qs.data_dir / "data_docs" / "static" / "styles" / "offline.css").exists()
-    assert "deliveries-2026-01-06-C002" in (qs.data_dir / "data_docs" / "index.html").read_text()
+    assert "deliveries-2026-01-06-C001-and-1-more" in (qs.data_dir / "data_docs" / "index.html").read_text()
 
 
 # ---- Dagster: checks in the same run, one bad partition does not hold back the good ones ---------
@@ -219,7 +253,7 @@ def test_dagster_run_blocks_bad_partition_lets_good_ones_flow_then_fix(qs: Setti
     assert md["blocked_partitions"].value == [f"{DAY}/C002"]
     assert md["partitions_validated"].value == 9 and md["partitions_passed"].value == 8
     failed = md["per_partition"].value[f"{DAY}/C002"]["failed"]
-    assert [f["expectation"] for f in failed] == ["expect_quarantine_ratio_to_be_at_most"]
+    assert [f["expectation"] for f in failed] == ["expect_column_values_to_be_between(quarantine_ratio)"]
     landed_c002 = lake.read_json(lake.meta_path("landing", "deliveries", f"date={DAY}", "client=C002.json"))
     assert landed_c002["quarantined"] == len(many_bad) == 12
     assert float(failed[0]["observed"]) == pytest.approx(12 / (landed_c002["landed"] + 12), abs=1e-4)
