@@ -28,10 +28,12 @@ from assets.resources import LakehouseResource
 from delivery_lake.completeness import mostly_blocked, partition_statuses
 from delivery_lake.config import Settings
 from delivery_lake.contract import FACTS, TABLES
-from delivery_lake.inbox import scan_changes
+from delivery_lake.inbox import inbox_partitions, scan_changes
 from delivery_lake.landing import releasable, unreconciled
 from delivery_lake.ml.features import FACT, HISTORY_DAYS
-from delivery_lake.planning import plan_runs
+from delivery_lake.ml.features import TABLE as FEATURES_TABLE
+from delivery_lake.ml.features import ZONE as FEATURES_ZONE
+from delivery_lake.planning import date_blocks, plan_runs
 from delivery_lake.quality import Quality
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import arrived_clients, render_arrived
@@ -161,12 +163,13 @@ def _land_facts(
     defs: Any,
     instance: Any,
     settings: Settings,
+    lake: Lake,
     facts: dict[str, dict[str, set[str]]],
     clients: list[str],
     outcome: RunOutcome,
     trigger: str,
 ) -> bool:
-    for plan in plan_runs(facts, clients):
+    for plan in plan_runs(facts, clients, inbox_partitions(lake, settings.inbox_dir)):
         tags = {
             RANGE_START: str(dg.MultiPartitionKey({"date": plan.first_date, "client": plan.first_client})),
             RANGE_END: str(dg.MultiPartitionKey({"date": plan.last_date, "client": plan.last_client})),
@@ -183,17 +186,6 @@ def _land_facts(
     return True
 
 
-def _date_blocks(dates: list[str]) -> list[tuple[str, str]]:
-    """Consecutive runs of ISO dates: one Dagster run per block rebuilds exactly those dates."""
-    blocks: list[tuple[str, str]] = []
-    for d in sorted(dates):
-        if blocks and date.fromisoformat(d) - date.fromisoformat(blocks[-1][1]) == timedelta(days=1):
-            blocks[-1] = (blocks[-1][0], d)
-        else:
-            blocks.append((d, d))
-    return blocks
-
-
 def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: Any, outcome: RunOutcome) -> bool:
     """After the raw runs: the curated dates those partitions feed, then dimensions and the warehouse.
 
@@ -206,7 +198,10 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
     dates = set(affected_dates(PROJECT, changed, existing))
     if changed:
         dates |= set(held_dates(lake, PROJECT)) & existing
-    for first, last in _date_blocks(sorted(dates)):
+    # Dates with no raw data and no mart partition between two blocks are bridged (nothing is
+    # built there; see planning.date_blocks).
+    occupied = existing | {d for k in CURATED_PARTITIONED_KEYS for d in lake.list_dates("curated", k.path[-1])}
+    for first, last in date_blocks(dates, occupied):
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, CURATED_PARTITIONED_KEYS, tags, outcome, f"curated {first}..{last}"):
             return False
@@ -233,7 +228,8 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
         for d in affected_dates(PROJECT, changed, built)
         for k in range(HISTORY_DAYS + 1)
     } & built
-    for first, last in _date_blocks(sorted(dates)):
+    occupied = built | set(lake.list_dates(FEATURES_ZONE, FEATURES_TABLE))
+    for first, last in date_blocks(dates, occupied):
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, [FEATURES_KEY], tags, outcome, f"features {first}..{last}"):
             return False
@@ -300,7 +296,7 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         ):
             return outcome
     clients = list(instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
-    if not _land_facts(defs, instance, settings, changes.facts, clients, outcome, "cli"):
+    if not _land_facts(defs, instance, settings, lake, changes.facts, clients, outcome, "cli"):
         return outcome
     # Rows that waited for parents which have now landed (or whose grace period ran out) are
     # landed again by their partitions; each round can only shrink what waits, so it stops.
@@ -309,7 +305,7 @@ def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
         if not released:
             break
         outcome.lines.append("release: " + ", ".join(f"{t} {len(v)} date(s)" for t, v in released.items()))
-        if not _land_facts(defs, instance, settings, released, clients, outcome, "release"):
+        if not _land_facts(defs, instance, settings, lake, released, clients, outcome, "release"):
             return outcome
         for t, by_date in released.items():
             for d, cs in by_date.items():

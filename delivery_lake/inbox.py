@@ -299,6 +299,22 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
     return FileEntry(str(path), fingerprint(path), nominal, parts, int(malformed), header)
 
 
+def inbox_partitions(lake: Lake, inbox: Path) -> set[tuple[str, str, str]]:
+    """(table, date, client) of every fact row in the inbox, from the index (files that cannot
+    be read are left out; a file not scanned yet counts for every client of its named date):
+    a run may span the pairs outside this set, which hold nothing to land."""
+    out: set[tuple[str, str, str]] = set()
+    for table in TABLES.values():
+        if not table.is_fact:
+            continue
+        for e in InboxIndex(lake, inbox, table).entries(errors={}):
+            if e.provisional and e.nominal_date:
+                out.add((table.name, e.nominal_date, "*"))
+            for d, clients in e.partitions.items():
+                out |= {(table.name, d, c) for c in clients}
+    return out
+
+
 class InboxIndex:
     """Cached scan results for one table's inbox folder."""
 

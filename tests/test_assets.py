@@ -61,6 +61,32 @@ def test_planner_cuts_exact_rectangles() -> None:
     assert covered == expected
 
 
+def test_planner_spans_partitions_without_data_never_partitions_with_data_not_asked_for() -> None:
+    clients = ["C001", "C002", "C003"]
+    # Sparse history: dates with gaps, a client missing on some days.
+    wanted = {
+        "orders": {"2025-01-01": {"C001", "C002"}, "2025-01-09": {"C001", "C003"}, "2025-03-02": {"C002"}},
+        "deliveries": {"2025-01-02": {"C001"}, "2025-03-02": {"C002", "C003"}},
+    }
+    occupied = {(t, d, c) for t, by in wanted.items() for d, cs in by.items() for c in cs}
+    # Only what is wanted has data: one run over the bounding rectangle, for both tables.
+    assert plan_runs(wanted, clients, occupied) == [
+        RunPlan(("deliveries", "orders"), "2025-01-01", "2025-03-02", "C001", "C003")
+    ]
+    # Data not asked for inside it (landed before, unchanged): not spanned. Orders keep the exact
+    # cut; deliveries, whose own rectangle holds no such pair, still get one run.
+    busy = occupied | {("orders", "2025-02-01", "C002")}
+    plans = plan_runs(wanted, clients, busy)
+    assert RunPlan(("deliveries",), "2025-01-02", "2025-03-02", "C001", "C003") in plans
+    covered = {(t, d, c) for p in plans for t in p.tables for d, c in p.partition_keys(clients)}
+    assert ("orders", "2025-02-01", "C002") not in covered
+    assert {(t, d, c) for t, d, c in occupied} <= covered
+    assert [p for p in plans if "orders" in p.tables] == plan_runs({"orders": wanted["orders"]}, clients)
+    # A file not scanned yet may hold any client of its date: never spanned over.
+    unknown = occupied | {("deliveries", "2025-02-10", "*")}
+    assert len(plan_runs(wanted, clients, unknown)) > 1
+
+
 @pytest.mark.slow
 def test_cli_run_lands_everything_and_registers_clients(
     local_settings: Settings, monkeypatch: pytest.MonkeyPatch
