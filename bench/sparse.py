@@ -29,7 +29,8 @@ OFFSETS = (0, 1, 2, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 18, 19, 20, 21, 22)  # 18
 def _shift_sql(day_index: str) -> str:
     """Days to add to a row of dense day `day_index`: its window's start plus its order's offset."""
     offsets = "[" + ", ".join(map(str, OFFSETS)) + "]"
-    return f"({day_index} * {WINDOW - 1} + list_extract({offsets}, CAST(hash(order_id) % {len(OFFSETS)} AS INTEGER) + 1))"
+    pick = f"CAST(hash(order_id) % {len(OFFSETS)} AS INTEGER) + 1"
+    return f"({day_index} * {WINDOW - 1} + list_extract({offsets}, {pick}))"
 
 
 def spread(dense: Path, out: Path) -> dict[str, int]:
@@ -60,9 +61,12 @@ def spread(dense: Path, out: Path) -> dict[str, int]:
                 f"COPY (SELECT * REPLACE ({moved}) FROM read_csv({literal(str(f))}, all_varchar = true, header = true))"
                 f" TO {literal(str(target))} (HEADER, DELIMITER ',')"
             )
-            counts[table.name] = counts.get(table.name, 0) + con.execute(
-                f"SELECT count(*) FROM read_csv({literal(str(target))}, all_varchar = true)"
-            ).fetchone()[0]  # type: ignore[index]
+            counts[table.name] = (
+                counts.get(table.name, 0)
+                + con.execute(f"SELECT count(*) FROM read_csv({literal(str(target))}, all_varchar = true)").fetchone()[
+                    0
+                ]
+            )  # type: ignore[index]
     return counts
 
 

@@ -103,8 +103,7 @@ def plan_runs(
     boxes: dict[str, tuple[str, str, int, int]] = {}
     if occupied is not None and client_order:
         for table, by_date in wanted.items():
-            known = {c for cs in by_date.values() for c in cs if c in pos}
-            idx = [pos[c] for c in known] or [0]
+            idx = [pos[c] for cs in by_date.values() for c in cs if c in pos] or [0]
             boxes[table] = (min(by_date), max(by_date), min(idx), max(idx))
         union = (
             min(b[0] for b in boxes.values()),
