@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -45,6 +45,9 @@ TARGETS = {
     "median_parquet_file_mb": None,
     "files_per_partition": ("<=", 1.0),
     "mapped_over_native_landing": (">=", 0.8),
+    "orchestrated_day_over_library_day": ("<=", 2.0),
+    "sparse_backfill_over_dense": ("<=", 2.0),
+    "sparse_backfill_peak_rss_gib": ("<=", 1.0),
     "ask_p95_ms_uncached": ("<=", 300.0),
     "ask_p95_ms_cached": ("<=", 20.0),
 }
@@ -363,6 +366,87 @@ def adopt_copied_warehouse(live: Path) -> None:
 MAPPED_DAYS = 5  # days of orders both sides land (the mapped side also renders them)
 
 
+def orchestrated_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash: Trash) -> dict:
+    """The new day of `extras_round` again, through the Dagster definitions (`run --new-only`)."""
+    inbox, day = Path(facts["inbox"]), series.day(facts["days"])
+    daily = r.run_dir / "daily"
+    console.rule(f"[bold]orchestrated day[/]: {day} through `delivery-lake run --new-only`")
+    for rep in range(s.reps):
+        work = r.run_dir / f"orch-{rep}"
+        trash.discard(work)
+        shutil.copytree(daily, work)  # untimed, as for the library's day
+        adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
+        args = ["--inbox", str(inbox), "--work", str(work)]
+        r.run("orchestrated_prepare", "orchestrated.py", ["--mode", "prepare", *args])
+        linked = []
+        try:
+            for t in FACTS:
+                dest = inbox / t / f"{day}.csv"
+                os.link(series.export / t / f"{day}.csv", dest)
+                linked.append(dest)
+            r.run("orchestrated_day", "orchestrated.py", ["--mode", "new-day", *args])
+        finally:
+            for p in linked:
+                p.unlink()
+        trash.discard(work)
+    last = r.measurements["orchestrated_day"][-1].result
+    return {"orchestrated_day": r.summary("orchestrated_day"), "runs": last["runs"], "breakdown": last["breakdown"]}
+
+
+def backfill_round(s: BenchSettings, r: Runner, trash: Trash) -> dict:
+    """The same rows on consecutive dates and spread over hundreds of dates with gaps, each
+    landed end to end by `delivery-lake run` into an empty lake."""
+    from bench.sparse import spread
+    from delivery_lake.generator import generate
+
+    days, clients, per_day = (6, 2, 40) if s.smoke else (30, 5, 300)
+    root = r.run_dir / "backfill"
+    trash.discard(root)
+    dense, sparse = root / "dense", root / "sparse"
+    generate(
+        dense,
+        start=date(2025, 1, 1),
+        days=days,
+        clients=clients,
+        orders_per_day=per_day,
+        seed=s.seed,
+        dirty_rate=0.0,
+        progress=False,
+    )
+    spread(dense, sparse)
+    console.rule(f"[bold]backfill[/]: {days} dense days vs the same rows spread over hundreds of dates")
+    names = ["backfill_dense", "backfill_sparse"]
+    reps = 1  # minutes per sparse run: one repetition each (the gap measured is 8x, not noise)
+    for rep in range(reps):
+        for name in names[rep % 2 :] + names[: rep % 2]:
+            work = root / f"work-{name}-{rep}"
+            trash.discard(work)
+            inbox = dense if name == "backfill_dense" else sparse
+            r.run(name, "orchestrated.py", ["--mode", "backfill", "--inbox", str(inbox), "--work", str(work)])
+            if rep < reps - 1 or name == "backfill_dense":
+                trash.discard(work)
+    from delivery_lake.config import Settings
+    from delivery_lake.storage import Lake
+
+    lake = Lake.from_settings(
+        Settings.from_env(data_dir=root / "x", lake_url=str(root / f"work-backfill_sparse-{reps - 1}" / "lake"))
+    )
+    dates = lake.list_dates("raw", "orders")
+    partitions = len(lake.list_partitions("raw", "orders"))
+    trash.discard(root)
+    return {
+        "dense": r.summary("backfill_dense"),
+        "sparse": r.summary("backfill_sparse"),
+        "dense_runs": r.measurements["backfill_dense"][-1].result["runs"],
+        "sparse_runs": r.measurements["backfill_sparse"][-1].result["runs"],
+        "sparse_breakdown": r.measurements["backfill_sparse"][-1].result["breakdown"],
+        "dense_breakdown": r.measurements["backfill_dense"][-1].result["breakdown"],
+        "dense_dates": days,
+        "sparse_dates": len(dates),
+        "sparse_order_partitions": partitions,
+    }
+
+
 def mapped_round(s: BenchSettings, r: Runner, series: Series, days: int, trash: Trash) -> dict:
     """The same orders landed natively and through a source mapping of a renamed-column copy."""
     from delivery_lake.contract import DIMENSIONS, TABLES
@@ -579,6 +663,37 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
         native_peak_rss_gib=mp["native"]["peak_rss_gib"],
         mapped_peak_rss_gib=mp["mapped"]["peak_rss_gib"],
     )
+    orch, inc = extras["orchestrated"], extras["incremental_day"]
+    keys["orchestrated_day_over_library_day"] = _key(
+        "orchestrated_day_over_library_day",
+        orch["orchestrated_day"]["wall_s"] / inc["wall_s"],
+        m,
+        note="the new day through `delivery-lake run --new-only` (Dagster runs, GX checks, features, model) "
+        "over the same day through the library (landing, curated, warehouse); whole processes",
+        orchestrated_s=orch["orchestrated_day"]["wall_s"],
+        library_s=inc["wall_s"],
+        runs=orch["runs"],
+        breakdown=orch["breakdown"],
+    )
+    bf = extras["backfill"]
+    keys["sparse_backfill_over_dense"] = _key(
+        "sparse_backfill_over_dense",
+        bf["sparse"]["wall_s"] / bf["dense"]["wall_s"],
+        m,
+        note="the same rows on consecutive dates and spread over dates with gaps, both by `delivery-lake run`",
+        dense_s=bf["dense"]["wall_s"],
+        sparse_s=bf["sparse"]["wall_s"],
+        dense_dates=bf["dense_dates"],
+        sparse_dates=bf["sparse_dates"],
+        sparse_order_partitions=bf["sparse_order_partitions"],
+        dense_runs=bf["dense_runs"],
+        sparse_runs=bf["sparse_runs"],
+        sparse_breakdown=bf["sparse_breakdown"],
+        dense_breakdown=bf["dense_breakdown"],
+    )
+    keys["sparse_backfill_peak_rss_gib"] = _key(
+        "sparse_backfill_peak_rss_gib", bf["sparse"]["peak_rss_gib"], m, dense_gib=bf["dense"]["peak_rss_gib"]
+    )
     ask = extras["ask_service"]
     figures = dict(
         cache=ask["cache"],
@@ -681,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         r1, one = landing_round(s, "1x", series, base.days, landing, s.reps, trash)
         extras = extras_round(s, r1, one, series, trash)
         extras["mapped"] = mapped_round(s, r1, series, min(MAPPED_DAYS, base.days), trash)
+        extras["orchestrated"] = orchestrated_round(s, r1, one, series, trash)
+        extras["backfill"] = backfill_round(s, r1, trash)
         grown = None
         if grown_days:
             label = f"{s.growth:g}x"

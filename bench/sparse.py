@@ -3,7 +3,7 @@
 Real exports cover years with quiet days (the Olist sample: 588 order dates over two years),
 while the generator writes consecutive days. `spread` keeps every row and moves each order,
 with its delivery and its feedback, by whole days: day i of the dense inbox becomes a window of
-`WINDOW` days starting at `i * WINDOW`, of which the `len(OFFSETS)` days in `OFFSETS` receive
+`WINDOW` days starting at `i * (WINDOW - 1)`, of which the `len(OFFSETS)` days in `OFFSETS` receive
 rows (the order's id picks one) and the others stay empty. Ids, values and the time of day do
 not change, and a delivery moves with its order, so the two inboxes hold the same rows and
 answer the same questions with the dates renamed.

@@ -16,6 +16,7 @@ import ast
 import html as html_lib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 OFFLINE_CSS = """/* delivery_lake: local stand-in for the CDN Bootstrap GX Data Docs expect. */
@@ -103,15 +104,19 @@ def render_tables(html: str) -> str:
     return _EMPTY_TABLE.sub(fill, html)
 
 
-def make_offline(site_dir: Path) -> int:
-    """Rewrite every page of the site to use local assets only; returns pages rewritten."""
+def make_offline(site_dir: Path, pages: Iterable[Path] | None = None) -> int:
+    """Rewrite pages of the site (`pages`, default every page) to use local assets only; returns
+    pages rewritten. A check passes the pages it just built: the site grows with every
+    validation ever run, and re-reading all of it per check grew with it."""
     site_dir = Path(site_dir)
     css = site_dir / "static" / "styles" / "offline.css"
     css.parent.mkdir(parents=True, exist_ok=True)
     if not css.exists() or css.read_text() != OFFLINE_CSS:
         css.write_text(OFFLINE_CSS)
     done = 0
-    for page in site_dir.rglob("*.html"):
+    for page in site_dir.rglob("*.html") if pages is None else (Path(p) for p in pages):
+        if not page.exists():
+            continue
         html = page.read_text(encoding="utf-8")
         if _MARKER in html and not _REMOTE_TAG.search(html) and not _EMPTY_TABLE.search(html):
             continue

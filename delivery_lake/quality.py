@@ -79,6 +79,12 @@ UNBOUNDED = 10**12
 ROW_RULE_BASES = ("ColumnMapExpectation", "ColumnPairMapExpectation", "MulticolumnMapExpectation")
 
 
+# GX contexts built in this process, by suites and output folders: a run's checks (one Quality
+# each) share one, with its suites and checkpoints, instead of building them per check. Suites
+# are read once per process; a long-lived process sees suite edits after a restart.
+_CONTEXTS: dict[tuple[str, ...], tuple[Any, dict[str, Any]]] = {}
+
+
 class SuiteError(ValueError):
     pass
 
@@ -291,6 +297,10 @@ class Quality:
         """
         if self._ctx is not None:
             return self._ctx
+        key = (str(SUITES_DIR), str(PARTITION_SUITES_DIR), str(self.results_dir), str(self.docs_dir))
+        if key in _CONTEXTS:
+            self._ctx, self._checkpoints = _CONTEXTS[key]
+            return self._ctx
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -320,6 +330,7 @@ class Quality:
         for name in suite_names():
             self._add_suite(load_suite_doc(name), suite_path(name), row_rules=True)
             self._add_suite(load_partition_suite_doc(name), partition_suite_path(name), row_rules=False)
+        _CONTEXTS[key] = (self._ctx, self._checkpoints)
         return self._ctx
 
     def _add_suite(self, doc: dict[str, Any], path: Path, row_rules: bool) -> Any:
@@ -773,8 +784,12 @@ class Quality:
     def build_docs(self, identifiers: list[Any] | None = None) -> Path:
         ctx = self.context()
         ctx.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=identifiers)
-        data_docs.make_offline(self.docs_dir)
-        return self.docs_dir / "index.html"
+        index = self.docs_dir / "index.html"
+        built = None
+        if identifiers is not None:
+            built = [index] + [Path(u.removeprefix("file://")) for i in identifiers if (u := self.docs_url(i))]
+        data_docs.make_offline(self.docs_dir, built)
+        return index
 
 
 # ---- summaries ------------------------------------------------------------------------------------
