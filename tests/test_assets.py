@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from assets.definitions import defs
@@ -317,3 +318,46 @@ def test_run_refuses_files_without_a_partition_by_name(
         "2026-01-09",
     }
     assert local_settings.warehouse_path.exists()
+
+
+@pytest.mark.slow  # a whole `run` over 30-odd sparse dates (about 25 s)
+def test_sparse_history_lands_in_one_run_and_gaps_stay_empty(tmp_path: Path, run_cli) -> None:
+    from bench.sparse import spread
+    from delivery_lake.generator import generate
+    from delivery_lake.quality import gate_counts
+
+    dense, sparse = tmp_path / "dense", tmp_path / "sparse"
+    generate(
+        dense, start=date(2025, 1, 1), days=2, clients=2, orders_per_day=40, seed=3, dirty_rate=0.0, progress=False
+    )
+    spread(dense, sparse)
+    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=sparse)
+    con = duckdb.connect()
+    with_rows = {
+        t: {
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT {c}[:10] FROM read_csv('{sparse / t}/*.csv', all_varchar = true)"
+            ).fetchall()
+        }
+        for t, c in (("orders", "created_at"), ("deliveries", "dispatched_at"))
+    }
+    assert len(with_rows["orders"]) > 20  # spread over many dates, with gaps
+    outcome = run_cli(settings)
+    assert outcome.success, outcome.failure
+    # One landing run for every fact partition, however many blocks of dates they form.
+    landing = [line for line in outcome.lines if line.startswith("ok   customer_feedback, deliveries, orders")]
+    assert len(landing) == 1 and len(outcome.run_ids) <= 6, outcome.lines
+    lake = Lake.from_settings(settings)
+    first, last = min(with_rows["orders"]), max(with_rows["deliveries"] | with_rows["orders"])
+    assert landing[0].split()[4] == f"{first}..{last}"
+    # Exactly the dates with rows hold partitions, marts and verdicts: the gaps the run spanned
+    # have no empty file, no mart date and no gate entry.
+    for table in ("orders", "deliveries"):
+        assert set(lake.list_dates("raw", table)) == with_rows[table]
+    marts = set(lake.list_dates("curated", "fct_deliveries"))
+    assert marts <= with_rows["orders"] | with_rows["deliveries"] and len(marts) > 20
+    counts = gate_counts(lake, ["orders", "fct_deliveries"])
+    assert counts["orders"]["blocked"] == 0
+    assert counts["orders"]["passed"] == len(lake.list_partitions("raw", "orders"))
+    assert counts["fct_deliveries"]["passed"] == len(marts) and counts["fct_deliveries"]["blocked"] == 0
