@@ -299,19 +299,27 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
     return FileEntry(str(path), fingerprint(path), nominal, parts, int(malformed), header)
 
 
-def inbox_partitions(lake: Lake, inbox: Path) -> set[tuple[str, str, str]]:
-    """(table, date, client) of every fact row in the inbox, from the index (files that cannot
-    be read are left out; a file not scanned yet counts for every client of its named date):
-    a run may span the pairs outside this set, which hold nothing to land."""
+def inbox_partitions(lake: Lake, inbox: Path) -> set[tuple[str, str, str]] | None:
+    """(table, date, client) of every fact row in the inbox, from the index: a run may span the
+    pairs outside this set, which hold nothing to land. A file not scanned yet, one that cannot
+    be read and one with malformed lines count for every client ("*") of the date in their
+    name; None when such a file has no date in its name (it could hold any date)."""
     out: set[tuple[str, str, str]] = set()
     for table in TABLES.values():
         if not table.is_fact:
             continue
-        for e in InboxIndex(lake, inbox, table).entries(errors={}):
-            if e.provisional and e.nominal_date:
+        unread: dict[str, str] = {}
+        for e in InboxIndex(lake, inbox, table).entries(errors=unread):
+            if (e.provisional or e.malformed) and e.nominal_date:
                 out.add((table.name, e.nominal_date, "*"))
             for d, clients in e.partitions.items():
                 out |= {(table.name, d, c) for c in clients}
+        refused = [Path(p) for p in unread] + [p for p, _why in refused_files(inbox, table.name)]
+        for path in refused:
+            named = name_date(path)
+            if named is None:
+                return None
+            out.add((table.name, named, "*"))
     return out
 
 
