@@ -63,3 +63,15 @@ def test_answers_equal_up_to_float_noise_only() -> None:
         checks.assert_same_answers("a", _answers(0.3), "b", _answers(0.31))
     with pytest.raises(checks.NotEqual, match="no rows"):
         checks.assert_same_answers("a", {"q1": {"columns": [], "rows": []}}, "b", {"q1": {"columns": [], "rows": []}})
+
+
+def test_drop_timing_says_why_it_is_skipped_without_the_production_profile(tmp_path: Path, monkeypatch) -> None:
+    """`make bench` runs bench/drop.py; with no stack started from this DATA_DIR there is no
+    daemon to time, and it says so instead of timing nothing."""
+    from bench import drop
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    result = tmp_path / "drop.json"
+    assert drop.main(["--result", str(result)]) == 0
+    why = json.loads(result.read_text())["skipped"]
+    assert "not up" in why and "dagster-daemon" in why and "make up" in why
