@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -48,6 +48,7 @@ TARGETS = {
     "orchestrated_day_over_library_day": ("<=", 2.0),
     "sparse_backfill_over_dense": ("<=", 2.0),
     "sparse_backfill_peak_rss_gib": ("<=", 1.0),
+    "s3_over_local_day": ("<=", 1.3),
     "ask_p95_ms_uncached": ("<=", 300.0),
     "ask_p95_ms_cached": ("<=", 20.0),
 }
@@ -447,6 +448,73 @@ def backfill_round(s: BenchSettings, r: Runner, trash: Trash) -> dict:
     }
 
 
+def s3_round(s: BenchSettings, r: Runner, trash: Trash) -> dict:
+    """The same new day through `delivery-lake run --new-only` on a SeaweedFS lake and on a local
+    one, each lake first built from the same days by `run` (untimed)."""
+    from delivery_lake.generator import generate
+    from infra.seaweed import SeaweedServer
+
+    days, clients, per_day = (4, 2, 40) if s.smoke else (14, 5, 300)
+    root = r.run_dir / "s3day"
+    trash.discard(root)
+    inbox = root / "inbox"
+    generate(
+        inbox,
+        start=date(2025, 6, 1),
+        days=days + 1,
+        clients=clients,
+        orders_per_day=per_day,
+        seed=s.seed,
+        dirty_rate=0.0,
+        progress=False,
+    )
+    day = (date(2025, 6, 1) + timedelta(days=days)).isoformat()
+    held = root / "held"
+    for t in FACTS:
+        (held / t).mkdir(parents=True)
+        shutil.move(inbox / t / f"{day}.csv", held / t / f"{day}.csv")
+    console.rule(f"[bold]S3 day[/]: {day} on a SeaweedFS lake and on a local lake ({days} days before it)")
+    server = SeaweedServer().start(root / "seaweed", buckets=["bench"])
+    keys = {
+        "AWS_ENDPOINT_URL": server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": server.access_key or "",
+        "AWS_SECRET_ACCESS_KEY": server.secret_key or "",
+    }
+    try:
+        for kind in ("local", "s3"):
+            work = root / f"work-{kind}"
+            lake = ["--lake-url", "s3://bench/lake"] if kind == "s3" else []
+            saved = {k: os.environ.get(k) for k in keys}
+            if kind == "s3":
+                os.environ.update(keys)
+            try:
+                args = ["--inbox", str(inbox), "--work", str(work), *lake]
+                r.run(f"s3day_build_{kind}", "orchestrated.py", ["--mode", "backfill", *args])
+                for t in FACTS:
+                    os.link(held / t / f"{day}.csv", inbox / t / f"{day}.csv")
+                r.run(f"s3day_{kind}", "orchestrated.py", ["--mode", "new-day", *args])
+                for t in FACTS:
+                    (inbox / t / f"{day}.csv").unlink()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+    finally:
+        server.stop()
+    trash.discard(root)
+    local, s3 = r.measurements["s3day_local"][-1].result, r.measurements["s3day_s3"][-1].result
+    return {
+        "day": day,
+        "days_before": days,
+        "local": r.summary("s3day_local"),
+        "s3": r.summary("s3day_s3"),
+        "local_breakdown": local["breakdown"],
+        "s3_breakdown": s3["breakdown"],
+    }
+
+
 def mapped_round(s: BenchSettings, r: Runner, series: Series, days: int, trash: Trash) -> dict:
     """The same orders landed natively and through a source mapping of a renamed-column copy."""
     from delivery_lake.contract import DIMENSIONS, TABLES
@@ -691,6 +759,19 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
         sparse_breakdown=bf["sparse_breakdown"],
         dense_breakdown=bf["dense_breakdown"],
     )
+    s3 = extras["s3day"]
+    keys["s3_over_local_day"] = _key(
+        "s3_over_local_day",
+        s3["s3"]["wall_s"] / s3["local"]["wall_s"],
+        m,
+        note="the same new day through `run --new-only`, lake on SeaweedFS vs a local folder (one repetition)",
+        day=s3["day"],
+        days_before=s3["days_before"],
+        s3_s=s3["s3"]["wall_s"],
+        local_s=s3["local"]["wall_s"],
+        s3_breakdown=s3["s3_breakdown"],
+        local_breakdown=s3["local_breakdown"],
+    )
     keys["sparse_backfill_peak_rss_gib"] = _key(
         "sparse_backfill_peak_rss_gib", bf["sparse"]["peak_rss_gib"], m, dense_gib=bf["dense"]["peak_rss_gib"]
     )
@@ -798,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         extras["mapped"] = mapped_round(s, r1, series, min(MAPPED_DAYS, base.days), trash)
         extras["orchestrated"] = orchestrated_round(s, r1, one, series, trash)
         extras["backfill"] = backfill_round(s, r1, trash)
+        extras["s3day"] = s3_round(s, r1, trash)
         grown = None
         if grown_days:
             label = f"{s.growth:g}x"

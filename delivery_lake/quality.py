@@ -79,8 +79,8 @@ UNBOUNDED = 10**12
 ROW_RULE_BASES = ("ColumnMapExpectation", "ColumnPairMapExpectation", "MulticolumnMapExpectation")
 
 
-# GX contexts built in this process, by suites and output folders: a run's checks (one Quality
-# each) share one, with its suites and checkpoints, instead of building them per check. Suites
+# The GX context built in this process, by suites and output folders: a run's checks (one Quality
+# each) share it, with its suites and checkpoints, instead of building them per check. Suites
 # are read once per process; a long-lived process sees suite edits after a restart.
 _CONTEXTS: dict[tuple[str, ...], tuple[Any, dict[str, Any]]] = {}
 
@@ -225,6 +225,10 @@ def _split_by_partition(res: Any, index: str) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def _exists(store: Any, name: str) -> bool:
+    return name in {item.name for item in store.all()}
+
+
 def _nullable(value: str | None) -> str:
     return "NULL::VARCHAR" if value is None else literal(value)
 
@@ -301,6 +305,9 @@ class Quality:
         if key in _CONTEXTS:
             self._ctx, self._checkpoints = _CONTEXTS[key]
             return self._ctx
+        # GX keeps the newest context as the process's current project, and a checkpoint of an
+        # older one then reads the newer one's stores: keep only the newest.
+        _CONTEXTS.clear()
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -370,7 +377,14 @@ class Quality:
             import great_expectations as gx
 
             ctx = self.context()
-            batch = ctx.data_sources.get("lake").add_dataframe_asset(suite).add_batch_definition_whole_dataframe("rows")
+            # Found again rather than added when this process's context already holds them (a check
+            # that failed half-way through creating them, a Quality built while another ran).
+            ds = ctx.data_sources.get("lake")
+            if suite in {a.name for a in ds.assets}:
+                ctx.checkpoints.delete(suite) if _exists(ctx.checkpoints, suite) else None
+                ctx.validation_definitions.delete(suite) if _exists(ctx.validation_definitions, suite) else None
+                ds.delete_asset(suite)
+            batch = ds.add_dataframe_asset(suite).add_batch_definition_whole_dataframe("rows")
             vd = ctx.validation_definitions.add(
                 gx.ValidationDefinition(name=suite, data=batch, suite=ctx.suites.get(suite))
             )

@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--inbox", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--result", required=True)
+    p.add_argument("--lake-url", help="default WORK/lake; s3://bucket/prefix with AWS_* in the environment")
     a = p.parse_args()
     work = Path(a.work)
     os.environ["DAGSTER_HOME"] = str(work / "data" / "dagster_home")
@@ -79,7 +80,7 @@ def main() -> None:
 
     settings = Settings.from_env(
         data_dir=work / "data",
-        lake_url=str(work / "lake"),
+        lake_url=a.lake_url or str(work / "lake"),
         inbox_dir=Path(a.inbox),
         warehouse_path=work / "warehouse" / "delivery.duckdb",
     )
