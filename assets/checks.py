@@ -165,11 +165,15 @@ def build_suite_check(
                 passed=True, severity=dg.AssetCheckSeverity.WARN, description="nothing materialized in this run"
             )
         results = quality.validate_and_record(suite, partitions, mart=mart)
-        for r in results:
-            if not r.passed:
-                context.log.warning(
-                    f"{suite} {r.key} BLOCKED: " + ", ".join(o.label for o in r.failed_errors) + (r.error or "")
-                )
+        blocked = [r for r in results if not r.passed]
+        if blocked:
+            # One line per check, not one per partition: a real export's backfill can block
+            # hundreds (the metadata and the gate hold every one).
+            shown = "; ".join(
+                f"{r.key}: " + (", ".join(o.label for o in r.failed_errors) or r.error or "") for r in blocked[:5]
+            )
+            more = f" (and {len(blocked) - 5} more; see the check's metadata)" if len(blocked) > 5 else ""
+            context.log.warning(f"{suite}: {len(blocked)} of {len(results)} partition(s) BLOCKED: {shown}{more}")
         # Children whose foreign-key checks read the partitions just landed have stale verdicts now.
         children = [t.name for t in TABLES.values() if not mart and suite in t.parents and t.name != suite]
         revalidated = quality.revalidate_stale(children) if children else {}
