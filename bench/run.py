@@ -20,6 +20,8 @@ import shutil
 import statistics
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -242,6 +244,21 @@ def landing_round(
     return r, facts
 
 
+@contextmanager
+def day_in_inbox(source: Path, inbox: Path, day: str) -> Iterator[None]:
+    """The day's fact files of `source` hard-linked into `inbox` for the block, removed after."""
+    linked: list[Path] = []
+    try:
+        for t in FACTS:
+            dest = inbox / t / f"{day}.csv"
+            os.link(source / t / f"{day}.csv", dest)
+            linked.append(dest)
+        yield
+    finally:
+        for p in linked:
+            p.unlink()
+
+
 def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash: Trash) -> dict:
     """Incremental day and analyst KPI queries, on the lake of the last `ours` landing."""
     from bench.contestants import _curated
@@ -279,20 +296,12 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
         trash.discard(work)
         shutil.copytree(daily, work)  # untimed: the state before the new day arrives
         adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
-        linked = []
-        try:
-            for t in FACTS:
-                dest = inbox / t / f"{day}.csv"
-                os.link(series.export / t / f"{day}.csv", dest)
-                linked.append(dest)
+        with day_in_inbox(series.export, inbox, day):
             r.run(
                 "incremental_day",
                 "incremental.py",
                 ["--mode", "new-day", "--inbox", str(inbox), "--work", str(work), "--day", day],
             )
-        finally:
-            for p in linked:
-                p.unlink()
         trash.discard(work)
 
     # The two sides of the ratio alternate, so a machine that slows down during the run (shared
@@ -379,16 +388,8 @@ def orchestrated_round(s: BenchSettings, r: Runner, facts: dict, series: Series,
         adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
         args = ["--inbox", str(inbox), "--work", str(work)]
         r.run("orchestrated_prepare", "orchestrated.py", ["--mode", "prepare", *args])
-        linked = []
-        try:
-            for t in FACTS:
-                dest = inbox / t / f"{day}.csv"
-                os.link(series.export / t / f"{day}.csv", dest)
-                linked.append(dest)
+        with day_in_inbox(series.export, inbox, day):
             r.run("orchestrated_day", "orchestrated.py", ["--mode", "new-day", *args])
-        finally:
-            for p in linked:
-                p.unlink()
         trash.discard(work)
     last = r.measurements["orchestrated_day"][-1].result
     return {"orchestrated_day": r.summary("orchestrated_day"), "runs": last["runs"], "breakdown": last["breakdown"]}
@@ -490,11 +491,8 @@ def s3_round(s: BenchSettings, r: Runner, trash: Trash) -> dict:
             try:
                 args = ["--inbox", str(inbox), "--work", str(work), *lake]
                 r.run(f"s3day_build_{kind}", "orchestrated.py", ["--mode", "backfill", *args])
-                for t in FACTS:
-                    os.link(held / t / f"{day}.csv", inbox / t / f"{day}.csv")
-                r.run(f"s3day_{kind}", "orchestrated.py", ["--mode", "new-day", *args])
-                for t in FACTS:
-                    (inbox / t / f"{day}.csv").unlink()
+                with day_in_inbox(held, inbox, day):
+                    r.run(f"s3day_{kind}", "orchestrated.py", ["--mode", "new-day", *args])
             finally:
                 for k, v in saved.items():
                     if v is None:

@@ -118,10 +118,11 @@ def severity_of(gx_severity: Any) -> str:
     return ERROR if str(value).lower() == "critical" else WARN
 
 
-def profile_statistics(name: str) -> dict[str, str]:
-    """Profile column -> SQL over the partition's rows, for the statistics the partition rules name."""
+def profile_statistics(doc: dict[str, Any]) -> dict[str, str]:
+    """Profile column -> SQL over the partition's rows, for the statistics the partition rules
+    (`doc`, a partition suite) name."""
     out = {}
-    for e in load_partition_suite_doc(name)["expectations"]:
+    for e in doc["expectations"]:
         kw = e.get("kwargs", {})
         for col in (kw.get("column"), kw.get("column_A"), kw.get("column_B")):
             for prefix, sql in STATISTICS.items():
@@ -551,7 +552,7 @@ class Quality:
         median = statistics.median(recent)
         return int(median * float(vol["low"])), int(median * float(vol["high"])) + 1
 
-    def _landing_profile(self, table: Table, pv: PartitionValidation) -> dict[str, Any]:
+    def _landing_profile(self, table: Table, pv: PartitionValidation, suite_meta: dict[str, Any]) -> dict[str, Any]:
         """The landing's side of a raw partition: what its manifest and the inbox say."""
         manifest = self.lake.read_json(manifest_path(self.lake, table.name, pv.date, pv.client)) or {}
         quarantined = int(manifest.get("quarantined", 0))
@@ -559,7 +560,7 @@ class Quality:
         lo, hi = (
             (0, UNBOUNDED)
             if pv.date is None or pv.client is None
-            else self._volume_bounds(table, pv.date, pv.client, load_partition_suite_doc(table.name).get("meta", {}))
+            else self._volume_bounds(table, pv.date, pv.client, suite_meta)
         )
         if int(manifest.get("pending", 0)):
             # Rows waiting for their parents are part of the day: a partition missing them is
@@ -582,7 +583,8 @@ class Quality:
     def _profile(self, con: Any, name: str, batch: _Batch, mart: bool) -> Any:
         import pandas as pd
 
-        stats = profile_statistics(name)
+        doc = load_partition_suite_doc(name)  # once per batch, not per partition
+        stats = profile_statistics(doc)
         values: dict[str, dict[str, Any]] = {}
         if stats:
             select = ", ".join(f"{sql} AS {ident(col)}" for col, sql in stats.items())
@@ -595,7 +597,7 @@ class Quality:
                 continue
             row: dict[str, Any] = {PROFILE_KEY: pv.key, "rows": pv.rows}
             if not mart:
-                row |= self._landing_profile(TABLES[name], pv)
+                row |= self._landing_profile(TABLES[name], pv, doc.get("meta") or {})
             row |= values.get(pv.key, dict.fromkeys(stats))
             rows.append(row)
         return pd.DataFrame(rows)
