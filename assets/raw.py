@@ -44,6 +44,8 @@ def report_metadata(report: LandingReport, uri: str) -> dict[str, dg.MetadataVal
             {f"{p.date}/{p.client}": p.pending for p in report.partitions if p.pending}
         ),
         "quarantined_by_reason": dg.MetadataValue.json(report.by_reason),
+        # landed rows per column holding a source mapping's stand-in value (contract.PLACEHOLDERS)
+        "placeholder_rows_by_column": dg.MetadataValue.json(report.placeholders),
         "bytes_written": report.bytes,
         "source_files": len(report.files),
         "partitions_written": len([p for p in report.partitions if p.client != "_unassigned"]),

@@ -168,13 +168,16 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
     from delivery_lake.landing import STATES, reconcile
+    from delivery_lake.sources.audit import reconcile_foreign
     from delivery_lake.storage import Lake
 
     settings = Settings.from_env()
     lake = Lake.from_settings(settings)
     bad = 0
+    by_feed = {}
     for table in TABLES.values():
-        for path, c in reconcile(lake, settings.inbox_dir, table).items():
+        by_feed[table.name] = found = reconcile(lake, settings.inbox_dir, table)
+        for path, c in found.items():
             if "error" in c:  # not read: every file still gets its line, and the audit goes on
                 bad += 1
                 console.print(f"UNREAD   {c['error']}", markup=False, soft_wrap=True)
@@ -187,6 +190,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
                 console.print(
                     f"{'ok ' if ok else 'MISMATCH'} {path}: read {c['read']} {states}", markup=False, soft_wrap=True
                 )
+    # a client's foreign export: records = filtered out + collapsed + what became of the rendered rows
+    for acc in reconcile_foreign(settings.inbox_dir, by_feed):
+        bad += not acc.ok
+        if not acc.ok or args.verbose:
+            console.print(acc.describe(), markup=False, soft_wrap=True)
     console.print("all files reconcile" if not bad else f"[red]{bad} file(s) do not reconcile[/red]")
     return 1 if bad else 0
 

@@ -37,6 +37,9 @@ class Column:
     # (table, column) of the parent key, checked at landing: a dimension parent must be
     # there (else `orphan:<column>`); a fact parent may come later (the row waits as pending).
     references: tuple[str, str] | None = None
+    # A file may leave the column out of its header: every row of that file reads NULL. Only for
+    # nullable columns added after files in the old layout existed (our own exports stay valid).
+    header_optional: bool = False
 
     @property
     def duckdb_type(self) -> str:
@@ -75,6 +78,11 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def file_columns(self) -> list[str]:
+        """The columns every file's header must carry (all but the header-optional ones)."""
+        return [c.name for c in self.columns if not c.header_optional]
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -117,6 +125,36 @@ FUEL_TYPES = ("electric", "diesel", "petrol", "hybrid")
 EMPLOYMENT_TYPES = ("employee", "contractor")
 CHANNELS = ("app", "email", "sms", "web")
 
+# How a client's parcels travel, declared per client (`clients.operations`; empty = own_fleet).
+# A client that hands its parcels to a carrier has no courier, vehicle or route of ours: for its
+# rows the columns below may be empty (instead of a stand-in value that a mart would count as a
+# courier or average as a distance). Everything else, and every rule, holds for it as for any client.
+OPERATIONS = ("own_fleet", "carrier")
+CARRIER_OPTIONAL: dict[str, tuple[str, ...]] = {"deliveries": ("driver_id", "vehicle_id", "distance_km")}
+
+# Every table's last column: which of the row's columns hold a stand-in rather than a measured
+# value (';'-separated column names). A source mapping (sources/*.yaml) sets it where a client's
+# export lacks a column the contract requires; our own feeds leave it out (header-optional).
+# The marts carry it and leave stand-in measures out of sums and means.
+PLACEHOLDERS = "placeholder_columns"
+
+
+def _placeholders() -> Column:
+    return Column(
+        PLACEHOLDERS,
+        "string",
+        "Columns of this row holding a stand-in, not a measured value (';'-separated), set by a "
+        "source mapping; empty for measured rows.",
+        nullable=True,
+        header_optional=True,
+    )
+
+
+def optional_for_carrier(table: str, column: str) -> bool:
+    """Whether `column` of `table` may be empty for a client whose operations are `carrier`."""
+    return column in CARRIER_OPTIONAL.get(table, ())
+
+
 CLIENTS = Table(
     name="clients",
     kind="dimension",
@@ -134,6 +172,16 @@ CLIENTS = Table(
         _col("onboarded_on", "date", "Contract start date."),
         _col("contact_email", "string", "Operations contact.", nullable=True),
         _col("is_active", "bool", "Whether the contract is live."),
+        _col(
+            "operations",
+            "string",
+            "How its parcels travel: own_fleet (our couriers; the default when empty) or carrier "
+            "(handed to a carrier: its deliveries may leave driver_id, vehicle_id and distance_km empty).",
+            nullable=True,
+            allowed=OPERATIONS,
+            header_optional=True,
+        ),
+        _placeholders(),
     ),
     rules=(
         # Client ids name lake folders (client=<id>) and Dagster partitions: a '/' or '..'
@@ -160,6 +208,7 @@ DEPOTS = Table(
         _col("lon", "float", "Longitude (WGS84).", min=-180, max=180),
         _col("daily_capacity_parcels", "int", "Parcels the depot can dispatch per day.", min=1),
         _col("opened_on", "date", "Opening date."),
+        _placeholders(),
     ),
 )
 
@@ -175,6 +224,7 @@ DRIVERS = Table(
         _col("hired_on", "date", "Hire date; tenure is measured from it."),
         _col("employment_type", "string", "Contract type.", allowed=EMPLOYMENT_TYPES),
         _col("license_class", "string", "Driving licence class.", allowed=("B", "C1", "C")),
+        _placeholders(),
     ),
 )
 
@@ -190,6 +240,7 @@ VEHICLES = Table(
         _col("capacity_kg", "float", "Payload capacity.", min=1, max=40000),
         _col("fuel_type", "string", "Energy source.", allowed=FUEL_TYPES),
         _col("registered_on", "date", "First registration date."),
+        _placeholders(),
     ),
 )
 
@@ -215,6 +266,7 @@ ORDERS = Table(
         _col("priority", "string", "Service level bought.", allowed=PRIORITIES),
         _col("order_value", "decimal", "Price charged to the client.", min=0, max=100000),
         _col("payment_method", "string", "How the client pays.", allowed=("invoice", "card", "prepaid")),
+        _placeholders(),
     ),
     rules=(Rule("promised_after_created", "promised_by > created_at", "The promise lies after the order."),),
 )
@@ -235,15 +287,20 @@ DELIVERIES = Table(
             references=("orders", "order_id"),
         ),
         _col("client_id", "string", "Client of the order.", references=("clients", "client_id")),
-        _col("driver_id", "string", "Courier.", references=("drivers", "driver_id")),
-        _col("vehicle_id", "string", "Vehicle used.", references=("vehicles", "vehicle_id")),
+        _col("driver_id", "string", "Courier (empty for a carrier client).", references=("drivers", "driver_id")),
+        _col(
+            "vehicle_id", "string", "Vehicle used (empty for a carrier client).", references=("vehicles", "vehicle_id")
+        ),
         _col("dispatched_at", "timestamp", "Left the depot (UTC); partition date."),
         _col("delivered_at", "timestamp", "Handed over (UTC); null unless delivered.", nullable=True),
         _col("status", "string", "Final outcome.", allowed=STATUSES),
         _col("attempts", "int", "Delivery attempts made.", min=1, max=10),
-        _col("distance_km", "float", "Route distance depot to drop-off.", min=0.01, max=1500),
+        _col(
+            "distance_km", "float", "Route distance depot to drop-off (empty for a carrier client).", min=0.01, max=1500
+        ),
         _col("failure_reason", "string", "Why it was not delivered.", nullable=True, allowed=FAILURE_REASONS),
         _col("proof_of_delivery", "string", "Signature, photo or none.", allowed=("signature", "photo", "none")),
+        _placeholders(),
     ),
     rules=(
         Rule("delivered_after_dispatch", "delivered_at >= dispatched_at", "Delivered at or after dispatch."),
@@ -275,6 +332,7 @@ CUSTOMER_FEEDBACK = Table(
         _col("rating", "int", "Stars, 1 to 5.", min=1, max=5),
         _col("comment", "string", "Free text; may span lines.", nullable=True),
         _col("channel", "string", "Where it was left.", allowed=CHANNELS),
+        _placeholders(),
     ),
 )
 
@@ -283,6 +341,13 @@ TABLES: dict[str, Table] = {
 }
 DIMENSIONS = [t for t in TABLES.values() if not t.is_fact]
 FACTS = [t for t in TABLES.values() if t.is_fact]
+
+
+def carrier_only_parent(table: str) -> bool:
+    """Whether every reference to `table` may be empty for a carrier client (drivers, vehicles): a
+    lake of carrier clients only may then have none of its rows."""
+    refs = [(t.name, c.name) for t in TABLES.values() for c in t.columns if c.references and c.references[0] == table]
+    return bool(refs) and all(optional_for_carrier(t, c) for t, c in refs)
 
 
 def landing_order() -> list[Table]:
@@ -326,6 +391,18 @@ def render_markdown() -> str:
         "parent feed has landed data more than `ORPHAN_GRACE_DAYS` (default 3) partition dates past "
         "the row's date without it, the row is quarantined as `orphan:<column>`.",
         "",
+        "**Clients that ship through a carrier.** `clients.operations` declares how a client's parcels "
+        "travel: `own_fleet` (the default, also when empty) or `carrier`. For a carrier client's rows "
+        "these columns may be empty, since no courier, vehicle or route of ours exists for them: "
+        + "; ".join(f"`{t}`: " + ", ".join(f"`{c}`" for c in cols) for t, cols in CARRIER_OPTIONAL.items())
+        + ". Every other rule holds for them; marts by courier or vehicle leave their deliveries out.",
+        "",
+        f"**Stand-in values.** Every table ends with `{PLACEHOLDERS}`: the row's columns that hold a "
+        "stand-in rather than a measured value, `;`-separated. A source mapping (`sources/*.yaml`) "
+        "sets it where a client's export has no such column (each stand-in declares why); the marts "
+        "carry it and leave stand-in measures out of sums and means. Columns marked *header-optional* "
+        "may be missing from a file's header (every row of that file is then empty there).",
+        "",
     ]
     for t in TABLES.values():
         out += [f"## `{t.name}` ({t.kind})", "", t.description, "", f"- key: `{t.key}` (unique, not null)"]
@@ -342,7 +419,9 @@ def render_markdown() -> str:
                 cons.append("in {" + ", ".join(c.allowed) + "}")
             if c.references:
                 cons.append(f"-> {c.references[0]}.{c.references[1]}")
-            null = "yes" if c.nullable else "no"
+            if c.header_optional:
+                cons.append("header-optional")
+            null = "yes" if c.nullable else ("carrier clients" if optional_for_carrier(t.name, c.name) else "no")
             out.append(f"| `{c.name}` | {c.dtype} | {null} | {'; '.join(cons)} | {c.description} |")
         if t.rules:
             out += ["", "Row rules:"]

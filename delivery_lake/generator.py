@@ -620,7 +620,7 @@ def _build_world(seed: int, start: dt.date, clients: int, orders_per_day: int) -
         ),
     }
     for name, df in tables.items():
-        tables[name] = df.select(TABLES[name].column_names)
+        tables[name] = df.select(TABLES[name].file_columns)
 
     drv_order, drv_off, drv_cnt = _group(drv_depot, n_dep)
     veh_order, veh_off, veh_cnt = _group(veh_depot, n_dep)
@@ -998,7 +998,7 @@ def _inject(
     kinds = [kinds_all[(counter[0] + i) % len(kinds_all)] for i in range(k)]
     counter[0] += k
     key = TABLES[table].key
-    last_col = TABLES[table].column_names[-1]
+    last_col = TABLES[table].file_columns[-1]
 
     # Rows eligible for each kind; temporal on deliveries needs a delivered_at to push back.
     perm = rng.permutation(n)

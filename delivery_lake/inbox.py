@@ -213,7 +213,7 @@ def read_header(path: Path, table: Table) -> list[str]:
     import csv
 
     header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig")]))]
-    missing = [c for c in table.column_names if c not in header]
+    missing = [c for c in table.file_columns if c not in header]
     if missing:
         raise InputError(f"{path}: header is missing contract column(s) {', '.join(missing)} for table {table.name}")
     if not has_rows:
@@ -264,7 +264,7 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
         src = csv_source_sql(path, header, table, "rej")
         # Every contract column is converted (an unused aggregate keeps DuckDB from skipping
         # it), so a line the landing's reader rejects is `malformed` here too.
-        parse_all = ", ".join(f'count("{c.name}")' for c in table.columns)
+        parse_all = ", ".join(f'count("{c.name}")' for c in table.columns if c.name in header)
         if table.is_fact:
             pcol, ccol = table.partition_column, table.client_column
             rows = con.execute(

@@ -269,6 +269,7 @@ class Landing:
                 batch.hold_for_parents(self.lake, shared, int(self.settings.orphan_grace_days))
             batch.mark_replayed_bad_rows()
             batch.number_bad_lines()
+            batch.collect_foreign_records(self.inbox)
             if "clients" in shared.parent_keys:
                 out.registered = batch.keys_in(shared.parent_keys["clients"])
             counts = batch.counts()

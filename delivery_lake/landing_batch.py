@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from delivery_lake import landing_sql as sql
-from delivery_lake.contract import TABLES, Table
+from delivery_lake.contract import CARRIER_OPTIONAL, TABLES, Table, optional_for_carrier
 from delivery_lake.inbox import FileEntry, ensure_rejects_table
 from delivery_lake.landing_plan import all_parent_files, fact_parents, parent_files_near
 from delivery_lake.landing_records import (
@@ -33,11 +33,22 @@ def load_parent_keys(lake: Lake, con: Any, table: Table) -> dict[str, str]:
         if TABLES[parent].is_fact:
             continue  # fact parents are looked up per batch (BatchTables.hold_for_parents)
         path = lake.data_file("raw", parent)
-        if not lake.exists(path):
-            raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
         name = f"keys_{parent}"
-        con.execute(sql.parent_keys_table(name, TABLES[parent], lake.uri(path)))
+        if not lake.exists(path):
+            referencing = [c.name for c in table.columns if c.references and c.references[0] == parent]
+            if not all(optional_for_carrier(table.name, c) for c in referencing):
+                raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
+            # a lake of carrier clients only may have no couriers at all: their rows leave the
+            # column empty, and any value given is an orphan (there is no parent to find it in)
+            con.execute(f"CREATE TABLE {name} (k VARCHAR)")
+        else:
+            con.execute(sql.parent_keys_table(name, TABLES[parent], lake.uri(path)))
         out[parent] = name
+    if CARRIER_OPTIONAL.get(table.name) and "clients" in out:
+        uri = lake.uri(lake.data_file("raw", "clients"))
+        names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{uri}')").fetchall()}
+        con.execute(sql.carrier_keys_table("keys_carrier_clients", uri, "operations" in names))
+        out[sql.CARRIER_KEYS] = "keys_carrier_clients"
     return out
 
 
@@ -75,10 +86,34 @@ class BatchTables:
         for rank, line, text in self.con.execute(sql.REJECTED_LINES).fetchall():
             fields = next(csv.reader([text or ""]), [])
             by_name = dict(zip(headers[rank], (f.strip() or None for f in fields), strict=False))
-            rows.append((rank, line, *(by_name.get(c.name) for c in self.table.columns)))
+            foreign_line = by_name.get(sql.FOREIGN_LINE)
+            rows.append(
+                (
+                    rank,
+                    line,
+                    *(by_name.get(c.name) for c in self.table.columns),
+                    by_name.get(sql.FOREIGN_FILE),
+                    int(foreign_line) if foreign_line and foreign_line.isdigit() else None,
+                )
+            )
         self.con.execute(sql.rejected_fields_table(self.table))
         if rows:
             self.con.executemany(sql.rejected_fields_insert(self.table), rows)
+
+    def collect_foreign_records(self, inbox: Path) -> None:
+        """`foreign_records`: the original foreign record (JSON) of each row that does not land and
+        came from a source mapping's rendered file: read from the foreign file, lines few."""
+        from delivery_lake.sources.render import foreign_records
+
+        self.con.execute(sql.FOREIGN_RECORDS_TABLE)
+        wanted: dict[str, set[int]] = {}
+        for file, line in self.con.execute(sql.FOREIGN_BAD_LINES).fetchall():
+            wanted.setdefault(file, set()).add(int(line))
+        rows = []
+        for file, lines in wanted.items():
+            rows += [(file, line, record) for line, record in foreign_records(Path(inbox), file, lines).items()]
+        if rows:
+            self.con.executemany(sql.FOREIGN_RECORDS_INSERT, rows)
 
     def classify_versions(self) -> None:
         """Decide, for each key seen more than once among valid rows, which copy lands.

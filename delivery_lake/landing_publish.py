@@ -145,6 +145,9 @@ class PartitionWriter:
             res.by_reason[reasons.reason] = res.by_reason.get(reasons.reason, 0) + int(reasons.rows)
             if reasons.rejected_line:  # lines the reader rejected are not in `picked`
                 res.by_file.setdefault(reasons.file, zero_counts())["quarantined"] += int(reasons.rows)
+        for d, c, column, rows in self.con.execute(sql.PLACEHOLDER_COUNTS).fetchall():
+            if (d, c) in results:
+                results[(d, c)].placeholders[column] = int(rows)
         unassigned = UNASSIGNED_CLIENT if self.table.is_fact else "_"
         for replayed in map(_ReplayedLines._make, self.con.execute(sql.REPLAYED_REJECTED_COUNTS).fetchall()):
             res = results.get((replayed.date, unassigned))
@@ -232,6 +235,7 @@ class PartitionWriter:
             "pending": res.pending,
             "by_reason": res.by_reason,
             "by_file": res.by_file,
+            "placeholders": res.placeholders,
             "bytes": res.bytes,
             "landed_at": landed_at,
         }

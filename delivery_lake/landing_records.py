@@ -54,6 +54,8 @@ class PartitionResult:
     changed: bool = True
     by_reason: dict[str, int] = field(default_factory=dict)
     by_file: dict[str, dict[str, int]] = field(default_factory=dict)
+    # landed rows per column holding a stand-in value (contract.PLACEHOLDERS), from source mappings
+    placeholders: dict[str, int] = field(default_factory=dict)
 
     @property
     def accounted(self) -> int:
@@ -108,6 +110,15 @@ class LandingReport:
             for reason, n in p.by_reason.items():
                 out[reason] += n
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    @property
+    def placeholders(self) -> dict[str, int]:
+        """Landed rows per column holding a stand-in value (a source mapping's placeholders)."""
+        out: dict[str, int] = defaultdict(int)
+        for p in self.partitions:
+            for column, n in p.placeholders.items():
+                out[column] += n
+        return dict(sorted(out.items()))
 
     def check_reconciled(self) -> None:
         accounted = sum(p.accounted for p in self.partitions)

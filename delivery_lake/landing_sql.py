@@ -19,13 +19,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from delivery_lake.contract import Table
+from delivery_lake.contract import PLACEHOLDERS, Table, optional_for_carrier
 from delivery_lake.inbox import csv_source_sql
 from delivery_lake.landing_records import PENDING, REPLAYED, SUPERSEDED
 from delivery_lake.sql import ident, literal
 from delivery_lake.storage import UNASSIGNED_CLIENT
 
 # ---- reading and typing --------------------------------------------------------------------
+
+# The columns a source mapping's rendered file carries after the contract's (sources/render.py).
+FOREIGN_FILE, FOREIGN_LINE = "source_file", "source_line"
+
+# The parent-keys entry holding the ids of clients whose operations are `carrier`.
+CARRIER_KEYS = "clients:carrier"
+
+
+def carrier_keys_table(name: str, clients_uri: str, has_operations: bool) -> str:
+    """A table `name` of the ids of carrier clients (one column, `k`); empty for a clients file
+    landed before `operations` existed."""
+    if not has_operations:
+        return f"CREATE TABLE {name} (k VARCHAR)"
+    return (
+        f"CREATE TABLE {name} AS SELECT client_id AS k FROM read_parquet('{clients_uri}') WHERE operations = 'carrier'"
+    )
 
 
 def parent_keys_table(name: str, parent: Table, parquet_uri: str) -> str:
@@ -51,13 +67,27 @@ def source_view(table: Table, headers: list[tuple[str, list[str]]]) -> str:
     the file's parsed rows (a streaming window, no sort). A view: `typed` is the one
     materialisation; the rejects tables fill while it is built.
     """
-    cols = ", ".join(
-        f"NULLIF(trim({ident(c.name)}), '') AS {ident(c.name)}" if c.dtype == "string" else ident(c.name)
-        for c in table.columns
-    )
+
+    def cols(header: list[str]) -> str:
+        # a header-optional column the file leaves out reads NULL (read_header allowed it)
+        return ", ".join(
+            f"NULL::{c.duckdb_type} AS {ident(c.name)}"
+            if c.name not in header
+            else f"NULLIF(trim({ident(c.name)}), '') AS {ident(c.name)}"
+            if c.dtype == "string"
+            else ident(c.name)
+            for c in table.columns
+        )
+
+    def foreign(header: list[str]) -> str:
+        # a file a source mapping rendered names, per row, the foreign file and line it came from
+        if FOREIGN_FILE in header and FOREIGN_LINE in header:
+            return f"{ident(FOREIGN_FILE)} AS _foreign_file, TRY_CAST({ident(FOREIGN_LINE)} AS BIGINT) AS _foreign_line"
+        return "NULL::VARCHAR AS _foreign_file, NULL::BIGINT AS _foreign_line"
+
     parts = [
-        f"SELECT {cols}, {literal(path)} AS _file, {rank} AS _file_rank, row_number() OVER () AS _ord "
-        f"FROM {csv_source_sql(path, header, table, f'rej{rank}')}"
+        f"SELECT {cols(header)}, {foreign(header)}, {literal(path)} AS _file, {rank} AS _file_rank, "
+        f"row_number() OVER () AS _ord FROM {csv_source_sql(path, header, table, f'rej{rank}')}"
         for rank, (path, header) in enumerate(headers)
     ]
     return "CREATE TEMP VIEW src AS " + " UNION ALL ".join(parts)
@@ -69,7 +99,12 @@ def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
     for c in table.columns:
         col = ident(c.name)
         if not c.nullable:
-            out.append(f"CASE WHEN {col} IS NULL THEN 'missing:{c.name}' END")
+            unless = ""
+            if optional_for_carrier(table.name, c.name) and CARRIER_KEYS in parent_keys:
+                # a carrier client's deliveries may leave it empty (contract.CARRIER_OPTIONAL)
+                carriers = parent_keys[CARRIER_KEYS]
+                unless = f" AND {ident(table.client_column or '')} NOT IN (SELECT k FROM {carriers})"
+            out.append(f"CASE WHEN {col} IS NULL{unless} THEN 'missing:{c.name}' END")
         if c.min is not None:
             out.append(f"CASE WHEN {col} < {c.min} THEN 'range:{c.name}' END")
         if c.max is not None:
@@ -140,11 +175,14 @@ REJECTED_LINES = "SELECT _file_rank, line, csv_line FROM rejected"
 
 def rejected_fields_table(table: Table) -> str:
     cols = ", ".join(f"{ident(c.name)} VARCHAR" for c in table.columns)
-    return f"CREATE TEMP TABLE rejected_fields (_file_rank BIGINT, line BIGINT, {cols})"
+    return (
+        f"CREATE TEMP TABLE rejected_fields (_file_rank BIGINT, line BIGINT, {cols}, "
+        "_foreign_file VARCHAR, _foreign_line BIGINT)"
+    )
 
 
 def rejected_fields_insert(table: Table) -> str:
-    marks = ", ".join("?" for _ in range(len(table.columns) + 2))
+    marks = ", ".join("?" for _ in range(len(table.columns) + 4))
     return f"INSERT INTO rejected_fields VALUES ({marks})"
 
 
@@ -344,21 +382,36 @@ def bad_rows_table(table: Table, landed_at: str) -> str:
 
     `_reason` is the first broken rule and `_reasons` all of them, `;`-separated.
     """
-    text_cols = ", ".join(f"{ident(c.name)}::VARCHAR AS {ident(c.name)}" for c in table.columns)
+    text_cols = ", ".join(f"p.{ident(c.name)}::VARCHAR AS {ident(c.name)}" for c in table.columns)
     field_cols = ", ".join(f"f.{ident(c.name)}" for c in table.columns)
     unassigned = literal(UNASSIGNED_CLIENT) if table.is_fact else "'_'"
     stamp = literal(landed_at)
+    # `_foreign_*`: for a row a source mapping rendered, the foreign file, line and original values
+    # (a JSON object of the foreign record as it came), so quarantine shows what the client sent
     return f"""CREATE OR REPLACE TEMP TABLE bad_rows AS
         SELECT d, c, {text_cols}, _broken_rules[1] AS _reason, array_to_string(_broken_rules, ';') AS _reasons,
                _file AS _source_file, b._line::BIGINT AS _source_line, NULL::VARCHAR AS _raw_line,
-               {stamp} AS _landed_at
-        FROM picked p JOIN bad_lines b USING (_file_rank, _ord) WHERE len(_broken_rules) > 0
+               p._foreign_file, p._foreign_line, fr.record AS _foreign_values, {stamp} AS _landed_at
+        FROM picked p JOIN bad_lines b USING (_file_rank, _ord)
+        LEFT JOIN foreign_records fr ON fr.file = p._foreign_file AND fr.line = p._foreign_line
+        WHERE len(_broken_rules) > 0
         UNION ALL
         SELECT coalesce(r._date, '_'), {unassigned}, {field_cols},
-               split_part(r.reasons, ';', 1), r.reasons, r._file, r.line::BIGINT, r.csv_line, {stamp}
+               split_part(r.reasons, ';', 1), r.reasons, r._file, r.line::BIGINT, r.csv_line,
+               f._foreign_file, f._foreign_line, fr.record, {stamp}
         FROM rejected r JOIN rejected_fields f USING (_file_rank, line)
+        LEFT JOIN foreign_records fr ON fr.file = f._foreign_file AND fr.line = f._foreign_line
         SEMI JOIN targets ON coalesce(r._date, '_') = d AND {unassigned} = c
         WHERE NOT r._replayed"""
+
+
+# The foreign lines of a batch's rows that do not land, for their original values (see bad_rows_table).
+FOREIGN_BAD_LINES = """SELECT DISTINCT _foreign_file, _foreign_line FROM (
+        SELECT _foreign_file, _foreign_line FROM typed WHERE len(_broken_rules) > 0
+        UNION ALL SELECT _foreign_file, _foreign_line FROM rejected_fields)
+    WHERE _foreign_file IS NOT NULL AND _foreign_line IS NOT NULL ORDER BY ALL"""
+FOREIGN_RECORDS_TABLE = "CREATE OR REPLACE TEMP TABLE foreign_records (file VARCHAR, line BIGINT, record VARCHAR)"
+FOREIGN_RECORDS_INSERT = "INSERT INTO foreign_records VALUES (?, ?, ?)"
 
 
 def pending_rows_table(table: Table) -> str:
@@ -400,6 +453,11 @@ REASON_COUNTS = (
     "SELECT d, c, _reason, _source_file, _raw_line IS NOT NULL, count(*) "
     "FROM bad_rows GROUP BY ALL ORDER BY 1, 2, 6 DESC"
 )
+# Landed rows per partition and column holding a stand-in value (contract.PLACEHOLDERS).
+PLACEHOLDER_COUNTS = f"""SELECT d, c, col, count(*) FROM (
+        SELECT d, c, unnest(string_split({PLACEHOLDERS}, ';')) AS col FROM picked
+        WHERE {PLACEHOLDERS} IS NOT NULL AND len(_broken_rules) = 0 AND _state IS NULL)
+    GROUP BY ALL ORDER BY ALL"""
 REPLAYED_REJECTED_COUNTS = "SELECT coalesce(_date, '_'), _file, count(*) FROM rejected WHERE _replayed GROUP BY ALL"
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from delivery_lake import data_docs, gate
 from delivery_lake.config import Settings
-from delivery_lake.contract import TABLES, Table
+from delivery_lake.contract import CARRIER_OPTIONAL, TABLES, Table
 from delivery_lake.inbox import InboxIndex
 from delivery_lake.landing import manifest_path
 from delivery_lake.sql import ident, literal
@@ -65,6 +65,9 @@ DOCS_SITE = "lake"
 SAMPLE_SIZE = 5
 # Row columns added for the row rules: the partition each row belongs to, and its client.
 ROW_PARTITION, ROW_DATE, ROW_CLIENT = "_partition", "_partition_date", "_partition_client"
+# The row's client's operations (clients.operations; own_fleet when empty): the row_condition of the
+# rules a carrier client is exempt from (contract.CARRIER_OPTIONAL) reads it.
+OPERATIONS_COLUMN = "_operations"
 PROFILE_KEY = "partition"
 # Rows validated in one GX call (a pandas frame): beyond it the partitions are split in batches.
 MAX_BATCH_ROWS = 500_000
@@ -497,6 +500,24 @@ class Quality:
                 ).fetchall()
                 for p, d, cl in rows:
                     read[p].add((parent.name, d, cl))
+        if CARRIER_OPTIONAL.get(table.name):
+            # `_operations`: the client's (clients.operations, own_fleet when empty), for the rules
+            # a carrier client is exempt from (their row_condition reads it)
+            clients = self.lake.data_file("raw", "clients")
+            names: set[str] = set()
+            if self.lake.exists(clients):
+                uri = self.lake.uri(clients)
+                names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{uri}')").fetchall()}
+            client = ident(table.client_column or "")
+            ops = (
+                f"(SELECT operations FROM read_parquet('{uri}') c WHERE c.client_id = p.{client})"
+                if "operations" in names
+                else "NULL"
+            )
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE part AS
+                    SELECT p.*, coalesce({ops}, 'own_fleet') AS {OPERATIONS_COLUMN} FROM part p"""
+            )
         if table.is_fact:
             key, out = ident(table.key), ident(f"_elsewhere_{table.key}")
             snap = self._snapshot(

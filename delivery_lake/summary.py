@@ -26,6 +26,7 @@ def table_totals(lake: Lake, table: str) -> dict[str, Any]:
     counts = dict.fromkeys(("landed", "quarantined", "replayed", "superseded", "pending"), 0)
     partitions = 0
     reasons: dict[str, int] = defaultdict(int)
+    placeholders: dict[str, int] = defaultdict(int)
     for path in lake.glob(lake.meta_path("landing", table) + pattern):
         doc = lake.read_json(path)
         for k in counts:
@@ -34,10 +35,14 @@ def table_totals(lake: Lake, table: str) -> dict[str, Any]:
         partitions += doc.get("client") != UNASSIGNED_CLIENT
         for r, n in doc["by_reason"].items():
             reasons[r] += n
+        for col, n in (doc.get("placeholders") or {}).items():
+            placeholders[col] += n
     return {
         **counts,
         "partitions": partitions,
         "by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        # landed rows per column holding a source mapping's stand-in value
+        "placeholders": dict(sorted(placeholders.items())),
     }
 
 

@@ -92,9 +92,31 @@ def manifest(lake: Lake, model: str, d: str | None) -> dict:
 def expected_deliveries(lake: Lake) -> pl.DataFrame:
     d = raw(lake, "deliveries")
     o = raw(lake, "orders").select(
-        "order_id", "pickup_depot_id", "promised_by", "weight_kg", "parcels", "priority", "order_value"
+        "order_id",
+        "pickup_depot_id",
+        "promised_by",
+        "weight_kg",
+        "parcels",
+        "priority",
+        "order_value",
+        pl.col("placeholder_columns").alias("order_placeholders"),
     )
     j = d.join(o, on="order_id", how="left")
+    # stand-ins of the delivery and its order (a source mapping's placeholders): measures become null
+    stand_ins = pl.concat_list(
+        pl.col("placeholder_columns").str.split(";").fill_null(pl.lit([], pl.List(pl.Utf8))),
+        pl.col("order_placeholders")
+        .str.split(";")
+        .fill_null(pl.lit([], pl.List(pl.Utf8)))
+        .list.eval(pl.element().replace("pickup_depot_id", "depot_id")),
+    )
+    j = j.with_columns(stand_ins.alias("stand_ins")).with_columns(
+        *(
+            pl.when(pl.col("stand_ins").list.contains(m)).then(None).otherwise(pl.col(m)).alias(m)
+            for m in ("attempts", "distance_km", "weight_kg", "parcels", "order_value")
+        ),
+        pl.col("stand_ins").list.unique().list.sort().list.join(";").replace("", None).alias("placeholder_columns"),
+    )
     delivered = pl.col("status") == "delivered"
     late_s = (pl.col("delivered_at") - pl.col("promised_by")).dt.total_seconds()
     return j.select(
@@ -117,6 +139,7 @@ def expected_deliveries(lake: Lake) -> pl.DataFrame:
         "priority",
         "order_value",
         "vehicle_id",
+        "placeholder_columns",
         "parcels",  # not in the mart, used by the aggregates below
         pl.when(delivered)
         .then((pl.col("delivered_at") - pl.col("dispatched_at")).dt.total_seconds() / 60.0)
@@ -135,11 +158,12 @@ def expected_client_kpis(lake: Lake) -> pl.DataFrame:
         (pl.col("is_on_time").fill_null(False).sum() / pl.len()).alias("on_time_rate"),
         pl.col("minutes").mean().round(2).alias("avg_delivery_minutes"),  # the mart rounds float means
         pl.col("order_value").cast(pl.Float64).sum().alias("revenue"),
+        pl.col("order_value").is_null().sum().alias("unpriced_deliveries"),
     )
     fb = raw(lake, "customer_feedback").group_by("date", "client_id").agg(pl.col("rating").mean().alias("avg_rating"))
     out = per_delivery.join(fb, on=["date", "client_id"], how="full", coalesce=True)
     return out.with_columns(
-        pl.col("deliveries", "delivered", "failed", "returned", "on_time").fill_null(0),
+        pl.col("deliveries", "delivered", "failed", "returned", "on_time", "unpriced_deliveries").fill_null(0),
         pl.col("revenue").fill_null(0.0),
     )
 

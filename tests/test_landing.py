@@ -750,3 +750,162 @@ def test_a_name_date_must_be_a_real_date(local_settings: Settings) -> None:
         "created_at (1 line(s) could not be read); name the file for its day or fix its rows"
     ]
     assert set(changes.facts["orders"]) == set(DATES)
+
+
+def _write_csv(path: Path, table: str, rows: list[dict[str, str]], extra: tuple[str, ...] = ()) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*TABLES[table].file_columns, *extra])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: Path) -> None:
+    """clients.operations = carrier exempts that client's deliveries from driver, vehicle and
+    distance (contract.CARRIER_OPTIONAL), and only those columns; an own-fleet client's empty
+    driver is still quarantined. A clients file without the header-optional column still lands."""
+    inbox = tmp_path / "inbox"
+    client = {
+        "industry": "retail",
+        "tier": "standard",
+        "sla_hours": "48",
+        "region": "north",
+        "onboarded_on": "2025-01-01",
+        "contact_email": "",
+        "is_active": "true",
+    }
+    _write_csv(
+        inbox / "clients" / "clients.csv",
+        "clients",
+        [
+            {**client, "client_id": "SHIPCO", "name": "Ships via carrier", "operations": "carrier"},
+            {**client, "client_id": "FLEET", "name": "Our fleet", "operations": ""},
+        ],
+        extra=("operations",),
+    )
+    _write_csv(
+        inbox / "depots" / "depots.csv",
+        "depots",
+        [
+            {
+                "depot_id": "D1",
+                "city": "Leeds",
+                "region": "north",
+                "lat": "53.8",
+                "lon": "-1.5",
+                "daily_capacity_parcels": "500",
+                "opened_on": "2020-01-01",
+            }
+        ],
+    )
+    _write_csv(
+        inbox / "drivers" / "drivers.csv",
+        "drivers",
+        [
+            {
+                "driver_id": "DR1",
+                "depot_id": "D1",
+                "full_name": "A",
+                "hired_on": "2021-01-01",
+                "employment_type": "employee",
+                "license_class": "B",
+            }
+        ],
+    )
+    _write_csv(
+        inbox / "vehicles" / "vehicles.csv",
+        "vehicles",
+        [
+            {
+                "vehicle_id": "V1",
+                "depot_id": "D1",
+                "vehicle_type": "van",
+                "capacity_kg": "900",
+                "fuel_type": "diesel",
+                "registered_on": "2021-01-01",
+            }
+        ],
+    )
+    orders, deliveries = [], []
+    for i, (cl, driver, vehicle, km, attempts) in enumerate(
+        [
+            ("SHIPCO", "", "", "", "1"),
+            ("SHIPCO", "DR1", "V1", "4.5", "1"),
+            ("SHIPCO", "", "", "", ""),
+            ("FLEET", "", "V1", "3.0", "1"),
+            ("FLEET", "DR1", "", "3.0", "1"),
+            ("FLEET", "DR1", "V1", "", "1"),
+            ("FLEET", "DR1", "V1", "2.0", "1"),
+        ]
+    ):
+        orders.append(
+            {
+                "order_id": f"O{i}",
+                "client_id": cl,
+                "created_at": f"{DAY}T08:00:00Z",
+                "promised_by": f"{DAY}T20:00:00Z",
+                "pickup_depot_id": "D1",
+                "dropoff_city": "Leeds",
+                "dropoff_postcode": "",
+                "dropoff_lat": "53.8",
+                "dropoff_lon": "-1.5",
+                "weight_kg": "2",
+                "parcels": "1",
+                "priority": "standard",
+                "order_value": "10.00",
+                "payment_method": "card",
+            }
+        )
+        deliveries.append(
+            {
+                "delivery_id": f"X{i}",
+                "order_id": f"O{i}",
+                "client_id": cl,
+                "driver_id": driver,
+                "vehicle_id": vehicle,
+                "dispatched_at": f"{DAY}T09:00:00Z",
+                "delivered_at": f"{DAY}T10:00:00Z",
+                "status": "delivered",
+                "attempts": attempts,
+                "distance_km": km,
+                "failure_reason": "",
+                "proof_of_delivery": "photo",
+            }
+        )
+    _write_csv(inbox / "orders" / f"{DAY}.csv", "orders", orders)
+    _write_csv(inbox / "deliveries" / f"{DAY}.csv", "deliveries", deliveries)
+
+    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
+    lake = Lake.from_settings(settings)
+    landing = Landing(lake, inbox, settings)
+    for t in DIMENSIONS:
+        landing.land_dimension(t)
+    landing.land_fact(TABLES["orders"], {DAY: None})
+    got = landing.land_fact(TABLES["deliveries"], {DAY: None})
+    # SHIPCO: both empty-courier rows land, but the empty `attempts` is no carrier exemption
+    # FLEET: each empty driver, vehicle or distance is quarantined, naming the column
+    assert got.landed == 3  # X0, X1, X6
+    assert got.by_reason == {
+        "missing:attempts": 1,
+        "missing:driver_id": 1,
+        "missing:vehicle_id": 1,
+        "missing:distance_km": 1,
+    }
+    landed = read_table(lake, "raw", "deliveries").to_pylist()
+    assert sorted((r["delivery_id"], r["driver_id"], r["distance_km"]) for r in landed) == [
+        ("X0", None, None),
+        ("X1", "DR1", 4.5),
+        ("X6", "DR1", 2.0),
+    ]
+    ops = {r["client_id"]: r["operations"] for r in read_table(lake, "raw", "clients").to_pylist()}
+    assert ops == {"SHIPCO": "carrier", "FLEET": None}
+
+    # the same clients without the column: every client is own-fleet, SHIPCO's empty courier is missing
+    _write_csv(
+        inbox / "clients" / "clients.csv",
+        "clients",
+        [{**client, "client_id": "SHIPCO", "name": "S"}, {**client, "client_id": "FLEET", "name": "F"}],
+    )
+    landing.land_dimension(TABLES["clients"])
+    again = landing.land_fact(TABLES["deliveries"], {DAY: None})
+    assert again.landed == 2 and again.by_reason["missing:driver_id"] == 3  # X0, X2 (its first reason), X3

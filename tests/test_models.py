@@ -61,6 +61,7 @@ FCT_DELIVERIES = [
     "weight_kg",
     "priority",
     "order_value",
+    "placeholder_columns",
 ]
 CLIENT_KPIS = [
     "date",
@@ -74,6 +75,7 @@ CLIENT_KPIS = [
     "avg_delivery_minutes",
     "avg_rating",
     "revenue",
+    "unpriced_deliveries",
 ]
 
 

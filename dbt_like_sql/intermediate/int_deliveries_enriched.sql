@@ -1,5 +1,8 @@
 -- Each delivery joined to its order, with the on-time verdict and durations every mart shares.
 -- One definition of "on time": delivered, and delivered_at <= promised_by.
+-- Stand-in values (placeholder_columns, set where a client's export lacks a column; see sources/) are
+-- measures nobody measured: attempts, distance, weight, parcels and value read as unknown (null) here,
+-- so no mart sums or averages them, and placeholder_columns says which of the row's columns are stand-ins.
 -- Held input (see held_cells in the README): a delivery lands only once its order has, so an order
 -- the build cannot read sits in a partition the gate blocked; every delivery of a held (date, client_id)
 -- cell is left out, never computed with null order attributes (inner semantics for unavailable orders).
@@ -23,14 +26,25 @@ orders as (
     -- (one arg_max pass; QUALIFY row_number() = 1 read the four days of orders twice: 0.65 -> 0.54 s a day)
     select
         order_id,
-        unnest(arg_max(struct_pack(depot_id, created_at, promised_by, weight_kg, parcels, priority, order_value), created_at))
+        unnest(arg_max(
+            struct_pack(depot_id, created_at, promised_by, weight_kg, parcels, priority, order_value, placeholder_columns),
+            created_at
+        ))
     from {{ ref('stg_orders', lookback_days=3) }}
     group by order_id
 ),
 
 joined as (
     select
-        d.*,
+        d.* exclude (placeholder_columns),
+        -- the stand-ins of the delivery and of its order, by the names they have here
+        list_concat(
+            coalesce(string_split(d.placeholder_columns, ';'), []),
+            list_transform(
+                coalesce(string_split(o.placeholder_columns, ';'), []),
+                lambda x: case x when 'pickup_depot_id' then 'depot_id' else x end
+            )
+        ) as stand_ins,
         o.depot_id,
         o.created_at,
         o.promised_by,
@@ -70,13 +84,15 @@ final as (
         case
             when status = 'delivered' then date_diff('second', dispatched_at, delivered_at) / 60.0
         end as delivery_minutes,  -- Minutes from dispatch to delivery; delivered only.
-        -- [numbers]
-        attempts,
-        distance_km,
-        weight_kg,
-        parcels,
+        -- [numbers] a stand-in measure is unknown, never a number to add up
+        case when not list_contains(stand_ins, 'attempts') then attempts end as attempts,
+        case when not list_contains(stand_ins, 'distance_km') then distance_km end as distance_km,
+        case when not list_contains(stand_ins, 'weight_kg') then weight_kg end as weight_kg,
+        case when not list_contains(stand_ins, 'parcels') then parcels end as parcels,
         priority,
-        order_value
+        case when not list_contains(stand_ins, 'order_value') then order_value end as order_value,
+        -- [provenance]
+        nullif(array_to_string(list_sort(list_distinct(stand_ins)), ';'), '') as placeholder_columns  -- Columns of the delivery or its order holding a source mapping's stand-in (';'-separated); stand-in measures are null here.
     from joined
 )
 

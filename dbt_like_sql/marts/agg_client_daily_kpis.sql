@@ -25,7 +25,8 @@ delivery_kpis as (
         count_if(status = 'returned')::BIGINT as returned,
         count_if(is_on_time)::BIGINT as on_time,
         round(avg(delivery_minutes), 2) as avg_delivery_minutes,
-        sum(order_value) as revenue
+        sum(order_value) as revenue,
+        count_if(order_value is null)::BIGINT as unpriced
     from deliveries
     anti join held_cells as held using (date, client_id)
     group by all
@@ -57,7 +58,9 @@ final as (
         d.avg_delivery_minutes,  -- Mean minutes dispatch -> delivery, delivered only.
         f.avg_rating,  -- Mean stars of the feedback submitted that day.
         -- [money]
-        coalesce(d.revenue, 0)::DECIMAL(14, 2) as revenue  -- Sum of order_value of the deliveries dispatched that day.
+        -- 0 for a day without deliveries; null when no delivery of the day has a known value
+        case when d.deliveries is null then 0 else d.revenue end::DECIMAL(14, 2) as revenue,  -- Sum of order_value of the deliveries dispatched that day (those with a known value).
+        coalesce(d.unpriced, 0) as unpriced_deliveries  -- Deliveries whose order value is a source's stand-in, left out of revenue.
     from delivery_kpis as d
     full outer join feedback_kpis as f
         on d.date = f.date and d.client_id = f.client_id

@@ -1,4 +1,6 @@
 -- Daily performance per driver: workload, outcomes, punctuality and distance, for dispatch planning and coaching.
+-- Deliveries without a courier (clients whose operations are `carrier`: the carrier's couriers are not ours)
+-- are left out: this mart describes our drivers only; fct_deliveries and agg_client_daily_kpis hold them.
 -- Held input: deliveries of held (date, client_id) cells (see held_cells in the README) are not in
 -- int_deliveries_enriched; a driver's row then counts only the rest, and `complete` is false for the whole date.
 -- Float sums and means are rounded (km and kg to 3 decimals, minutes to 2) so a rebuild of the same inputs gives the same file.
@@ -36,6 +38,7 @@ per_driver as (
         count(distinct client_id) as clients_served,
         count(distinct vehicle_id) as vehicles_used
     from deliveries
+    where driver_id is not null  -- a carrier client's deliveries: no courier of ours
     group by all
 ),
 

@@ -17,7 +17,10 @@ final as (
         region,  -- Home region.
         onboarded_on,  -- Contract start date.
         contact_email,  -- Operations contact (lower-cased).
-        is_active  -- Whether the contract is live.
+        is_active,  -- Whether the contract is live.
+        operations,  -- How its parcels travel: own_fleet, or carrier (its deliveries have no courier, vehicle or distance of ours, and the driver and vehicle marts leave them out).
+        -- [provenance]
+        placeholder_columns  -- Columns of this row holding a source mapping's stand-in, not a client's real value.
     from clients
 )
 

@@ -29,7 +29,9 @@ final as (
         coalesce(drivers.drivers, 0) as drivers,  -- Drivers whose home depot this is.
         coalesce(vehicles.vehicles, 0) as vehicles,  -- Vehicles based here.
         coalesce(vehicles.fleet_capacity_kg, 0) as fleet_capacity_kg,  -- Total payload of those vehicles.
-        depots.opened_on  -- Opening date.
+        depots.opened_on,  -- Opening date.
+        -- [provenance]
+        depots.placeholder_columns  -- Columns of this row holding a source mapping's stand-in (a depot standing for a carrier: all of them).
     from depots
     left join drivers using (depot_id)
     left join vehicles using (depot_id)

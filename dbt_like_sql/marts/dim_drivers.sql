@@ -20,7 +20,9 @@ final as (
         depots.depot_region as home_depot_region,  -- Region of the home depot.
         drivers.hired_on,  -- Hire date; tenure is measured from it.
         drivers.employment_type,  -- Contract type: employee or contractor.
-        drivers.license_class  -- Driving licence class.
+        drivers.license_class,  -- Driving licence class.
+        -- [provenance]
+        drivers.placeholder_columns  -- Columns of this row holding a source mapping's stand-in.
     from drivers
     left join depots on drivers.home_depot_id = depots.depot_id
 )

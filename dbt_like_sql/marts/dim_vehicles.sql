@@ -19,7 +19,9 @@ final as (
         vehicles.vehicle_type,  -- Vehicle class.
         vehicles.capacity_kg,  -- Payload capacity.
         vehicles.fuel_type,  -- Energy source.
-        vehicles.registered_on  -- First registration date.
+        vehicles.registered_on,  -- First registration date.
+        -- [provenance]
+        vehicles.placeholder_columns  -- Columns of this row holding a source mapping's stand-in.
     from vehicles
     left join depots on vehicles.base_depot_id = depots.depot_id
 )

@@ -28,11 +28,13 @@ final as (
         late_minutes,  -- Minutes after promised_by; 0 if on time, null if not delivered.
         delivery_minutes,  -- Minutes from dispatch to hand-over; null if not delivered.
         -- [numbers]
-        distance_km,  -- Route distance depot to drop-off.
-        attempts,  -- Delivery attempts made.
-        weight_kg,  -- Total weight of the order.
+        distance_km,  -- Route distance depot to drop-off; null for a carrier client or a stand-in.
+        attempts,  -- Delivery attempts made; null where the source does not export them.
+        weight_kg,  -- Total weight of the order; null where the source does not export it.
         priority,  -- Service level bought.
-        order_value  -- Price charged to the client for the order.
+        order_value,  -- Price charged to the client for the order; null where the source has no price.
+        -- [provenance]
+        placeholder_columns  -- Columns of the delivery or its order holding a source mapping's stand-in (';'-separated); stand-in measures (attempts, distance, weight, parcels, value) are null.
     from deliveries
 )
 

@@ -17,7 +17,9 @@ renamed as (
         region,
         onboarded_on,
         lower(nullif(trim(contact_email), '')) as contact_email,  -- Operations contact, lower-cased; null if blank.
-        is_active
+        is_active,
+        coalesce(operations, 'own_fleet') as operations,  -- How its parcels travel: own_fleet (default) or carrier.
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

@@ -17,7 +17,8 @@ renamed as (
         -- [content]
         rating,
         nullif(trim(replace(comment, chr(13), '')), '') as comment,  -- Free text, trimmed, CR removed; null if blank.
-        channel
+        channel,
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

@@ -23,7 +23,9 @@ renamed as (
         proof_of_delivery,
         -- [numbers]
         attempts,
-        distance_km
+        distance_km,
+        -- [provenance]
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

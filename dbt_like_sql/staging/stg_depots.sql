@@ -15,7 +15,8 @@ renamed as (
         lat as depot_lat,  -- Depot latitude (WGS84).
         lon as depot_lon,  -- Depot longitude (WGS84).
         daily_capacity_parcels,
-        opened_on
+        opened_on,
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

@@ -14,7 +14,8 @@ renamed as (
         trim(full_name) as driver_name,  -- Driver name.
         hired_on,
         employment_type,
-        license_class
+        license_class,
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

@@ -26,7 +26,9 @@ renamed as (
         order_value,
         -- [categories]
         priority,
-        payment_method
+        payment_method,
+        -- [provenance]
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

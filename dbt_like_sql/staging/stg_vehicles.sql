@@ -14,7 +14,8 @@ renamed as (
         vehicle_type,
         capacity_kg,
         fuel_type,
-        registered_on
+        registered_on,
+        placeholder_columns  -- Columns holding a source mapping's stand-in, not a measured value (';'-separated).
     from source
 )
 

@@ -100,8 +100,9 @@ def labelled(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(pl.col(features.LABEL).is_not_null())
 
 
-def make_model(kind: str = "hgb") -> Any:
-    """A scikit-learn pipeline mapping the raw feature frame to P(late)."""
+def make_model(kind: str = "hgb", numeric: list[str] | None = None) -> Any:
+    """A scikit-learn pipeline mapping the raw feature frame to P(late); `numeric`: the numeric
+    features it uses (default every one; the others are dropped by the column transformer)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.impute import SimpleImputer
@@ -109,7 +110,7 @@ def make_model(kind: str = "hgb") -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-    cat, num = list(features.CATEGORICAL), list(features.NUMERIC)
+    cat, num = list(features.CATEGORICAL), list(features.NUMERIC if numeric is None else numeric)
     if kind == "hgb":
         prep = ColumnTransformer(
             [
@@ -263,8 +264,12 @@ def train(
     if len(set(y_train)) < 2 or len(set(y_eval)) < 2:
         raise NotEnoughData("the training or evaluation rows hold a single class")
     x_train, x_eval = to_model_input(train_df), to_model_input(eval_df)
+    # A feature no training row has a value for (a carrier client's distance, a source's stand-in
+    # weights) says nothing and cannot be binned: left out, and the run says so.
+    empty = [c for c in features.NUMERIC if train_df[c].null_count() == train_df.height]
+    used = [c for c in features.NUMERIC if c not in empty]
 
-    model = estimator if estimator is not None else make_model(kind)
+    model = estimator if estimator is not None else make_model(kind, used)
     model.fit(x_train, y_train)
     p_eval = model.predict_proba(x_eval)[:, 1]
     metrics = scores(y_eval, p_eval)
@@ -284,7 +289,8 @@ def train(
 
     params = {
         "model_kind": kind if estimator is None else type(estimator).__name__,
-        "features": ",".join(features.FEATURES),
+        "features": ",".join(f for f in features.FEATURES if f not in empty),
+        "features_without_values": ",".join(empty) or "none",
         "n_train": len(y_train),
         "n_eval": len(y_eval),
         "eval_days": registry.EVAL_DAYS,

@@ -11,7 +11,7 @@ and one entry per contract column:
     delimiter: ","                   # optional, "," by default
     client:                          # the source is one client ...
       id: OLIST
-      row: {name: Olist, industry: retail, ...}      # ... its row in the clients feed
+      row: {name: Olist, industry: retail, operations: carrier, ...}  # ... its row in the clients feed
     # or `client: {column: <SQL>}`: a foreign column carries the client (map `clients` yourself)
     feeds:
       orders:
@@ -42,7 +42,12 @@ and one entry per contract column:
         row: {depot_id: OLIST-NONE, ...}
 
 Every contract column of a mapped feed must be declared (a nullable one as `{constant: null}`), except
-`client_id` of a fact, which `client.id` fills. Everything that can be checked without the data is
+`client_id` of a fact, which `client.id` fills, header-optional columns (empty when left out) and
+`placeholder_columns`, which the rendering computes per row from the `placeholder:` declarations (a
+constant always, a default where the source gave nothing); the landing counts stand-ins per column
+and the marts leave stand-in measures out of sums and means. A client that ships through a carrier
+(`operations: carrier`) may map driver_id, vehicle_id and distance_km to `{constant: null}`
+(contract.CARRIER_OPTIONAL) rather than invent a courier. Everything that can be checked without the data is
 checked when the mapping is loaded (`load`); given the folder of foreign files, the columns each
 expression reads are checked against the files' headers as well. Every problem is reported at once,
 each naming the mapping file, the feed and the column.
@@ -51,6 +56,7 @@ each naming the mapping file, the feed and the column.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import re
@@ -65,7 +71,7 @@ import yaml
 from rapidfuzz import process
 from sqlglot import exp
 
-from delivery_lake.contract import TABLES, Column, Table
+from delivery_lake.contract import PLACEHOLDERS, TABLES, Column, Table, optional_for_carrier
 from delivery_lake.inbox import compression
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,7 +175,13 @@ class Feed:
     def placeholders(self) -> dict[str, ColumnSpec]:
         """Columns holding stand-in values, with their specs (the whole feed's, for a placeholder feed)."""
         specs = self.rows[0] if self.rows else self.columns
-        return {n: s for n, s in specs.items() if s.placeholder or (self.placeholder and n != self.table.key)}
+        # an empty value (constant null) is no stand-in: it says nothing, and reads as missing
+        return {
+            n: s
+            for n, s in specs.items()
+            if s.placeholder
+            or (self.placeholder and n != self.table.key and not (s.is_constant and s.constant is None))
+        }
 
 
 @dataclass(frozen=True)
@@ -184,6 +196,16 @@ class Mapping:
     feeds: dict[str, Feed]
     client_id: str | None = None
     client_sql: str | None = None
+
+    @property
+    def carrier(self) -> bool:
+        """Whether its clients may ship through a carrier (declared `operations: carrier`, or
+        clients from a foreign column, where the landing decides per client)."""
+        if self.client_sql is not None:
+            return True
+        clients = self.feeds.get("clients")
+        spec = clients.rows[0].get("operations") if clients and clients.rows else None
+        return spec is not None and spec.constant == "carrier"
 
     def folder(self, inbox: Path) -> Path:
         """Where the source's foreign files arrive."""
@@ -267,6 +289,10 @@ def _build(path: Path, label: str, doc: dict, problems: _Problems) -> Mapping:
         feeds_doc = {}
     client_id = client_sql = None
     feeds: dict[str, Feed] = {}
+    # a carrier client (clients.operations) may leave contract.CARRIER_OPTIONAL columns empty; with
+    # clients from a foreign column, the landing decides per client
+    operations = (client.get("row") or {}).get("operations") if isinstance(client, dict) else None
+    carrier = operations == "carrier" or (isinstance(client, dict) and "column" in client)
     if not isinstance(client, dict) or not ({"id", "column"} & set(client)):
         problems.add("client", "declare `client: {id: ..., row: {...}}` or `client: {column: <SQL>}`")
     elif "id" in client:
@@ -287,7 +313,9 @@ def _build(path: Path, label: str, doc: dict, problems: _Problems) -> Mapping:
         if not isinstance(spec, dict):
             problems.add(f"feed {name}", "expected a mapping with `from` and `columns` (or `row`)")
             continue
-        feeds[name] = _feed(name, spec, client_id or client_sql, problems, by_column=client_sql is not None)
+        feeds[name] = _feed(
+            name, spec, client_id or client_sql, problems, by_column=client_sql is not None, carrier=carrier
+        )
     return Mapping(
         path=path,
         label=label,
@@ -302,7 +330,9 @@ def _build(path: Path, label: str, doc: dict, problems: _Problems) -> Mapping:
     )
 
 
-def _feed(name: str, spec: dict, client: str | None, problems: _Problems, by_column: bool = False) -> Feed:
+def _feed(
+    name: str, spec: dict, client: str | None, problems: _Problems, by_column: bool = False, carrier: bool = False
+) -> Feed:
     """One feed; `client` fills a fact's client column: the client id, or (`by_column`) the SQL carrying it."""
     table = TABLES[name]
     where = f"feed {name}"
@@ -339,7 +369,7 @@ def _feed(name: str, spec: dict, client: str | None, problems: _Problems, by_col
         cspec = dict(v) if isinstance(v, dict) else {"sql": v}
         if col in value_maps:
             cspec["value_map"] = value_maps[col]
-        columns[col] = _column(f"{where}, column {col}", table, col, cspec, problems)
+        columns[col] = _column(f"{where}, column {col}", table, col, cspec, problems, carrier=carrier)
     ccol = table.client_column
     if ccol and ccol not in columns and client is not None:
         columns[ccol] = (
@@ -375,11 +405,19 @@ def _opt_str(v: Any) -> str | None:
 
 
 def _check_complete(where: str, table: Table, cols: dict[str, ColumnSpec], problems: _Problems) -> None:
+    """Every contract column has a source; header-optional columns left out are empty (filled in)."""
     for col in cols:
-        if col not in table.column_names:
+        if col == PLACEHOLDERS:
+            problems.add(
+                f"{where}, column {col}",
+                "computed from the placeholders declared on the other columns: do not map it",
+            )
+        elif col not in table.column_names:
             problems.add(f"{where}, column {col}", f"not a column of {table.name} ({', '.join(table.column_names)})")
     for c in table.columns:
-        if c.name not in cols:
+        if c.header_optional and c.name not in cols and c.name != PLACEHOLDERS:
+            cols[c.name] = ColumnSpec(c.name, is_constant=True, constant=None)
+        if c.name not in cols and c.name != PLACEHOLDERS:
             hint = " or {constant: null}" if c.nullable else ""
             problems.add(
                 f"{where}, column {c.name}",
@@ -416,8 +454,12 @@ def _column(
     spec: dict,
     problems: _Problems,
     constant_only: bool = False,
+    carrier: bool = False,
 ) -> ColumnSpec:
     col = _contract_column(table, name)
+    if carrier and col is not None and table is not None and optional_for_carrier(table.name, name):
+        # the source's client ships through a carrier: the contract lets this column be empty
+        col = dataclasses.replace(col, nullable=True)
     for k in sorted(set(spec) - _COLUMN_KEYS - {"value_map"}):
         problems.add(where, f"unknown key {k!r} (expected {', '.join(sorted(_COLUMN_KEYS))})")
     sources = [k for k in ("sql", "constant", "date") if k in spec]

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 from rapidfuzz import fuzz, process
 
-from delivery_lake.contract import DUCKDB_TYPES, TABLES, Table
+from delivery_lake.contract import DUCKDB_TYPES, PLACEHOLDERS, TABLES, Table, optional_for_carrier
 from delivery_lake.sources import render
 from delivery_lake.sources.mapping import (
     Feed,
@@ -311,6 +311,8 @@ def _check_output(con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, 
     file = con.execute(f"SELECT first(source_file) FROM {table}").fetchone()
     where = f"feed {feed.name} ({(file or [''])[0]})"
     for c in t.columns:
+        if c.name == PLACEHOLDERS:
+            continue  # computed from the declared placeholders
         col = ident(c.name)
         spec = (feed.rows[0] if feed.rows else feed.columns)[c.name]
         if c.allowed:
@@ -326,7 +328,8 @@ def _check_output(con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, 
                 )
             elif not spec.is_constant:
                 out.done.append(f"{where}, column {c.name}: every value is allowed")
-        nulls = 0 if c.nullable else (con.execute(f"SELECT count_if({col} IS NULL) FROM {table}").fetchone() or [0])[0]
+        optional = c.nullable or (mapping.carrier and optional_for_carrier(t.name, c.name))
+        nulls = 0 if optional else (con.execute(f"SELECT count_if({col} IS NULL) FROM {table}").fetchone() or [0])[0]
         if nulls:
             out.notes.append(f"{where}, column {c.name}: {nulls} rows have no value: quarantined as missing:{c.name}")
         if c.dtype != "string":
@@ -466,12 +469,12 @@ def draft(name: str, sample: Path) -> str:
                 f"  # {t.name}: no file looked like it. Map it, or declare a placeholder row:",
                 f"  # {t.name}:",
                 "  #   placeholder: TODO why the source has none",
-                "  #   row: {" + ", ".join(f"{c.name}: TODO" for c in t.columns) + "}",
+                "  #   row: {" + ", ".join(f"{c.name}: TODO" for c in t.columns if not c.header_optional) + "}",
             ]
             continue
         lines += [f"  {t.name}:", f"    from: {best.path.name}", "    columns:"]
         for c in t.columns:
-            if t.is_fact and c.name == t.client_column:
+            if (t.is_fact and c.name == t.client_column) or c.header_optional:
                 continue
             lines.append(f"      {c.name}: {_guess(c.name, c.dtype, best)}")
     return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 from sqlglot import exp
 
-from delivery_lake.contract import DUCKDB_TYPES, Column
+from delivery_lake.contract import DUCKDB_TYPES, PLACEHOLDERS, Column
 from delivery_lake.inbox import MAX_LINE, compression
 from delivery_lake.sources.mapping import (
     SOURCES_DIR,
@@ -147,6 +147,32 @@ def _cleaned_files(mapping: Mapping, files: list[Path], lines: bool) -> str:
     return " UNION ALL BY NAME ".join(parts)
 
 
+def foreign_records(inbox: Path, file: str, lines: set[int]) -> dict[int, str]:
+    """The records of foreign file `file` (relative to INBOX_DIR, under sources/<source>/) starting
+    on `lines`, as the client sent them: a JSON object of its columns, no null token or trimming
+    applied. Lines are counted as `source_line` counts them. Empty when the file or its mapping
+    is gone (the quarantine row still names file and line)."""
+    path = Path(inbox) / file
+    parts = Path(file).parts
+    if not lines or not path.is_file() or len(parts) < 3 or parts[0] != "sources":
+        return {}
+    try:
+        delimiter = load(parts[1]).delimiter
+    except MappingError:
+        delimiter = ","
+    header = foreign_header(path, delimiter)
+    raw = Mapping(path, "", parts[1], "UTC", (), False, delimiter, {})  # no cleaning: values as sent
+    numbered = _cleaned_files(raw, [path], lines=True)
+    record = "to_json(struct_pack(" + ", ".join(f"{ident(h)} := {ident(h)}" for h in header) + "))::VARCHAR"
+    wanted = ", ".join(str(int(n)) for n in sorted(lines))
+    con = duckdb.connect()
+    try:
+        found = con.execute(f"SELECT __line, {record} FROM ({numbered}) WHERE __line IN ({wanted})").fetchall()
+    finally:
+        con.close()
+    return {int(line): text for line, text in found}
+
+
 def spans_lines(path: Path, delimiter: str = ",") -> bool:
     """Whether some record of the file spans several lines (a quoted value holding a line break):
     the file has more lines than records + the header."""
@@ -202,7 +228,7 @@ def _base(spec: ColumnSpec) -> str:
 
 def _finish(mapping: Mapping, spec: ColumnSpec, col: Column | None, v: str) -> list[str]:
     """Successive expressions over `v` (each over the previous one's result): prefix, value map,
-    conversion, default. Returned as layers so no expression repeats another's text."""
+    conversion. Returned as layers so no expression repeats another's text."""
     layers = []
     if spec.strip_prefix:
         p = literal(spec.strip_prefix)
@@ -227,9 +253,7 @@ def _finish(mapping: Mapping, spec: ColumnSpec, col: Column | None, v: str) -> l
     elif dtype == "date" and spec.format and not spec.is_constant:
         listed = ", ".join(literal(f) for f in spec.format)
         layers.append(f"coalesce(strftime(try_strptime({v}, [{listed}]), '%Y-%m-%d'), {v})")
-    if spec.default is not None:
-        layers.append(f"coalesce({v}, {literal(spec.default)})")
-    return layers
+    return layers  # the default, if any, applies in feed_sql's last step, where it is also flagged
 
 
 @dataclass
@@ -275,10 +299,22 @@ def feed_sql(
         cols = ", ".join(f"{steps[i][depth] if depth < len(steps[i]) else f'c{i}'} AS c{i}" for i in range(len(names)))
         ctes.append(f"l{depth} AS (SELECT __rec, __line, {cols} FROM {prev})")
         prev = f"l{depth}"
+    # last step: defaults, and which columns of the row hold a stand-in (contract.PLACEHOLDERS): a
+    # constant placeholder always, a defaulted one where the source gave nothing
+    marked = feed.placeholders()
+    finals, flags = [], []
+    for i, (n, (spec, _c)) in enumerate(specs.items()):
+        finals.append(f"coalesce(c{i}, {literal(spec.default)}) AS c{i}" if spec.default is not None else f"c{i}")
+        if n in marked and n in feed.table.column_names:
+            flags.append(f"CASE WHEN c{i} IS NULL THEN {literal(n)} END" if spec.default is not None else literal(n))
+    flagged = f"nullif(concat_ws(';', {', '.join(flags)}), '')" if flags else "NULL::VARCHAR"
+    ctes.append(f"fin AS (SELECT __rec, __line, {', '.join(finals)}, {flagged} AS __placeholders FROM {prev})")
+    prev = "fin"
     source = literal(str(path.relative_to(inbox)) if inbox and path.is_relative_to(inbox) else path.name)
     contract_cols = [f"c{i} AS {ident(n)}" for i, n in enumerate(names) if n in feed.table.column_names]
     extra_cols = [f"c{i} AS {ident(n)}" for i, n in enumerate(names) if n not in feed.table.column_names]
-    out = ", ".join([*contract_cols, f"{source} AS source_file", "__line AS source_line", *extra_cols])
+    provenance = [f"__placeholders AS {PLACEHOLDERS}", f"{source} AS source_file", "__line AS source_line"]
+    out = ", ".join([*contract_cols, *provenance, *extra_cols])
     order = f"LIMIT {SAMPLE_ROWS}" if sample else "ORDER BY __rec"
     with_ = "WITH " + ", ".join(ctes)
     select = f"{with_} SELECT {out} FROM {prev} {order}"
@@ -296,18 +332,24 @@ def feed_sql(
 
 
 def _output_specs(feed: Feed) -> dict[str, tuple[ColumnSpec, Column | None]]:
-    out: dict[str, tuple[ColumnSpec, Column | None]] = {c.name: (feed.columns[c.name], c) for c in feed.table.columns}
+    # every contract column in order but the computed PLACEHOLDERS, then the extra columns
+    out: dict[str, tuple[ColumnSpec, Column | None]] = {
+        c.name: (feed.columns[c.name], c) for c in feed.table.columns if c.name != PLACEHOLDERS
+    }
     out.update({n: (s, None) for n, s in feed.extra.items()})
     return out
 
 
 def constant_sql(mapping: Mapping, feed: Feed) -> str:
     rows = []
+    cols = [c for c in feed.table.columns if c.name != PLACEHOLDERS]
+    marked = [c.name for c in cols if c.name in feed.placeholders()]
+    flagged = literal(";".join(marked)) if marked else "NULL::VARCHAR"
     for row in feed.rows:
-        vals = [_base(row[c.name]) for c in feed.table.columns]
+        vals = [_base(row[c.name]) for c in cols]
         rows.append(
-            f"SELECT {', '.join(f'{v} AS {ident(c.name)}' for v, c in zip(vals, feed.table.columns, strict=True))}, "
-            f"{literal(mapping.label)} AS source_file, NULL::BIGINT AS source_line"
+            f"SELECT {', '.join(f'{v} AS {ident(c.name)}' for v, c in zip(vals, cols, strict=True))}, "
+            f"{flagged} AS {PLACEHOLDERS}, {literal(mapping.label)} AS source_file, NULL::BIGINT AS source_line"
         )
     return " UNION ALL ".join(rows)
 

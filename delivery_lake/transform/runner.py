@@ -17,7 +17,7 @@ import duckdb
 
 from delivery_lake import gate
 from delivery_lake.config import Settings
-from delivery_lake.contract import TABLES
+from delivery_lake.contract import TABLES, carrier_only_parent
 from delivery_lake.publish import publish_partition
 from delivery_lake.storage import Lake, staging_dir
 from delivery_lake.transform.base import (
@@ -162,8 +162,22 @@ class Runner:
             raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
         path = self.lake.data_file("raw", table)
         if not self.lake.exists(path):
+            if carrier_only_parent(table):
+                # no courier or vehicle in a lake of carrier clients only: nothing to describe
+                return empty_source_sql(table)
             raise GateBlocked(f"raw.{table} has not been landed")
-        return f"SELECT * FROM read_parquet({lit(self.lake.uri(path))})"
+        uri = lit(self.lake.uri(path))
+        con = self.lake.duckdb()
+        try:
+            found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({uri})").fetchall()}
+        finally:
+            con.close()
+        # a file landed before a header-optional column existed reads it as empty
+        cols = [
+            quote(c.name) if c.name in found else f"NULL::{c.duckdb_type} AS {quote(c.name)}"
+            for c in TABLES[table].columns
+        ]
+        return f"SELECT {', '.join(cols)} FROM read_parquet({uri})"
 
     def _has_last_good(self, table: str, d: str, c: str) -> bool:
         if (table, d, c) not in self._last_good:
@@ -196,7 +210,8 @@ class Runner:
         cols = ", ".join(quote(c) for c in TABLES[table].column_names)
         return (
             f'SELECT {cols}, "date" FROM read_parquet([{", ".join(lit(self.lake.uri(p)) for p in paths)}], '
-            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}){where}"
+            # by name: partitions landed before a header-optional column existed read it as empty
+            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}, union_by_name = true){where}"
         )
 
     def _curated_sql(self, m: Model, window: tuple[str, str] | None, reads: _Reads) -> str:
