@@ -34,7 +34,7 @@ from delivery_lake.ml.features import FACT, HISTORY_DAYS
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
 from delivery_lake.planning import date_blocks, plan_runs
-from delivery_lake.quality import Quality
+from delivery_lake.quality import Quality, docs_deferred
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import arrived_clients, render_arrived
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
@@ -247,8 +247,14 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
 def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
     """Land every partition found in the inbox (or only what changed since the last `run`), then
     rebuild the curated dates those partitions feed and refresh the warehouse, then the ML
-    features, the delay model (retrained only on new validated data) and the risk scores."""
+    features, the delay model (retrained only on new validated data) and the risk scores.
 
+    The Data Docs of every check the runs make are built once, when the last run has ended."""
+    with docs_deferred(Lake.from_settings(settings), settings):
+        return _run_inbox(settings, full)
+
+
+def _run_inbox(settings: Settings, full: bool) -> RunOutcome:
     instance = dagster_instance(settings)
     lake = Lake.from_settings(settings)
     outcome = RunOutcome()

@@ -42,8 +42,11 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -765,7 +768,12 @@ class Quality:
         finally:
             self._snapshots, self._manifests = None, None
         if identifiers:
-            self.build_docs(identifiers)
+            with _DEFER_LOCK:
+                deferred = _DEFERRED.get(str(self.docs_dir)) if _DEFERRING else None
+                if deferred is not None:
+                    deferred.extend(identifiers)
+            if deferred is None:
+                self.build_docs(identifiers)
         return out
 
     def landed(self, table: str, date: str | None, client: str | None) -> bool:
@@ -827,6 +835,42 @@ class Quality:
             built = [index] + [Path(u.removeprefix("file://")) for i in identifiers if (u := self.docs_url(i))]
         data_docs.make_offline(self.docs_dir, built)
         return index
+
+
+# ---- Data Docs of many checks, built once -------------------------------------------------------------
+
+# Building Data Docs costs ~0.4 s a call whatever it renders (GX compiles its page templates
+# afresh each time); a `run` that validates five assets pays it once, at its end, inside
+# `docs_deferred`. Elsewhere (the daemon's runs, tests) every check builds its own pages.
+_DEFER_LOCK = threading.Lock()
+_DEFERRING = False
+_DEFERRED: dict[str, list[Any]] = {}
+
+
+@contextmanager
+def docs_deferred(lake: Lake, settings: Settings) -> Iterator[None]:
+    """Validations inside the block record their Data Docs pages' addresses (check metadata links
+    them) and the pages are built once when it ends, however it ends."""
+    global _DEFERRING
+    with _DEFER_LOCK:
+        if _DEFERRING:  # nested: the outer block builds
+            outer = True
+        else:
+            outer, _DEFERRING = False, True
+            _DEFERRED.clear()
+            _DEFERRED[str(Quality(lake, settings).docs_dir)] = []
+    if outer:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _DEFER_LOCK:
+            _DEFERRING = False
+            pending = {k: list(v) for k, v in _DEFERRED.items() if v}
+            _DEFERRED.clear()
+        for _docs_dir, identifiers in pending.items():
+            Quality(lake, settings).build_docs(identifiers)
 
 
 # ---- summaries ------------------------------------------------------------------------------------

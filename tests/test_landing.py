@@ -752,7 +752,7 @@ def test_a_name_date_must_be_a_real_date(local_settings: Settings) -> None:
     assert set(changes.facts["orders"]) == set(DATES)
 
 
-def _write_csv(path: Path, table: str, rows: list[dict[str, str]], extra: tuple[str, ...] = ()) -> None:
+def _write_rows(path: Path, table: str, rows: list[dict[str, str]], extra: tuple[str, ...] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=[*TABLES[table].file_columns, *extra])
@@ -774,7 +774,7 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
         "contact_email": "",
         "is_active": "true",
     }
-    _write_csv(
+    _write_rows(
         inbox / "clients" / "clients.csv",
         "clients",
         [
@@ -783,7 +783,7 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
         ],
         extra=("operations",),
     )
-    _write_csv(
+    _write_rows(
         inbox / "depots" / "depots.csv",
         "depots",
         [
@@ -798,7 +798,7 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
             }
         ],
     )
-    _write_csv(
+    _write_rows(
         inbox / "drivers" / "drivers.csv",
         "drivers",
         [
@@ -812,7 +812,7 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
             }
         ],
     )
-    _write_csv(
+    _write_rows(
         inbox / "vehicles" / "vehicles.csv",
         "vehicles",
         [
@@ -872,8 +872,8 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
                 "proof_of_delivery": "photo",
             }
         )
-    _write_csv(inbox / "orders" / f"{DAY}.csv", "orders", orders)
-    _write_csv(inbox / "deliveries" / f"{DAY}.csv", "deliveries", deliveries)
+    _write_rows(inbox / "orders" / f"{DAY}.csv", "orders", orders)
+    _write_rows(inbox / "deliveries" / f"{DAY}.csv", "deliveries", deliveries)
 
     settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
     lake = Lake.from_settings(settings)
@@ -901,7 +901,7 @@ def test_carrier_clients_may_leave_courier_vehicle_and_distance_empty(tmp_path: 
     assert ops == {"SHIPCO": "carrier", "FLEET": None}
 
     # the same clients without the column: every client is own-fleet, SHIPCO's empty courier is missing
-    _write_csv(
+    _write_rows(
         inbox / "clients" / "clients.csv",
         "clients",
         [{**client, "client_id": "SHIPCO", "name": "S"}, {**client, "client_id": "FLEET", "name": "F"}],

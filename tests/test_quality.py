@@ -24,6 +24,7 @@ from delivery_lake.quality import (
     WARN,
     Quality,
     SuiteError,
+    docs_deferred,
     load_partition_suite_doc,
     load_suite_doc,
     suite_names,
@@ -218,6 +219,32 @@ def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> Non
     assert not re.search(r"""<(link|script)[^>]+(href|src)=["']https?://""", html)
     assert (qs.data_dir / "data_docs" / "static" / "styles" / "offline.css").exists()
     assert "deliveries-2026-01-06-C001-and-1-more" in (qs.data_dir / "data_docs" / "index.html").read_text()
+
+
+def test_data_docs_of_many_checks_are_built_once_when_the_block_ends(qs: Settings, monkeypatch) -> None:
+    """Inside docs_deferred (a `run`) each check's pages are addressed but not built; all of them
+    are built by one call when the block ends, and none is lost."""
+    lake, _ = land(qs)
+    q = Quality(lake, qs)
+    builds: list[int] = []
+    real = Quality.build_docs
+
+    def counted(self: Quality, identifiers: list | None = None) -> Path:
+        builds.append(len(identifiers or []))
+        return real(self, identifiers)
+
+    monkeypatch.setattr(Quality, "build_docs", counted)
+    with docs_deferred(lake, qs):
+        orders = q.validate_and_record("orders", [(DAY, "C001")])
+        deliveries = q.validate_and_record("deliveries", [(DAY, "C001"), (DAY, "C002")])
+        pages = [Path(r.docs_url.removeprefix("file://")) for r in orders + deliveries]
+        assert builds == [] and not any(p.exists() for p in pages)
+    assert builds == [4]  # two tables x (row rules, partition rules), in one build
+    assert all(p.exists() for p in pages)
+    index = (qs.data_dir / "data_docs" / "index.html").read_text()
+    assert "orders-2026-01-06-C001" in index and "deliveries-2026-01-06-C001-and-1-more" in index
+    q.validate_and_record("customer_feedback", [(DAY, "C001")])  # outside the block: built at once
+    assert builds == [4, 2]
 
 
 # ---- Dagster: checks in the same run, one bad partition does not hold back the good ones ---------

@@ -157,7 +157,7 @@ class Runner:
             parts.append(f"{r} {doc['build_id']}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
-    def _dimension_sql(self, table: str) -> str:
+    def _dimension_sql(self, table: str, con: duckdb.DuckDBPyConnection) -> str:
         if (None, None) in self.blocked(table):
             raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
         path = self.lake.data_file("raw", table)
@@ -167,11 +167,7 @@ class Runner:
                 return empty_source_sql(table)
             raise GateBlocked(f"raw.{table} has not been landed")
         uri = lit(self.lake.uri(path))
-        con = self.lake.duckdb()
-        try:
-            found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({uri})").fetchall()}
-        finally:
-            con.close()
+        found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({uri})").fetchall()}
         # a file landed before a header-optional column existed reads it as empty
         cols = [
             quote(c.name) if c.name in found else f"NULL::{c.duckdb_type} AS {quote(c.name)}"
@@ -311,7 +307,7 @@ class Runner:
         for schema, table in sources:
             key = source_key(schema, table)
             if not TABLES[table].is_fact:
-                sql = self._dimension_sql(table)
+                sql = self._dimension_sql(table, con)
             else:
                 facts.append(table)
                 files, served, excluded = self._fact_files(table, window(key))
