@@ -77,6 +77,7 @@ CMD_MARKERS = {
     "mlflow": "mlflow",
     "dagster-webserver": "dagster-webserver",
     "dagster-daemon": "dagster-daemon",
+    "ask-service": "delivery-lake serve",
 }
 
 

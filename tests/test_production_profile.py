@@ -13,6 +13,8 @@ import dataclasses
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -336,3 +338,24 @@ def test_up_refuses_without_secrets_and_down_never_touches_foreign_pids(
     (run / "mlflow.pid").write_text(f"{os.getpid()}\n")  # a live pid that is not an mlflow server
     assert stack.down(env) == 0
     assert not (run / "mlflow.pid").exists()  # stale record removed, this process untouched
+
+
+def test_down_and_status_recognise_every_service_they_start(tmp_path: Path) -> None:
+    """Each service `up` records has the command-line marker `down`/`status` check a pid against
+    (a missing one made `down` fail before it stopped the question service)."""
+    assert set(stack.CMD_MARKERS) == set(stack.SERVICES)
+    # a recorded pid whose command line is the service's own is recognised; any other is not
+    run = tmp_path / "run"
+    run.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "delivery-lake serve"], start_new_session=True
+    )
+    try:
+        (run / "ask-service.pid").write_text(f"{server.pid}\n")
+        (run / "mlflow.pid").write_text(f"{server.pid}\n")
+        cfg = stack.StackConfig.from_env({"DATA_DIR": str(tmp_path)})
+        assert stack.recorded(cfg, "ask-service") == server.pid
+        assert stack.recorded(cfg, "mlflow") is None
+    finally:
+        server.kill()
+        server.wait()
