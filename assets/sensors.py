@@ -9,9 +9,9 @@ from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
-from delivery_lake.inbox import InboxChanges, scan_changes
+from delivery_lake.inbox import InboxChanges, inbox_partitions, scan_changes
 from delivery_lake.landing import releasable
-from delivery_lake.planning import plan_runs
+from delivery_lake.planning import Occupied, plan_runs
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import render_arrived
 
@@ -23,12 +23,16 @@ def _key(date: str, client: str) -> str:
     return str(dg.MultiPartitionKey({"date": date, "client": client}))
 
 
-def run_requests_for(changes: InboxChanges, client_order: list[str], reason: str) -> list[dg.RunRequest]:
-    """One run per exact date x client rectangle; changed dimensions ride along in each run."""
+def run_requests_for(
+    changes: InboxChanges, client_order: list[str], reason: str, occupied: Occupied | None = None
+) -> list[dg.RunRequest]:
+    """As few runs as cover the new partitions (`plan_runs`: with `occupied`, the inbox's pairs
+    with rows, a drop's tables share one run over their bounding rectangle when it reaches no
+    partition with data that was not asked for); changed dimensions ride along in each run."""
     dims = [dg.AssetKey(["raw", d]) for d in changes.dimensions]
     digest = hashlib.sha1(json.dumps(changes.cursor, sort_keys=True).encode()).hexdigest()[:12]
     requests: list[dg.RunRequest] = []
-    for plan in plan_runs(changes.facts, client_order):
+    for plan in plan_runs(changes.facts, client_order, occupied):
         requests.append(
             dg.RunRequest(
                 run_key=f"{reason}:{digest}:{plan.first_date}:{plan.last_date}:{plan.first_client}:{plan.last_client}:{','.join(plan.tables)}",
@@ -60,7 +64,7 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
         json.dumps({t: {d: sorted(c) for d, c in v.items()} for t, v in wanted.items()}, sort_keys=True).encode()
     ).hexdigest()[:12]
     requests = []
-    for plan in plan_runs(wanted, client_order):
+    for plan in plan_runs(wanted, client_order, inbox_partitions(lakehouse.lake(), lakehouse.settings().inbox_dir)):
         requests.append(
             dg.RunRequest(
                 run_key=f"release:{digest}:{plan.first_date}:{plan.last_date}:{plan.first_client}:{plan.last_client}:{','.join(plan.tables)}",
@@ -114,7 +118,9 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
         # Register new clients now (same contract checks as the landing) so this tick's
         # fact runs can target their partitions.
         new_clients = [c for c in lakehouse.landing().valid_keys(TABLES["clients"]) if c not in known]
-    requests = run_requests_for(changes, known + new_clients, "inbox")
+    # one run per drop: landing, its checks and (by automation) what it feeds follow as one unit
+    occupied = inbox_partitions(lakehouse.lake(), settings.inbox_dir)
+    requests = run_requests_for(changes, known + new_clients, "inbox", occupied)
     context.log.info(f"{len(requests)} run(s) for {sum(len(v) for v in changes.facts.values())} fact date(s)")
     return dg.SensorResult(
         run_requests=requests,

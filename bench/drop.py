@@ -2,8 +2,9 @@
 
 Under `make up` the Dagster daemon's inbox sensor and automation lands a drop, builds its
 marts, refreshes the warehouse and retrains the delay model, each in runs it launches. This
-script drops the day after the newest one in the inbox (generated; the same clients) and
-times, from the moment the files appear:
+script drops the day after the newest one in the inbox (or, when that would be a future date,
+the day before the oldest; generated, the same clients) and times, from the moment the files
+appear:
 
 - `drop_to_warehouse_s`: until the warehouse analysts read holds the new day
   (`agg_client_daily_kpis`, through the read-only reader);
@@ -25,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from bench.settings import REPO
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if not days:
         return _skip(a.result, f"the profile's inbox {cfg.inbox_dir} holds no orders yet: drop a first export")
     clients = len(Landing(Lake.from_settings(settings), cfg.inbox_dir, settings).registered_clients()) or 1
-    new_day = (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()
+    # the day after the newest, unless that is in the future (the landing refuses future dates):
+    # then the day before the oldest, so the script can be run again on the same stack
+    after = date.fromisoformat(days[-1]) + timedelta(days=1)
+    today = datetime.now(UTC).date()
+    new_day = (after if after <= today else date.fromisoformat(days[0]) - timedelta(days=1)).isoformat()
 
     import duckdb
     import mlflow
@@ -85,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     while time.monotonic() - dropped < a.timeout and (warehouse_s is None or champion_s is None):
         if warehouse_s is None and settings.warehouse_path.exists():
             try:
-                _cols, rows = query(settings.warehouse_path, "SELECT max(date) FROM agg_client_daily_kpis")
-                if rows and rows[0][0] is not None and str(rows[0][0]) >= new_day:
+                _cols, rows = query(
+                    settings.warehouse_path, f"SELECT count(*) FROM agg_client_daily_kpis WHERE date = '{new_day}'"
+                )
+                if rows and rows[0][0]:
                     warehouse_s = time.monotonic() - dropped
                     print(f"warehouse holds {new_day} after {warehouse_s:.1f} s")
             except (duckdb.Error, OSError):  # the file was being swapped as we opened it: look again

@@ -167,6 +167,39 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     assert json.loads(third.cursor)[str(inbox / "deliveries" / "2026-01-09.csv")]
 
 
+def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: Settings, tmp_path: Path) -> None:
+    """A day's orders and deliveries for every client and feedback for one: one run lands all
+    three (the feedback's rectangle widened to the others' holds no partition with data it was
+    not asked for), where exact rectangles made two runs and the feedback waited for the first."""
+    instance = dg.DagsterInstance.ephemeral()
+    inbox = local_settings.inbox_dir
+    held = tmp_path / "held"
+    for t in ("orders", "deliveries", "customer_feedback"):
+        (held / t).mkdir(parents=True)
+        shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
+    res = _resource(local_settings)
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}) as ctx:
+        first = inbox_sensor(ctx)
+    assert isinstance(first, dg.SensorResult)
+    instance.add_dynamic_partitions("client", list(first.dynamic_partitions_requests[0].partition_keys))
+
+    for t in ("orders", "deliveries"):
+        shutil.copy(held / t / "2026-01-09.csv", inbox / t / "2026-01-09.csv")
+    lines = (held / "customer_feedback" / "2026-01-09.csv").read_bytes().splitlines(keepends=True)
+    only = [ln for ln in lines[1:] if b",C002," in ln]
+    assert only and len(only) < len(lines) - 1
+    (inbox / "customer_feedback" / "2026-01-09.csv").write_bytes(lines[0] + b"".join(only))
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+        drop = inbox_sensor(ctx)
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END], sorted(r.asset_selection)) for r in drop.run_requests] == [
+        (
+            "C001|2026-01-09",
+            "C004|2026-01-09",
+            sorted(dg.AssetKey(["raw", t]) for t in ("customer_feedback", "deliveries", "orders")),
+        )
+    ]
+
+
 def test_new_clients_become_partitions(local_settings: Settings) -> None:
     instance = dg.DagsterInstance.ephemeral()
     resources = {"lakehouse": _resource(local_settings)}

@@ -207,6 +207,28 @@ def test_foreign_file_with_a_renamed_column_is_refused(tmp_path: Path) -> None:
     assert _feed_files(inbox) == []
 
 
+@pytest.mark.parametrize("record", [42, 3000])  # in the sample the check reads; past it (found while writing)
+def test_foreign_file_with_a_ragged_record_is_refused_by_file_and_record(record: int, tmp_path: Path) -> None:
+    """A record with a field too many (an unquoted comma) cannot be read as the header says: the
+    whole file is refused, naming it and the record, and nothing of the source is written (the
+    feeds rendered before it included)."""
+    _need(OLIST)
+    inbox = _inbox(tmp_path, "olist", [p for p in sorted(OLIST.glob("*.csv")) if p.name != "olist_orders_dataset.csv"])
+    ragged = inbox / "sources" / "olist" / "olist_orders_dataset.csv"
+    lines = (OLIST / "olist_orders_dataset.csv").read_bytes().splitlines(keepends=True)
+    assert rendering.SAMPLE_ROWS < 3000 < len(lines)
+    lines[record - 1] = lines[record - 1].rstrip(b"\r\n") + b",Rua Augusta, 1500\n"
+    ragged.write_bytes(b"".join(lines))
+    with pytest.raises(MappingError) as err:
+        rendering.render(load("olist"), inbox)
+    message = str(err.value)
+    assert f"{ragged}: record {record} (header = 1) has more fields than the header's 8" in message
+    assert "refused whole and nothing of it lands" in message
+    assert "Traceback" not in message and "Possible fixes" not in message
+    assert _feed_files(inbox) == []
+    assert [p for p in inbox.rglob("*") if p.is_file() and "sources" not in p.parts] == []  # no staged leftovers
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 

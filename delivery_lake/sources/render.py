@@ -26,6 +26,7 @@ import filecmp
 import functools
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ def _clean(mapping: Mapping, expr: str) -> str:
     v = f"trim({expr})" if mapping.trim else expr
     if not mapping.null_tokens:
         return v
+    if len(mapping.null_tokens) == 1:  # the common case; one evaluation of `v` instead of two
+        return f"nullif({v}, {literal(mapping.null_tokens[0])})"
     return f"CASE WHEN {v} IN ({', '.join(literal(t) for t in mapping.null_tokens)}) THEN NULL ELSE {v} END"
 
 
@@ -117,7 +120,7 @@ def _qualify(sql: str, alias: str = "f") -> str:
     return parse_expression(sql, aggregate_ok=True).transform(fix).sql(dialect="duckdb")
 
 
-def _cleaned_files(mapping: Mapping, files: list[Path], lines: bool) -> str:
+def _cleaned_files(mapping: Mapping, files: list[Path], lines: bool, spanning: bool | None = None) -> str:
     """Every file's records, cleaned, with `__file` (rank), `__rec` (ordinal) and, with `lines`,
     `__line`: the line a record starts on in the file.
 
@@ -125,15 +128,15 @@ def _cleaned_files(mapping: Mapping, files: list[Path], lines: bool) -> str:
     + its ordinal + the line breaks inside the records before it, i.e. the line an editor shows
     it starting on (a blank line in the file, which the reader skips, would shift this by one).
     The running sum is a sorted window over every column, so it is only computed for a file that
-    has such records (`spans_lines`); elsewhere the line is the ordinal + 1, and DuckDB reads only
-    the columns the mapping uses.
+    has such records (`spanning`, else asked of `spans_lines`); elsewhere the line is the ordinal
+    + 1, and DuckDB reads only the columns the mapping uses.
     """
     parts = []
     for rank, path in enumerate(files):
         header = foreign_header(path, mapping.delimiter)
         cols = ", ".join(f"{_clean(mapping, ident(h))} AS {ident(h)}" for h in header)
         numbered = f"SELECT *, row_number() OVER () AS __rec FROM {reader_sql(path, header, mapping.delimiter)}"
-        if lines and not spans_lines(path, mapping.delimiter):
+        if lines and not (spans_lines(path, mapping.delimiter) if spanning is None else spanning):
             numbered = f"SELECT *, __rec + 1 AS __line FROM ({numbered})"
         elif lines:
             text = f"concat_ws('', {', '.join(ident(h) for h in header)})"
@@ -183,19 +186,44 @@ def spans_lines(path: Path, delimiter: str = ",") -> bool:
 @functools.lru_cache(maxsize=64)
 def _spans_lines(path: str, delimiter: str, _size: int, _mtime: int) -> bool:
     """Keyed by size and modification time too, so a changed file is looked at again."""
-    lines, last = 0, b"\n"
-    with open_bytes(Path(path)) as fh:
-        while chunk := fh.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    lines += last != b"\n"
     header = foreign_header(Path(path), delimiter)
     con = duckdb.connect()
     try:
         row = con.execute(f"SELECT count(*) FROM {reader_sql(Path(path), header, delimiter)}").fetchone()
+    except duckdb.Error as exc:
+        raise MappingError([f"{path}: {read_problem(exc)}"]) from None
     finally:
         con.close()
-    return lines > (row[0] if row else 0) + 1
+    return physical_lines(Path(path)) > (row[0] if row else 0) + 1
+
+
+def physical_lines(path: Path) -> int:
+    """Lines of the file (a last line without a line break counts)."""
+    lines, last = 0, b"\n"
+    with open_bytes(path) as fh:
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def read_problem(exc: duckdb.Error) -> str:
+    """What DuckDB's CSV reader found wrong with a foreign file, in a line a person can act on."""
+    text = str(exc)
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    fields = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)
+    where = f"record {line.group(1)} (header = 1)" if line else "a record"
+    if fields:
+        # DuckDB stops counting at one field too many, so only the direction is reliable
+        expected, found = (int(n) for n in fields.groups())
+        more = "more" if found > expected else "fewer"
+        why = "an unquoted delimiter" if found > expected else "a cut line"
+        return (
+            f"{where} has {more} fields than the header's {expected} ({why}?): the file is refused whole "
+            "and nothing of it lands; fix or quote that record and drop the file again"
+        )
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"cannot be read as CSV at {where}: {first}; the file is refused whole and nothing of it lands"
 
 
 def _lookup_cte(mapping: Mapping, lookup: Lookup, folder: Path) -> str:
@@ -266,12 +294,19 @@ class FeedSql:
 
 
 def feed_sql(
-    mapping: Mapping, feed: Feed, path: Path, folder: Path, inbox: Path | None, sample: bool = False
+    mapping: Mapping,
+    feed: Feed,
+    path: Path,
+    folder: Path,
+    inbox: Path | None,
+    sample: bool = False,
+    spanning: bool | None = None,
 ) -> FeedSql:
-    """`sample`: no line numbers, no order, the first SAMPLE_ROWS rows (for checks)."""
+    """`sample`: no line numbers, no order, the first SAMPLE_ROWS rows (for checks). `spanning`:
+    whether a record of the file spans lines, when the caller knows (see `_cleaned_files`)."""
     specs = _output_specs(feed)
     lines = not sample
-    ctes = [f"f AS ({_cleaned_files(mapping, [path], lines=lines)})"]
+    ctes = [f"f AS ({_cleaned_files(mapping, [path], lines=lines, spanning=spanning)})"]
     ctes += [_lookup_cte(mapping, lk, folder) for lk in feed.lookups]
     joins = " ".join(
         f"LEFT JOIN {ident('lk_' + lk.name)} ON {ident('lk_' + lk.name)}.__key = ({_qualify(lk.on)})"
@@ -315,7 +350,11 @@ def feed_sql(
     extra_cols = [f"c{i} AS {ident(n)}" for i, n in enumerate(names) if n not in feed.table.column_names]
     provenance = [f"__placeholders AS {PLACEHOLDERS}", f"{source} AS source_file", "__line AS source_line"]
     out = ", ".join([*contract_cols, *provenance, *extra_cols])
-    order = f"LIMIT {SAMPLE_ROWS}" if sample else "ORDER BY __rec"
+    # File order: a scan, a filter and a streaming row_number keep it (preserve_insertion_order, as
+    # in the landing); a join, a semi-join or the sorted window of a spanning file may not, and
+    # need the sort (a fifth of a render's time where it is not needed)
+    ordered = bool(feed.lookups or feed.distinct_on or spanning is not False)
+    order = f"LIMIT {SAMPLE_ROWS}" if sample else "ORDER BY __rec" if ordered else ""
     with_ = "WITH " + ", ".join(ctes)
     select = f"{with_} SELECT {out} FROM {prev} {order}"
     defaults = [n for n, (spec, _c) in specs.items() if spec.default is not None]
@@ -408,7 +447,7 @@ def _check_feed(
     try:
         row = con.execute(f"SELECT {sel} FROM ({sql.select})").fetchone() or ()
     except duckdb.Error as exc:
-        problems.append(f"{where}: {path.name}: cannot be read ({str(exc).splitlines()[0]})")
+        problems.append(f"{where}: {path}: {read_problem(exc)}")
         return
     for i, (n, c) in enumerate(typed):
         present, converts, example = row[3 * i], row[3 * i + 1], row[3 * i + 2]
@@ -457,7 +496,9 @@ _NULL = ColumnSpec("_", is_constant=True)
 
 
 def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> list[Rendered]:
-    """Render every mapped feed of every foreign file into the inbox; everything is checked first.
+    """Render every mapped feed of every foreign file into the inbox; everything is checked first,
+    and the outputs appear together once every file has rendered (a file that cannot be read
+    leaves the inbox as it was).
 
     `memory_limit` caps DuckDB (e.g. the lake's DUCKDB_MEMORY_LIMIT); the sort that numbers lines
     and orders the output spills to a temporary folder beyond it.
@@ -467,6 +508,7 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
     if not folder.is_dir():
         raise MappingError([f"{mapping.label}: no foreign files: {folder} does not exist"])
     out: list[Rendered] = []
+    staged: list[tuple[Path, Path]] = []
     spill = tempfile.TemporaryDirectory(prefix="delivery-lake-render-")
     con = duckdb.connect(config={"temp_directory": spill.name})
     if memory_limit:
@@ -475,13 +517,17 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
         check(mapping, folder, con)
         for feed in mapping.feeds.values():
             if feed.is_constant:
-                out.append(_write_constant(con, mapping, feed, inbox))
+                out.append(_write_constant(con, mapping, feed, inbox, staged))
                 continue
             for path in foreign_files(folder, feed.from_ or ""):
-                out.append(_write_feed(con, mapping, feed, path, folder, inbox))
+                out.append(_write_feed(con, mapping, feed, path, folder, inbox, staged))
+        for tmp, target in staged:
+            os.replace(tmp, target)
     finally:
         con.close()
         spill.cleanup()
+        for tmp, _target in staged:
+            tmp.unlink(missing_ok=True)
     _write_sidecars(mapping, folder, out)
     return out
 
@@ -498,29 +544,30 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> tuple[int, bool]:
-    """Write `sql`'s rows to `target` atomically unless the bytes would not change: (rows, changed)."""
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path, staged: list[tuple[Path, Path]]) -> tuple[int, bool]:
+    """Write `sql`'s rows beside `target`, staged to replace it (atomically, by `render`) unless
+    the bytes would not change: (rows, changed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp"
+    keep = False
     try:
         written = con.execute(f"COPY ({sql}) TO {literal(str(tmp))} (FORMAT csv, HEADER, DELIMITER ',')").fetchone()
         rows = int(written[0]) if written else 0
-        if rows == 0:
-            tmp.unlink()
-            return 0, False
-        if target.exists() and filecmp.cmp(tmp, target, shallow=False):
-            tmp.unlink()
+        if rows == 0 or (target.exists() and filecmp.cmp(tmp, target, shallow=False)):
             return rows, False
-        os.replace(tmp, target)
+        staged.append((tmp, target))
+        keep = True
         return rows, True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not keep:
+            tmp.unlink(missing_ok=True)
 
 
-def _write_constant(con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, inbox: Path) -> Rendered:
+def _write_constant(
+    con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, inbox: Path, staged: list[tuple[Path, Path]]
+) -> Rendered:
     target = output_path(inbox, mapping, feed.name, "mapping")
-    rows, changed = _copy(con, constant_sql(mapping, feed), target)
+    rows, changed = _copy(con, constant_sql(mapping, feed), target, staged)
     rendered = Rendered(feed.name, None, str(target.relative_to(inbox)), len(feed.rows), rows, changed=changed)
     for name, spec in feed.placeholders().items():
         rendered.placeholders[name] = {
@@ -532,17 +579,26 @@ def _write_constant(con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed
 
 
 def _write_feed(
-    con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, path: Path, folder: Path, inbox: Path
+    con: duckdb.DuckDBPyConnection,
+    mapping: Mapping,
+    feed: Feed,
+    path: Path,
+    folder: Path,
+    inbox: Path,
+    staged: list[tuple[Path, Path]],
 ) -> Rendered:
     target = output_path(inbox, mapping, feed.name, _stem(path))
-    sql = feed_sql(mapping, feed, path, folder, inbox)
+    where = f"{mapping.label}: feed {feed.name}: {path}"
     try:
+        # the counts first (DuckDB reads only the columns they need); a file with more lines than
+        # records + header holds a record spanning lines, which numbers lines another way
+        sql = feed_sql(mapping, feed, path, folder, inbox, spanning=False)
         stats = con.execute(sql.stats).fetchone() or (0, 0, 0)
-        rows, changed = _copy(con, sql.select, target)
+        if physical_lines(path) > int(stats[0]) + 1:
+            sql = feed_sql(mapping, feed, path, folder, inbox, spanning=True)
+        rows, changed = _copy(con, sql.select, target, staged)
     except duckdb.Error as exc:
-        raise MappingError(
-            [f"{mapping.label}: feed {feed.name}: {path} cannot be read: {str(exc).splitlines()[0]}"]
-        ) from None
+        raise MappingError([f"{where}: {read_problem(exc)}"]) from None
     read, kept, distinct = int(stats[0]), int(stats[1]), int(stats[2])
     rendered = Rendered(
         feed.name,
