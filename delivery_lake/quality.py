@@ -769,10 +769,10 @@ class Quality:
             self._snapshots, self._manifests = None, None
         if identifiers:
             with _DEFER_LOCK:
-                deferred = _DEFERRED.get(str(self.docs_dir)) if _DEFERRING else None
-                if deferred is not None:
-                    deferred.extend(identifiers)
-            if deferred is None:
+                block = _DEFERRED if _DEFERRED is not None and _DEFERRED[0] == str(self.docs_dir) else None
+                if block is not None:
+                    block[1].extend(identifiers)
+            if block is None:
                 self.build_docs(identifiers)
         return out
 
@@ -843,34 +843,32 @@ class Quality:
 # afresh each time); a `run` that validates five assets pays it once, at its end, inside
 # `docs_deferred`. Elsewhere (the daemon's runs, tests) every check builds its own pages.
 _DEFER_LOCK = threading.Lock()
-_DEFERRING = False
-_DEFERRED: dict[str, list[Any]] = {}
+# The open block's Data Docs folder and the validations it collected; None outside a block. A
+# check of another lake inside the block (another folder) builds its own pages.
+_DEFERRED: tuple[str, list[Any]] | None = None
 
 
 @contextmanager
 def docs_deferred(lake: Lake, settings: Settings) -> Iterator[None]:
     """Validations inside the block record their Data Docs pages' addresses (check metadata links
     them) and the pages are built once when it ends, however it ends."""
-    global _DEFERRING
+    global _DEFERRED
+    quality = Quality(lake, settings)
     with _DEFER_LOCK:
-        if _DEFERRING:  # nested: the outer block builds
-            outer = True
-        else:
-            outer, _DEFERRING = False, True
-            _DEFERRED.clear()
-            _DEFERRED[str(Quality(lake, settings).docs_dir)] = []
-    if outer:
+        nested = _DEFERRED is not None  # the outer block builds
+        if not nested:
+            _DEFERRED = (str(quality.docs_dir), [])
+    if nested:
         yield
         return
     try:
         yield
     finally:
         with _DEFER_LOCK:
-            _DEFERRING = False
-            pending = {k: list(v) for k, v in _DEFERRED.items() if v}
-            _DEFERRED.clear()
-        for _docs_dir, identifiers in pending.items():
-            Quality(lake, settings).build_docs(identifiers)
+            identifiers = _DEFERRED[1] if _DEFERRED is not None else []
+            _DEFERRED = None
+        if identifiers:
+            quality.build_docs(identifiers)
 
 
 # ---- summaries ------------------------------------------------------------------------------------

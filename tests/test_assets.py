@@ -129,19 +129,26 @@ def test_cli_run_lands_everything_and_registers_clients(
     assert len(outcome.run_ids) == len(outcome.lines)
 
 
-def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settings, tmp_path: Path) -> None:
+def _tick_without_last_day(
+    settings: Settings, tmp_path: Path
+) -> tuple[dg.DagsterInstance, LakehouseResource, Path, dg.SensorResult]:
+    """The sensor's first tick on the inbox with the last day's fact files held back (in the
+    returned folder), as if they had not arrived yet."""
     instance = dg.DagsterInstance.ephemeral()
-    inbox = local_settings.inbox_dir
-    # Hold back the last day's fact files, as if they had not arrived yet.
     held = tmp_path / "held"
     for t in ("orders", "deliveries", "customer_feedback"):
         (held / t).mkdir(parents=True)
-        shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
-    res = _resource(local_settings)
-
+        shutil.move(str(settings.inbox_dir / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
+    res = _resource(settings)
     with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}) as ctx:
         first = inbox_sensor(ctx)
     assert isinstance(first, dg.SensorResult)
+    return instance, res, held, first
+
+
+def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settings, tmp_path: Path) -> None:
+    inbox = local_settings.inbox_dir
+    instance, res, held, first = _tick_without_last_day(local_settings, tmp_path)
     added = first.dynamic_partitions_requests[0].partition_keys
     assert sorted(added) == ["C001", "C002", "C003", "C004"]
     instance.add_dynamic_partitions("client", list(added))
@@ -171,16 +178,8 @@ def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: 
     """A day's orders and deliveries for every client and feedback for one: one run lands all
     three (the feedback's rectangle widened to the others' holds no partition with data it was
     not asked for), where exact rectangles made two runs and the feedback waited for the first."""
-    instance = dg.DagsterInstance.ephemeral()
     inbox = local_settings.inbox_dir
-    held = tmp_path / "held"
-    for t in ("orders", "deliveries", "customer_feedback"):
-        (held / t).mkdir(parents=True)
-        shutil.move(str(inbox / t / "2026-01-09.csv"), held / t / "2026-01-09.csv")
-    res = _resource(local_settings)
-    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}) as ctx:
-        first = inbox_sensor(ctx)
-    assert isinstance(first, dg.SensorResult)
+    instance, res, held, first = _tick_without_last_day(local_settings, tmp_path)
     instance.add_dynamic_partitions("client", list(first.dynamic_partitions_requests[0].partition_keys))
 
     for t in ("orders", "deliveries"):
