@@ -146,7 +146,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed(
 ) -> None:
     import dagster as dg
 
-    from assets.run import fail_dead_runs
+    from assets.run import dagster_instance, fail_dead_runs
 
     home = tmp_path / "home"
     env = {
@@ -166,7 +166,9 @@ def test_a_run_whose_process_was_killed_is_marked_failed(
         while time.monotonic() < deadline:
             if (home / "history" / "runs.db").exists():
                 monkeypatch.setenv("DAGSTER_HOME", str(home))
-                instance = instance or dg.DagsterInstance.get()
+                # Under the instance lock: runs.db appears before the child has finished
+                # creating the schema, and a second creator dies on alembic's version row.
+                instance = instance or dagster_instance(hs)
                 if instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
                     break
             time.sleep(0.2)
