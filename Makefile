@@ -25,7 +25,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	@echo "installing the pinned dependencies into $(VENV) (constraints.txt)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -qq "uv==$$(grep '^uv==' constraints.txt | cut -d= -f3)"
-	@$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt --compile-bytecode -e '.[dev]'
+	@$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt --compile-bytecode -e '.[dev,spark]'
 	@$(BIN)/python -m compileall -q delivery_lake assets bench
 	@touch $@
 
@@ -49,7 +49,7 @@ test: install  ## run the whole test suite (installs Chromium / starts PostgreSQ
 test-fast: install  ## the fast tier (no S3 server, browser, production profile or end-to-end runs): under two minutes
 	@# two workers (pytest-xdist): these tests share nothing but the machine (tmp_path, ephemeral
 	@# instances); serially they took 161 s here, with two workers 117 s
-	$(BIN)/pytest -q -n 2 -m "not slow and not s3 and not browser and not production"
+	$(BIN)/pytest -q -n 2 -m "not slow and not s3 and not browser and not production and not spark"
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (history of `make demo` included)
 	mkdir -p $(DAGSTER_HOME)

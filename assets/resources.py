@@ -22,6 +22,8 @@ class LakehouseResource(dg.ConfigurableResource):
     lake_url: str | None = None
     inbox_dir: str | None = None
     warehouse_path: str | None = None
+    # What builds the curated models: "duckdb" or "spark" (unset: TRANSFORM_ENGINE, default duckdb).
+    transform_engine: str | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
 
@@ -36,6 +38,8 @@ class LakehouseResource(dg.ConfigurableResource):
                 overrides["inbox_dir"] = Path(self.inbox_dir).resolve()
             if self.warehouse_path:
                 overrides["warehouse_path"] = Path(self.warehouse_path).resolve()
+            if self.transform_engine:
+                overrides["transform_engine"] = self.transform_engine
             self._settings = Settings.from_env(**overrides)
         return self._settings
 

@@ -12,6 +12,9 @@ from pathlib import Path
 DEFAULT_PARTITION_START = "2015-01-01"
 
 
+TRANSFORM_ENGINES = ("duckdb", "spark")
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -53,6 +56,12 @@ class Settings:
     # token it requires when bound to anything but the loopback interface.
     redis_url: str | None = field(default=None, repr=False)
     service_token: str | None = field(default=None, repr=False)
+    # What runs the curated models: DuckDB in process (the default), or Apache Spark, in local
+    # mode on `spark_master` or on a cluster through Spark Connect (`spark_remote`, sc://host:port;
+    # it may carry a token, so it stays out of repr).
+    transform_engine: str = "duckdb"
+    spark_master: str = "local[2]"
+    spark_remote: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -78,6 +87,9 @@ class Settings:
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
             redis_url=_env("REDIS_URL"),
             service_token=_env("DELIVERY_LAKE_SERVICE_TOKEN"),
+            transform_engine=_env("TRANSFORM_ENGINE", "duckdb"),
+            spark_master=_env("SPARK_MASTER", "local[2]"),
+            spark_remote=_env("SPARK_REMOTE"),
         )
         values.update(overrides)
         # Every path absolute, read or passed in: the inbox index and the manifests key files by
@@ -85,6 +97,11 @@ class Settings:
         for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
             if values[name] is not None:
                 values[name] = Path(values[name]).resolve()  # type: ignore[arg-type]
+        values["transform_engine"] = str(values["transform_engine"]).lower()
+        if values["transform_engine"] not in TRANSFORM_ENGINES:
+            raise ValueError(
+                f"TRANSFORM_ENGINE={values['transform_engine']!r}: expected one of {', '.join(TRANSFORM_ENGINES)}"
+            )
         try:
             values["partition_start"] = date.fromisoformat(str(values["partition_start"])).isoformat()
         except ValueError:

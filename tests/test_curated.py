@@ -3,12 +3,11 @@ gating, incremental day-by-day builds, determinism, and the same on S3."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -18,13 +17,13 @@ from polars.testing import assert_frame_equal
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
-from delivery_lake.generator import COMMENTS, generate
+from delivery_lake.generator import COMMENTS
 from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner, affected_dates
 from delivery_lake.warehouse import Warehouse
-from tests.helpers import land_all
+from tests.helpers import inbox_with_an_order_moved_back, land_all
 
 DAYS = ["2026-01-05", "2026-01-06", "2026-01-07", "2026-01-08", "2026-01-09"]
 PARTITIONED = [
@@ -614,35 +613,8 @@ def test_an_order_created_long_before_dispatch_is_found_outside_the_lookback(tmp
     before dispatch still gets that order's promise: the lookback decides what is read first, not
     what is found. The incremental build equals the full refresh byte for byte."""
     inbox = tmp_path / "inbox"
-    generate(inbox, start=date(2026, 1, 1), days=12, clients=1, orders_per_day=15, seed=3, dirty_rate=0, progress=False)
     day, early = "2026-01-12", "2026-01-02"
-
-    def rows(path: Path) -> list[dict[str, str]]:
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-
-    def write(path: Path, records: list[dict[str, str]]) -> None:
-        with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(records[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(records)
-
-    delivery = next(r for r in rows(inbox / "deliveries" / f"{day}.csv") if r["status"] == "delivered")
-    origin = next(
-        p
-        for p in sorted((inbox / "orders").glob("*.csv"))
-        if any(r["order_id"] == delivery["order_id"] for r in rows(p))
-    )
-    assert origin.stem >= "2026-01-10"  # generated close to dispatch: moving it is what makes the case
-    order = next(r for r in rows(origin) if r["order_id"] == delivery["order_id"])
-    write(origin, [r for r in rows(origin) if r["order_id"] != delivery["order_id"]])
-    # Created ten days before dispatch, promised an hour after the delivery: on time only if the
-    # promise is found (without it, the delivery would be computed as late).
-    order["created_at"] = f"{early}T09:00:00Z"
-    delivered_at = datetime.fromisoformat(delivery["delivered_at"].replace("Z", "+00:00"))
-    promised = (delivered_at + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    order["promised_by"] = promised
-    write(inbox / "orders" / f"{early}.csv", [*rows(inbox / "orders" / f"{early}.csv"), order])
+    delivery, promised = inbox_with_an_order_moved_back(inbox, day, early)
 
     settings = _settings(tmp_path, inbox)
     lake, _, _ = land_all(settings)

@@ -6,7 +6,7 @@ table
 (only the files that touch it; the inbox index of the other files is cached in the lake)
 and refresh the curated tables for that date.
 `--mode full-curated`: build the whole curated layer (and warehouse) over the lake, the
-second half of a full rebuild.
+second half of a full rebuild; `--engine spark` builds the models on Spark in local mode.
 `--mode daily-refresh`: build the curated tables of `--day` (comma-separated dates) and
 refresh the warehouse, as daily runs do (untimed: the harness brings a landed lake to its
 everyday state with it, see bench/run.py).
@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--inbox", required=True)
     p.add_argument("--work", required=True, help="folder holding lake/ and data/ of a previous landing")
     p.add_argument("--day")
+    p.add_argument("--engine", default="duckdb", help="what builds the models (TRANSFORM_ENGINE): duckdb or spark")
     p.add_argument("--result", required=True)
     a = p.parse_args()
 
@@ -49,6 +50,7 @@ def main() -> None:
         lake_url=str(work / "lake"),
         inbox_dir=Path(a.inbox),
         warehouse_path=work / "warehouse" / "delivery.duckdb",
+        transform_engine=a.engine,
     )
     out: dict = {}
     if a.mode == "new-day":

@@ -14,6 +14,9 @@ import polars as pl
 from delivery_lake.sentiment import label_comments
 
 REFS = ["stg_customer_feedback"]
+# Each output row is labelled from its own input row: on Spark the model runs on each chunk of
+# rows where they are (TRANSFORM_ENGINE=spark), not once over the whole input.
+ROW_WISE = True
 COLUMNS = {
     "feedback_id": "Feedback key.",
     "order_id": "Order rated.",

@@ -74,6 +74,13 @@ class _Reads:
     # lookup widens.
     files: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     views: dict[str, str] = field(default_factory=dict)
+    # Every temp view the build defined, in order: its DuckDB SQL, or the Python model behind
+    # it. Another engine mirrors these (transform/spark.py).
+    defs: dict[str, str | Model] = field(default_factory=dict)
+
+    def define(self, con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {quote(name)} AS {sql}")
+        self.defs[name] = sql
 
     @staticmethod
     def note(record: dict[str, list[list[Any]]], source: str, parts: Iterable[list[Any]]) -> None:
@@ -102,6 +109,10 @@ class Runner:
         # While build() runs, models get cursors of one in-memory DuckDB instance (temp tables
         # and views stay private to each): one thread pool and no new instance per model.
         self._shared: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def _on_spark_engine(self) -> bool:
+        return self.settings is not None and self.settings.transform_engine == "spark"
 
     # -- inputs
     def raw_partitions(self, table: str, window: tuple[str, str] | None = None) -> list[tuple[str, str]]:
@@ -284,7 +295,7 @@ class Runner:
                     link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})"
                 )
                 reads.views[link.parent] = f"{reads.views[link.parent]} UNION ALL {extra}"
-                con.execute(f"CREATE OR REPLACE TEMP VIEW {parent} AS {reads.views[link.parent]}")
+                reads.define(con, source_view("raw", link.parent), reads.views[link.parent])
         reason = f"parent unavailable: {source_key('raw', link.parent)}"
         for d, c, n in con.execute(
             f"SELECT d, client_id, count(*) FROM {missing} ANTI JOIN {found} USING (k) GROUP BY ALL"
@@ -319,19 +330,50 @@ class Runner:
                 ):  # a blocked partition read at an earlier date is the child check's business
                     reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
                 sql = reads.views[table] = self._files_sql(table, [f for *_, f in files])
-            con.execute(f"CREATE TEMP VIEW {quote(source_view(schema, table))} AS {sql}")
+            reads.define(con, source_view(schema, table), sql)
         for r in refs:
-            con.execute(f"CREATE TEMP VIEW {quote(r)} AS {self._curated_sql(self.project[r], window(r), reads)}")
+            reads.define(con, r, self._curated_sql(self.project[r], window(r), reads))
         for link in parent_links(facts):
             self._resolve_parents(con, link, dates, window(source_key("raw", link.parent)) is not None, reads)
-        con.execute(f"CREATE TEMP VIEW {HELD_CELLS} AS {held_cells_sql(reads.held)}")
+        reads.define(con, HELD_CELLS, held_cells_sql(reads.held))
         for v in self.project.view_closure(m.name):
             if v.language == "python":
+                if self._on_spark_engine:
+                    reads.defs[v.name] = v  # run where the model runs, not here as well
+                    continue
                 con.register(f"__{v.name}_arrow", ArrowStream(run_python_model(v, con)))
                 con.execute(f"CREATE TEMP VIEW {quote(v.name)} AS SELECT * FROM {quote('__' + v.name + '_arrow')}")
             else:
-                con.execute(f"CREATE TEMP VIEW {quote(v.name)} AS {v.compiled_sql}")
+                reads.define(con, v.name, v.compiled_sql or "")
         return reads
+
+    def _on_spark(self, con: duckdb.DuckDBPyConnection, m: Model, reads: _Reads, dates: list[str]) -> str:
+        """Run the model on Spark over the views `_prepare` defined; its rows come back as Arrow
+        for the publisher. Returns the DuckDB query over them, cast to the model's column types
+        (Spark's sums and counts are BIGINT where DuckDB's may be HUGEINT, and so on)."""
+        from pyspark.errors import PySparkException
+
+        from delivery_lake.transform.spark import SparkBuild, spark_error, spark_session
+
+        assert self.settings is not None
+        build = SparkBuild(spark_session(self.settings), con)
+        try:
+            for name, definition in reads.defs.items():
+                if isinstance(definition, Model):
+                    build.python_view(name, definition)
+                else:
+                    build.view(name, definition)
+            frame = build.python_frame(m) if m.language == "python" else build.query(m.compiled_sql or "")
+            if m.is_partitioned:
+                frame = frame.where(frame[m.partition_by or ""].isin([date.fromisoformat(d) for d in dates]))
+            con.register("__spark_out", frame.toArrow())
+        except ModelError as exc:  # a DuckDB form the transpile step does not know
+            raise ModelError(f"{m.path}: on Spark: {exc}") from None
+        except PySparkException as exc:
+            # Spark's message carries the whole plan after its first line
+            raise ModelError(f"{m.path}: on Spark: {spark_error(exc)}") from None
+        cols = ", ".join(f"CAST({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in m.columns)
+        return f"SELECT {cols} FROM __spark_out"
 
     # -- builds
     def build_model(self, name: str, dates: Iterable[str] | None = None, full_refresh: bool = False) -> ModelResult:
@@ -378,7 +420,9 @@ class Runner:
                 reads.parents_found,
             )
             result.held_cells = [c for d in (wanted if m.is_partitioned else [None]) for c in reads.held_at(d)]
-            if m.language == "python":
+            if self._on_spark_engine:
+                query = self._on_spark(con, m, reads, wanted)
+            elif m.language == "python":
                 con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
                 query = "SELECT * FROM __model_arrow"
             else:
