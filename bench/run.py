@@ -734,7 +734,8 @@ def build_keys(one: dict, grown: dict | None, extras: dict, m: dict) -> dict:
         m,
         note=(
             "the full curated build (every model, every date, then the warehouse) with TRANSFORM_ENGINE=spark "
-            "(local mode) over the same build on DuckDB; whole processes, the JVM's start included"
+            "(local mode) over the same build on DuckDB; whole processes, the JVM's start included; "
+            "the Spark side's CPU and peak RSS are its Python process's only (the JVM is not in them)"
         ),
         spark_s=sp["wall_s"],
         duckdb_s=cf["wall_s"],

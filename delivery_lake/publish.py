@@ -37,6 +37,8 @@ MANIFEST_DEFAULTS: dict[str, Any] = {
     "parents_found": {},
     "held_cells": [],
     "inputs": None,
+    # what computed the rows: "duckdb" or "spark" (TRANSFORM_ENGINE); None where no engine ran
+    "engine": None,
 }
 
 

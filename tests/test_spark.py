@@ -25,6 +25,7 @@ from tests.helpers import START, inbox_with_an_order_moved_back, land_all
 
 DAYS = [f"2026-01-{d:02d}" for d in range(START.day, START.day + 5)]
 BLOCKED = (DAYS[2], "C001")
+SERVED = (DAYS[1], "C003")
 MANIFEST_FIELDS = ("rows", "held_cells", "excluded_partitions", "served_last_good", "parents_found")
 
 
@@ -56,6 +57,19 @@ def project() -> Project:
     return Project.load()
 
 
+def _block_two_partitions(lake: Lake) -> None:
+    """A deliveries partition blocked (its cell is held) and an orders partition blocked with
+    its version before in lastgood/ (read from there: one input from two folders)."""
+    gate.record(lake, "deliveries", False, {"check": "test"}, BLOCKED[0], BLOCKED[1])
+    day, client = SERVED
+    path = Path(lake.data_file("raw", "orders", day, client))
+    last_good = Path(lake.data_file("lastgood", "orders", day, client))
+    last_good.parent.mkdir(parents=True)
+    shutil.copyfile(path, last_good)
+    pl.read_parquet(path).with_columns(pl.col("promised_by") - pl.duration(hours=12)).write_parquet(path)
+    gate.record(lake, "orders", False, {"check": "test"}, day, client)
+
+
 @pytest.fixture(scope="module")
 def lakes(tmp_path_factory: pytest.TempPathFactory, dirty_export: Path, project: Project) -> Lakes:
     """The dirty export landed, one deliveries partition blocked by the gate (so cells are held),
@@ -63,12 +77,12 @@ def lakes(tmp_path_factory: pytest.TempPathFactory, dirty_export: Path, project:
     root = tmp_path_factory.mktemp("spark")
     inbox = root / "inbox"
     shutil.copytree(dirty_export, inbox)
-    both = _two_lakes(
-        root, inbox, lambda lake: gate.record(lake, "deliveries", False, {"check": "test"}, BLOCKED[0], BLOCKED[1])
-    )
+    both = _two_lakes(root, inbox, _block_two_partitions)
     for s in (both.duckdb, both.spark):
         results = Runner(Lake.from_settings(s), project, s).build(full_refresh=True)
         assert not [r.model for r in results if r.skipped]
+        lake = Lake.from_settings(s)
+        assert (lake.read_json(lake.build_manifest("curated", "dim_clients")) or {})["engine"] == s.transform_engine
     return both
 
 
@@ -130,8 +144,11 @@ def test_every_mart_built_on_spark_equals_duckdbs(lakes: Lakes, project: Project
         for d in lake.list_dates("curated", m.name) if m.is_partitioned else [None]:
             assert _manifest(lakes.spark, m, d) == _manifest(lakes.duckdb, m, d), (m.name, d)
             held += _manifest(lakes.duckdb, m, d)["held_cells"] or []
-    # the blocked partition's cell is held on both engines: the comparison covered that path
+    # the blocked partition's cell is held, and the other read from lastgood/, on both engines:
+    # the comparison covered those paths
     assert [BLOCKED[0], BLOCKED[1], "blocked: raw.deliveries"] in held
+    fct = _manifest(lakes.spark, project["fct_deliveries"], DAYS[2])
+    assert fct["served_last_good"] == {"raw.orders": [list(SERVED)]}
 
 
 @pytest.mark.spark

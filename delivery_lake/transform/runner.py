@@ -484,6 +484,8 @@ class Runner:
                 "parents_found": result.parents_found,
                 "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
                 "inputs": result.inputs,
+                # which engine computed the rows (TRANSFORM_ENGINE); the file is the same either way
+                "engine": "spark" if self._on_spark_engine else "duckdb",
             },
         )
         return int(doc["rows"])

@@ -50,6 +50,7 @@ _SPARK_TYPES = {
     "BOOLEAN": "boolean",
     "DATE": "date",
     "TIMESTAMP WITH TIME ZONE": "timestamp",
+    "TIMESTAMPTZ": "timestamp",
     "TIMESTAMP": "timestamp_ntz",
 }
 
@@ -121,6 +122,10 @@ def spark_error(exc: BaseException) -> str:
     raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)]
     first = lines[0] if lines else type(exc).__name__
     return f"{first} {raised[-1]}" if raised and "Python worker" in first else first
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def spark_uri(uri: str) -> str:
@@ -207,18 +212,22 @@ def _parquet_options(node: exp.ReadParquet) -> tuple[list[str], dict[str, Any]]:
     return files, options
 
 
-def _hive_base(files: list[str]) -> str:
-    """The folder above the first key=value folder: Spark's basePath for partition columns."""
-    bases = set()
+def _layouts(files: list[str]) -> tuple[dict[tuple[str, tuple[str, ...], str], list[tuple[str, ...]]], list[str]]:
+    """The files grouped by layout: {(base, keys, name): key values} for each file that is
+    base/k1=v1/.../kn=vn/NAME (the lake's partition files; raw/ and lastgood/ are two bases),
+    and the files outside any such layout (a whole-table file)."""
+    groups: dict[tuple[str, tuple[str, ...], str], list[tuple[str, ...]]] = {}
+    loose: list[str] = []
     for f in files:
         parts = f.split("/")
         first = next((i for i, p in enumerate(parts) if "=" in p), None)
-        if first is None:
-            raise ModelError(f"{f}: hive_partitioning asked for a file outside key=value folders")
-        bases.add("/".join(parts[:first]))
-    if len(bases) != 1:
-        raise ModelError(f"one read_parquet over several tables' folders: {sorted(bases)}")
-    return bases.pop()
+        if first is None or any("=" not in p for p in parts[first:-1]):
+            loose.append(f)
+            continue
+        pairs = [p.split("=", 1) for p in parts[first:-1]]
+        key = ("/".join(parts[:first]), tuple(k for k, _ in pairs), parts[-1])
+        groups.setdefault(key, []).append(tuple(v for _, v in pairs))
+    return groups, loose
 
 
 class SparkBuild:
@@ -237,20 +246,34 @@ class SparkBuild:
         return f"__{kind}_{next(self._ids)}"
 
     def _parquet(self, node: exp.ReadParquet) -> str:
-        from pyspark.sql import functions as F
+        """A `read_parquet(...)` of the runner as a Spark frame over the same files.
 
+        The schema is the one DuckDB reads for the call (union by name included), given to Spark
+        so it opens no footer to infer one. Partition files are read as their table's folder
+        with a filter on the partition keys, which Spark prunes to those folders: naming the
+        files one by one costs Spark a file-system call each (570 files: 2.6-3.4 s, where the
+        folder and the filter take 0.2 s).
+        """
         files, options = _parquet_options(node)
-        reader = self.spark.read
-        if options.get("union_by_name"):
-            reader = reader.option("mergeSchema", "true")
-        if options.get("hive_partitioning"):
-            reader = reader.option("basePath", spark_uri(_hive_base(files)))
-        else:
-            # the file's own folders are not columns (a curated date file holds its date)
-            reader = reader.option("recursiveFileLookup", "true")
-        frame = reader.parquet(*[spark_uri(f) for f in files])
-        for column, duckdb_type in (options.get("hive_types") or {}).items():
-            frame = frame.withColumn(column, F.col(column).cast(spark_type(duckdb_type)))
+        hive = bool(options.get("hive_partitioning"))
+        described = self.con.execute(f"DESCRIBE SELECT * FROM {node.sql('duckdb')}").fetchall()
+        columns = [str(r[0]) for r in described]
+        reader = self.spark.read.schema(", ".join(f"`{n}` {spark_type(str(t))}" for n, t, *_ in described))
+        groups, loose = _layouts(files)
+        if hive and loose:
+            raise ModelError(f"hive_partitioning over files outside key=value folders: {loose[:3]}")
+        frames = []
+        for (base, keys, name), values in groups.items():
+            frame = reader.option("basePath", spark_uri(base)).option("pathGlobFilter", name).parquet(spark_uri(base))
+            wanted = ", ".join(sorted({_sql_string("/".join(v)) for v in values}))
+            path = ", '/', ".join(f"CAST(`{k}` AS STRING)" for k in keys)
+            frames.append(frame.where(f"concat({path}) IN ({wanted})").select(*[f"`{c}`" for c in columns]))
+        if loose:
+            # a whole-table file: its folders are not columns
+            frames.append(reader.option("recursiveFileLookup", "true").parquet(*[spark_uri(f) for f in loose]))
+        frame = frames[0]
+        for more in frames[1:]:
+            frame = frame.unionByName(more)
         name = self._name("parquet")
         frame.createOrReplaceTempView(name)
         return name
