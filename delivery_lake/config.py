@@ -53,6 +53,10 @@ class Settings:
     # token it requires when bound to anything but the loopback interface.
     redis_url: str | None = field(default=None, repr=False)
     service_token: str | None = field(default=None, repr=False)
+    # Where writers claim a partition before publishing it (delivery_lake.claims). Unset: the
+    # lake's _meta/claims/ for a local lake, DATA_DIR/claims for an S3 lake (which then guards
+    # the workers of one machine only: several machines need a shared folder with working locks).
+    claims_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -78,11 +82,12 @@ class Settings:
             mlflow_ui_url=_env("MLFLOW_UI_URL", "http://127.0.0.1:5000"),
             redis_url=_env("REDIS_URL"),
             service_token=_env("DELIVERY_LAKE_SERVICE_TOKEN"),
+            claims_dir=_env("CLAIMS_DIR"),
         )
         values.update(overrides)
         # Every path absolute, read or passed in: the inbox index and the manifests key files by
         # path, so `inbox` and `/abs/inbox` must be one and the same.
-        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
+        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir", "claims_dir"):
             if values[name] is not None:
                 values[name] = Path(values[name]).resolve()  # type: ignore[arg-type]
         try:
