@@ -25,11 +25,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from delivery_lake.claims import Claims
 from delivery_lake.config import Settings
 from infra.processes import Service, find_executable
 from infra.workers import start_worker, wait_ready
-
-pytestmark = [pytest.mark.slow, pytest.mark.workers]
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 # Database 14: nothing else of the project uses it; each test's keys carry its own prefix too.
@@ -152,7 +151,53 @@ def _steps_by_worker(logs: list[Path]) -> dict[str, int]:
     return {p.stem: p.read_text(errors="replace").count("] succeeded in") for p in logs}
 
 
-# ---- tests -----------------------------------------------------------------------------------------
+# ---- the settings (fast) -----------------------------------------------------------------------------
+def test_the_executor_is_chosen_by_DAGSTER_EXECUTOR(monkeypatch: pytest.MonkeyPatch) -> None:
+    from assets.definitions import EXECUTOR, FORKSERVER_EXECUTOR, executor_from_env
+
+    assert EXECUTOR is FORKSERVER_EXECUTOR  # what the definitions loaded here (no DAGSTER_EXECUTOR)
+    for value in ("", "multiprocess"):
+        monkeypatch.setenv("DAGSTER_EXECUTOR", value)
+        assert executor_from_env() is FORKSERVER_EXECUTOR
+    monkeypatch.setenv("DAGSTER_EXECUTOR", "celery")
+    assert executor_from_env().name == "celery"
+    monkeypatch.setenv("DAGSTER_EXECUTOR", "k8s")
+    with pytest.raises(ValueError, match="DAGSTER_EXECUTOR='k8s': expected one of multiprocess, celery"):
+        executor_from_env()
+
+
+def test_celery_settings_come_from_the_environment_and_keep_the_broker_password_out_of_sight() -> None:
+    from assets.workers import CeleryConfig, WorkerConfigError, celery_executor
+
+    with pytest.raises(WorkerConfigError, match="CELERY_BROKER_URL"):
+        CeleryConfig.from_env({})
+    secret = "s3cret-" + uuid.uuid4().hex
+    config = CeleryConfig.from_env(
+        {
+            "CELERY_BROKER_URL": f"redis://:{secret}@127.0.0.1:6379/3",
+            "CELERY_KEY_PREFIX": "dl:",
+            "CELERY_VISIBILITY_TIMEOUT": "60",
+        }
+    )
+    assert config.backend_url == config.broker_url  # results go to the broker unless told otherwise
+    assert secret not in repr(config)
+    source = config.config_source()
+    assert source["task_acks_late"] and source["task_reject_on_worker_lost"]
+    assert source["worker_prefetch_multiplier"] == 1
+    transport = source["broker_transport_options"]
+    assert transport["visibility_timeout"] == 60 and transport["global_keyprefix"] == "dl:"
+    assert transport["unacked_restore_interval"] == 10 and transport["unacked_restore_throttle"] == 1
+    assert source["result_backend_transport_options"] == {"global_keyprefix": "dl:"}
+    assert secret not in json.dumps(source)
+    # The executor takes no config: nothing of the broker reaches run config or the UI.
+    assert celery_executor.config_schema.as_field().config_type.fields == {}
+    with pytest.raises(WorkerConfigError, match="whole number"):
+        CeleryConfig.from_env({"CELERY_BROKER_URL": "redis://x", "CELERY_VISIBILITY_TIMEOUT": "soon"})
+
+
+# ---- on workers ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # starts workers: `make test`, not the fast tier (the settings tests above are in it)
+@pytest.mark.workers
 def test_two_workers_land_the_same_lake_as_one_process(
     celery_env: dict[str, str], reference: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -202,6 +247,8 @@ def _step_workers(home: Path, step_key: str, settings: Settings, underway: bool 
     return names
 
 
+@pytest.mark.slow  # starts workers: `make test`, not the fast tier (the settings tests above are in it)
+@pytest.mark.workers
 def test_a_worker_killed_mid_step_is_replaced_without_loss_or_duplicates(
     celery_env: dict[str, str], reference: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,28 +264,38 @@ def test_a_worker_killed_mid_step_is_replaced_without_loss_or_duplicates(
     settings = Settings.from_env(
         data_dir=Path(env["DATA_DIR"]), lake_url=env["LAKE_URL"], inbox_dir=Path(env["INBOX_DIR"])
     )
-    manifests = Path(env["LAKE_URL"]) / "_meta" / "landing" / "orders"
+    lake = Path(env["LAKE_URL"])
+    manifests = lake / "_meta" / "landing" / "orders"
     workers = _start_workers(env, tmp_path / "logs")
     by_name = {w.name: w for w in workers}
-    proc = _land(env)
-    victim = None
+    # The test claims one orders partition first, as another writer would: the worker landing
+    # orders publishes the others and then waits for this one, so it is certainly killed in the
+    # middle of its step with part of the partitions published.
+    held = ("landing", "orders", "2026-01-07", "C002")
+    victim, published_at_kill = None, 0
+    with Claims(lake / "_meta" / "claims").hold(*held):
+        proc = _land(env)
+        try:
+            deadline = time.monotonic() + 180
+            while victim is None:
+                assert proc.poll() is None, (
+                    "the run ended before a worker was killed:\n" + proc.communicate()[0][-3000:]
+                )
+                assert time.monotonic() < deadline, "the orders step published nothing within 180 s"
+                running = _step_workers(home, "raw__orders", settings, underway=True)
+                published_at_kill = len(list(manifests.glob("date=*/client=*.json"))) if manifests.is_dir() else 0
+                if running and published_at_kill:
+                    victim = by_name[running[0]]
+                    os.killpg(victim.pid, signal.SIGKILL)
+                    victim.proc.wait(timeout=30)
+                time.sleep(0.05)
+        except BaseException:
+            proc.kill()
+            for w in workers:
+                w.stop()
+            raise
+    # The claim is free again; the survivor takes the dead worker's task once it is overdue.
     try:
-        # Kill the worker landing orders once it has published part of them: the orders of
-        # 5 days x 4 clients, one manifest per partition as it is published.
-        deadline = time.monotonic() + 180
-        while victim is None:
-            assert proc.poll() is None, (
-                "the run ended before a worker could be killed:\n" + proc.communicate()[0][-3000:]
-            )
-            assert time.monotonic() < deadline, "the orders step did not start within 180 s"
-            running = _step_workers(home, "raw__orders", settings, underway=True)
-            published = len(list(manifests.glob("date=*/client=*.json"))) if manifests.is_dir() else 0
-            if running and published:
-                victim = by_name[running[0]]
-                os.killpg(victim.pid, signal.SIGKILL)
-                victim.proc.wait(timeout=30)
-                break
-            time.sleep(0.02)
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -258,6 +315,6 @@ def test_a_worker_killed_mid_step_is_replaced_without_loss_or_duplicates(
     ]
     assert len(materialized) == len(set(materialized)) == 3 * 5 * 4, len(materialized)
     # No loss: the lake is the one a single process lands, byte for byte where it must be.
-    lake = Path(env["LAKE_URL"])
+    assert 0 < published_at_kill < len(list(manifests.glob("date=*/client=*.json")))
     assert_same_lake(lake_state(lake), reference)
     assert not [p for p in (lake / "_meta" / "claims").rglob("*") if p.is_file()]
