@@ -96,9 +96,23 @@ bench: install  ## benchmark at ~$(BENCH_SCALE) GB and 4x: landing vs DuckDB vs 
 	$(BIN)/python -m compileall -q delivery_lake bench
 	$(BIN)/python -m bench.run --scale $(BENCH_SCALE)
 	$(BIN)/python -m bench.drop --result bench/results/drop.json  # times a drop under `make up`; else says skipped
+	$(BIN)/python -m bench.workers --result bench/results/workers.json  # two Celery workers over one; needs local Redis
 
 bench-smoke: install  ## seconds: tiny benchmark run; asserts equal answers across contestants (never timings)
 	$(BIN)/python -m bench.run --smoke
+
+# ---- landing on Celery workers (issue 25): infra/README.md, "Landing on several workers" ----------
+WORKERS ?= 2
+.PHONY: workers workers-down workers-status
+
+workers: install  ## start WORKERS (2) Celery workers here for DAGSTER_EXECUTOR=celery (needs CELERY_BROKER_URL)
+	$(BIN)/python -m infra.workers start --count $(WORKERS)
+
+workers-down:  ## stop the workers `make workers` started (pid files in $(DATA_DIR)/run)
+	$(BIN)/python -m infra.workers stop
+
+workers-status:  ## which of those workers run
+	$(BIN)/python -m infra.workers status
 
 # ---- production profile (issue 6): infra/README.md ----------------------------------------------
 .PHONY: up down status env

@@ -112,28 +112,44 @@ def _alive(pid: int) -> bool:
 def _execute(
     defs: Any, instance: Any, settings: Settings, keys: list[Any], tags: dict[str, str], outcome: RunOutcome, label: str
 ) -> bool:
-
-    resources = dict(defs.resources or {})
-    resources["lakehouse"] = LakehouseResource(
-        data_dir=str(settings.data_dir),
-        lake_url=settings.lake_url,
-        inbox_dir=str(settings.inbox_dir),
-        warehouse_path=str(settings.warehouse_path),
-    )
+    tags = {**tags, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    # The CLI prints its own summary; step logs stay in the run history.
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    lakehouse = {
+        "data_dir": str(settings.data_dir),
+        "lake_url": settings.lake_url,
+        "inbox_dir": str(settings.inbox_dir),
+        "warehouse_path": str(settings.warehouse_path),
+    }
     # Definitions loading reads the "current" instance's state storage from a context
     # variable that only `with instance:` sets; point it at the instance of this run so a
     # disposed instance left there earlier in the process (tests, notebooks) is never used.
+    result: Any
     with set_defs_state_storage(instance.defs_state_storage):
-        result = dg.materialize(
-            [*defs.assets, *(defs.asset_checks or [])],
-            selection=dg.AssetSelection.assets(*keys),
-            instance=instance,
-            resources=resources,
-            tags={**tags, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
-            raise_on_error=False,
-            # The CLI prints its own summary; step logs stay in the run history.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
+        if defs.executor is not None and defs.executor.name == "celery":
+            # Steps run in other processes (the Celery workers), which load the job from its
+            # module: a reconstructable job, and the lake's locations as run config (no secret
+            # among them) so every worker lands into the lake this run names.
+            result = dg.execute_job(
+                _reconstructable_job(),
+                instance=instance,
+                run_config={**run_config, "resources": {"lakehouse": {"config": lakehouse}}},
+                tags=tags,
+                asset_selection=keys,
+                raise_on_error=False,
+            )
+        else:
+            resources = dict(defs.resources or {})
+            resources["lakehouse"] = LakehouseResource(**lakehouse)
+            result = dg.materialize(
+                [*defs.assets, *(defs.asset_checks or [])],
+                selection=dg.AssetSelection.assets(*keys),
+                instance=instance,
+                resources=resources,
+                tags=tags,
+                raise_on_error=False,
+                run_config=run_config,
+            )
     outcome.run_ids.append(result.run_id)
     if result.success:
         outcome.lines.append(f"ok   {label} (run {result.run_id[:8]})")
@@ -143,6 +159,16 @@ def _execute(
     outcome.failure = f"{label} (run {result.run_id[:8]}): " + ("; ".join(failed) or "see the run in the Dagster UI")
     outcome.lines.append(f"FAIL {outcome.failure}")
     return False
+
+
+def _reconstructable_job() -> Any:
+    """Every asset and check of `assets.definitions.defs`, as a job other processes can load
+    (`execute_job` selects the run's assets; their checks come with them)."""
+    from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repo = ReconstructableRepository.for_module("assets.definitions", "defs")
+    return repo.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)
 
 
 def _step_failure(event: Any, settings: Settings) -> str:
@@ -244,17 +270,20 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
     )
 
 
-def run_inbox(settings: Settings, full: bool = True) -> RunOutcome:
+def run_inbox(settings: Settings, full: bool = True, land_only: bool = False) -> RunOutcome:
     """Land every partition found in the inbox (or only what changed since the last `run`), then
     rebuild the curated dates those partitions feed and refresh the warehouse, then the ML
     features, the delay model (retrained only on new validated data) and the risk scores.
 
+    `land_only`: stop once every file read is accounted for (landing, its checks, the release
+    rounds); the inbox cursor is not moved, so the next `run` still builds what the landing feeds.
+
     The Data Docs of every check the runs make are built once, when the last run has ended."""
     with docs_deferred(Lake.from_settings(settings), settings):
-        return _run_inbox(settings, full)
+        return _run_inbox(settings, full, land_only)
 
 
-def _run_inbox(settings: Settings, full: bool) -> RunOutcome:
+def _run_inbox(settings: Settings, full: bool, land_only: bool = False) -> RunOutcome:
     instance = dagster_instance(settings)
     lake = Lake.from_settings(settings)
     outcome = RunOutcome()
@@ -338,6 +367,8 @@ def _run_inbox(settings: Settings, full: bool) -> RunOutcome:
         outcome.success = False
         outcome.failure = f"{len(bad)} file(s) do not reconcile: " + " | ".join(bad)
         outcome.lines += [f"FAIL {line}" for line in bad]
+        return outcome
+    if land_only:
         return outcome
     if not _run_curated(defs, instance, settings, lake, changes, outcome):
         return outcome

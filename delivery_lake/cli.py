@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {"inbox_dir": Path(args.inbox).resolve()} if args.inbox else {}
     settings = Settings.from_env(**overrides)
-    result = run_inbox(settings, full=not args.new_only)
+    result = run_inbox(settings, full=not args.new_only, land_only=args.land_only)
     for line in result.lines:
         console.print(line)
     if not result.success:
@@ -297,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inbox", help="inbox folder (default INBOX_DIR)")
     r.add_argument("--new-only", action="store_true", help="only files not landed before")
     r.add_argument("--summary", action="store_true", help="print the lake summary afterwards")
+    r.add_argument(
+        "--land-only",
+        action="store_true",
+        help="stop after landing and its checks (no curated, ML or warehouse runs; the next run still builds them)",
+    )
     r.set_defaults(func=_cmd_run)
 
     b = sub.add_parser("build", help="build the curated models for some dates (or all) and refresh the warehouse")

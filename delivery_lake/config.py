@@ -62,6 +62,10 @@ class Settings:
     transform_engine: str = "duckdb"
     spark_master: str = "local[2]"
     spark_remote: str | None = field(default=None, repr=False)
+    # Where writers claim a partition before publishing it (delivery_lake.claims). Unset: the
+    # lake's _meta/claims/ for a local lake, DATA_DIR/claims for an S3 lake (which then guards
+    # the workers of one machine only: several machines need a shared folder with working locks).
+    claims_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -90,11 +94,12 @@ class Settings:
             transform_engine=_env("TRANSFORM_ENGINE", "duckdb"),
             spark_master=_env("SPARK_MASTER", "local[2]"),
             spark_remote=_env("SPARK_REMOTE"),
+            claims_dir=_env("CLAIMS_DIR"),
         )
         values.update(overrides)
         # Every path absolute, read or passed in: the inbox index and the manifests key files by
         # path, so `inbox` and `/abs/inbox` must be one and the same.
-        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir"):
+        for name in ("inbox_dir", "warehouse_path", "mlflow_artifacts_dir", "claims_dir"):
             if values[name] is not None:
                 values[name] = Path(values[name]).resolve()  # type: ignore[arg-type]
         values["transform_engine"] = str(values["transform_engine"]).lower()

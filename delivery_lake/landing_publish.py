@@ -71,17 +71,24 @@ class PartitionWriter:
         results = self._results(targets, counts)
         digests = {side.staged: self._digests(side.staged) for side in SIDE_ZONES}
         existing = {side.zone: self._existing(side.zone, results) for side in SIDE_ZONES}
+        claims = self.lake.claims()
         out = []
         for key, res in results.items():
-            path = manifest_path(self.lake, self.table.name, res.date, res.client)
-            old = self.lake.read_json(path) or {}
-            manifest: dict[str, Any] = {}
-            for side in SIDE_ZONES:
-                self._publish_side(side, res, key, digests[side.staged], old, existing[side.zone], manifest)
-            if res.client != UNASSIGNED_CLIENT:
-                self._publish_data(res, key, old, manifest)
-            manifest |= self._manifest_counts(res, old)
-            self.lake.write_json(path, manifest)
+            # One writer at a time per partition, across processes and workers: the manifest
+            # read here and the objects published below stay one consistent set (claims.py).
+            # `existing` was listed before the claim: a writer that changed the partition since
+            # landed the same files (the same objects) unless the inbox changed in between, and
+            # then the next landing of the partition sets it right.
+            with claims.hold("landing", self.table.name, res.date, res.client):
+                path = manifest_path(self.lake, self.table.name, res.date, res.client)
+                old = self.lake.read_json(path) or {}
+                manifest: dict[str, Any] = {}
+                for side in SIDE_ZONES:
+                    self._publish_side(side, res, key, digests[side.staged], old, existing[side.zone], manifest)
+                if res.client != UNASSIGNED_CLIENT:
+                    self._publish_data(res, key, old, manifest)
+                manifest |= self._manifest_counts(res, old)
+                self.lake.write_json(path, manifest)
             out.append(res)
         return out
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from delivery_lake.claims import Claims
 from delivery_lake.config import Settings
 
 if TYPE_CHECKING:
@@ -128,6 +129,15 @@ class Lake:
         """Declaration of a curated table built outside the SQL project (e.g. model scores),
         so the warehouse loads it like a model's table."""
         return self.meta_path("warehouse", "external", f"{table}.json")
+
+    def claims(self) -> Claims:
+        """Where writers of this lake claim a partition before publishing it (delivery_lake.claims)."""
+        if self.settings is not None and self.settings.claims_dir is not None:
+            return Claims(self.settings.claims_dir)
+        if not self.is_s3:
+            return Claims(Path(self.root) / "_meta" / "claims")
+        # S3 has no lock: a local folder, which guards the workers of this machine only.
+        return Claims((self.settings.data_dir if self.settings else Path.cwd()) / "claims")
 
     def glob(self, pattern: str) -> list[str]:
         """Paths matching `pattern` (`**` spans folders), sorted."""

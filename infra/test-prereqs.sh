@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `make test` needs from the machine beyond the virtualenv: Debian's Chromium (the browser
-# tests; Playwright cannot download browsers here) and the machine's PostgreSQL on 127.0.0.1:5432
-# (the production-profile tests). Installs or starts what it may, and says in one line what it
+# tests; Playwright cannot download browsers here), the machine's PostgreSQL on 127.0.0.1:5432
+# (the production-profile tests) and Redis on 127.0.0.1:6379 (the Celery workers' broker in
+# tests/test_workers.py, the answer cache in tests/test_service.py). Installs or starts what it may, and says in one line what it
 # cannot, before any test runs. Never stops anything.
 set -uo pipefail
 
@@ -29,5 +30,14 @@ if command -v pg_isready >/dev/null; then
   fi
 else
   echo "test prerequisites: no PostgreSQL client tools (pg_isready): the production-profile tests need PostgreSQL on 127.0.0.1:5432"
+fi
+if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  :
+elif command -v redis-server >/dev/null; then
+  echo "test prerequisites: starting redis-server on 127.0.0.1:6379 for the workers tests"
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null 2>&1 \
+    || echo "test prerequisites: could not start redis-server: the workers tests will fail"
+else
+  echo "test prerequisites: no Redis on 127.0.0.1:6379 and no redis-server (apt-get install redis-server): the workers tests will fail"
 fi
 exit 0
