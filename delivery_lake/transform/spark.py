@@ -97,9 +97,11 @@ def spark_session(settings: Settings) -> SparkSession:
                 .config("spark.sql.session.timeZone", "UTC")
                 # client ids must stay strings, whatever they look like; `date` is cast as declared.
                 .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-                # DuckDB's semantics where a model relies on them: integer division by zero is
-                # null, not an error; a failed cast is an error either way (no try_cast is implied).
-                .config("spark.sql.ansi.enabled", "false")
+                # ANSI mode (Spark 4's default), kept on purpose: where the dialects' edge cases
+                # differ (a failed cast raises in DuckDB and is null in Spark without ANSI; a
+                # division by zero is inf in DuckDB 2), Spark raises instead of writing a quiet
+                # null into a mart. The models never reach those cases on lake data.
+                .config("spark.sql.ansi.enabled", "true")
                 .getOrCreate()
             )
             if not settings.spark_remote:
