@@ -372,6 +372,8 @@ class Runner:
         except PySparkException as exc:
             # Spark's message carries the whole plan after its first line
             raise ModelError(f"{m.path}: on Spark: {spark_error(exc)}") from None
+        finally:
+            build.close()
         cols = ", ".join(f"CAST({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in m.columns)
         return f"SELECT {cols} FROM __spark_out"
 

@@ -16,6 +16,7 @@ pyspark is imported only here, and only when the engine is asked for.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-_SESSION: SparkSession | None = None
+_SESSIONS: dict[str, SparkSession] = {}
 _LOCK = threading.Lock()
 
 # DuckDB column types of the models (Project.columns) and the Spark type each one is built as.
@@ -55,6 +56,20 @@ _SPARK_TYPES = {
 }
 
 
+# Set on every session a build uses (a Spark Connect session starts from the server's defaults).
+SESSION_CONF = {
+    # Timestamps are UTC in the lake; a session in the machine's zone would shift dates.
+    "spark.sql.session.timeZone": "UTC",
+    # client ids must stay strings, whatever they look like; `date` is cast as declared.
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    # ANSI mode (Spark 4's default), kept on purpose: where the dialects' edge cases differ (a
+    # failed cast raises in DuckDB and is null in Spark without ANSI; a division by zero is inf
+    # in DuckDB 2), Spark raises instead of writing a quiet null into a mart. The models never
+    # reach those cases on lake data.
+    "spark.sql.ansi.enabled": "true",
+}
+
+
 def spark_type(duckdb_type: str) -> str:
     t = duckdb_type.upper()
     if t.startswith("DECIMAL"):
@@ -68,11 +83,13 @@ def spark_type(duckdb_type: str) -> str:
 
 
 def spark_session(settings: Settings) -> SparkSession:
-    """The process's Spark session: local mode on SPARK_MASTER, or a cluster through Spark
-    Connect when SPARK_REMOTE is set. Started on first use (a JVM start costs seconds)."""
-    global _SESSION
+    """The process's Spark session for `settings`: local mode on SPARK_MASTER, or a cluster
+    through Spark Connect when SPARK_REMOTE is set. Started on first use (a JVM start costs
+    seconds) and kept for the process."""
+    where = settings.spark_remote or settings.spark_master
     with _LOCK:
-        if _SESSION is None:
+        if where not in _SESSIONS:
+            from pyspark.errors import PySparkRuntimeError
             from pyspark.sql import SparkSession
 
             builder: Any = SparkSession.builder.appName("delivery_lake")
@@ -91,30 +108,32 @@ def spark_session(settings: Settings) -> SparkSession:
                     .config("spark.sql.shuffle.partitions", str(max(2, 2 * settings.duckdb_threads)))
                     .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                 )
-            _SESSION = (
-                builder
-                # Timestamps are UTC in the lake; a session in the machine's zone would shift dates.
-                .config("spark.sql.session.timeZone", "UTC")
-                # client ids must stay strings, whatever they look like; `date` is cast as declared.
-                .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-                # ANSI mode (Spark 4's default), kept on purpose: where the dialects' edge cases
-                # differ (a failed cast raises in DuckDB and is null in Spark without ANSI; a
-                # division by zero is inf in DuckDB 2), Spark raises instead of writing a quiet
-                # null into a mart. The models never reach those cases on lake data.
-                .config("spark.sql.ansi.enabled", "true")
-                .getOrCreate()
-            )
-            if not settings.spark_remote:
-                _SESSION.sparkContext.setLogLevel("ERROR")
-        return _SESSION
+            for key, value in SESSION_CONF.items():
+                builder = builder.config(key, value)
+            try:
+                session = _SESSIONS[where] = builder.getOrCreate()
+            except PySparkRuntimeError as exc:
+                if "SESSION_ALREADY_EXIST" not in str(exc):
+                    raise
+                # PySpark holds one kind of session per process
+                raise ModelError(
+                    "a process that has run models on local Spark cannot switch to SPARK_REMOTE "
+                    "(or back): start a new process"
+                ) from None
+            if settings.spark_remote:
+                # A Spark Connect client left open hangs the interpreter's exit (grpc's channel
+                # close, from the session's __del__): closed explicitly instead.
+                atexit.register(stop_spark)
+            else:
+                session.sparkContext.setLogLevel("ERROR")
+        return _SESSIONS[where]
 
 
 def stop_spark() -> None:
-    global _SESSION
+    """Stop every session this process started."""
     with _LOCK:
-        if _SESSION is not None:
-            _SESSION.stop()
-            _SESSION = None
+        while _SESSIONS:
+            _SESSIONS.popitem()[1].stop()
 
 
 def spark_error(exc: BaseException) -> str:
@@ -240,9 +259,18 @@ class SparkBuild:
 
     def __init__(self, spark: SparkSession, con: duckdb.DuckDBPyConnection):
         self.con = con
-        # Spark Connect sessions are made per client; a local session shares its context.
-        self.spark = spark.newSession() if hasattr(spark, "sparkContext") else spark
+        # A session of its own: temp views are per session, and models build side by side.
+        self.spark = spark.newSession()
+        self.remote = type(spark).__module__.startswith("pyspark.sql.connect")
+        for key, value in SESSION_CONF.items():
+            self.spark.conf.set(key, value)
         self.views: set[str] = set()
+
+    def close(self) -> None:
+        """End the build's session on a Spark Connect server (its views and cached plans). A
+        local session shares the process's context, which must stay up: nothing to do."""
+        if self.remote:
+            self.spark.stop()
 
     def _name(self, kind: str) -> str:
         return f"__{kind}_{next(self._ids)}"
