@@ -86,6 +86,8 @@ def lakes(tmp_path_factory: pytest.TempPathFactory, dirty_export: Path, project:
         assert not [r.model for r in results if r.skipped]
         lake = Lake.from_settings(s)
         assert (lake.read_json(lake.build_manifest("curated", "dim_clients")) or {})["engine"] == s.transform_engine
+        # what Spark staged for the publisher is gone once published
+        assert not [p for p in lake.glob(lake.meta_path("staging") + "/**") if not lake.fs.isdir(p)]
     return both
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -347,13 +348,16 @@ class Runner:
                 reads.define(con, v.name, v.compiled_sql or "")
         return reads
 
-    def _on_spark(self, con: duckdb.DuckDBPyConnection, m: Model, reads: _Reads, dates: list[str]) -> str:
-        """Run the model on Spark over the views `_prepare` defined; its rows come back as Arrow
-        for the publisher. Returns the DuckDB query over them, cast to the model's column types
-        (Spark's sums and counts are BIGINT where DuckDB's may be HUGEINT, and so on)."""
+    def _on_spark(self, con: duckdb.DuckDBPyConnection, m: Model, reads: _Reads, dates: list[str], stage: str) -> str:
+        """Run the model on Spark over the views `_prepare` defined, writing its rows as Parquet
+        under `stage` (a folder of the lake, which a cluster reaches too): the rows never pass
+        through one process's memory, as collecting them would make them (a 30-day refresh of
+        700,000 deliveries lost its result in a 1 GB driver). Returns the DuckDB query the
+        publisher reads them with, cast to the model's column types (Spark's sums and counts
+        are BIGINT where DuckDB's may be HUGEINT, and so on)."""
         from pyspark.errors import PySparkException
 
-        from delivery_lake.transform.spark import SparkBuild, spark_error, spark_session
+        from delivery_lake.transform.spark import SparkBuild, spark_error, spark_session, spark_uri
 
         assert self.settings is not None
         build = SparkBuild(spark_session(self.settings), con)
@@ -366,7 +370,7 @@ class Runner:
             frame = build.python_frame(m) if m.language == "python" else build.query(m.compiled_sql or "")
             if m.is_partitioned:
                 frame = frame.where(frame[m.partition_by or ""].isin([date.fromisoformat(d) for d in dates]))
-            con.register("__spark_out", frame.toArrow())
+            frame.write.parquet(spark_uri(self.lake.uri(stage)))
         except ModelError as exc:  # a DuckDB form the transpile step does not know
             raise ModelError(f"{m.path}: on Spark: {exc}") from None
         except PySparkException as exc:
@@ -374,8 +378,10 @@ class Runner:
             raise ModelError(f"{m.path}: on Spark: {spark_error(exc)}") from None
         finally:
             build.close()
+        if not self.lake.glob(f"{stage}/*.parquet"):
+            return empty_sql(m.columns)
         cols = ", ".join(f"CAST({quote(c.name)} AS {c.type}) AS {quote(c.name)}" for c in m.columns)
-        return f"SELECT {cols} FROM __spark_out"
+        return f"SELECT {cols} FROM read_parquet({lit(self.lake.uri(stage) + '/*.parquet')})"
 
     # -- builds
     def build_model(self, name: str, dates: Iterable[str] | None = None, full_refresh: bool = False) -> ModelResult:
@@ -414,6 +420,8 @@ class Runner:
                 result.seconds = round(time.monotonic() - started, 3)
                 return result
         con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
+        # where Spark writes the rows before they are published (removed once they are)
+        spark_stage = self.lake.meta_path("staging", "spark", f"{name}-{uuid.uuid4().hex}")
         try:
             reads = self._prepare(con, m, wanted)
             result.excluded, result.served_last_good, result.parents_found = (
@@ -423,7 +431,7 @@ class Runner:
             )
             result.held_cells = [c for d in (wanted if m.is_partitioned else [None]) for c in reads.held_at(d)]
             if self._on_spark_engine:
-                query = self._on_spark(con, m, reads, wanted)
+                query = self._on_spark(con, m, reads, wanted, spark_stage)
             elif m.language == "python":
                 con.register("__model_arrow", ArrowStream(run_python_model(m, con)))
                 query = "SELECT * FROM __model_arrow"
@@ -460,6 +468,8 @@ class Runner:
             raise ModelError(f"{m.path}: {exc}") from None
         finally:
             con.close()
+            if self._on_spark_engine:
+                self.lake.delete(spark_stage, recursive=True)
         result.dates = list(wanted) if m.is_partitioned else [None]
         result.rows = result.rows or sum(result.rows_by_date.values())
         result.seconds = round(time.monotonic() - started, 3)

@@ -67,6 +67,9 @@ SESSION_CONF = {
     # in DuckDB 2), Spark raises instead of writing a quiet null into a mart. The models never
     # reach those cases on lake data.
     "spark.sql.ansi.enabled": "true",
+    # the rows a build stages for the publisher: timestamps as Parquet's UTC microseconds, which
+    # DuckDB reads as TIMESTAMP WITH TIME ZONE (Spark's default INT96 reads as a naive TIMESTAMP)
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
 }
 
 
