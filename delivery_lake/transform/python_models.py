@@ -35,11 +35,7 @@ class ArrowStream:
 
 def load_python_model(m: Model) -> ModuleType:
     """The model file as a module (loaded by path: dbt_like_sql/ is not a package)."""
-    return load_model_file(str(m.path), m.name)
-
-
-def load_model_file(path: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"dbt_like_sql_{name}", path)
+    spec = importlib.util.spec_from_file_location(f"dbt_like_sql_{m.name}", m.path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

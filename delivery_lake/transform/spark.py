@@ -23,6 +23,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from itertools import count
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import sqlglot
@@ -30,7 +32,7 @@ from sqlglot import exp
 
 from delivery_lake.config import Settings
 from delivery_lake.transform.base import Model, ModelError, quote, source_view
-from delivery_lake.transform.python_models import call_python_model, load_model_file, load_python_model
+from delivery_lake.transform.python_models import call_python_model, load_python_model
 
 if TYPE_CHECKING:
     import duckdb
@@ -366,17 +368,21 @@ def _arrow_schema(ddl: str) -> pa.Schema:
 
 
 def _row_wise(m: Model) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    # Only plain values go into the closure: Spark pickles it to its Python workers.
-    path, name = str(m.path), m.name
+    # Only plain values go into the closure: Spark pickles it to its Python workers. The model's
+    # source travels with it, so a cluster's workers need the project's library installed, not
+    # this checkout at the same path.
+    path, name, source = str(m.path), m.name, Path(m.path).read_text()
     target = _arrow_schema(", ".join(f"`{c.name}` {spark_type(c.type)}" for c in m.columns))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # In a Spark Python worker: the model file is loaded there, by path, and called on
+        # In a Spark Python worker: the model is loaded there from its source and called on
         # each batch as if the batch were its whole input. Polars' Arrow (large strings,
         # string views) is cast to what Spark declared.
         import polars as pl
 
-        module = load_model_file(path, name)
+        module = ModuleType(f"dbt_like_sql_{name}")
+        module.__file__ = path
+        exec(compile(source, path, "exec"), module.__dict__)
         for batch in batches:
             frame = pl.DataFrame(batch).lazy()
             out = module.model(lambda _name, f=frame: f, lambda _schema, _table, f=frame: f)
