@@ -24,6 +24,7 @@ from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner
 from delivery_lake.transform.base import Model, ModelError
 from delivery_lake.transform.spark import to_spark_sql
+from delivery_lake.warehouse.reader import open_reader
 from tests.helpers import START, inbox_with_an_order_moved_back, land_all
 
 DAYS = [f"2026-01-{d:02d}" for d in range(START.day, START.day + 5)]
@@ -208,6 +209,14 @@ def test_spark_remote_builds_the_same_marts_on_a_spark_connect_server(
     assert (lake.read_json(lake.build_manifest("curated", "fct_deliveries", DAYS[0])) or {})["engine"] == "spark"
     for m in project.materialized():
         assert_same_mart(_frame(lakes.duckdb, m), _frame(remote, m), m)
+    # `build` refreshed the warehouse from what Spark built, as it does from DuckDB's marts
+    con = open_reader(remote.warehouse_path)
+    try:
+        loaded = con.execute("SELECT count(*), count(DISTINCT delivery_id) FROM fct_deliveries").fetchall()
+    finally:
+        con.close()
+    rows = _frame(lakes.duckdb, project["fct_deliveries"]).height
+    assert loaded == [(rows, rows)]
 
 
 @pytest.mark.spark
