@@ -40,4 +40,7 @@ elif command -v redis-server >/dev/null; then
 else
   echo "test prerequisites: no Redis on 127.0.0.1:6379 and no redis-server (apt-get install redis-server): the workers tests will fail"
 fi
+if ! command -v java >/dev/null; then
+  echo "test prerequisites: no java on PATH: the Spark tests (tests/test_spark.py) need a Java 17+ runtime (apt-get install openjdk-17-jre-headless)"
+fi
 exit 0
