@@ -352,7 +352,7 @@ class Runner:
         """Run the model on Spark over the views `_prepare` defined, writing its rows as Parquet
         under `stage` (a folder of the lake, which a cluster reaches too): the rows never pass
         through one process's memory, as collecting them would make them (a 30-day refresh of
-        700,000 deliveries lost its result in a 1 GB driver). Returns the DuckDB query the
+        891,379 deliveries lost its result in a 1 GB driver). Returns the DuckDB query the
         publisher reads them with, cast to the model's column types (Spark's sums and counts
         are BIGINT where DuckDB's may be HUGEINT, and so on)."""
         from pyspark.errors import PySparkException
@@ -496,7 +496,8 @@ class Runner:
                 "parents_found": result.parents_found,
                 "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
                 "inputs": result.inputs,
-                # which engine computed the rows (TRANSFORM_ENGINE); the file is the same either way
+                # which engine computed the rows (TRANSFORM_ENGINE): the same rows either way, floats to
+                # the rounding the model declares (tests/test_spark.py)
                 "engine": "spark" if self._on_spark_engine else "duckdb",
             },
         )
