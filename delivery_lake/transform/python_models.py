@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -33,12 +33,14 @@ class ArrowStream:
         return self.frame.__arrow_c_stream__(requested_schema)
 
 
-def load_python_model(m: Model) -> ModuleType:
-    """The model file as a module (loaded by path: dbt_like_sql/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"dbt_like_sql_{m.name}", m.path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_python_model(m: Model, source: str | None = None) -> ModuleType:
+    """The model file as a module, compiled from its source: read from the file, or given (Spark's
+    Python workers get it with the task, not a path into this checkout). dbt_like_sql/ is not a
+    package, so nothing is imported by name."""
+    module = ModuleType(f"dbt_like_sql_{m.name}")
+    module.__file__ = str(m.path)
+    code = source if source is not None else Path(m.path).read_text()
+    exec(compile(code, str(m.path), "exec"), module.__dict__)
     return module
 
 

@@ -71,12 +71,10 @@ class _Reads:
     served_last_good: dict[str, list[list[str | None]]] = field(default_factory=dict)
     parents_found: dict[str, list[list[str]]] = field(default_factory=dict)
     held: set[HeldCell] = field(default_factory=set)
-    # Raw fact -> the (date, client, file) it reads and the SQL of its view, which a parent
-    # lookup widens.
+    # Raw fact -> the (date, client, file) it reads.
     files: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
-    views: dict[str, str] = field(default_factory=dict)
-    # Every temp view the build defined, in order: its DuckDB SQL, or the Python model behind
-    # it. Another engine mirrors these (transform/spark.py).
+    # Every temp view the build defined, in order: its DuckDB SQL (a raw fact's is widened by a
+    # parent lookup), or the Python model behind it. Another engine mirrors these (spark.py).
     defs: dict[str, str | Model] = field(default_factory=dict)
 
     def define(self, con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
@@ -295,8 +293,8 @@ class Runner:
                 extra = self._files_sql(
                     link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})"
                 )
-                reads.views[link.parent] = f"{reads.views[link.parent]} UNION ALL {extra}"
-                reads.define(con, source_view("raw", link.parent), reads.views[link.parent])
+                view = source_view("raw", link.parent)
+                reads.define(con, view, f"{reads.defs[view]} UNION ALL {extra}")
         reason = f"parent unavailable: {source_key('raw', link.parent)}"
         for d, c, n in con.execute(
             f"SELECT d, client_id, count(*) FROM {missing} ANTI JOIN {found} USING (k) GROUP BY ALL"
@@ -330,7 +328,7 @@ class Runner:
                     lookbacks.get(key, 0) == 0
                 ):  # a blocked partition read at an earlier date is the child check's business
                     reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
-                sql = reads.views[table] = self._files_sql(table, [f for *_, f in files])
+                sql = self._files_sql(table, [f for *_, f in files])
             reads.define(con, source_view(schema, table), sql)
         for r in refs:
             reads.define(con, r, self._curated_sql(self.project[r], window(r), reads))

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import sqlglot
@@ -368,25 +367,27 @@ def _arrow_schema(ddl: str) -> pa.Schema:
 
 
 def _row_wise(m: Model) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    # Only plain values go into the closure: Spark pickles it to its Python workers. The model's
-    # source travels with it, so a cluster's workers need the project's library installed, not
-    # this checkout at the same path.
-    path, name, source = str(m.path), m.name, Path(m.path).read_text()
+    # Spark pickles the closure to its Python workers. The model's source travels with it, so a
+    # cluster's workers need the project's library installed, not this checkout at the same path.
+    code = Path(m.path).read_text()
     target = _arrow_schema(", ".join(f"`{c.name}` {spark_type(c.type)}" for c in m.columns))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # In a Spark Python worker: the model is loaded there from its source and called on
-        # each batch as if the batch were its whole input. Polars' Arrow (large strings,
-        # string views) is cast to what Spark declared.
+        # In a Spark Python worker: the model is called on each batch as if the batch were its
+        # whole input. Polars' Arrow (large strings, string views) is cast to what Spark declared.
         import polars as pl
 
-        module = ModuleType(f"dbt_like_sql_{name}")
-        module.__file__ = path
-        exec(compile(source, path, "exec"), module.__dict__)
+        module = load_python_model(m, code)
         for batch in batches:
             frame = pl.DataFrame(batch).lazy()
-            out = module.model(lambda _name, f=frame: f, lambda _schema, _table, f=frame: f)
-            out = out.collect() if isinstance(out, pl.LazyFrame) else out
+
+            def ref(_name: str, f: pl.LazyFrame = frame) -> pl.LazyFrame:
+                return f
+
+            def src(_schema: str, _table: str, f: pl.LazyFrame = frame) -> pl.LazyFrame:
+                return f
+
+            out = call_python_model(module, m, ref, src)
             yield from out.to_arrow().cast(target).to_batches()
 
     return run
