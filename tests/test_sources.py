@@ -579,3 +579,132 @@ def test_olist_end_to_end_through_run(tmp_path: Path, run_cli: Any) -> None:
     run = c.get_run(versions[0].run_id)
     assert int(run.data.params["n_train"]) > 1000
     assert "distance_km" in run.data.params["features_without_values"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps without a declared format (synthetic sources: our generated orders under foreign names)
+
+
+def _renamed_orders_source(tmp_path: Path, timezone: str, created: dict[int, str]) -> tuple[Path, Path]:
+    """An inbox with generated dimensions and one day of generated orders as a foreign file (every
+    column `ext_<name>`), the `created_at` of the records at the given 0-based positions replaced;
+    and a mapping of it (renames only, no `format`) in the source's time zone."""
+    from datetime import date
+
+    from delivery_lake.generator import generate
+
+    inbox = tmp_path / "inbox"
+    generate(
+        inbox, start=date(2025, 6, 1), days=1, clients=1, orders_per_day=40, seed=3, dirty_rate=0.0, progress=False
+    )
+    [native] = (inbox / "orders").glob("*.csv")
+    with open(native, newline="") as fh:
+        orders = list(csv.DictReader(fh))
+    for feed in FACTS:  # the facts arrive through the mapping only
+        for f in (inbox / feed.name).glob("*.csv"):
+            f.unlink()
+    for i, text in created.items():
+        orders[i]["created_at"] = text
+        orders[i]["promised_by"] = "2025-06-09T00:00:00Z"  # after every created_at here
+    folder = inbox / "sources" / "renamed"
+    folder.mkdir(parents=True)
+    with open(inbox / "clients" / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    (inbox / "clients" / "clients.csv").unlink()  # the export carries its clients
+    for name, rows in (("orders.csv", orders), ("clients.csv", clients)):
+        with open(folder / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[f"ext_{k}" for k in rows[0]], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({f"ext_{k}": v for k, v in r.items()} for r in rows)
+    lines = ["source: renamed", f"timezone: {timezone}", 'null_tokens: [""]', "trim: true"]
+    lines += ["client: {column: ext_client_id}", "feeds:"]
+    for feed, name in (("clients", "clients.csv"), ("orders", "orders.csv")):
+        lines += [f"  {feed}:", f'    from: "{name}"', "    columns:"]
+        lines += [f"      {c.name}: ext_{c.name}" for c in TABLES[feed].columns if not c.header_optional]
+    mapping = tmp_path / "renamed.yaml"
+    mapping.write_text("\n".join(lines) + "\n")
+    return inbox, mapping
+
+
+SHIFTED = {
+    0: "2025-06-01 10:00:00",  # naive: local time in the source's zone
+    1: "2025-06-01T10:00:00+02:00",  # an offset: that instant, whatever the source's zone
+    2: "2025-06-01T10:00:00Z",
+    3: " 2025-06-01 11:30:00 ",  # trimmed first
+    4: "01/06/2025 10:00",  # no declared format: not a timestamp, quarantined as sent
+}
+
+
+def test_timestamps_without_a_format_honour_offsets_and_the_source_zone(tmp_path: Path) -> None:
+    inbox, mapping = _renamed_orders_source(tmp_path, "America/Sao_Paulo", SHIFTED)
+    rendering.render(load(mapping), inbox)
+    with open(inbox / "orders" / "renamed--orders.csv", newline="") as fh:
+        rendered = {int(r["source_line"]) - 2: r["created_at"] for r in csv.DictReader(fh)}
+    # independently: zoneinfo and datetime.fromisoformat, not DuckDB
+    expected = {
+        0: _utc("2025-06-01 10:00:00", SAO_PAULO),
+        1: datetime.fromisoformat("2025-06-01T10:00:00+02:00").astimezone(UTC),
+        2: datetime(2025, 6, 1, 10, 0, tzinfo=UTC),
+        3: _utc("2025-06-01 11:30:00", SAO_PAULO),
+    }
+    assert {i: rendered[i] for i in expected} == {
+        i: t.strftime("%Y-%m-%dT%H:%M:%SZ") for i, t in expected.items()
+    }  # 13:00Z, 08:00Z (the offset was dropped before: 13:00Z), 10:00Z, 14:30Z
+    assert rendered[4] == "01/06/2025 10:00"  # as it came, for the landing to quarantine
+
+
+def test_utc_source_timestamps_land_like_our_own_feeds(tmp_path: Path) -> None:
+    """A source in UTC needs no conversion: the text goes to the landing as it came, which reads it
+    as it reads our feeds (an offset honoured, naive meaning UTC); a value that is not a timestamp
+    is quarantined with its line and the foreign record."""
+    inbox, mapping = _renamed_orders_source(tmp_path, "UTC", SHIFTED)
+    rendering.render(load(mapping), inbox)
+    with open(inbox / "sources" / "renamed" / "orders.csv", newline="") as fh:
+        foreign = list(csv.DictReader(fh))
+    lake, reports = _land(inbox, tmp_path)
+    _reconciles(lake, inbox)
+    assert reports["orders"].by_reason == {"unparseable:created_at": 1}
+    assert reports["orders"].landed == len(foreign) - 1
+    con = lake.duckdb()
+    try:
+        landed = dict(
+            con.execute(
+                f"SELECT order_id, created_at FROM read_parquet('{lake.glob_uri('raw', 'orders', True)}')"
+            ).fetchall()
+        )
+        [(line, values)] = con.execute(
+            f"SELECT _foreign_line, _foreign_values FROM read_parquet('{lake.root}/quarantine/orders/**/*.parquet')"
+        ).fetchall()
+    finally:
+        con.close()
+    ids = [r["ext_order_id"] for r in foreign]
+    expected = {
+        0: datetime(2025, 6, 1, 10, 0, tzinfo=UTC),
+        1: datetime(2025, 6, 1, 8, 0, tzinfo=UTC),
+        2: datetime(2025, 6, 1, 10, 0, tzinfo=UTC),
+        3: datetime(2025, 6, 1, 11, 30, tzinfo=UTC),
+    }
+    assert {i: landed[ids[i]].astimezone(UTC) for i in expected} == expected
+    assert line == 6  # header, then the records from line 2: the fifth record
+    assert json.loads(values)["ext_created_at"] == "01/06/2025 10:00"
+
+
+def test_render_reports_every_unreadable_file_and_leaves_nothing(tmp_path: Path) -> None:
+    """Files render side by side: two broken files are both named, and neither they nor the good
+    file leave anything in the inbox (the outputs appear together or not at all)."""
+    inbox, mapping_path = _renamed_orders_source(tmp_path, "UTC", {})
+    folder = inbox / "sources" / "renamed"
+    good = (folder / "orders.csv").read_text().splitlines(keepends=True)
+    for name, bad_record in (("orders-b.csv", 5), ("orders-c.csv", 9)):
+        lines = list(good)
+        lines[bad_record - 1] = lines[bad_record - 1].rstrip("\n") + ",one field too many\n"
+        (folder / name).write_text("".join(lines))
+    text = mapping_path.read_text().replace('from: "orders.csv"', 'from: "orders*.csv"')
+    mapping_path.write_text(text)
+    with pytest.raises(MappingError) as err:
+        rendering.render(load(mapping_path), inbox)
+    message = str(err.value)
+    assert f"{folder / 'orders-b.csv'}: record 5 (header = 1) has more fields" in message
+    assert f"{folder / 'orders-c.csv'}: record 9 (header = 1) has more fields" in message
+    assert list((inbox / "orders").glob("*")) == []
+    assert not (folder / rendering.RENDERED).exists()
