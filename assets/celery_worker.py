@@ -5,9 +5,8 @@ environment (assets.workers.CeleryConfig) and imports the project and Great Expe
 so every pool process forks with them loaded instead of paying the import tree per step.
 """
 
-import great_expectations  # noqa: F401  (preloaded for the check steps, see above)
-
 import assets.definitions  # noqa: F401  (the code every step is loaded from)
+import delivery_lake.gx_import  # noqa: F401  (GX, preloaded for the check steps, see above)
 from assets.workers import worker_app
 
 app = worker_app()

@@ -32,7 +32,7 @@ AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
 # each step paying a fresh interpreter and the import tree (measured: 5-10 s a step, 14 steps
 # in a landing run). Still a process per step, so a step that dies takes only itself down.
 FORKSERVER_EXECUTOR = dg.multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": ["assets.definitions", "great_expectations"]}}},
+    {"start_method": {"forkserver": {"preload_modules": ["assets.definitions", "delivery_lake.gx_import"]}}},
     name="forkserver_executor",
 )
 EXECUTORS = ("multiprocess", "celery")

@@ -42,7 +42,7 @@ def record(
 
 
 def statuses(lake: Lake, table: str) -> list[dict[str, Any]]:
-    return [lake.read_json(p) for p in lake.glob(lake.meta_path("quality", table) + "/**/*.json")]
+    return lake.read_jsons(lake.glob(lake.meta_path("quality", table) + "/**/*.json"))
 
 
 def blocked_partitions(lake: Lake, table: str) -> set[tuple[str | None, str | None]]:

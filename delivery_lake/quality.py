@@ -91,6 +91,14 @@ ROW_RULE_BASES = ("ColumnMapExpectation", "ColumnPairMapExpectation", "Multicolu
 _CONTEXTS: dict[tuple[str, ...], tuple[Any, dict[str, Any]]] = {}
 
 
+def _great_expectations() -> Any:
+    """The GX module, imported the way delivery_lake.gx_import does it. A call, not an import
+    statement, so that no import sorter can move a `great_expectations` import above it."""
+    from delivery_lake.gx_import import gx
+
+    return gx
+
+
 class SuiteError(ValueError):
     pass
 
@@ -315,7 +323,7 @@ class Quality:
         # GX keeps the newest context as the process's current project, and a checkpoint of an
         # older one then reads the newer one's stores: keep only the newest.
         _CONTEXTS.clear()
-        import great_expectations as gx
+        gx = _great_expectations()  # before any `great_expectations` import (delivery_lake.gx_import)
         from great_expectations.data_context.types.base import (
             DataContextConfig,
             InMemoryStoreBackendDefaults,
@@ -348,6 +356,7 @@ class Quality:
         return self._ctx
 
     def _add_suite(self, doc: dict[str, Any], path: Path, row_rules: bool) -> Any:
+        _great_expectations()  # first, as in context()
         from great_expectations.core.expectation_suite import ExpectationSuite
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -381,8 +390,7 @@ class Quality:
 
     def checkpoint(self, suite: str, index_column: str) -> Any:
         if suite not in self._checkpoints:
-            import great_expectations as gx
-
+            gx = _great_expectations()
             ctx = self.context()
             # Found again rather than added when this process's context already holds them (a check
             # that failed half-way through creating them, a Quality built while another ran).
@@ -413,8 +421,7 @@ class Quality:
         return self._checkpoints[suite]
 
     def _run(self, suite: str, index_column: str, df: Any, params: dict[str, Any], run_name: str) -> tuple[Any, Any]:
-        import great_expectations as gx
-
+        gx = _great_expectations()
         result = self.checkpoint(suite, index_column).run(
             batch_parameters={"dataframe": df},
             expectation_parameters=params,

@@ -180,10 +180,24 @@ class Lake:
 
     def read_json(self, path: str, default: Any = None) -> Any:
         try:
-            with self.fs.open(path, "rb") if self.is_s3 else open(path, "rb") as fh:
+            if self.is_s3:
+                return json.loads(self.fs.cat_file(path))  # one GET (opening a file first asks its size)
+            with open(path, "rb") as fh:
                 return json.loads(fh.read())
         except FileNotFoundError:
             return default
+
+    def read_jsons(self, paths: list[str]) -> list[Any]:
+        """`read_json` of each path (None where missing), in order. On S3 the files are fetched
+        in one batch of concurrent GETs: status pages and manifests are read by the hundred,
+        and one at a time each paid a HEAD and a GET in turn (0.9 s for 131 of them)."""
+        if not self.is_s3:
+            return [self.read_json(p) for p in paths]
+        if not paths:
+            return []
+        found = self.fs.cat(list(dict.fromkeys(paths)), on_error="omit")
+        by_path = {self.fs._strip_protocol(k): v for k, v in found.items()}
+        return [json.loads(by_path[p]) if p in by_path else None for p in (self.fs._strip_protocol(p) for p in paths)]
 
     def list_partitions(self, zone: str, table: str, dates: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """(date, client) pairs that hold a data file (only under `dates` when given: a day's
@@ -300,6 +314,38 @@ class Lake:
 
     def __repr__(self) -> str:
         return f"Lake({self.url!r})"
+
+
+class Mirror:
+    """Local copies of the lake files one build reads, fetched together.
+
+    DuckDB reads an S3 lake through the fsspec filesystem one file at a time, and each file
+    costs several sequential round trips (its size, its footer, its columns): a day's refresh
+    reads tens of small partitions per model, so it waited on the network, not on work (the
+    curated step of a new day took 5.0 s on SeaweedFS against 1.0 s on a local lake). A build
+    of a few dates asks for its files here instead: the ones not fetched yet are downloaded in
+    one concurrent batch into a private folder that keeps the lake's layout (so hive partition
+    values still come from the path), and DuckDB reads the copies. The folder belongs to one
+    build and goes with it, so a copy is never older than the build; a local lake is read in
+    place.
+    """
+
+    def __init__(self, lake: Lake, folder: Path):
+        self.lake, self.folder = lake, Path(folder)
+        self._local: dict[str, str] = {}
+
+    def uris(self, paths: list[str]) -> list[str]:
+        """What DuckDB should read for each lake path (a local copy on S3)."""
+        if not self.lake.is_s3:
+            return [self.lake.uri(p) for p in paths]
+        missing = list(dict.fromkeys(p for p in paths if p not in self._local))
+        if missing:
+            targets = [str(self.folder / p) for p in missing]
+            for t in {str(Path(t).parent) for t in targets}:
+                Path(t).mkdir(parents=True, exist_ok=True)
+            self.lake.fs.get(missing, targets)  # s3fs: one batch of concurrent GETs
+            self._local.update(zip(missing, targets, strict=True))
+        return [self._local[p] for p in paths]
 
 
 def configure_duckdb(con: duckdb.DuckDBPyConnection, settings: Settings | None) -> None:

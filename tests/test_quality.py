@@ -7,6 +7,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -372,3 +374,24 @@ def test_freshness_policy_on_raw_facts_and_partitioned_marts_only() -> None:
     # the superseded last-update checks and their sensor are gone
     assert not [c for c in defs.resolve_asset_graph().asset_check_keys if c.name == "freshness_check"]
     assert "freshness_checks_sensor" not in {s.name for s in defs.sensors or []}
+
+
+def test_gx_imports_without_the_engines_it_is_not_asked_for(tmp_path: Path) -> None:
+    """A check's GX context is built without importing pyspark or Google Cloud (in a fresh
+    interpreter: the test process may have imported GX already), and both stay importable."""
+    code = (
+        "import sys\n"
+        "from delivery_lake.config import Settings\n"
+        "from delivery_lake.quality import Quality\n"
+        "from delivery_lake.storage import Lake\n"
+        f"settings = Settings.from_env(data_dir={str(tmp_path)!r}, lake_url={str(tmp_path / 'lake')!r})\n"
+        "ctx = Quality(Lake.from_settings(settings), settings).context()\n"
+        "print(sorted(n for n in ('pyspark', 'google.oauth2', 'google.auth') if n in sys.modules))\n"
+        "print(sorted(s.name for s in ctx.suites.all())[:1])\n"
+        "import pyspark, google.auth\n"
+        "print(pyspark.__name__, google.auth.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", f"[{sorted(suite_names())[0]!r}]", "pyspark google.auth"]
+    assert "FutureWarning" not in out.stderr  # pyspark's pandas-version warning, printed into `run`'s output

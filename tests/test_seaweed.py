@@ -182,6 +182,63 @@ def test_lake_on_s3_roundtrip(s3_settings, tmp_path: Path) -> None:
     assert lake.list_partitions("raw", "orders") == [("2024-01-02", "b")]
 
 
+def test_json_documents_are_read_in_one_batch(s3_settings) -> None:
+    """`read_jsons` gives what `read_json` gives, in order, None where a document is missing."""
+    lake = Lake.from_settings(s3_settings)
+    paths = [lake.meta_path("quality", "orders", f"date=2024-01-0{i}.json") for i in range(1, 5)]
+    for i, path in enumerate(paths[:3]):
+        lake.write_json(path, {"n": i, "text": "é"})
+    wanted = [paths[2], lake.meta_path("nowhere.json"), paths[0], paths[1], paths[0]]
+    assert lake.read_jsons(wanted) == [
+        {"n": 2, "text": "é"},
+        None,
+        {"n": 0, "text": "é"},
+        {"n": 1, "text": "é"},
+        {"n": 0, "text": "é"},
+    ]
+    assert lake.read_jsons(wanted) == [lake.read_json(p) for p in wanted]
+    assert lake.read_jsons([]) == []
+
+
+def test_a_builds_copies_keep_the_layout_and_are_fetched_once(s3_settings, tmp_path: Path) -> None:
+    """storage.Mirror: the files a build reads, fetched together, byte for byte, under the lake's
+    layout (DuckDB still reads hive partition values from the path); asked again, not refetched."""
+    from delivery_lake.storage import Mirror
+
+    lake = Lake.from_settings(s3_settings)
+    local = tmp_path / "part.parquet"
+    pq.write_table(_table(), local)
+    paths = [lake.data_file("raw", "orders", d, c) for d, c in [("2024-01-01", "a"), ("2024-01-02", "b")]]
+    for path in paths:
+        lake.publish_file(local, path)
+    fetched: list[list[str]] = []
+    real_get = lake.fs.get
+
+    def counting_get(rpaths: list[str], lpaths: list[str]) -> None:  # the real download, counted
+        fetched.append(list(rpaths))
+        real_get(rpaths, lpaths)
+
+    lake.fs.get = counting_get  # type: ignore[method-assign]
+    mirror = Mirror(lake, tmp_path / "copies")
+    copies = mirror.uris(paths)
+    assert fetched == [paths]
+    assert all(not c.startswith("s3://") and Path(c).read_bytes() == local.read_bytes() for c in copies)
+    assert mirror.uris([paths[1], paths[0], paths[1]]) == [copies[1], copies[0], copies[1]]
+    assert fetched == [paths]  # nothing fetched twice
+    con = lake.duckdb()
+    try:
+        by_date = con.execute(
+            f"SELECT date, client, count(*) FROM read_parquet({copies!r}, hive_partitioning=true) "
+            "GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert [(str(d), c, n) for d, c, n in by_date] == [("2024-01-01", "a", 3), ("2024-01-02", "b", 3)]
+    # a local lake is read in place
+    in_place = Lake(str(tmp_path / "lake"))
+    assert Mirror(in_place, tmp_path / "unused").uris([in_place.path("x")]) == [in_place.path("x")]
+
+
 def test_recursive_delete_of_a_prefix(s3_settings) -> None:
     lake = Lake.from_settings(s3_settings)
     for date in ("2024-01-01", "2024-01-02"):

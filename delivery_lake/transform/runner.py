@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from graphlib import CycleError, TopologicalSorter
@@ -20,7 +21,7 @@ from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, carrier_only_parent
 from delivery_lake.publish import publish_partition
-from delivery_lake.storage import Lake, staging_dir
+from delivery_lake.storage import Lake, Mirror, staging_dir
 from delivery_lake.transform.base import (
     HELD_CELLS,
     ZONE,
@@ -76,6 +77,8 @@ class _Reads:
     # Every temp view the build defined, in order: its DuckDB SQL (a raw fact's is widened by a
     # parent lookup), or the Python model behind it. Another engine mirrors these (spark.py).
     defs: dict[str, str | Model] = field(default_factory=dict)
+    # Local copies of what the build reads (an S3 lake, a build of a few dates); None: read in place.
+    mirror: Mirror | None = None
 
     def define(self, con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
         con.execute(f"CREATE OR REPLACE TEMP VIEW {quote(name)} AS {sql}")
@@ -167,7 +170,14 @@ class Runner:
             parts.append(f"{r} {doc['build_id']}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
-    def _dimension_sql(self, table: str, con: duckdb.DuckDBPyConnection) -> str:
+    def _uris(self, paths: list[str], reads: _Reads | None) -> list[str]:
+        return (
+            reads.mirror.uris(paths)
+            if reads is not None and reads.mirror is not None
+            else [self.lake.uri(p) for p in paths]
+        )
+
+    def _dimension_sql(self, table: str, con: duckdb.DuckDBPyConnection, reads: _Reads | None = None) -> str:
         if (None, None) in self.blocked(table):
             raise GateBlocked(f"raw.{table} is blocked by the quality gate; fix and re-land it first")
         path = self.lake.data_file("raw", table)
@@ -176,7 +186,7 @@ class Runner:
                 # no courier or vehicle in a lake of carrier clients only: nothing to describe
                 return empty_source_sql(table)
             raise GateBlocked(f"raw.{table} has not been landed")
-        uri = lit(self.lake.uri(path))
+        uri = lit(self._uris([path], reads)[0])
         found = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({uri})").fetchall()}
         # a file landed before a header-optional column existed reads it as empty
         cols = [
@@ -210,12 +220,12 @@ class Runner:
                 excluded.append([d, c])
         return files, served, excluded
 
-    def _files_sql(self, table: str, paths: list[str], where: str = "") -> str:
+    def _files_sql(self, table: str, paths: list[str], where: str = "", reads: _Reads | None = None) -> str:
         if not paths:
             return empty_source_sql(table)
         cols = ", ".join(quote(c) for c in TABLES[table].column_names)
         return (
-            f'SELECT {cols}, "date" FROM read_parquet([{", ".join(lit(self.lake.uri(p)) for p in paths)}], '
+            f'SELECT {cols}, "date" FROM read_parquet([{", ".join(lit(u) for u in self._uris(paths, reads))}], '
             # by name: partitions landed before a header-optional column existed read it as empty
             f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}, union_by_name = true){where}"
         )
@@ -227,7 +237,7 @@ class Runner:
                 raise ModelError(f"{m.name} has not been built yet (needed downstream); build it first")
             doc = self.lake.read_json(self.lake.build_manifest(ZONE, m.name)) or {}
             reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
-            return f"SELECT * FROM read_parquet({lit(self.lake.uri(path))})"
+            return f"SELECT * FROM read_parquet({lit(self._uris([path], reads)[0])})"
         dates = [d for d in self.lake.list_dates(ZONE, m.name) if not window or window[0] <= d <= window[1]]
         # What the gate kept out of (or served from lastgood/ to) this model's input stays on its
         # record too, and so do the cells the input held back: a reader of a held cell holds it.
@@ -240,7 +250,7 @@ class Runner:
             reads.held |= {(str(d), str(c), str(r)) for d, c, r in doc.get("held_cells") or []}
         if not dates:
             return empty_sql(m.columns)
-        files = ", ".join(lit(self.lake.uri(self.lake.data_file(ZONE, m.name, d))) for d in dates)
+        files = ", ".join(lit(u) for u in self._uris([self.lake.data_file(ZONE, m.name, d) for d in dates], reads))
         cols = ", ".join(quote(c.name) for c in m.columns)
         # The date column is inside each file; hive parsing is off so it is not read twice.
         return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
@@ -291,7 +301,7 @@ class Runner:
                 # Only the rows of the keys looked for: the rest of those partitions lies outside
                 # the lookback, and a model counting parents over its window must not see it.
                 extra = self._files_sql(
-                    link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})"
+                    link.parent, [others[p] for p in parts], f" WHERE {key} IN (SELECT k FROM {found})", reads
                 )
                 view = source_view("raw", link.parent)
                 reads.define(con, view, f"{reads.defs[view]} UNION ALL {extra}")
@@ -301,12 +311,14 @@ class Runner:
         ).fetchall():
             reads.held.add((str(d), str(c), f"{reason} ({n} row{'s' if n != 1 else ''})"))
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str]) -> _Reads:
+    def _prepare(
+        self, con: duckdb.DuckDBPyConnection, m: Model, dates: list[str], mirror: Mirror | None = None
+    ) -> _Reads:
         """The model's inputs as temp views; with `dates`, each partitioned input covers only
         those dates and its own lookback before them. Also `held_cells`: the cells of the built
         dates whose input is held back (a blocked raw partition of the date itself, a child whose
         parent is not readable, and the cells the model's refs held for the dates it reads)."""
-        reads = _Reads()
+        reads = _Reads(mirror=mirror)
         refs, sources = self.project.inputs(m.name)
         lookbacks = self.project.input_lookbacks(m.name)
 
@@ -317,7 +329,7 @@ class Runner:
         for schema, table in sources:
             key = source_key(schema, table)
             if not TABLES[table].is_fact:
-                sql = self._dimension_sql(table, con)
+                sql = self._dimension_sql(table, con, reads)
             else:
                 facts.append(table)
                 files, served, excluded = self._fact_files(table, window(key))
@@ -328,7 +340,7 @@ class Runner:
                     lookbacks.get(key, 0) == 0
                 ):  # a blocked partition read at an earlier date is the child check's business
                     reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
-                sql = self._files_sql(table, [f for *_, f in files])
+                sql = self._files_sql(table, [f for *_, f in files], reads=reads)
             reads.define(con, source_view(schema, table), sql)
         for r in refs:
             reads.define(con, r, self._curated_sql(self.project[r], window(r), reads))
@@ -420,8 +432,15 @@ class Runner:
         con = self._shared.cursor() if self._shared is not None else self.lake.duckdb()
         # where Spark writes the rows before they are published (removed once they are)
         spark_stage = self.lake.meta_path("staging", "spark", f"{name}-{uuid.uuid4().hex}")
+        copies = ExitStack()
         try:
-            reads = self._prepare(con, m, wanted)
+            # A build of a few dates on S3 reads local copies of its input (storage.Mirror); a full
+            # refresh reads in place (its files are many and large: throughput, not round trips),
+            # and so does Spark, which reads the lake itself.
+            mirror = None
+            if self.lake.is_s3 and not self._on_spark_engine and (not m.is_partitioned or len(wanted) <= 7):
+                mirror = Mirror(self.lake, copies.enter_context(staging_dir(self.settings)))
+            reads = self._prepare(con, m, wanted, mirror)
             result.excluded, result.served_last_good, result.parents_found = (
                 reads.excluded,
                 reads.served_last_good,
@@ -466,6 +485,7 @@ class Runner:
             raise ModelError(f"{m.path}: {exc}") from None
         finally:
             con.close()
+            copies.close()
             if self._on_spark_engine:
                 self.lake.delete(spark_stage, recursive=True)
         result.dates = list(wanted) if m.is_partitioned else [None]

@@ -23,7 +23,7 @@ import duckdb
 
 from delivery_lake import completeness
 from delivery_lake.sql import ident, literal
-from delivery_lake.storage import Lake
+from delivery_lake.storage import DATA_FILE, Lake
 from delivery_lake.transform import ColumnInfo, Model, Project
 
 ZONE = "curated"
@@ -48,9 +48,13 @@ class TableRefresh:
 def curated_state(lake: Lake, model: Model) -> dict[str | None, dict[str, Any]]:
     """Partition (date, or None) -> its manifest, for the partitions whose data file exists."""
     out: dict[str | None, dict[str, Any]] = {}
-    for date, manifest in lake.list_build_manifests(ZONE, model.name).items():
-        doc = lake.read_json(manifest)
-        if doc is not None and lake.exists(lake.data_file(ZONE, model.name, date)):
+    manifests = lake.list_build_manifests(ZONE, model.name)
+    # one listing of the data files rather than a HEAD per partition
+    files = set(lake.glob(lake.table_dir(ZONE, model.name) + "/**/" + DATA_FILE)) | set(
+        lake.glob(lake.data_file(ZONE, model.name))
+    )
+    for (date, _manifest), doc in zip(manifests.items(), lake.read_jsons(list(manifests.values())), strict=True):
+        if doc is not None and lake.data_file(ZONE, model.name, date) in files:
             out[date] = doc
     return out
 
