@@ -145,8 +145,9 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         if m.is_partitioned:
             # A run over a range may span dates with no data (sparse history, see
             # planning.date_blocks): nothing is built there, rather than an empty partition.
-            have = set(runner.available_dates(m.name)) | set(lake.list_dates("curated", m.name))
-            dates = [d for d in context.partition_keys if d in have]
+            keys = context.partition_keys
+            have = set(runner.available_dates(m.name, keys)) | set(runner.built_dates(m.name, keys))
+            dates = [d for d in keys if d in have]
         result = runner.build_model(m.name, dates)
         if result.up_to_date:
             context.log.info(

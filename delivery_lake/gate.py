@@ -11,6 +11,7 @@ ones, whatever the shape of the run that checked them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,10 +42,21 @@ def record(
     )
 
 
-def statuses(lake: Lake, table: str) -> list[dict[str, Any]]:
-    return lake.read_jsons(lake.glob(lake.meta_path("quality", table) + "/**/*.json"))
+def statuses(lake: Lake, table: str, dates: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The verdicts recorded for `table`: all of them, or those of `dates` (a build of a few days
+    need not read the table's whole history of verdicts)."""
+    if dates is None:
+        paths = lake.glob(lake.meta_path("quality", table) + "/**/*.json")
+    else:
+        paths = lake.glob_many(
+            [p for d in dates for p in (status_path(lake, table, d, "*"), status_path(lake, table, d))]
+        )
+    return [doc for doc in lake.read_jsons(paths) if doc is not None]
 
 
-def blocked_partitions(lake: Lake, table: str) -> set[tuple[str | None, str | None]]:
-    """(date, client) pairs whose latest blocking check failed; (date, None) blocks a whole date."""
-    return {(s.get("date"), s.get("client")) for s in statuses(lake, table) if not s.get("passed", True)}
+def blocked_partitions(
+    lake: Lake, table: str, dates: Iterable[str] | None = None
+) -> set[tuple[str | None, str | None]]:
+    """(date, client) pairs whose latest blocking check failed; (date, None) blocks a whole date.
+    Only those of `dates` when given."""
+    return {(s.get("date"), s.get("client")) for s in statuses(lake, table, dates) if not s.get("passed", True)}

@@ -63,6 +63,7 @@ class Lake:
         else:
             self.root = str(Path(url.removeprefix("file://")).resolve())
         self._fs = fs
+        self._pa_fs: Any = None  # pyarrow's S3 client, made on first use (_arrow_fs)
         self.url = url.rstrip("/")
 
     @property
@@ -147,6 +148,21 @@ class Lake:
         # standard library instead (docs/performance.md).
         return sorted(glob.glob(pattern, recursive=True))
 
+    def glob_many(self, patterns: list[str]) -> list[str]:
+        """Paths matching any of `patterns`, sorted. On S3 the listings run concurrently: a build
+        lists a table one date at a time (its lookback), and one after another each waited a round trip."""
+        if not self.is_s3 or len(patterns) < 2:
+            return sorted({p for pattern in patterns for p in self.glob(pattern)})
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        async def all_of() -> list[Any]:
+            return await asyncio.gather(*(self.fs._glob(p) for p in patterns))  # type: ignore[attr-defined]
+
+        found = sync(self.fs.loop, all_of)  # type: ignore[attr-defined]
+        return sorted({p for paths in found for p in paths})
+
     def list_external_table_specs(self) -> list[str]:
         return self.glob(self.meta_path("warehouse", "external") + "/*.json")
 
@@ -187,6 +203,56 @@ class Lake:
         except FileNotFoundError:
             return default
 
+    def read_columns(self, zone: str, table: str, columns: list[str], partitioned: bool) -> Any:
+        """`columns` of every data file of a lake table as one Arrow table (with `date` and
+        `client` as text from the path when `partitioned`); None when the table has no file.
+
+        For whole-table scans of a few columns (the checks' key snapshots). DuckDB reads an S3
+        lake through fsspec one file and one round trip at a time; pyarrow's own S3 client reads
+        the files' footers and columns concurrently: 0.04 s against 0.21-0.26 s for ten files.
+        """
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        base = self.table_dir(zone, table)
+        files = self.glob(base + ("/date=*/client=*/" if partitioned else "/") + DATA_FILE)
+        if not files:
+            return None
+        partitioning = None
+        if partitioned:
+            # declared, not inferred: a client id such as 007 must stay text
+            partitioning = ds.partitioning(pa.schema([("date", pa.string()), ("client", pa.string())]), flavor="hive")
+        dataset = ds.dataset(
+            files,
+            filesystem=self._arrow_fs(),
+            format="parquet",
+            partitioning=partitioning,
+            partition_base_dir=base if partitioned else None,
+        )
+        return dataset.to_table(columns=[*columns, *(["date", "client"] if partitioned else [])])
+
+    def _arrow_fs(self) -> Any:
+        """pyarrow's filesystem for this lake: its own S3 client (credentials from the settings
+        the lake was built with), or the local disk."""
+        import pyarrow.fs as pafs
+
+        if not self.is_s3:
+            return pafs.LocalFileSystem()
+        if self._pa_fs is not None:
+            return self._pa_fs
+        s = self.settings
+        if s is None:
+            raise StorageError("an S3 lake needs its settings to be read by pyarrow; use Lake.from_settings")
+        endpoint = s.aws_endpoint_url or ""
+        scheme, _, host = endpoint.partition("://")
+        self._pa_fs = pafs.S3FileSystem(
+            access_key=s.aws_access_key_id,
+            secret_key=s.aws_secret_access_key,
+            region=s.aws_region,
+            **({"endpoint_override": host, "scheme": scheme} if endpoint else {}),
+        )
+        return self._pa_fs
+
     def read_jsons(self, paths: list[str]) -> list[Any]:
         """`read_json` of each path (None where missing), in order. On S3 the files are fetched
         in one batch of concurrent GETs: status pages and manifests are read by the hundred,
@@ -205,9 +271,7 @@ class Lake:
         if dates is None:
             found = self.glob(self.table_dir(zone, table) + f"/date=*/client=*/{DATA_FILE}")
         else:
-            found = [
-                f for d in dates for f in self.glob(self.table_dir(zone, table) + f"/date={d}/client=*/{DATA_FILE}")
-            ]
+            found = self.glob_many([self.table_dir(zone, table) + f"/date={d}/client=*/{DATA_FILE}" for d in dates])
         out = []
         for f in found:
             parts = f.split("/")
@@ -216,8 +280,11 @@ class Lake:
 
     def list_dates(self, zone: str, table: str) -> list[str]:
         """Dates holding at least one data file (emptied folders may linger on S3 stores)."""
-        found = self.glob(self.table_dir(zone, table) + f"/date=*/**/{DATA_FILE}") + self.glob(
-            self.table_dir(zone, table) + f"/date=*/{DATA_FILE}"
+        found = self.glob_many(
+            [
+                self.table_dir(zone, table) + f"/date=*/**/{DATA_FILE}",
+                self.table_dir(zone, table) + f"/date=*/{DATA_FILE}",
+            ]
         )
         return sorted({f.split("/date=", 1)[1].split("/", 1)[0] for f in found})
 

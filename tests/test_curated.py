@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -821,3 +821,20 @@ def test_a_blocked_partition_with_a_last_good_copy_is_read_from_it(built: Built,
         assert doc["served_last_good"] == {"raw.orders": [[blocked_day, client]]}, m
         assert doc["held_cells"] == [] and "raw.orders" not in doc["excluded_partitions"], m
     assert all(curated(b.lake, m)["complete"].all() for m in ("agg_driver_daily_performance", "agg_depot_daily_load"))
+
+
+def test_dates_with_data_are_listed_only_for_the_dates_asked(built: Built) -> None:
+    """What a model step builds of its run's partition keys: the dates its raw facts have, and the
+    dates it has a file for; for a month or less of keys only those dates are listed, beyond that
+    the whole table is (both ways give the same answer)."""
+    runner = Runner(built.lake, built.project, built.settings)
+    first = date.fromisoformat(DAYS[0])
+    before, after = (first - timedelta(days=3)).isoformat(), (first + timedelta(days=20)).isoformat()
+    keys = [before, DAYS[1], after]
+    for model in ("fct_deliveries", "agg_client_daily_kpis"):
+        assert runner.available_dates(model, keys) == [DAYS[1]]
+        assert runner.built_dates(model, keys) == [DAYS[1]]
+        many = [(first + timedelta(days=k)).isoformat() for k in range(-10, 30)]  # 40 dates: whole listings
+        assert runner.available_dates(model, many) == runner.available_dates(model) == DAYS
+        assert runner.built_dates(model, many) == DAYS
+        assert runner.available_dates(model, []) == []

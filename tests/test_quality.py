@@ -153,15 +153,36 @@ def test_quarantine_ratio_blocks_few_bad_rows_pass_and_a_fix_unblocks(qs: Settin
 
 def _rewrite(lake: Lake, table: str, date: str, client: str, fn) -> None:
     path = lake.data_file("raw", table, date, client)
-    t = pq.read_table(path)
+    t = pq.read_table(path, filesystem=lake.fs)
     rows = t.to_pylist()
     fn(rows)
-    pq.write_table(t.from_pylist(rows, schema=t.schema), path)
+    pq.write_table(t.from_pylist(rows, schema=t.schema), path, filesystem=lake.fs)
 
 
-def test_orphans_and_duplicates_written_past_landing_block(qs: Settings) -> None:
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def qs_each_backend(request: pytest.FixtureRequest, qs: Settings) -> Settings:
+    """`qs` on the local folder and on SeaweedFS (where the key snapshots are read by pyarrow)."""
+    if request.param == "local":
+        return qs
+    s3: Settings = request.getfixturevalue("s3_settings")
+    return Settings.from_env(
+        data_dir=qs.data_dir,
+        lake_url=s3.lake_url,
+        inbox_dir=qs.inbox_dir,
+        aws_endpoint_url=s3.aws_endpoint_url,
+        aws_access_key_id=s3.aws_access_key_id,
+        aws_secret_access_key=s3.aws_secret_access_key,
+    )
+
+
+def test_orphans_and_duplicates_written_past_landing_block(qs_each_backend: Settings) -> None:
+    qs = qs_each_backend
     lake, _ = land(qs)
-    other = pq.read_table(lake.data_file("raw", "orders", "2026-01-05", "C001")).column("order_id").to_pylist()
+    other = (
+        pq.read_table(lake.data_file("raw", "orders", "2026-01-05", "C001"), filesystem=lake.fs)
+        .column("order_id")
+        .to_pylist()
+    )
 
     def orphan(rows: list[dict]) -> None:
         rows[0]["order_id"] = "O-NOWHERE-1"
@@ -395,3 +416,23 @@ def test_gx_imports_without_the_engines_it_is_not_asked_for(tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[]", f"[{sorted(suite_names())[0]!r}]", "pyspark google.auth"]
     assert "FutureWarning" not in out.stderr  # pyspark's pandas-version warning, printed into `run`'s output
+
+
+def test_blocked_partitions_of_some_dates_are_those_of_the_whole_table_on_them(tmp_path: Path) -> None:
+    """A build of a few days reads the verdicts of its dates only: the same answer as the whole
+    table's verdicts restricted to those dates, whole-date verdicts included."""
+    lake = Lake(str(tmp_path / "lake"))
+    verdicts = [
+        ("2026-01-05", "C001", False),
+        ("2026-01-05", "C002", True),
+        ("2026-01-06", None, False),  # the whole date
+        ("2026-01-07", "C001", False),
+        ("2026-01-09", "C003", False),
+    ]
+    for d, c, passed in verdicts:
+        gate.record(lake, "orders", passed, {}, d, c)
+    everything = gate.blocked_partitions(lake, "orders")
+    assert everything == {("2026-01-05", "C001"), ("2026-01-06", None), ("2026-01-07", "C001"), ("2026-01-09", "C003")}
+    for dates in (["2026-01-05", "2026-01-06"], ["2026-01-07", "2026-01-08"], ["2026-01-10"], []):
+        assert gate.blocked_partitions(lake, "orders", dates) == {p for p in everything if p[0] in dates}
+    assert len(gate.statuses(lake, "orders", ["2026-01-05"])) == 2

@@ -239,6 +239,27 @@ def test_a_builds_copies_keep_the_layout_and_are_fetched_once(s3_settings, tmp_p
     assert Mirror(in_place, tmp_path / "unused").uris([in_place.path("x")]) == [in_place.path("x")]
 
 
+def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(s3_settings, tmp_path: Path) -> None:
+    """Lake.read_columns (the checks' key snapshots on S3): the same rows DuckDB reads, partition
+    values as text from the path (a client id 007 is not the number 7), None for no file."""
+    lake = Lake.from_settings(s3_settings)
+    local = tmp_path / "part.parquet"
+    pq.write_table(_table(), local)
+    for d, c in [("2024-01-01", "007"), ("2024-01-02", "b")]:
+        lake.publish_file(local, lake.data_file("raw", "orders", d, c))
+    got = lake.read_columns("raw", "orders", ["order_id"], partitioned=True)
+    assert got.column_names == ["order_id", "date", "client"]
+    assert sorted(zip(*got.to_pydict().values(), strict=True)) == sorted(
+        (i, d, c) for d, c in [("2024-01-01", "007"), ("2024-01-02", "b")] for i in (1, 2, 3)
+    )
+    lake.publish_file(local, lake.data_file("raw", "clients"))
+    assert lake.read_columns("raw", "clients", ["client", "amount"], partitioned=False).to_pydict() == {
+        "client": ["a", "b", "a"],
+        "amount": [9.5, 12.0, 3.25],
+    }
+    assert lake.read_columns("raw", "deliveries", ["delivery_id"], partitioned=True) is None
+
+
 def test_recursive_delete_of_a_prefix(s3_settings) -> None:
     lake = Lake.from_settings(s3_settings)
     for date in ("2024-01-01", "2024-01-02"):

@@ -129,14 +129,41 @@ class Runner:
         days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
         return self.lake.list_partitions("raw", table, dates=days)
 
-    def blocked(self, table: str) -> set[tuple[str | None, str | None]]:
-        if table not in self._blocked:
-            self._blocked[table] = gate.blocked_partitions(self.lake, table)
+    def blocked(self, table: str, window: tuple[str, str] | None = None) -> set[tuple[str | None, str | None]]:
+        """Partitions of `table` the gate blocks: all of them, or (once the whole table has not
+        been read) those within `window` when it spans a month or less, read date by date."""
+        if table in self._blocked:
+            return self._blocked[table]
+        if window is not None:
+            first, last = (date.fromisoformat(w) for w in window)
+            if (last - first).days <= 31:
+                key = f"{table} {window[0]} {window[1]}"
+                if key not in self._blocked:
+                    days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+                    self._blocked[key] = gate.blocked_partitions(self.lake, table, days)
+                return self._blocked[key]
+        self._blocked[table] = gate.blocked_partitions(self.lake, table)
         return self._blocked[table]
 
-    def available_dates(self, model: str) -> list[str]:
-        """Dates any raw fact the model depends on has data for (what a full refresh builds)."""
-        return sorted({d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t)})
+    def available_dates(self, model: str, within: Iterable[str] | None = None) -> list[str]:
+        """Dates any raw fact the model depends on has data for (what a full refresh builds);
+        only those of `within` when given, which lists just their dates where they span a month
+        or less (a day's run on S3 listed every table whole, in every model's step)."""
+        wanted = None if within is None else sorted(set(within))
+        if wanted is not None and not wanted:
+            return []
+        window = (wanted[0], wanted[-1]) if wanted else None
+        found = {d for t in self.project.fact_sources(model) for d, _ in self.raw_partitions(t, window)}
+        return sorted(found if wanted is None else found & set(wanted))
+
+    def built_dates(self, model: str, within: Iterable[str]) -> list[str]:
+        """The dates of `within` the partitioned model has a built file for (listed date by date
+        for a month or less, else the model's whole listing)."""
+        wanted = sorted(set(within))
+        if len(wanted) > 31:
+            return sorted(set(self.lake.list_dates(ZONE, model)) & set(wanted))
+        files = self.lake.glob_many([self.lake.data_file(ZONE, model, d) for d in wanted])
+        return sorted(f.rsplit("/date=", 1)[1].split("/", 1)[0] for f in files)
 
     def _last_rows(self, m: Model) -> int:
         """Rows of the model's latest built partition (0 if never built): its expected cost."""
@@ -206,7 +233,7 @@ class Runner:
         """What a build may read of a raw fact: (date, client, file) of each landed partition, a
         blocked one read from its last version that passed the gate when there is one (listed
         second), left out otherwise (listed third)."""
-        blocked = self.blocked(table)
+        blocked = self.blocked(table, window)
         files: list[tuple[str, str, str]] = []
         excluded: list[list[str]] = []
         served: list[list[str]] = []
