@@ -40,6 +40,7 @@ validation that crashes records its partitions as blocked (fail closed).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import threading
@@ -291,6 +292,9 @@ class Quality:
         con.register(name, self._snapshots[key])
         return name
 
+    def _distinct_keys_sql(self, con: Any, table: Table, column: str) -> str:
+        return f"SELECT DISTINCT k, d, c FROM ({self._keys_sql(con, table, column)})"
+
     def _keys_sql(self, con: Any, table: Table, column: str) -> str:
         """(k, d, c): `column` of every landed row of raw `table`, with its partition's date and
         client (NULL for a dimension). On S3 the column is read by pyarrow's own S3 client, all
@@ -517,7 +521,7 @@ class Quality:
             snap = self._snapshot(
                 con,
                 ("fk", parent.name, ref),
-                lambda parent=parent, ref=ref: f"SELECT DISTINCT k, d, c FROM ({self._keys_sql(con, parent, ref)})",
+                functools.partial(self._distinct_keys_sql, con, parent, ref),
             )
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE part AS
@@ -555,7 +559,7 @@ class Quality:
             snap = self._snapshot(
                 con,
                 ("keys", table.name),
-                lambda: f"SELECT DISTINCT k, d, c FROM ({self._keys_sql(con, table, table.key)})",
+                functools.partial(self._distinct_keys_sql, con, table, table.key),
             )
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE part AS

@@ -158,9 +158,9 @@ class Lake:
         from fsspec.asyn import sync
 
         async def all_of() -> list[Any]:
-            return await asyncio.gather(*(self.fs._glob(p) for p in patterns))  # type: ignore[attr-defined]
+            return await asyncio.gather(*(self.fs._glob(p) for p in patterns))
 
-        found = sync(self.fs.loop, all_of)  # type: ignore[attr-defined]
+        found = sync(self.fs.loop, all_of)
         return sorted({p for paths in found for p in paths})
 
     def list_external_table_specs(self) -> list[str]:
