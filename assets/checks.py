@@ -155,7 +155,8 @@ def build_suite_check(
         if not mart:
             # A run names whole rectangles of partitions; a client without a row that day has
             # nothing landed and nothing to validate (it is not an empty, failing partition).
-            partitions = [(d, c) for d, c in partitions if quality.landed(suite, d, c)]
+            landed = quality.landed_partitions(suite, partitions)
+            partitions = [p for p in partitions if p in landed]
         else:
             # Likewise a date of a range with no data: the mart built nothing there.
             built = set(quality.lake.list_dates("curated", suite))

@@ -812,6 +812,14 @@ class Quality:
         """Whether the landing wrote this partition (its manifest exists)."""
         return self.lake.exists(manifest_path(self.lake, table, date, client))
 
+    def landed_partitions(
+        self, table: str, partitions: list[tuple[str | None, str | None]]
+    ) -> set[tuple[str | None, str | None]]:
+        """Those of `partitions` the landing wrote (asked together: a check names a run's whole
+        rectangle of dates and clients)."""
+        paths = {manifest_path(self.lake, table, d, c): (d, c) for d, c in partitions}
+        return {paths[p] for p in self.lake.existing(list(paths))}
+
     # -- stale verdicts ---------------------------------------------------------------------------
     def _data_version(self, table: str, date: str | None, client: str | None) -> str | None:
         """The sha256 the landing recorded for a partition's data file (None if never landed)."""
@@ -822,7 +830,16 @@ class Quality:
         """Partitions whose verdict was computed from something that has changed since: their own
         data file, or a parent partition their foreign-key checks read. Verdicts from before
         versions were recorded are taken as they are."""
-        versions: dict[tuple[str, str | None, str | None], str | None] = {}
+        statuses = gate.statuses(self.lake, table)
+        # every data version the verdicts name, read together (one manifest each)
+        wanted: set[tuple[str, str | None, str | None]] = set()
+        for s in statuses:
+            if s.get("data_sha256"):
+                wanted.add((table, s.get("date"), s.get("client")))
+                wanted |= {tuple(ref.split("/", 2)) for ref in (s.get("parents") or {})}
+        keys = sorted(wanted, key=repr)
+        docs = self.lake.read_jsons([manifest_path(self.lake, t, d, c) for t, d, c in keys])
+        versions = {k: (doc or {}).get("sha256") for k, doc in zip(keys, docs, strict=True)}
 
         def version(t: str, d: str | None, c: str | None) -> str | None:
             if (t, d, c) not in versions:
@@ -830,7 +847,7 @@ class Quality:
             return versions[(t, d, c)]
 
         out = []
-        for s in gate.statuses(self.lake, table):
+        for s in statuses:
             d, c = s.get("date"), s.get("client")
             if not s.get("data_sha256"):  # a mart's verdict, or one recorded before versions were
                 continue

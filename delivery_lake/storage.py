@@ -280,13 +280,17 @@ class Lake:
 
     def list_dates(self, zone: str, table: str) -> list[str]:
         """Dates holding at least one data file (emptied folders may linger on S3 stores)."""
-        found = self.glob_many(
-            [
-                self.table_dir(zone, table) + f"/date=*/**/{DATA_FILE}",
-                self.table_dir(zone, table) + f"/date=*/{DATA_FILE}",
-            ]
-        )
+        base = self.table_dir(zone, table)
+        if self.is_s3:
+            # one recursive listing (a LIST per 1,000 keys); the two globs below listed it twice
+            found = [f for f in self.fs.find(base) if f.endswith("/" + DATA_FILE) and "/date=" in f]
+        else:
+            found = self.glob(base + f"/date=*/**/{DATA_FILE}")  # `**` also matches no folder
         return sorted({f.split("/date=", 1)[1].split("/", 1)[0] for f in found})
+
+    def existing(self, paths: list[str]) -> set[str]:
+        """Those of `paths` that exist (on S3 asked concurrently, not one HEAD after another)."""
+        return set(self.glob_many(paths)) if self.is_s3 else {p for p in paths if os.path.exists(p)}
 
     # ---- atomic writes ---------------------------------------------------------------
     def publish_file(self, local_file: str | Path, dest: str, move: bool = False) -> int:

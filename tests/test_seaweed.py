@@ -260,6 +260,27 @@ def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(s3_settings, tm
     assert lake.read_columns("raw", "deliveries", ["delivery_id"], partitioned=True) is None
 
 
+def test_dates_and_existence_are_listed_in_few_requests(s3_settings) -> None:
+    """list_dates from one recursive listing (partitioned by date and client, or by date only, and
+    a date with a temporary file only is not a date); existing() asks for many paths at once."""
+    lake = Lake.from_settings(s3_settings)
+    for path in [
+        lake.data_file("raw", "orders", "2024-01-01", "a"),
+        lake.data_file("raw", "orders", "2024-01-03", "b"),
+        lake.data_file("curated", "fct", "2024-01-02"),
+        lake.partition_dir("raw", "orders", "2024-01-04", "c") + "/data.parquet.tmp-1",
+    ]:
+        lake.write_bytes(path, b"x")
+    assert lake.list_dates("raw", "orders") == ["2024-01-01", "2024-01-03"]
+    assert lake.list_dates("curated", "fct") == ["2024-01-02"]
+    assert lake.list_dates("raw", "nothing") == []
+    wanted = [
+        lake.data_file("raw", "orders", d, c)
+        for d, c in [("2024-01-01", "a"), ("2024-01-01", "b"), ("2024-01-03", "b")]
+    ]
+    assert lake.existing(wanted) == {wanted[0], wanted[2]}
+
+
 def test_recursive_delete_of_a_prefix(s3_settings) -> None:
     lake = Lake.from_settings(s3_settings)
     for date in ("2024-01-01", "2024-01-02"):
