@@ -159,7 +159,9 @@ def build_suite_check(
             partitions = [p for p in partitions if p in landed]
         else:
             # Likewise a date of a range with no data: the mart built nothing there.
-            built = set(quality.lake.list_dates("curated", suite))
+            lake = quality.lake
+            files = {lake.data_file("curated", suite, d): d for d, _c in partitions if d is not None}
+            built = {files[f] for f in lake.existing(list(files))}
             partitions = [(d, c) for d, c in partitions if d is None or d in built]
         if not partitions:
             return dg.AssetCheckResult(

@@ -143,25 +143,42 @@ class Lake:
     def glob(self, pattern: str) -> list[str]:
         """Paths matching `pattern` (`**` spans folders), sorted."""
         if self.is_s3:
-            return sorted(self.fs.glob(pattern))
+            return self.glob_many([pattern])
         # fsspec's local glob stats every entry it walks: a local lake lists through the
         # standard library instead (docs/performance.md).
         return sorted(glob.glob(pattern, recursive=True))
 
     def glob_many(self, patterns: list[str]) -> list[str]:
-        """Paths matching any of `patterns`, sorted. On S3 the listings run concurrently: a build
-        lists a table one date at a time (its lookback), and one after another each waited a round trip."""
-        if not self.is_s3 or len(patterns) < 2:
-            return sorted({p for pattern in patterns for p in self.glob(pattern)})
+        """Paths matching any of `patterns`, sorted.
+
+        On S3 each pattern is one recursive listing of the folder before its first wildcard (a
+        LIST per 1,000 keys), filtered here, and the listings run concurrently. fsspec's glob
+        walks such a pattern a folder level at a time, a request per folder in turn: 40-90 ms
+        for one date's clients on SeaweedFS, and a day's run made 150 of them.
+        """
+        if not self.is_s3:
+            return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
         import asyncio
+        import re
 
         from fsspec.asyn import sync
+        from fsspec.utils import glob_translate
 
-        async def all_of() -> list[Any]:
-            return await asyncio.gather(*(self.fs._glob(p) for p in patterns))
+        fs: Any = self.fs
 
-        found = sync(self.fs.loop, all_of)
-        return sorted({p for paths in found for p in paths})
+        async def one(pattern: str) -> list[str]:
+            pattern = fs._strip_protocol(pattern)
+            if not any(ch in pattern for ch in "*?["):
+                return [pattern] if await fs._exists(pattern) else []
+            first = min(i for i, ch in enumerate(pattern) if ch in "*?[")
+            root = pattern[:first].rsplit("/", 1)[0]
+            wanted = re.compile(glob_translate(pattern))
+            return [p for p in await fs._find(root) if wanted.match(p)]
+
+        async def all_of() -> list[list[str]]:
+            return list(await asyncio.gather(*(one(p) for p in patterns)))
+
+        return sorted({p for paths in sync(fs.loop, all_of) for p in paths})
 
     def list_external_table_specs(self) -> list[str]:
         return self.glob(self.meta_path("warehouse", "external") + "/*.json")

@@ -34,6 +34,8 @@ from delivery_lake.storage import Lake, staging_dir
 ZONE = "ml"
 TABLE = "delivery_features"
 HISTORY_DAYS = 7
+# Up to this many dates, lake files and verdicts are asked for by date instead of listed whole.
+FEW_DAYS = 31
 # The curated table every feature row comes from (one row per delivery, partitioned by dispatch date).
 SOURCE = "int_deliveries_enriched"
 # Kept for callers that list the dates features can be built for (assets.run._run_ml).
@@ -81,8 +83,14 @@ def _files(lake: Lake, uris: list[str]) -> str:
 def source_dates(lake: Lake, dates: list[str]) -> list[str]:
     """The built `SOURCE` partitions the features of `dates` read: those dates and the
     `HISTORY_DAYS` before them (the window `assets/ml.py` declares)."""
-    first = (date.fromisoformat(min(dates)) - timedelta(days=HISTORY_DAYS)).isoformat()
-    return [d for d in lake.list_dates("curated", SOURCE) if first <= d <= max(dates)]
+    first = date.fromisoformat(min(dates)) - timedelta(days=HISTORY_DAYS)
+    span = (date.fromisoformat(max(dates)) - first).days
+    if span > FEW_DAYS:
+        return [d for d in lake.list_dates("curated", SOURCE) if first.isoformat() <= d <= max(dates)]
+    # a few days (a day's features): asked for by name rather than listing the mart's history
+    window = [(first + timedelta(days=k)).isoformat() for k in range(span + 1)]
+    files = {lake.data_file("curated", SOURCE, d): d for d in window}
+    return sorted(files[f] for f in lake.existing(list(files)))
 
 
 def features_sql(lake: Lake, dates: list[str]) -> str | None:
@@ -178,8 +186,12 @@ def feature_dates(lake: Lake) -> list[str]:
 
 def read_features(lake: Lake, dates: Iterable[str]) -> pl.DataFrame:
     """Feature rows of `dates` (only those published), one frame."""
-    have = set(feature_dates(lake))
-    files = [lake.data_file(ZONE, TABLE, d) for d in sorted(set(dates)) if d in have]
+    wanted = sorted(set(dates))
+    if len(wanted) > FEW_DAYS:
+        have = set(feature_dates(lake))
+        files = [lake.data_file(ZONE, TABLE, d) for d in wanted if d in have]
+    else:
+        files = sorted(lake.existing([lake.data_file(ZONE, TABLE, d) for d in wanted]))
     if not files:
         return pl.DataFrame()
     con = lake.duckdb()
@@ -205,10 +217,12 @@ def gate_exclusions(lake: Lake, dates: Iterable[str]) -> tuple[dict[str, list[st
       load on that date (the curated layer already left those rows out of the marts).
     """
     wanted = set(dates)
+    # a few dates: only their verdicts and partitions are read, not the tables' whole history
+    few = sorted(wanted) if len(wanted) <= FEW_DAYS else None
     whole: dict[str, list[str]] = {}
     clients: dict[str, set[str]] = {}
     for table in GATED_RAW:
-        for d, c in gate.blocked_partitions(lake, table):
+        for d, c in gate.blocked_partitions(lake, table, few):
             if d not in wanted:
                 continue
             if c is None:
@@ -216,7 +230,7 @@ def gate_exclusions(lake: Lake, dates: Iterable[str]) -> tuple[dict[str, list[st
             else:
                 clients.setdefault(d, set()).add(c)
     landed: dict[str, set[str]] = {}
-    for d, c in lake.list_partitions("raw", "deliveries"):
+    for d, c in lake.list_partitions("raw", "deliveries", few):
         landed.setdefault(d, set()).add(c)
     for d, blocked in clients.items():
         if landed.get(d) and landed[d] <= blocked:
@@ -224,7 +238,7 @@ def gate_exclusions(lake: Lake, dates: Iterable[str]) -> tuple[dict[str, list[st
                 f"raw deliveries of every client ({', '.join(sorted(blocked))}) failed their blocking checks"
             )
     for model in GATED_MARTS:
-        for d, _ in gate.blocked_partitions(lake, model):
+        for d, _ in gate.blocked_partitions(lake, model, few):
             if d in wanted:
                 whole.setdefault(d, []).append(f"curated.{model} failed its blocking checks")
     partial = {d: sorted(c) for d, c in sorted(clients.items()) if d not in whole}
