@@ -306,8 +306,14 @@ class Lake:
         return sorted({f.split("/date=", 1)[1].split("/", 1)[0] for f in found})
 
     def existing(self, paths: list[str]) -> set[str]:
-        """Those of `paths` that exist (on S3 asked concurrently, not one HEAD after another)."""
-        return set(self.glob_many(paths)) if self.is_s3 else {p for p in paths if os.path.exists(p)}
+        """Those of `paths` that exist. On S3 by listing the table folder they sit in (the part
+        before `/date=`) once: asking for a missing key costs s3fs a HEAD and then a listing, in
+        turn, 190 ms a check on SeaweedFS."""
+        if not self.is_s3:
+            return {p for p in paths if os.path.exists(p)}
+        folders = sorted({p.split("/date=", 1)[0] if "/date=" in p else p.rsplit("/", 1)[0] for p in paths})
+        listed = set(self.glob_many([f"{folder}/**" for folder in folders]))
+        return {p for p in paths if self.fs._strip_protocol(p) in listed}
 
     # ---- atomic writes ---------------------------------------------------------------
     def publish_file(self, local_file: str | Path, dest: str, move: bool = False) -> int:
