@@ -34,7 +34,7 @@ from delivery_lake.ml.features import FACT, HISTORY_DAYS
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
 from delivery_lake.planning import date_blocks, plan_runs
-from delivery_lake.quality import Quality, docs_deferred
+from delivery_lake.quality import Quality, docs_deferred, preload_gx_in_background
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import arrived_clients, render_arrived
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
@@ -307,6 +307,10 @@ def _run_inbox(settings: Settings, full: bool, land_only: bool = False) -> RunOu
     cursor_path = lake.meta_path("cli_cursor.json")
     cursor = None if full else lake.read_json(cursor_path, default={})
     changes = scan_changes(lake, settings.inbox_dir, cursor)
+    if not changes.empty and settings.transform_engine != "spark":
+        # the checks import GX (~3 s): on a thread, while the landing runs (not beside Spark,
+        # whose modules are held back while GX imports)
+        preload_gx_in_background()
     changed_paths = [p for p, fp in changes.cursor.items() if (cursor or {}).get(p) != fp]
     for err in changes.errors:
         outcome.lines.append(f"SKIP {err}")

@@ -40,6 +40,7 @@ validation that crashes records its partitions as blocked (fail closed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import statistics
@@ -98,6 +99,22 @@ def _great_expectations() -> Any:
     from delivery_lake.gx_import import gx
 
     return gx
+
+
+def preload_gx_in_background() -> threading.Thread:
+    """Start importing GX on a thread, so that the import overlaps the work that comes before the
+    first check (`delivery-lake run` lands first; importing GX is ~3 s of a new day's ~10 s). Not
+    for a process about to import pyspark or Google's clients meanwhile: while GX imports, those
+    are made unimportable (delivery_lake.gx_import)."""
+
+    def load() -> None:
+        # a failure here is not reported: the check that needs GX imports it again, and says why
+        with contextlib.suppress(Exception):
+            _great_expectations()
+
+    thread = threading.Thread(target=load, name="gx-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 class SuiteError(ValueError):

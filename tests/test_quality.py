@@ -436,3 +436,20 @@ def test_blocked_partitions_of_some_dates_are_those_of_the_whole_table_on_them(t
     for dates in (["2026-01-05", "2026-01-06"], ["2026-01-07", "2026-01-08"], ["2026-01-10"], []):
         assert gate.blocked_partitions(lake, "orders", dates) == {p for p in everything if p[0] in dates}
     assert len(gate.statuses(lake, "orders", ["2026-01-05"])) == 2
+
+
+def test_gx_preloads_on_a_thread_without_the_engines(tmp_path: Path) -> None:
+    """`run` starts importing GX on a thread while it lands: the import completes there, the same
+    way (no pyspark), and the checks then find it imported."""
+    code = (
+        "import sys\n"
+        "from delivery_lake.quality import preload_gx_in_background\n"
+        "assert 'great_expectations' not in sys.modules\n"
+        "t = preload_gx_in_background()\n"
+        "print(t.name, t.daemon)\n"
+        "t.join(120)\n"
+        "print('great_expectations' in sys.modules, 'pyspark' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["gx-preload True", "True False"]
