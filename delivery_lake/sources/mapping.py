@@ -31,6 +31,8 @@ and one entry per contract column:
         columns:
           order_id: order_id                         # SQL over the foreign columns
           created_at: {sql: order_purchase_timestamp, format: "%Y-%m-%d %H:%M:%S"}
+          # no `format`: ISO 8601 text; a value with an offset (Z, +02:00) is that instant, a
+          # naive one is local time in `timezone`
           promised_by: {sql: order_estimated_delivery_date, format: "%Y-%m-%d %H:%M:%S", end_of_day: true}
           dispatched_at: {date: Order_Date, time: Time_Order_picked, format: "%d-%m-%Y %H:%M:%S"}
           weather: {sql: Weatherconditions, strip_prefix: "conditions "}
