@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import statistics
 import threading
@@ -60,7 +61,7 @@ from delivery_lake.contract import CARRIER_OPTIONAL, TABLES, Table
 from delivery_lake.inbox import InboxIndex
 from delivery_lake.landing import manifest_path
 from delivery_lake.sql import ident, literal
-from delivery_lake.storage import Lake
+from delivery_lake.storage import Lake, Mirror, staging_dir
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 PARTITION_SUITES_DIR = SUITES_DIR / "partitions"
@@ -99,6 +100,14 @@ def _great_expectations() -> Any:
     from delivery_lake.gx_import import gx
 
     return gx
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def preload_gx_in_background() -> threading.Thread:
@@ -296,6 +305,8 @@ class Quality:
         # Landing manifests listed and read during the same call (every partition's volume
         # bounds read its history's).
         self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
+        # Local copies of the data files validated during the same call (an S3 lake).
+        self._mirror: Mirror | None = None
 
     def _snapshot(self, con: Any, key: tuple[str, ...], sql: Callable[[], str]) -> str:
         """A relation name for the query `sql()` makes (asked only when needed): a view on this
@@ -748,14 +759,20 @@ class Quality:
         zone = "curated" if mart else "raw"
         pvs = [PartitionValidation(name, d, c) for d, c in partitions]
         uris: dict[str, str] = {}
+        paths = {pv.key: self.lake.data_file(zone, name, pv.date, None if mart else pv.client) for pv in pvs}
+        present = self.lake.existing(list(paths.values()))
+        # On S3 the batch's files are fetched together and read (hashed, counted, validated) from
+        # the copies: one partition at a time, each was several round trips per read
+        ordered = sorted(present)
+        local = dict(zip(ordered, self._mirror.uris(ordered), strict=True)) if self._mirror else {}
         for pv in pvs:
-            path = self.lake.data_file(zone, name, pv.date, None if mart else pv.client)
-            if not self.lake.exists(path):
+            path = paths[pv.key]
+            if path not in present:
                 pv.error = f"no data file at {self.lake.uri(path)}"
                 continue
             if not mart:
-                pv.data_sha256 = self.lake.sha256(path)
-            uris[pv.key] = self.lake.uri(path)
+                pv.data_sha256 = _sha256_file(local[path]) if path in local else self.lake.sha256(path)
+            uris[pv.key] = local.get(path) or self.lake.uri(path)
         sizes: dict[str, int] = {}
         if uris:
             con = self.lake.duckdb()
@@ -795,6 +812,9 @@ class Quality:
         out: list[PartitionValidation] = []
         identifiers: list[Any] = []
         self._snapshots, self._manifests = {}, {}
+        copies = contextlib.ExitStack()
+        if self.lake.is_s3:
+            self._mirror = Mirror(self.lake, copies.enter_context(staging_dir(self.settings)))
         try:
             for batch in self._batches(table, partitions, mart):
                 started = time.monotonic()
@@ -815,7 +835,8 @@ class Quality:
                     gate.record(self.lake, table, pv.passed, pv.details(), pv.date, pv.client)
                     out.append(pv)
         finally:
-            self._snapshots, self._manifests = None, None
+            self._snapshots, self._manifests, self._mirror = None, None, None
+            copies.close()
         if identifiers:
             with _DEFER_LOCK:
                 block = _DEFERRED if _DEFERRED is not None and _DEFERRED[0] == str(self.docs_dir) else None

@@ -205,6 +205,10 @@ def test_orphans_and_duplicates_written_past_landing_block(qs_each_backend: Sett
     }
     assert {("2026-01-06", "C003")} == gate.blocked_partitions(lake, "deliveries")
     assert {("2026-01-06", "C001")} == gate.blocked_partitions(lake, "orders")
+    # each verdict names the version of the file it judged (hashed from the copy on S3)
+    assert o.data_sha256 == lake.sha256(lake.data_file("raw", "orders", DAY, "C001"))
+    assert d.data_sha256 == lake.sha256(lake.data_file("raw", "deliveries", DAY, "C003"))
+    assert o.data_sha256 != d.data_sha256
 
 
 def test_warn_does_not_block_and_data_docs_name_the_failure(qs: Settings) -> None:
