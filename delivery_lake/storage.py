@@ -278,8 +278,14 @@ class Lake:
             return [self.read_json(p) for p in paths]
         if not paths:
             return []
-        found = self.fs.cat(list(dict.fromkeys(paths)), on_error="omit")
-        by_path = {self.fs._strip_protocol(k): v for k, v in found.items()}
+        found = self.fs.cat(list(dict.fromkeys(paths)), on_error="return")
+        by_path: dict[str, Any] = {}
+        for key, value in found.items():
+            if isinstance(value, FileNotFoundError):
+                continue  # missing reads as None, as with read_json
+            if isinstance(value, BaseException):
+                raise value  # refused, unreachable: loud, never an empty page
+            by_path[self.fs._strip_protocol(key)] = value
         return [json.loads(by_path[p]) if p in by_path else None for p in (self.fs._strip_protocol(p) for p in paths)]
 
     def list_partitions(self, zone: str, table: str, dates: Iterable[str] | None = None) -> list[tuple[str, str]]:

@@ -341,5 +341,7 @@ def test_bad_credentials_are_denied(seaweed: SeaweedInfo, s3_settings, who: str)
         bad.fs.cat_file(bad.meta_path("a.bin"))
     with pytest.raises(PermissionError):
         bad.read_json(bad.meta_path("a.bin"))
+    with pytest.raises(PermissionError):  # a refused batch is an error, not a page of missing documents
+        bad.read_jsons([bad.meta_path("a.bin"), bad.meta_path("c.json")])
     with pytest.raises(PermissionError):
         bad.write_bytes(bad.meta_path("b.bin"), b"b")
