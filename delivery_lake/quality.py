@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import statistics
 import threading
@@ -61,7 +60,7 @@ from delivery_lake.contract import CARRIER_OPTIONAL, TABLES, Table
 from delivery_lake.inbox import InboxIndex
 from delivery_lake.landing import manifest_path
 from delivery_lake.sql import ident, literal
-from delivery_lake.storage import Lake, Mirror, staging_dir
+from delivery_lake.storage import Lake, Mirror, sha256_file, staging_dir
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 PARTITION_SUITES_DIR = SUITES_DIR / "partitions"
@@ -100,14 +99,6 @@ def _great_expectations() -> Any:
     from delivery_lake.gx_import import gx
 
     return gx
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def preload_gx_in_background() -> threading.Thread:
@@ -328,23 +319,19 @@ class Quality:
         client (NULL for a dimension). On S3 the column is read by pyarrow's own S3 client, all
         files at once (Lake.read_columns): DuckDB's fsspec reads went one file at a time and made
         a check step on SeaweedFS seconds slower than on a local lake."""
-        col = ident(column)
+        partition = (
+            "CAST(date AS VARCHAR) AS d, client AS c" if table.is_fact else "NULL::VARCHAR AS d, NULL::VARCHAR AS c"
+        )
         if not self.lake.is_s3:
-            src = self.lake.glob_uri("raw", table.name, table.is_fact)
-            if table.is_fact:
-                return (
-                    f"SELECT {col} AS k, CAST(date AS VARCHAR) AS d, client AS c "
-                    f"FROM read_parquet('{src}', hive_partitioning = true)"
-                )
-            return f"SELECT {col} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM read_parquet('{src}')"
-        arrow = self.lake.read_columns("raw", table.name, [column], table.is_fact)
-        name = f"cols_{table.name}_{column}"
-        if arrow is None:
-            return "SELECT NULL::VARCHAR AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c WHERE false"
-        con.register(name, arrow)
-        if table.is_fact:
-            return f"SELECT {col} AS k, date AS d, client AS c FROM {name}"
-        return f"SELECT {col} AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c FROM {name}"
+            src = literal(self.lake.glob_uri("raw", table.name, table.is_fact))
+            relation = f"read_parquet({src}{', hive_partitioning = true' if table.is_fact else ''})"
+        else:
+            arrow = self.lake.read_columns("raw", table.name, [column], table.is_fact)
+            if arrow is None:
+                return "SELECT NULL::VARCHAR AS k, NULL::VARCHAR AS d, NULL::VARCHAR AS c WHERE false"
+            relation = f"cols_{table.name}_{column}"
+            con.register(relation, arrow)
+        return f"SELECT {ident(column)} AS k, {partition} FROM {relation}"
 
     def _landing_manifests(self, pattern: str) -> dict[str, dict[str, Any]]:
         """Path -> document of the landing manifests matching `pattern` (cached during a call)."""
@@ -771,7 +758,7 @@ class Quality:
                 pv.error = f"no data file at {self.lake.uri(path)}"
                 continue
             if not mart:
-                pv.data_sha256 = _sha256_file(local[path]) if path in local else self.lake.sha256(path)
+                pv.data_sha256 = sha256_file(local[path]) if path in local else self.lake.sha256(path)
             uris[pv.key] = local.get(path) or self.lake.uri(path)
         sizes: dict[str, int] = {}
         if uris:
@@ -845,10 +832,6 @@ class Quality:
             if block is None:
                 self.build_docs(identifiers)
         return out
-
-    def landed(self, table: str, date: str | None, client: str | None) -> bool:
-        """Whether the landing wrote this partition (its manifest exists)."""
-        return self.lake.exists(manifest_path(self.lake, table, date, client))
 
     def landed_partitions(
         self, table: str, partitions: list[tuple[str | None, str | None]]

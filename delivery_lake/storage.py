@@ -205,11 +205,10 @@ class Lake:
         return f"{info.get('size')} {info.get('ETag') or info.get('LastModified')}"
 
     def sha256(self, path: str) -> str:
-        h = hashlib.sha256()
-        with self.fs.open(path, "rb") if self.is_s3 else open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        if not self.is_s3:
+            return sha256_file(path)
+        with self.fs.open(path, "rb") as fh:
+            return _sha256_stream(fh)
 
     def read_json(self, path: str, default: Any = None) -> Any:
         try:
@@ -446,6 +445,19 @@ class Mirror:
             self.lake.fs.get(missing, targets)  # s3fs: one batch of concurrent GETs
             self._local.update(zip(missing, targets, strict=True))
         return [self._local[p] for p in paths]
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a local file (a lake partition's version, as the landing records it)."""
+    with open(path, "rb") as fh:
+        return _sha256_stream(fh)
+
+
+def _sha256_stream(fh: Any) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
 
 
 def configure_duckdb(con: duckdb.DuckDBPyConnection, settings: Settings | None) -> None:

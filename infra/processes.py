@@ -56,6 +56,13 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
+def listening(port: int, host: str = HOST) -> bool:
+    """True if something accepts TCP connections on host:port (a server that is up)."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def free_port(taken: set[int] | frozenset[int] = frozenset(), host: str = HOST) -> int:
     """A port the system hands out as free on `host`, not one of `taken`."""
     for _ in range(2000):

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
-from infra.processes import HOST, Service, read_pidfile, spawn, stop_group, write_pidfile
+from infra.processes import HOST, Service, listening, read_pidfile, spawn, stop_group, write_pidfile
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
@@ -32,12 +31,6 @@ def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
 
 
 def start(port: int, log_dir: Path, master: str = "local[2]", timeout: float = 90) -> Service:
@@ -59,7 +52,7 @@ def start(port: int, log_dir: Path, master: str = "local[2]", timeout: float = 9
     ]
     service = spawn("spark-connect", cmd, env, log_dir)
     deadline = time.monotonic() + timeout
-    while not _listening(port):
+    while not listening(port):
         if not service.alive():
             raise RuntimeError(f"the Spark Connect server exited at start:\n{service.log_tail()}")
         if time.monotonic() > deadline:

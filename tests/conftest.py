@@ -10,7 +10,7 @@ import pytest
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from tests.helpers import START
-from tests.s3_server import s3_settings, seaweed  # noqa: F401  (fixtures)
+from tests.s3_server import on_s3, s3_settings, seaweed  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +39,7 @@ def settings(request: pytest.FixtureRequest, local_settings: Settings, inbox: Pa
     if request.param == "local":
         return local_settings
     s3: Settings = request.getfixturevalue("s3_settings")
-    return Settings.from_env(
-        data_dir=s3.data_dir,
-        lake_url=s3.lake_url,
-        inbox_dir=inbox,
-        aws_endpoint_url=s3.aws_endpoint_url,
-        aws_access_key_id=s3.aws_access_key_id,
-        aws_secret_access_key=s3.aws_secret_access_key,
-    )
+    return on_s3(s3, s3.data_dir, inbox)
 
 
 @pytest.fixture()

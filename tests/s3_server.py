@@ -105,6 +105,18 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedInfo]:
         server.stop()
 
 
+def on_s3(s3: Settings, data_dir: Path, inbox: Path) -> Settings:
+    """Settings for the lake of `s3` (bucket, prefix and keys), with this data folder and inbox."""
+    return Settings.from_env(
+        data_dir=data_dir,
+        lake_url=s3.lake_url,
+        inbox_dir=inbox,
+        aws_endpoint_url=s3.aws_endpoint_url,
+        aws_access_key_id=s3.aws_access_key_id,
+        aws_secret_access_key=s3.aws_secret_access_key,
+    )
+
+
 @pytest.fixture
 def s3_settings(seaweed: SeaweedInfo, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40]

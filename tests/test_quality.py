@@ -33,6 +33,7 @@ from delivery_lake.quality import (
 )
 from delivery_lake.storage import Lake
 from tests.helpers import START
+from tests.s3_server import on_s3
 
 DATES = ["2026-01-05", "2026-01-06", "2026-01-07"]
 DAY = "2026-01-06"
@@ -164,15 +165,7 @@ def qs_each_backend(request: pytest.FixtureRequest, qs: Settings) -> Settings:
     """`qs` on the local folder and on SeaweedFS (where the key snapshots are read by pyarrow)."""
     if request.param == "local":
         return qs
-    s3: Settings = request.getfixturevalue("s3_settings")
-    return Settings.from_env(
-        data_dir=qs.data_dir,
-        lake_url=s3.lake_url,
-        inbox_dir=qs.inbox_dir,
-        aws_endpoint_url=s3.aws_endpoint_url,
-        aws_access_key_id=s3.aws_access_key_id,
-        aws_secret_access_key=s3.aws_secret_access_key,
-    )
+    return on_s3(request.getfixturevalue("s3_settings"), qs.data_dir, qs.inbox_dir)
 
 
 def test_orphans_and_duplicates_written_past_landing_block(qs_each_backend: Settings) -> None:
@@ -401,6 +394,14 @@ def test_freshness_policy_on_raw_facts_and_partitioned_marts_only() -> None:
     assert "freshness_checks_sensor" not in {s.name for s in defs.sensors or []}
 
 
+def _fresh_python(code: str, cwd: Path) -> tuple[list[str], str]:
+    """Run `code` in a new interpreter (the test process may have imported GX already): its
+    output lines and its stderr; it must exit 0."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines(), out.stderr
+
+
 def test_gx_imports_without_the_engines_it_is_not_asked_for(tmp_path: Path) -> None:
     """A check's GX context is built without importing pyspark or Google Cloud (in a fresh
     interpreter: the test process may have imported GX already), and both stay importable."""
@@ -416,10 +417,9 @@ def test_gx_imports_without_the_engines_it_is_not_asked_for(tmp_path: Path) -> N
         "import pyspark, google.auth\n"
         "print(pyspark.__name__, google.auth.__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", f"[{sorted(suite_names())[0]!r}]", "pyspark google.auth"]
-    assert "FutureWarning" not in out.stderr  # pyspark's pandas-version warning, printed into `run`'s output
+    lines, stderr = _fresh_python(code, tmp_path)
+    assert lines == ["[]", f"[{sorted(suite_names())[0]!r}]", "pyspark google.auth"]
+    assert "FutureWarning" not in stderr  # pyspark's pandas-version warning, printed into `run`'s output
 
 
 def test_blocked_partitions_of_some_dates_are_those_of_the_whole_table_on_them(tmp_path: Path) -> None:
@@ -454,6 +454,4 @@ def test_gx_preloads_on_a_thread_without_the_engines(tmp_path: Path) -> None:
         "t.join(120)\n"
         "print('great_expectations' in sys.modules, 'pyspark' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["gx-preload True", "True False"]
+    assert _fresh_python(code, tmp_path)[0] == ["gx-preload True", "True False"]

@@ -15,19 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from delivery_lake.storage import Lake, StorageError
-from infra.processes import pid_alive, port_is_free
+from infra.processes import listening, pid_alive, port_is_free
 from infra.seaweed import SeaweedServer, identities_config, s3_filesystem
 from tests.s3_server import SeaweedInfo  # fixtures `seaweed` and `s3_settings` come from conftest.py
 
 pytestmark = pytest.mark.s3
 
 ROOT = Path(__file__).resolve().parents[1]  # `python -m infra.seaweed` runs from the repository root
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _table() -> pa.Table:
@@ -47,7 +41,7 @@ def test_server_starts_on_free_ports_and_stops(tmp_path: Path, seaweed: SeaweedI
         # start() returns once S3 serves signed requests; weed mini brings up its other
         # services (the admin UI last) around then, so give the rest a few seconds.
         deadline = time.monotonic() + 20
-        while (silent := [n for n, p in server.ports.items() if not _listening(p)]) and time.monotonic() < deadline:
+        while (silent := [n for n, p in server.ports.items() if not listening(p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not silent, f"allocated but not listening: {silent}"
         assert (tmp_path / "sw" / "weed.log").stat().st_size > 0
@@ -63,7 +57,7 @@ def test_server_starts_on_free_ports_and_stops(tmp_path: Path, seaweed: SeaweedI
     finally:
         server.stop()
     assert not pid_alive(pid)
-    assert not _listening(port)
+    assert not listening(port)
     assert port_is_free(port)
     assert seaweed.server.running()  # the other server was not touched
 

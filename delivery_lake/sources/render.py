@@ -197,12 +197,7 @@ def _spans_lines(path: str, delimiter: str, _size: int, _mtime: int) -> bool:
         raise MappingError([f"{path}: {read_problem(exc)}"]) from None
     finally:
         con.close()
-    return physical_lines(Path(path)) > (row[0] if row else 0) + 1
-
-
-def physical_lines(path: Path) -> int:
-    """Lines of the file (a last line without a line break counts)."""
-    return scan_lines(path)[0]
+    return scan_lines(Path(path))[0] > (row[0] if row else 0) + 1
 
 
 def scan_lines(path: Path) -> tuple[int, bool]:
@@ -447,7 +442,7 @@ def check(mapping: Mapping, folder: Path, con: duckdb.DuckDBPyConnection | None 
             return mine
 
         # each file is a small, mostly single-threaded query: side by side, in the order reported
-        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        with _pool(len(jobs)) as pool:
             for found, warned in pool.map(run, jobs):
                 problems += found
                 warnings += warned
@@ -457,6 +452,11 @@ def check(mapping: Mapping, folder: Path, con: duckdb.DuckDBPyConnection | None 
     if problems:
         raise MappingError(problems)
     return warnings
+
+
+def _pool(jobs: int) -> ThreadPoolExecutor:
+    """Threads for `jobs` files, one per core at most (each file is one DuckDB stream)."""
+    return ThreadPoolExecutor(max_workers=max(1, min(jobs, os.cpu_count() or 1)))
 
 
 def _check_feed(
@@ -572,8 +572,7 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
 
         # A file's render is one ordered stream (its line numbers), so it keeps one core busy:
         # files render side by side, as the landing lands days side by side.
-        workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with _pool(len(jobs)) as pool:
             futures = [pool.submit(run, job) for job in jobs]
         problems: list[str] = []
         failed: BaseException | None = None

@@ -41,6 +41,17 @@ from delivery_lake.transform.project import Project
 from delivery_lake.transform.python_models import ArrowStream, run_python_model
 
 
+def _short_window_days(window: tuple[str, str] | None) -> list[str] | None:
+    """The dates of `window` when it spans a month or less (listed date by date), else None (a
+    longer range, or none: one listing of the whole table is cheaper)."""
+    if window is None:
+        return None
+    first, last = (date.fromisoformat(w) for w in window)
+    if (last - first).days > 31:
+        return None
+    return [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+
+
 @dataclass
 class ModelResult:
     model: str
@@ -107,6 +118,8 @@ class Runner:
         self.lake, self.project, self.settings = lake, project, settings or lake.settings
         self._partitions: dict[str, list[tuple[str, str]]] = {}
         self._blocked: dict[str, set[tuple[str | None, str | None]]] = {}
+        # (table, first, last) -> the blocked partitions of a short window (read date by date)
+        self._blocked_in: dict[tuple[str, str, str], set[tuple[str | None, str | None]]] = {}
         self._last_good: dict[tuple[str, str, str], bool] = {}
         # While build() runs, models get cursors of one in-memory DuckDB instance (temp tables
         # and views stay private to each): one thread pool and no new instance per model.
@@ -122,11 +135,10 @@ class Runner:
         if table in self._partitions:  # the whole table was listed already
             parts = self._partitions[table]
             return parts if window is None else [(d, c) for d, c in parts if window[0] <= d <= window[1]]
-        first, last = (date.fromisoformat(w) for w in window) if window else (None, None)
-        if first is None or last is None or (last - first).days > 31:  # long ranges: one listing of the table
+        days = _short_window_days(window)
+        if days is None:  # long ranges: one listing of the table
             self._partitions[table] = self.lake.list_partitions("raw", table)
             return self.raw_partitions(table, window)
-        days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
         return self.lake.list_partitions("raw", table, dates=days)
 
     def blocked(self, table: str, window: tuple[str, str] | None = None) -> set[tuple[str | None, str | None]]:
@@ -134,14 +146,11 @@ class Runner:
         been read) those within `window` when it spans a month or less, read date by date."""
         if table in self._blocked:
             return self._blocked[table]
-        if window is not None:
-            first, last = (date.fromisoformat(w) for w in window)
-            if (last - first).days <= 31:
-                key = f"{table} {window[0]} {window[1]}"
-                if key not in self._blocked:
-                    days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
-                    self._blocked[key] = gate.blocked_partitions(self.lake, table, days)
-                return self._blocked[key]
+        days = _short_window_days(window)
+        if days is not None and window is not None:
+            if (table, *window) not in self._blocked_in:
+                self._blocked_in[(table, *window)] = gate.blocked_partitions(self.lake, table, days)
+            return self._blocked_in[(table, *window)]
         self._blocked[table] = gate.blocked_partitions(self.lake, table)
         return self._blocked[table]
 
