@@ -7,6 +7,13 @@ starting with `.` or `_` are ignored: that is where copy tools, editors and expo
 keep files still being written (`.orders.csv.swp`, rsync's `.name.XXXXXX`, `_tmp_...`)
 before renaming them, and landing one of those would land half a file.
 
+A source mapping's output is the one other kind of file a feed folder holds: a client's
+foreign export rendered onto the contract (sources/render.py) as `<source>--<stem>.parquet`,
+already typed, each value that did not convert left NULL and named in `_unparseable` with the
+row as text in `_raw_line`. The landing reads it as it reads a CSV, those rows becoming the
+rejected lines a CSV reader would have set aside: parsing the foreign file once is what keeps
+onboarding a client about as fast as landing our own feeds.
+
 A fact file may touch several dates and clients, so each file is scanned once (one
 streaming DuckDB pass over two columns) and the result is cached in the lake under
 `_meta/inbox_index/`, keyed by the file's size and modification time.
@@ -32,6 +39,9 @@ INDEX_VERSION = 3
 # Name ending -> DuckDB's `compression=` (None: plain text): its CSV reader decompresses
 # gzip and zstd as it goes, and no other codec (bz2, xz, zip).
 READABLE = {".csv": None, ".csv.gz": "gzip", ".csv.zst": "zstd"}
+# A source mapping's typed output (see the module's docstring), and its two internal columns.
+RENDERED_ENDING = ".parquet"
+UNPARSEABLE, RAW_LINE = "_unparseable", "_raw_line"
 # DuckDB's max_line_size for a source CSV, and how far the header check reads.
 MAX_LINE = 10_000_000
 
@@ -85,7 +95,15 @@ def compression(path: Path | str) -> str | None:
     raise KeyError(str(path))
 
 
+def is_rendered(path: Path | str) -> bool:
+    """A source mapping's output: `<source>--<stem>.parquet` (any other Parquet file is refused)."""
+    name = Path(path).name
+    return name.lower().endswith(RENDERED_ENDING) and "--" in name
+
+
 def _readable(p: Path) -> bool:
+    if is_rendered(p):
+        return True
     try:
         compression(p)
     except KeyError:
@@ -200,6 +218,8 @@ def read_header(path: Path, table: Table) -> list[str]:
         raise InputError(f"{path}: file not found")
     if not _readable(path):
         raise InputError(_refusal(path))
+    if is_rendered(path):
+        return _rendered_header(path, table)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (expected a header with columns {', '.join(table.column_names)})")
     first, has_rows = _head(path)
@@ -219,6 +239,33 @@ def read_header(path: Path, table: Table) -> list[str]:
     if not has_rows:
         raise InputError(f"{path}: header only, no data rows (table {table.name})")
     return header
+
+
+def _rendered_header(path: Path, table: Table) -> list[str]:
+    """A rendered file's columns, checked as a CSV header is (the internal ones left out)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as Parquet ({exc}); render the source again") from None
+    header = [n for n in meta.schema.names if n not in (UNPARSEABLE, RAW_LINE)]
+    missing = [c for c in table.file_columns if c not in header]
+    if missing:
+        raise InputError(f"{path}: missing contract column(s) {', '.join(missing)} for table {table.name}")
+    if meta.num_rows == 0:
+        raise InputError(f"{path}: no data rows (table {table.name})")
+    return header
+
+
+def rendered_rows_sql(path: Path | str, unparseable: bool) -> str:
+    """A rendered file's rows in file order, each with its record number `_record` (header =
+    line 1, as a CSV reader numbers lines): the rows that typed, or those with a value that did not."""
+    cond = "IS NOT NULL" if unparseable else "IS NULL"
+    return (
+        f"(SELECT * FROM (SELECT *, row_number() OVER () + 1 AS _record FROM read_parquet({literal(str(path))})) "
+        f"WHERE {UNPARSEABLE} {cond})"
+    )
 
 
 def csv_source_sql(path: Path | str, header: list[str], table: Table, rejects_table: str) -> str:
@@ -261,10 +308,17 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
     nominal = name_date(path)
     con = lake.duckdb()
     try:
-        src = csv_source_sql(path, header, table, "rej")
+        if is_rendered(path):
+            # typed already: the rows that did not type are this file's malformed lines
+            src = rendered_rows_sql(path, unparseable=False)
+            con.execute(f"CREATE TEMP TABLE rej AS SELECT _record AS line FROM {rendered_rows_sql(path, True)}")
+        else:
+            src = csv_source_sql(path, header, table, "rej")
         # Every contract column is converted (an unused aggregate keeps DuckDB from skipping
         # it), so a line the landing's reader rejects is `malformed` here too.
         parse_all = ", ".join(f'count("{c.name}")' for c in table.columns if c.name in header)
+        if is_rendered(path):
+            parse_all = "count(*)"  # nothing left to parse: read only the columns counted
         if table.is_fact:
             pcol, ccol = table.partition_column, table.client_column
             rows = con.execute(

@@ -14,7 +14,7 @@ from typing import Any
 
 from delivery_lake import landing_sql as sql
 from delivery_lake.contract import CARRIER_OPTIONAL, TABLES, Table, optional_for_carrier
-from delivery_lake.inbox import FileEntry, ensure_rejects_table
+from delivery_lake.inbox import FileEntry, ensure_rejects_table, is_rendered
 from delivery_lake.landing_plan import all_parent_files, fact_parents, parent_files_near
 from delivery_lake.landing_records import (
     BatchCounts,
@@ -64,6 +64,9 @@ class BatchTables:
         """`typed`: every file's rows typed, with the rules each breaks (see landing_sql)."""
         self.con.execute("SET preserve_insertion_order = true")
         # each header was read and checked against the contract when the file was indexed
+        for rank, e in enumerate(self.entries):
+            if is_rendered(e.path):
+                self.con.execute(sql.rendered_rejects(rank, e.path))
         self.con.execute(sql.source_view(self.table, [(e.path, e.header) for e in self.entries]))
         self.con.execute(sql.typed_table(self.table, parent_keys, [e.nominal_date for e in self.entries]))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from delivery_lake.contract import PLACEHOLDERS, Table, optional_for_carrier
-from delivery_lake.inbox import csv_source_sql
+from delivery_lake.inbox import RAW_LINE, UNPARSEABLE, csv_source_sql, is_rendered, rendered_rows_sql
 from delivery_lake.landing_records import PENDING, REPLAYED, SUPERSEDED
 from delivery_lake.sql import ident, literal
 from delivery_lake.storage import UNASSIGNED_CLIENT
@@ -85,12 +85,28 @@ def source_view(table: Table, headers: list[tuple[str, list[str]]]) -> str:
             return f"{ident(FOREIGN_FILE)} AS _foreign_file, TRY_CAST({ident(FOREIGN_LINE)} AS BIGINT) AS _foreign_line"
         return "NULL::VARCHAR AS _foreign_file, NULL::BIGINT AS _foreign_line"
 
+    def reader(rank: int, path: str, header: list[str]) -> str:
+        # a source mapping's typed output: its rows that typed (the others: rendered_rejects)
+        if is_rendered(path):
+            return rendered_rows_sql(path, unparseable=False)
+        return csv_source_sql(path, header, table, f"rej{rank}")
+
     parts = [
         f"SELECT {cols(header)}, {foreign(header)}, {literal(path)} AS _file, {rank} AS _file_rank, "
-        f"row_number() OVER () AS _ord FROM {csv_source_sql(path, header, table, f'rej{rank}')}"
+        f"row_number() OVER () AS _ord FROM {reader(rank, path, header)}"
         for rank, (path, header) in enumerate(headers)
     ]
     return "CREATE TEMP VIEW src AS " + " UNION ALL ".join(parts)
+
+
+def rendered_rejects(rank: int, path: str) -> str:
+    """`rej{rank}` for a source mapping's typed output: a row per value that did not convert,
+    shaped as the CSV reader's rejects (the line is the record's number, the raw line the row's
+    text), so the quarantine and its counts treat both kinds of file alike."""
+    return f"""CREATE TEMP TABLE rej{rank} AS
+        SELECT _record AS line, 'CAST' AS error_type, unnest(string_split({UNPARSEABLE}, ';')) AS column_name,
+               {RAW_LINE} AS csv_line
+        FROM {rendered_rows_sql(path, unparseable=True)}"""
 
 
 def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, PLACEHOLDERS, TABLES
-from delivery_lake.inbox import InboxIndex, refused_files
+from delivery_lake.inbox import InboxIndex, list_files, refused_files
 from delivery_lake.landing import Landing, LandingReport, reconcile
 from delivery_lake.sources import render as rendering
 from delivery_lake.sources.audit import ForeignAccount, reconcile_foreign
@@ -59,6 +60,10 @@ def _olist_inbox(tmp_path: Path) -> Path:
     return _inbox(tmp_path, "olist", sorted(OLIST.glob("*.csv")))
 
 
+def _rendered_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
 def _feed_files(inbox: Path) -> list[Path]:
     return sorted(p for t in TABLES for p in (inbox / t).glob("*") if (inbox / t).is_dir())
 
@@ -69,7 +74,7 @@ def _land(inbox: Path, tmp_path: Path) -> tuple[Lake, dict[str, LandingReport]]:
     lake = Lake.from_settings(settings)
     landing = Landing(lake, inbox, settings)
     # a carrier client's source has no couriers or vehicles: those feeds are absent
-    reports = {t.name: landing.land_dimension(t) for t in DIMENSIONS if any((inbox / t.name).glob("*.csv"))}
+    reports = {t.name: landing.land_dimension(t) for t in DIMENSIONS if list_files(inbox, t.name)}
     for t in FACTS:
         dates = sorted({d for e in InboxIndex(lake, inbox, t).entries() for d in e.dates})
         if dates:
@@ -240,11 +245,11 @@ def test_render_is_idempotent_and_leaves_the_inbox_readable(tmp_path: Path) -> N
     assert all(r.changed for r in first)
     written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in _feed_files(inbox)}
     assert {p.relative_to(inbox).as_posix() for p in written} == {
-        f"{t}/olist--mapping.csv" for t in ("clients", "depots")
+        f"{t}/olist--mapping.parquet" for t in ("clients", "depots")
     } | {
-        "orders/olist--olist_orders_dataset.csv",
-        "deliveries/olist--olist_orders_dataset.csv",
-        "customer_feedback/olist--olist_order_reviews_dataset.csv",
+        "orders/olist--olist_orders_dataset.parquet",
+        "deliveries/olist--olist_orders_dataset.parquet",
+        "customer_feedback/olist--olist_order_reviews_dataset.parquet",
     }
     second = rendering.render(mapping, inbox)
     assert not any(r.changed for r in second)
@@ -252,10 +257,10 @@ def test_render_is_idempotent_and_leaves_the_inbox_readable(tmp_path: Path) -> N
     # sidecars live beside the foreign files: no feed folder holds a file the inbox would refuse
     assert all(refused_files(inbox, t) == [] for t in TABLES)
     sidecars = rendering.read_sidecars(mapping, inbox)
-    orders = sidecars["orders/olist--olist_orders_dataset.csv"]
+    orders = sidecars["orders/olist--olist_orders_dataset.parquet"]
     assert orders["placeholders"]["order_value"]["rows"] == 4071 - 175  # orders without items in the sample
     assert orders["placeholders"]["priority"]["rows"] == 4071
-    assert sidecars["deliveries/olist--olist_orders_dataset.csv"]["rows_filtered_out"] == 60
+    assert sidecars["deliveries/olist--olist_orders_dataset.parquet"]["rows_filtered_out"] == 60
 
 
 def test_rendered_rows_point_to_the_foreign_line_and_are_utc(tmp_path: Path) -> None:
@@ -271,15 +276,14 @@ def test_rendered_rows_point_to_the_foreign_line_and_are_utc(tmp_path: Path) -> 
             starts[(row[0], row[1])] = end + 1
             end = reader.line_num
     assert max(starts.values()) > len(starts) + 1  # the file has multi-line records
-    with open(inbox / "customer_feedback" / "olist--olist_order_reviews_dataset.csv", newline="") as fh:
-        rendered = {(r["feedback_id"], r["order_id"]): int(r["source_line"]) for r in csv.DictReader(fh)}
-    assert rendered == starts
-    with open(inbox / "orders" / "olist--olist_orders_dataset.csv", newline="") as fh:
-        first = next(csv.DictReader(fh))
+    feedback = _rendered_rows(inbox / "customer_feedback" / "olist--olist_order_reviews_dataset.parquet")
+    assert {(r["feedback_id"], r["order_id"]): r["source_line"] for r in feedback} == starts
+    first = _rendered_rows(inbox / "orders" / "olist--olist_orders_dataset.parquet")[0]
     # 2017-10-02 10:56:33 in São Paulo (UTC-3); promised 2017-10-18, the whole day, in summer time (UTC-2)
-    assert first["created_at"] == "2017-10-02T13:56:33Z"
-    assert first["promised_by"] == "2017-10-19T01:59:59Z"
-    assert (first["source_file"], first["source_line"]) == ("sources/olist/olist_orders_dataset.csv", "2")
+    assert first["created_at"] == datetime(2017, 10, 2, 13, 56, 33, tzinfo=UTC)
+    assert first["promised_by"] == datetime(2017, 10, 19, 1, 59, 59, tzinfo=UTC)
+    assert (first["source_file"], first["source_line"]) == ("sources/olist/olist_orders_dataset.csv", 2)
+    assert (first["_unparseable"], first["_raw_line"]) == (None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,9 +506,14 @@ def test_run_renders_arrived_sources_and_names_a_folder_without_mapping(tmp_path
 
     inbox = _olist_inbox(tmp_path)
     assert arrived_clients(inbox) == {"OLIST": "olist"}
+    # what an earlier version rendered as CSV would land the same rows a second time
+    stale = inbox / "orders" / "olist--olist_orders_dataset.csv"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("order_id\nx\n")
     rendered = render_arrived(inbox)
     assert {r.feed for r in rendered} >= {"clients", "orders", "deliveries", "customer_feedback"}
-    assert (inbox / "orders" / "olist--olist_orders_dataset.csv").exists()
+    assert (inbox / "orders" / "olist--olist_orders_dataset.parquet").exists()
+    assert list_files(inbox, "orders") == [inbox / "orders" / "olist--olist_orders_dataset.parquet"]
     (inbox / "sources" / "acme").mkdir()
     (inbox / "sources" / "acme" / "export.csv").write_text("a,b\n1,2\n")
     with pytest.raises(MappingError, match=r"sources/acme: foreign files without a mapping"):
@@ -638,8 +647,8 @@ SHIFTED = {
 def test_timestamps_without_a_format_honour_offsets_and_the_source_zone(tmp_path: Path) -> None:
     inbox, mapping = _renamed_orders_source(tmp_path, "America/Sao_Paulo", SHIFTED)
     rendering.render(load(mapping), inbox)
-    with open(inbox / "orders" / "renamed--orders.csv", newline="") as fh:
-        rendered = {int(r["source_line"]) - 2: r["created_at"] for r in csv.DictReader(fh)}
+    rows = {r["source_line"] - 2: r for r in _rendered_rows(inbox / "orders" / "renamed--orders.parquet")}
+    rendered = {i: r["created_at"] for i, r in rows.items()}
     # independently: zoneinfo and datetime.fromisoformat, not DuckDB
     expected = {
         0: _utc("2025-06-01 10:00:00", SAO_PAULO),
@@ -647,10 +656,13 @@ def test_timestamps_without_a_format_honour_offsets_and_the_source_zone(tmp_path
         2: datetime(2025, 6, 1, 10, 0, tzinfo=UTC),
         3: _utc("2025-06-01 11:30:00", SAO_PAULO),
     }
-    assert {i: rendered[i] for i in expected} == {
-        i: t.strftime("%Y-%m-%dT%H:%M:%SZ") for i, t in expected.items()
-    }  # 13:00Z, 08:00Z (the offset was dropped before: 13:00Z), 10:00Z, 14:30Z
-    assert rendered[4] == "01/06/2025 10:00"  # as it came, for the landing to quarantine
+    # 13:00Z, 08:00Z (the offset was dropped before: 13:00Z), 10:00Z, 14:30Z
+    assert {i: rendered[i] for i in expected} == expected
+    # not a timestamp: no value, the column named and the row kept as sent, for the landing to quarantine
+    assert (rendered[4], rows[4]["_unparseable"]) == (None, "created_at")
+    raw = next(csv.reader([rows[4]["_raw_line"]]))
+    assert raw[list(rows[4]).index("created_at")] == "01/06/2025 10:00"
+    assert raw[list(rows[4]).index("source_line")] == "6"
 
 
 def test_utc_source_timestamps_land_like_our_own_feeds(tmp_path: Path) -> None:

@@ -1,23 +1,29 @@
-"""Render a source's foreign files into contract-shaped CSV files in the inbox.
+"""Render a source's foreign files into contract-shaped, typed Parquet files in the inbox.
 
-Each mapped feed and foreign file becomes `INBOX_DIR/<feed>/<source>--<foreign file stem>.csv`, in
-the contract's column order followed by `source_file` (the foreign file, relative to INBOX_DIR) and
-`source_line`, then any `extra` columns; the ordinary landing types, quarantines and reconciles it
-like any other file, and its extra columns point a quarantined row back to the foreign line.
+Each mapped feed and foreign file becomes `INBOX_DIR/<feed>/<source>--<foreign file stem>.parquet`,
+in the contract's column order followed by `source_file` (the foreign file, relative to INBOX_DIR)
+and `source_line`, then any `extra` columns, then `_unparseable` and `_raw_line`; the ordinary
+landing quarantines and reconciles it like any other file, and its extra columns point a
+quarantined row back to the foreign line.
+
+Why Parquet and not CSV: the foreign file is parsed once. Each contract column is cast to its type
+here (`TRY_CAST`); a value that does not convert (a date in another format) does not fail the file:
+its row keeps NULL there, `_unparseable` names the columns that failed, and `_raw_line` holds the
+row's values as the mapping produced them, as a CSV line, so the landing quarantines it as
+`unparseable:<column>` with the foreign text rather than as missing. A CSV in between cost the
+landing a second parse of every value (the bench's `mapped_over_native_landing`).
 
 DuckDB does the work in one statement per file (`COPY (SELECT ...) TO`): the foreign file is read
 as text (`read_csv`, every column VARCHAR, names from its header), streaming, never loaded into
 Python. Null tokens and trimming apply to every foreign column first; then lookups, the filter,
-the column expressions, prefixes, value maps and time conversion. A value that does not convert
-(a date in another format) is written as it came, so the landing quarantines it with the foreign
-text rather than as missing.
+the column expressions, prefixes, value maps and time conversion, then the casts.
 
 Rendering is idempotent: the same foreign bytes and mapping give the same output bytes, and an
 output that would not change is not rewritten (its modification time, which the inbox index and
 the landing's file order use, stays). Files are written atomically (a temporary name starting with
 '.', which the inbox ignores, then a rename). What was rendered, and which columns hold
 placeholders, is recorded beside the foreign files in `INBOX_DIR/sources/<source>/.rendered/`,
-outside the feed folders, whose every non-CSV file the inbox refuses.
+outside the feed folders, whose every file other than a CSV or a rendered Parquet the inbox refuses.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import duckdb
 from sqlglot import exp
 
 from delivery_lake.contract import DUCKDB_TYPES, PLACEHOLDERS, Column
-from delivery_lake.inbox import MAX_LINE, compression
+from delivery_lake.inbox import MAX_LINE, RAW_LINE, RENDERED_ENDING, UNPARSEABLE, compression
 from delivery_lake.sources.mapping import (
     SOURCES_DIR,
     ColumnSpec,
@@ -398,6 +404,46 @@ def _output_specs(feed: Feed) -> dict[str, tuple[ColumnSpec, Column | None]]:
     return out
 
 
+def _feed_columns(feed: Feed) -> list[tuple[str, Column | None]]:
+    """The output's columns in feed_sql's order, each with its contract column (None: text)."""
+    specs = _output_specs(feed)
+    contract = [(n, c) for n, (_s, c) in specs.items() if n in feed.table.column_names]
+    extra = [(n, None) for n in specs if n not in feed.table.column_names]
+    return [*contract, *((n, None) for n in (PLACEHOLDERS, *EXTRA)), *extra]
+
+
+def _constant_columns(feed: Feed) -> list[tuple[str, Column | None]]:
+    cols: list[tuple[str, Column | None]] = [(c.name, c) for c in feed.table.columns if c.name != PLACEHOLDERS]
+    return [*cols, *((n, None) for n in (PLACEHOLDERS, *EXTRA))]
+
+
+def typed_sql(select: str, columns: list[tuple[str, Column | None]]) -> str:
+    """`select`'s rows (text) typed as the contract types each column, as the landing's CSV reader
+    would: a value that does not convert is left NULL, its column named in `_unparseable` and the
+    row kept as CSV text in `_raw_line`, for the landing to quarantine with what it said."""
+    typed = [(name, col) for name, col in columns if col is not None and col.duckdb_type != "VARCHAR"]
+    out = ", ".join(ident(n) for n, _c in columns)
+    if not typed:
+        return f"SELECT {out}, NULL::VARCHAR AS {UNPARSEABLE}, NULL::VARCHAR AS {RAW_LINE} FROM ({select})"
+    # each value is cast once, in the inner query, beside its text (`__text_<i>`), which the
+    # outer query compares against to find what did not convert and then drops
+    raw = {name: f"__text_{i}" for i, (name, _c) in enumerate(typed)}
+    inner = ", ".join(
+        f"TRY_CAST({ident(n)} AS {c.duckdb_type}) AS {ident(n)}, {ident(n)} AS {raw[n]}" for n, c in typed
+    )
+    excluded = ", ".join(ident(n) for n, _c in typed)
+    failed = {n: f"({raw[n]} IS NOT NULL AND {ident(n)} IS NULL)" for n, _c in typed}
+    names = ", ".join(f"CASE WHEN {cond} THEN {literal(n)} END" for n, cond in failed.items())
+    text = ", ".join(
+        f"""coalesce('"' || replace({raw.get(n, ident(n))}::VARCHAR, '"', '""') || '"', '')""" for n, _c in columns
+    )
+    return (
+        f"SELECT {out}, nullif(concat_ws(';', {names}), '') AS {UNPARSEABLE}, "
+        f"CASE WHEN {' OR '.join(failed.values())} THEN concat_ws(',', {text}) END AS {RAW_LINE} "
+        f"FROM (SELECT * EXCLUDE ({excluded}), {inner} FROM ({select}))"
+    )
+
+
 def constant_sql(mapping: Mapping, feed: Feed) -> str:
     rows = []
     cols = [c for c in feed.table.columns if c.name != PLACEHOLDERS]
@@ -551,6 +597,7 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
     staged: list[tuple[Path, Path]] = []
     spill = tempfile.TemporaryDirectory(prefix="delivery-lake-render-")
     con = duckdb.connect(config={"temp_directory": spill.name})
+    con.execute("SET TimeZone = 'UTC'")  # a naive timestamp is UTC here, as in the landing's reader
     if memory_limit:
         con.execute(f"SET memory_limit = {literal(memory_limit)}")
     try:
@@ -592,6 +639,8 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
             raise MappingError(problems)
         for tmp, target in staged:
             os.replace(tmp, target)
+        for r in out:  # what an earlier version rendered as CSV would be landed a second time
+            (inbox / r.output).with_suffix(".csv").unlink(missing_ok=True)
     finally:
         con.close()
         spill.cleanup()
@@ -602,7 +651,7 @@ def render(mapping: Mapping, inbox: Path, memory_limit: str | None = None) -> li
 
 
 def output_path(inbox: Path, mapping: Mapping, feed: str, stem: str) -> Path:
-    return Path(inbox) / feed / f"{mapping.source}--{stem}.csv"
+    return Path(inbox) / feed / f"{mapping.source}--{stem}{RENDERED_ENDING}"
 
 
 def _stem(path: Path) -> str:
@@ -620,7 +669,7 @@ def _copy(con: duckdb.DuckDBPyConnection, sql: str, target: Path, staged: list[t
     tmp = target.parent / f".{target.name}.tmp"
     keep = False
     try:
-        written = con.execute(f"COPY ({sql}) TO {literal(str(tmp))} (FORMAT csv, HEADER, DELIMITER ',')").fetchone()
+        written = con.execute(f"COPY ({sql}) TO {literal(str(tmp))} (FORMAT parquet)").fetchone()
         rows = int(written[0]) if written else 0
         if rows == 0 or (target.exists() and filecmp.cmp(tmp, target, shallow=False)):
             return rows, False
@@ -636,7 +685,7 @@ def _write_constant(
     con: duckdb.DuckDBPyConnection, mapping: Mapping, feed: Feed, inbox: Path, staged: list[tuple[Path, Path]]
 ) -> Rendered:
     target = output_path(inbox, mapping, feed.name, "mapping")
-    rows, changed = _copy(con, constant_sql(mapping, feed), target, staged)
+    rows, changed = _copy(con, typed_sql(constant_sql(mapping, feed), _constant_columns(feed)), target, staged)
     rendered = Rendered(feed.name, None, str(target.relative_to(inbox)), len(feed.rows), rows, changed=changed)
     for name, spec in feed.placeholders().items():
         rendered.placeholders[name] = {
@@ -670,7 +719,7 @@ def _write_feed(
             stats = con.execute(sql.stats).fetchone() or (0, 0, 0)
             if lines > int(stats[0]) + 1:
                 sql = feed_sql(mapping, feed, path, folder, inbox, spanning=True)
-        rows, changed = _copy(con, sql.select, target, staged)
+        rows, changed = _copy(con, typed_sql(sql.select, _feed_columns(feed)), target, staged)
     except duckdb.Error as exc:
         raise MappingError([f"{where}: {read_problem(exc)}"]) from None
     # without a filter or a collapse every record is one output row (a lookup joins one row per key)
