@@ -54,8 +54,23 @@ class RunOutcome:
 
 
 # What the embedded instance's dagster.yaml says when we create it: no telemetry (the CLI
-# must not print a banner, and a lakehouse should not phone home by default).
-INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+# must not print a banner, and a lakehouse should not phone home by default), and Dagster's
+# SQLite storage in DAGSTER_HOME with event-log connections kept open between events
+# (assets/instance_storage.py: a run over many partitions writes thousands of events).
+INSTANCE_YAML = """\
+# Written by delivery-lake for its embedded Dagster instance (assets/run.py, dagster_instance).
+telemetry:
+  enabled: false
+storage:
+  custom:
+    module: assets.instance_storage
+    class: PooledSqliteStorage
+    config:
+      base_dir: {env: DAGSTER_HOME}
+"""
+# What earlier versions wrote; such a file is replaced by INSTANCE_YAML (a file anyone else
+# wrote or edited is left as it is).
+EARLIER_INSTANCE_YAMLS = ("telemetry:\n  enabled: false\n",)
 PID_TAG, HOST_TAG = "delivery_lake/pid", "delivery_lake/host"
 
 
@@ -78,7 +93,7 @@ def dagster_instance(settings: Settings) -> Any:
     home.mkdir(parents=True, exist_ok=True)
     with _instance_lock(home):
         config = home / "dagster.yaml"
-        if not config.exists():
+        if not config.exists() or config.read_text() in EARLIER_INSTANCE_YAMLS:
             write_file_atomic(config, INSTANCE_YAML.encode())
         instance = dg.DagsterInstance.get()
         instance.get_runs(limit=1)  # creates the storage's schema now, under the lock

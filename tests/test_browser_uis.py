@@ -48,6 +48,13 @@ run_coordinator:
   class: DefaultRunCoordinator
 telemetry:
   enabled: false
+# the embedded instance's storage (assets/instance_storage.py): the UI reads what `run` wrote through it
+storage:
+  custom:
+    module: assets.instance_storage
+    class: PooledSqliteStorage
+    config:
+      base_dir: {env: DAGSTER_HOME}
 """
 
 

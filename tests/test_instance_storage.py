@@ -1,0 +1,148 @@
+"""The embedded Dagster instance's storage (assets/instance_storage.py): Dagster's SQLite storage
+with event-log connections kept open. What it writes must be what Dagster's own storage reads,
+across processes and forks, and the instance file that selects it must be upgraded, not clobbered."""
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.instance_storage import MAX_ENGINES, PooledSqliteEventLogStorage
+from assets.run import EARLIER_INSTANCE_YAMLS, INSTANCE_YAML, dagster_instance
+from delivery_lake.config import Settings
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-03-01")
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def daily(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys)})
+
+
+@dg.asset
+def whole() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"rows": 1})
+
+
+def _materialize_range(instance: dg.DagsterInstance, first: str, last: str) -> str:
+    result = dg.materialize(
+        [daily],
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+    assert result.success
+    return result.run_id
+
+
+def _plain_reader(home: Path) -> dg.DagsterInstance:
+    """Dagster's own SQLite storage on the same folder: what the UI reads when started without ours."""
+    return dg.DagsterInstance.from_config(str(home), config_filename="plain.yaml")
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(path))
+    path.mkdir()
+    (path / "plain.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {path}\ntelemetry:\n  enabled: false\n")
+    return path
+
+
+def test_a_range_run_writes_through_kept_connections_and_dagster_reads_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+    batches: list[int] = []
+    store_batch = storage.store_event_batch
+
+    def counted(events):  # the real batch store, counted
+        batches.append(len(events))
+        store_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", counted)
+    run_id = _materialize_range(instance, "2025-01-01", "2025-01-31")
+    # the 31 planned events in one batch, the 31 materializations in another
+    assert batches == [31, 31]
+    for _ in range(MAX_ENGINES + 2):  # more run shards than engines kept: the oldest are closed
+        assert dg.materialize([whole], instance=instance).success
+    # the index shard's engine and its connection are reused, not rebuilt per event
+    assert len(storage._engines) <= MAX_ENGINES
+    index = storage._engine("index")
+    assert storage._engine("index") is index
+    # its connections stay open and idle between events (a second one answers `has_table`
+    # while a write holds the first)
+    assert index.pool.checkedout() == 0 and index.pool.checkedin() in (1, 2)
+
+    plain = _plain_reader(home)
+    assert not isinstance(plain.event_log_storage, PooledSqliteEventLogStorage)
+    keys = plain.get_materialized_partitions(daily.key)
+    assert keys == {f"2025-01-{d:02d}" for d in range(1, 32)}
+    logs = plain.all_logs(run_id)
+    materialized = [e for e in logs if e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"]
+    assert len(materialized) == 31
+    assert materialized[0].dagster_event.event_specific_data.materialization.metadata["partitions"].value == 31
+    assert plain.get_latest_materialization_event(whole.key) is not None
+    # what a batch writes beside the events: the asset's latest materialization, partition tags
+    latest = plain.get_latest_materialization_event(daily.key)
+    assert latest is not None and latest.dagster_event is not None
+    assert latest.dagster_event.partition == "2025-01-31"
+    one = plain.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=daily.key, asset_partitions=["2025-01-15"]), limit=5
+    ).records
+    assert [r.partition_key for r in one] == ["2025-01-15"]
+    assert len(plain.get_runs()) == 1 + MAX_ENGINES + 2
+
+
+def _child_run(home: str) -> None:
+    os.environ["DAGSTER_HOME"] = home
+    # a fork of a process whose storage holds open connections: the child opens its own
+    instance = dg.DagsterInstance.get()
+    _materialize_range(instance, "2025-02-01", "2025-02-10")
+
+
+def test_a_forked_process_and_a_second_process_write_beside_the_first(home: Path, tmp_path: Path) -> None:
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    _materialize_range(instance, "2025-01-01", "2025-01-05")
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+    parent_index = storage._engine("index")
+
+    forked = multiprocessing.get_context("fork").Process(
+        target=_materialize_range, args=(instance, "2025-02-01", "2025-02-03")
+    )
+    forked.start()
+    forked.join(120)
+    spawned = multiprocessing.get_context("spawn").Process(target=_child_run, args=(str(home),))
+    spawned.start()
+    spawned.join(120)
+    assert (forked.exitcode, spawned.exitcode) == (0, 0)
+    # the parent's connection still works after its child wrote through its own
+    assert storage._engine("index") is parent_index
+    _materialize_range(instance, "2025-01-20", "2025-01-21")
+
+    keys = _plain_reader(home).get_materialized_partitions(daily.key)
+    expected = {f"2025-01-0{d}" for d in range(1, 6)} | {"2025-01-20", "2025-01-21"}
+    expected |= {f"2025-02-{d:02d}" for d in range(1, 11)}
+    assert keys == expected
+
+
+def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_else_wrote_it(
+    home: Path, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(data_dir=tmp_path / "data")
+    config = home / "dagster.yaml"
+    config.write_text(EARLIER_INSTANCE_YAMLS[0])
+    instance = dagster_instance(settings)
+    assert config.read_text() == INSTANCE_YAML
+    assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+
+    edited = f"telemetry:\n  enabled: false\nstorage:\n  sqlite:\n    base_dir: {home}\n"
+    config.write_text(edited)
+    instance = dg.DagsterInstance.get()
+    assert config.read_text() == edited
+    assert not isinstance(dagster_instance(settings).event_log_storage, PooledSqliteEventLogStorage)
+    assert config.read_text() == edited
