@@ -8,6 +8,7 @@ library below it never imports Dagster (checked by `make lint`).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -57,19 +58,28 @@ class RunOutcome:
 # must not print a banner, and a lakehouse should not phone home by default), and Dagster's
 # SQLite storage in DAGSTER_HOME with event-log connections kept open between events
 # (assets/instance_storage.py: a run over many partitions writes thousands of events).
-INSTANCE_YAML = """\
-# Written by delivery-lake for its embedded Dagster instance (assets/run.py, dagster_instance).
-telemetry:
-  enabled: false
-storage:
-  custom:
-    module: assets.instance_storage
-    class: PooledSqliteStorage
-    config:
-      base_dir: {env: DAGSTER_HOME}
-"""
-# What earlier versions wrote; such a file is replaced by INSTANCE_YAML (a file anyone else
-# wrote or edited is left as it is).
+INSTANCE_MARKER = "# Written by delivery-lake for its embedded Dagster instance"
+
+
+def instance_yaml(home: Path) -> str:
+    """The instance file for DAGSTER_HOME `home`. Its storage folder is written out (Dagster's
+    default is the folder the instance is loaded from, which a custom storage is not told); a
+    file of ours naming another folder (the home moved) is rewritten by `dagster_instance`."""
+    return (
+        f"{INSTANCE_MARKER} (assets/run.py, dagster_instance).\n"
+        "telemetry:\n"
+        "  enabled: false\n"
+        "storage:\n"
+        "  custom:\n"
+        "    module: assets.instance_storage\n"
+        "    class: PooledSqliteStorage\n"
+        "    config:\n"
+        f"      base_dir: {json.dumps(str(home))}\n"
+    )
+
+
+# What earlier versions wrote; such a file is replaced (a file anyone else wrote or edited is
+# left as it is).
 EARLIER_INSTANCE_YAMLS = ("telemetry:\n  enabled: false\n",)
 PID_TAG, HOST_TAG = "delivery_lake/pid", "delivery_lake/host"
 
@@ -93,8 +103,10 @@ def dagster_instance(settings: Settings) -> Any:
     home.mkdir(parents=True, exist_ok=True)
     with _instance_lock(home):
         config = home / "dagster.yaml"
-        if not config.exists() or config.read_text() in EARLIER_INSTANCE_YAMLS:
-            write_file_atomic(config, INSTANCE_YAML.encode())
+        wanted = instance_yaml(home.resolve())
+        text = config.read_text() if config.exists() else None
+        if text is None or text in EARLIER_INSTANCE_YAMLS or (text.startswith(INSTANCE_MARKER) and text != wanted):
+            write_file_atomic(config, wanted.encode())
         instance = dg.DagsterInstance.get()
         instance.get_runs(limit=1)  # creates the storage's schema now, under the lock
     return instance

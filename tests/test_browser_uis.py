@@ -54,7 +54,7 @@ storage:
     module: assets.instance_storage
     class: PooledSqliteStorage
     config:
-      base_dir: {env: DAGSTER_HOME}
+      base_dir: "{home}"
 """
 
 
@@ -110,7 +110,7 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIs]:
     tmp = tmp_path_factory.mktemp("uis")
     home = tmp / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "dagster.yaml").write_text(DAGSTER_YAML.replace("{home}", str(home)))
     env = {
         "DATA_DIR": str(tmp / "data"),
         "LAKE_URL": str(tmp / "lake"),

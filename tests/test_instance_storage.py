@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from assets.instance_storage import MAX_ENGINES, PooledSqliteEventLogStorage
-from assets.run import EARLIER_INSTANCE_YAMLS, INSTANCE_YAML, dagster_instance
+from assets.run import EARLIER_INSTANCE_YAMLS, dagster_instance, instance_yaml
 from delivery_lake.config import Settings
 
 DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-03-01")
@@ -137,8 +137,16 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     config = home / "dagster.yaml"
     config.write_text(EARLIER_INSTANCE_YAMLS[0])
     instance = dagster_instance(settings)
-    assert config.read_text() == INSTANCE_YAML
+    assert config.read_text() == instance_yaml(home.resolve())
     assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    # loaded without DAGSTER_HOME set, as `DagsterInstance.from_config(folder)` does
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DAGSTER_HOME")
+        assert isinstance(dg.DagsterInstance.from_config(str(home)).event_log_storage, PooledSqliteEventLogStorage)
+    # a home moved elsewhere: our file follows it
+    config.write_text(instance_yaml(tmp_path / "elsewhere"))
+    dagster_instance(settings)
+    assert config.read_text() == instance_yaml(home.resolve())
 
     edited = f"telemetry:\n  enabled: false\nstorage:\n  sqlite:\n    base_dir: {home}\n"
     config.write_text(edited)
