@@ -97,25 +97,27 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Dagster's `store_event` for each event, in one transaction per database file.
 
-        Dagster hands a batch here when `DAGSTER_EVENT_BATCH_SIZE` is set (set below): the
+        Dagster hands a batch here when `DAGSTER_EVENT_BATCH_SIZE` is set (set above): the
         planned events of a run and the materializations of a step over many partitions. Its
         own SQLite storage stores them one by one, a commit on the run shard and two or three
         on the index per event; here a batch is one commit on the run shard and one on the index.
         Events other than asset events (checks, run status) keep Dagster's path."""
-        asset_events = [e for e in events if e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS]
-        if len(asset_events) != len(events) or len({e.run_id for e in events}) != 1:
+        if len({e.run_id for e in events}) != 1 or not all(
+            e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events
+        ):
             for event in events:
                 self.store_event(event)
             return
+        # each event serialized once, its statement run on the run shard and mirrored in the index
+        inserts = [self.prepare_insert_event(event) for event in events]
         with self.run_connection(events[0].run_id) as conn:
-            for event in events:
-                conn.execute(self.prepare_insert_event(event))
-        # mirrored in the index, as store_event does, each with its id for its tags and asset row
+            for insert in inserts:
+                conn.execute(insert)
+        # in the index, each with its id for its tags and the asset's row, as store_event does
         with self.index_transaction() as conn:
             ids = []
-            for event in events:
-                result = conn.execute(self.prepare_insert_event(event))
-                key = result.inserted_primary_key
+            for event, insert in zip(events, inserts, strict=True):
+                key = conn.execute(insert).inserted_primary_key
                 event_id = key[0] if key is not None else None
                 if event_id is None:
                     raise RuntimeError("the event log's index returned no id for an asset event")

@@ -268,6 +268,16 @@ def rendered_rows_sql(path: Path | str, unparseable: bool) -> str:
     )
 
 
+def rendered_rejects(name: str, path: Path | str) -> str:
+    """Create the rejects table `name` for a rendered file: a row per value that did not convert,
+    shaped as the CSV reader's rejects (the line is the record's number, the raw line the row's
+    text), so the inbox scan, the quarantine and their counts treat both kinds of file alike."""
+    return f"""CREATE TEMP TABLE {name} AS
+        SELECT _record AS line, 'CAST' AS error_type, unnest(string_split({UNPARSEABLE}, ';')) AS column_name,
+               {RAW_LINE} AS csv_line
+        FROM {rendered_rows_sql(path, unparseable=True)}"""
+
+
 def csv_source_sql(path: Path | str, header: list[str], table: Table, rejects_table: str) -> str:
     """The one way this project reads a source CSV: typed while parsing, bad lines set aside.
 
@@ -309,16 +319,16 @@ def _scan(lake: Lake, path: Path, table: Table) -> FileEntry:
     con = lake.duckdb()
     try:
         if is_rendered(path):
-            # typed already: the rows that did not type are this file's malformed lines
+            # typed already: the rows that did not type are this file's malformed lines, and
+            # nothing is left to parse (only the columns counted are read)
             src = rendered_rows_sql(path, unparseable=False)
-            con.execute(f"CREATE TEMP TABLE rej AS SELECT _record AS line FROM {rendered_rows_sql(path, True)}")
+            con.execute(rendered_rejects("rej", path))
+            parse_all = "count(*)"
         else:
             src = csv_source_sql(path, header, table, "rej")
-        # Every contract column is converted (an unused aggregate keeps DuckDB from skipping
-        # it), so a line the landing's reader rejects is `malformed` here too.
-        parse_all = ", ".join(f'count("{c.name}")' for c in table.columns if c.name in header)
-        if is_rendered(path):
-            parse_all = "count(*)"  # nothing left to parse: read only the columns counted
+            # Every contract column is converted (an unused aggregate keeps DuckDB from skipping
+            # it), so a line the landing's reader rejects is `malformed` here too.
+            parse_all = ", ".join(f'count("{c.name}")' for c in table.columns if c.name in header)
         if table.is_fact:
             pcol, ccol = table.partition_column, table.client_column
             rows = con.execute(

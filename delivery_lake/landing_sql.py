@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from delivery_lake import inbox
 from delivery_lake.contract import PLACEHOLDERS, Table, optional_for_carrier
-from delivery_lake.inbox import RAW_LINE, UNPARSEABLE, csv_source_sql, is_rendered, rendered_rows_sql
+from delivery_lake.inbox import csv_source_sql, is_rendered, rendered_rows_sql
 from delivery_lake.landing_records import PENDING, REPLAYED, SUPERSEDED
 from delivery_lake.sql import ident, literal
 from delivery_lake.storage import UNASSIGNED_CLIENT
@@ -100,13 +101,8 @@ def source_view(table: Table, headers: list[tuple[str, list[str]]]) -> str:
 
 
 def rendered_rejects(rank: int, path: str) -> str:
-    """`rej{rank}` for a source mapping's typed output: a row per value that did not convert,
-    shaped as the CSV reader's rejects (the line is the record's number, the raw line the row's
-    text), so the quarantine and its counts treat both kinds of file alike."""
-    return f"""CREATE TEMP TABLE rej{rank} AS
-        SELECT _record AS line, 'CAST' AS error_type, unnest(string_split({UNPARSEABLE}, ';')) AS column_name,
-               {RAW_LINE} AS csv_line
-        FROM {rendered_rows_sql(path, unparseable=True)}"""
+    """`rej{rank}`, the rejects table `source_view` names, for a source mapping's typed output."""
+    return inbox.rendered_rejects(f"rej{rank}", path)
 
 
 def reason_exprs(table: Table, parent_keys: dict[str, str]) -> list[str]:
