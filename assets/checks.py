@@ -26,10 +26,14 @@ from typing import Any
 
 import dagster as dg
 
+from assets import check_inputs
 from assets.partitions import FACT_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
 from delivery_lake.quality import Quality, suite_names
+
+# Before any check runs in this process (the CLI, the daemon's steps, the UI's code server).
+check_inputs.install()
 
 SUITE_CHECK = "gx_suite"
 # Raw facts land nightly (02:00 UTC); older than 26 h means a night was missed.

@@ -14,7 +14,6 @@ import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from delivery_lake.config import Settings
 from delivery_lake.contract import FACTS, TABLES
 from delivery_lake.inbox import inbox_partitions, scan_changes
 from delivery_lake.landing import releasable, unreconciled
-from delivery_lake.ml.features import FACT, HISTORY_DAYS
+from delivery_lake.ml.features import FACT, dates_reading
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
 from delivery_lake.planning import date_blocks, plan_runs
@@ -276,11 +275,7 @@ def _run_ml(defs: Any, instance: Any, settings: Settings, lake: Lake, changes: A
 
     changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in changes.facts.items()}
     built = set(lake.list_dates("curated", FACT))
-    dates = {
-        (date.fromisoformat(d) + timedelta(days=k)).isoformat()
-        for d in affected_dates(PROJECT, changed, built)
-        for k in range(HISTORY_DAYS + 1)
-    } & built
+    dates = dates_reading(lake, affected_dates(PROJECT, changed, built))
     occupied = built | set(lake.list_dates(FEATURES_ZONE, FEATURES_TABLE))
     for first, last in date_blocks(dates, occupied):
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}

@@ -180,6 +180,16 @@ def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) 
     return out
 
 
+def dates_reading(lake: Lake, curated_dates: Iterable[str]) -> set[str]:
+    """The feature dates to rebuild when the `SOURCE` partitions of `curated_dates` changed: each
+    of those dates and the `HISTORY_DAYS` after it (their driver history reads it), where the
+    source is built."""
+    built = set(lake.list_dates("curated", FACT))
+    return {
+        (date.fromisoformat(d) + timedelta(days=k)).isoformat() for d in curated_dates for k in range(HISTORY_DAYS + 1)
+    } & built
+
+
 def feature_dates(lake: Lake) -> list[str]:
     return lake.list_dates(ZONE, TABLE)
 
