@@ -162,9 +162,7 @@ def curated_cells(lake: Lake) -> tuple[dict[tuple[str, str], list[tuple[str, str
     left out, and the (table, date, client) partitions served from their last good copy."""
     held: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     last_good: set[tuple[str, str, str]] = set()
-    paths = lake.glob(lake.meta_path("curated") + "/*/*.json")
-    for path, found in zip(paths, lake.read_jsons(paths), strict=True):
-        doc = found or {}
+    for path, doc in lake.read_jsons_matching([lake.meta_path("curated") + "/*/*.json"]).items():
         model = doc.get("model") or path.rsplit("/", 2)[-2]
         for cell in doc.get("held_cells") or []:
             d, c, reason = [*cell, None, None, None][:3]
@@ -190,8 +188,8 @@ def partition_statuses(lake: Lake, sources: Mapping[str, Iterable[str]] | None =
             if doc:
                 verdicts[(doc.get("date"), doc.get("client"))] = doc
         parts: list[tuple[PartitionStatus, list[dict[str, Any]]]] = []
-        for doc in lake.read_jsons(lake.glob(lake.meta_path("landing", t.name) + "/date=*/client=*.json")):
-            if not doc or doc.get("client") == UNASSIGNED_CLIENT:
+        for doc in lake.read_jsons_matching([lake.meta_path("landing", t.name) + "/date=*/client=*.json"]).values():
+            if doc.get("client") == UNASSIGNED_CLIENT:
                 continue
             d, c = str(doc["date"]), str(doc["client"])
             p = PartitionStatus(

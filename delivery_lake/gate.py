@@ -46,12 +46,10 @@ def statuses(lake: Lake, table: str, dates: Iterable[str] | None = None) -> list
     """The verdicts recorded for `table`: all of them, or those of `dates` (a build of a few days
     need not read the table's whole history of verdicts)."""
     if dates is None:
-        paths = lake.glob(lake.meta_path("quality", table) + "/**/*.json")
+        patterns = [lake.meta_path("quality", table) + "/**/*.json"]
     else:
-        paths = lake.glob_many(
-            [p for d in dates for p in (status_path(lake, table, d, "*"), status_path(lake, table, d))]
-        )
-    return [doc for doc in lake.read_jsons(paths) if doc is not None]
+        patterns = [p for d in dates for p in (status_path(lake, table, d, "*"), status_path(lake, table, d))]
+    return list(lake.read_jsons_matching(patterns).values())
 
 
 def blocked_partitions(

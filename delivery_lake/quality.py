@@ -337,8 +337,7 @@ class Quality:
         """Path -> document of the landing manifests matching `pattern` (cached during a call)."""
         if self._manifests is not None and pattern in self._manifests:
             return self._manifests[pattern]
-        paths = self.lake.glob(pattern)
-        found = {p: doc or {} for p, doc in zip(paths, self.lake.read_jsons(paths), strict=True)}
+        found = self.lake.read_jsons_matching([pattern])
         if self._manifests is not None:
             self._manifests[pattern] = found
         return found
@@ -858,9 +857,13 @@ class Quality:
             if s.get("data_sha256"):
                 wanted.add((table, s.get("date"), s.get("client")))
                 wanted |= {tuple(ref.split("/", 2)) for ref in (s.get("parents") or {})}
-        keys = sorted(wanted, key=repr)
-        docs = self.lake.read_jsons([manifest_path(self.lake, t, d, c) for t, d, c in keys])
-        versions = {k: (doc or {}).get("sha256") for k, doc in zip(keys, docs, strict=True)}
+        # read by listing each table's manifests: on S3 those this process read before under the
+        # same ETag are not fetched again (every check of a run asks)
+        listed = self.lake.read_jsons_matching(
+            [manifest_path(self.lake, t, "*", "*") for t in sorted({k[0] for k in wanted})]
+            + [manifest_path(self.lake, t, None, None) for t in sorted({k[0] for k in wanted if k[1] is None})]
+        )
+        versions = {k: (listed.get(manifest_path(self.lake, *k)) or {}).get("sha256") for k in wanted}
 
         def version(t: str, d: str | None, c: str | None) -> str | None:
             if (t, d, c) not in versions:

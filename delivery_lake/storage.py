@@ -28,7 +28,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,47 @@ UNASSIGNED_CLIENT = "_unassigned"
 
 class StorageError(RuntimeError):
     pass
+
+
+class _ListedFiles:
+    """Small lake files (verdicts, manifests) this process fetched from S3, by path and ETag, so
+    `Lake.read_jsons_matching` fetches again only what a fresh listing shows has changed. An
+    ETag names the object's content, so a hit is the bytes the listing describes. Bounded in
+    bytes; the oldest entry goes first."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, path: str, etag: str) -> bytes | None:
+        with self.lock:
+            entry = self.entries.get(path)
+            if entry is None or not etag or entry[0] != etag:
+                return None
+            self.entries.move_to_end(path)
+            return entry[1]
+
+    def put(self, path: str, etag: str, data: bytes) -> None:
+        if not etag or len(data) > self.max_bytes // 16:
+            return
+        with self.lock:
+            old = self.entries.pop(path, None)
+            if old is not None:
+                self.bytes -= len(old[1])
+            self.entries[path] = (etag, data)
+            self.bytes += len(data)
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self.entries.popitem(last=False)
+                self.bytes -= len(dropped)
+
+
+_LISTED_FILES = _ListedFiles(max_bytes=64 * 1024 * 1024)
+
+
+def _manifest_date(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1].removesuffix(".json")
+    return name.removeprefix("date=") if name.startswith("date=") else None
 
 
 class Lake:
@@ -158,6 +201,10 @@ class Lake:
         """
         if not self.is_s3:
             return sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)})
+        return sorted(self._s3_versions(patterns))
+
+    def _s3_versions(self, patterns: list[str]) -> dict[str, str]:
+        """Path -> ETag of every object matching any of `patterns` (listed as `glob_many` says)."""
         import asyncio
         import re
 
@@ -166,30 +213,77 @@ class Lake:
 
         fs: Any = self.fs
 
-        async def one(pattern: str) -> list[str]:
-            pattern = fs._strip_protocol(pattern)
-            if not any(ch in pattern for ch in "*?["):
-                return [pattern] if await fs._exists(pattern) else []
+        def etag(info: dict[str, Any]) -> str:
+            return str(info.get("ETag") or "")
+
+        async def one(pattern: str) -> dict[str, str]:
             first = min(i for i, ch in enumerate(pattern) if ch in "*?[")
             root = pattern[:first].rsplit("/", 1)[0]
             wanted = re.compile(glob_translate(pattern))
-            return [p for p in await fs._find(root) if wanted.match(p)]
+            found = await fs._find(root, detail=True)
+            return {p: etag(info) for p, info in found.items() if wanted.match(p)}
 
-        async def all_of() -> list[list[str]]:
-            return list(await asyncio.gather(*(one(p) for p in patterns)))
+        async def exact(folder: str, paths: set[str]) -> dict[str, str]:
+            # one path: a HEAD; several in one folder: one listing of the folder, not a HEAD each
+            if len(paths) == 1:
+                (path,) = paths
+                try:
+                    info = await fs._info(path)
+                except FileNotFoundError:
+                    return {}
+                return {path: etag(info)} if info.get("type") != "directory" else {}
+            listed = await fs._lsdir(folder)
+            return {info["name"]: etag(info) for info in listed if info["name"] in paths and info["type"] == "file"}
 
-        return sorted({p for paths in sync(fs.loop, all_of) for p in paths})
+        stripped = [fs._strip_protocol(p) for p in patterns]
+        by_folder: dict[str, set[str]] = {}
+        for p in stripped:
+            if not any(ch in p for ch in "*?["):
+                by_folder.setdefault(p.rsplit("/", 1)[0], set()).add(p)
+
+        async def all_of() -> list[dict[str, str]]:
+            return list(
+                await asyncio.gather(
+                    *(one(p) for p in stripped if any(ch in p for ch in "*?[")),
+                    *(exact(folder, paths) for folder, paths in by_folder.items()),
+                )
+            )
+
+        return {p: etag for found in sync(fs.loop, all_of) for p, etag in found.items()}
+
+    def read_jsons_matching(self, patterns: list[str]) -> dict[str, Any]:
+        """Path -> document of every file matching any of `patterns`, in path order.
+
+        On S3 the listing gives each file's ETag, and a file this process read before under the
+        same ETag is not fetched again: a run's steps re-read the same verdicts and manifests
+        (36 reads of the gate in one day's run), each a GET per file. What is served is what the
+        listing, made in this call, says is there now."""
+        if not self.is_s3:
+            paths = self.glob_many(patterns)
+            return {p: doc for p, doc in zip(paths, self.read_jsons(paths), strict=True) if doc is not None}
+        versions = self._s3_versions(patterns)
+        raw: dict[str, bytes] = {}
+        for path, etag in versions.items():
+            cached = _LISTED_FILES.get(path, etag)
+            if cached is not None:
+                raw[path] = cached
+        fetched = self._cat_many([p for p in versions if p not in raw])
+        for path, data in fetched.items():
+            _LISTED_FILES.put(path, versions[path], data)
+            raw[path] = data
+        return {p: json.loads(raw[p]) for p in sorted(raw)}
 
     def list_external_table_specs(self) -> list[str]:
         return self.glob(self.meta_path("warehouse", "external") + "/*.json")
 
     def list_build_manifests(self, zone: str, table: str) -> dict[str | None, str]:
         """date (None for an unpartitioned table) -> manifest path, for every built partition."""
-        out: dict[str | None, str] = {}
-        for f in self.glob(self.meta_path(zone, table) + "/*.json"):
-            name = f.rsplit("/", 1)[-1].removesuffix(".json")
-            out[name.removeprefix("date=") if name.startswith("date=") else None] = f
-        return out
+        return {_manifest_date(f): f for f in self.glob(self.meta_path(zone, table) + "/*.json")}
+
+    def read_build_manifests(self, zone: str, table: str) -> dict[str | None, Any]:
+        """date (None for an unpartitioned table) -> manifest, for every built partition."""
+        found = self.read_jsons_matching([self.meta_path(zone, table) + "/*.json"])
+        return {_manifest_date(f): doc for f, doc in found.items()}
 
     # ---- reads ---------------------------------------------------------------------
     def exists(self, path: str) -> bool:
@@ -213,7 +307,8 @@ class Lake:
     def read_json(self, path: str, default: Any = None) -> Any:
         try:
             if self.is_s3:
-                return json.loads(self.fs.cat_file(path))  # one GET (opening a file first asks its size)
+                # one GET (opening a file first asks its size; so does cat_file unless told not to split)
+                return json.loads(self.fs.cat_file(path, max_concurrency=1))
             with open(path, "rb") as fh:
                 return json.loads(fh.read())
         except FileNotFoundError:
@@ -277,15 +372,26 @@ class Lake:
             return [self.read_json(p) for p in paths]
         if not paths:
             return []
-        found = self.fs.cat(list(dict.fromkeys(paths)), on_error="return")
-        by_path: dict[str, Any] = {}
+        by_path = self._cat_many(list(dict.fromkeys(paths)))
+        return [json.loads(by_path[p]) if p in by_path else None for p in (self.fs._strip_protocol(p) for p in paths)]
+
+    def _cat_many(self, paths: list[str]) -> dict[str, bytes]:
+        """Path (without the protocol) -> bytes of the S3 objects at `paths`, fetched concurrently;
+        a missing one is left out, any other failure raised (refused, unreachable: loud, never
+        an empty page)."""
+        if not paths:
+            return {}
+        # max_concurrency=1: s3fs otherwise asks each file's size (a HEAD) before its GET, to
+        # split big files into ranges; these are small documents
+        found = self.fs.cat(paths, on_error="return", max_concurrency=1)
+        by_path: dict[str, bytes] = {}
         for key, value in found.items():
             if isinstance(value, FileNotFoundError):
-                continue  # missing reads as None, as with read_json
+                continue
             if isinstance(value, BaseException):
-                raise value  # refused, unreachable: loud, never an empty page
+                raise value
             by_path[self.fs._strip_protocol(key)] = value
-        return [json.loads(by_path[p]) if p in by_path else None for p in (self.fs._strip_protocol(p) for p in paths)]
+        return by_path
 
     def list_partitions(self, zone: str, table: str, dates: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """(date, client) pairs that hold a data file (only under `dates` when given: a day's

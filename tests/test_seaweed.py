@@ -194,6 +194,49 @@ def test_json_documents_are_read_in_one_batch(s3_settings) -> None:
     assert lake.read_jsons([]) == []
 
 
+def test_listed_documents_are_fetched_again_only_when_changed(s3_settings, tmp_path: Path) -> None:
+    """`read_jsons_matching`: what the listing shows now, byte for byte; a document this process
+    read before under the same ETag is served without a GET; an overwritten one is fetched anew,
+    a deleted one is gone, a new one appears, also for another Lake object of the same process."""
+    lake = Lake.from_settings(s3_settings)
+    base = lake.meta_path("quality", "listed")
+    paths = [f"{base}/date=2024-01-0{i}/client=a.json" for i in range(1, 4)]
+    for i, path in enumerate(paths):
+        lake.write_json(path, {"n": i})
+    fetched: list[list[str]] = []
+    real_cat = lake.fs.cat
+
+    def counting_cat(keys: list[str], **kw: object) -> object:  # the real request, counted
+        fetched.append(sorted(keys))
+        return real_cat(keys, **kw)
+
+    lake.fs.cat = counting_cat  # type: ignore[method-assign]
+    pattern = [f"{base}/date=*/client=*.json"]
+    assert lake.read_jsons_matching(pattern) == {p: {"n": i} for i, p in enumerate(paths)}
+    assert fetched == [sorted(paths)]
+    assert lake.read_jsons_matching(pattern) == {p: {"n": i} for i, p in enumerate(paths)}
+    assert fetched == [sorted(paths)]  # nothing changed: no GET
+
+    lake.write_json(paths[1], {"n": 10})  # overwritten
+    lake.fs.rm(paths[2])
+    assert not lake.exists(paths[2])  # deleted (verified, as the brief asks of deletes)
+    extra = f"{base}/date=2024-01-09/client=b.json"
+    lake.write_json(extra, {"n": 9})  # new
+    assert lake.read_jsons_matching(pattern) == {paths[0]: {"n": 0}, paths[1]: {"n": 10}, extra: {"n": 9}}
+    assert fetched[1:] == [sorted([paths[1], extra])]
+
+    other = Lake.from_settings(s3_settings)  # the cache is the process's, the listing each call's
+    other.write_json(paths[0], {"n": 100})
+    assert lake.read_jsons_matching([paths[0], paths[2]]) == {paths[0]: {"n": 100}}
+    # exact paths sharing a folder are found by one listing of it: present ones only
+    third = f"{base}/date=2024-01-09/client=c.json"
+    other.write_json(third, {"n": 3})
+    assert lake.read_jsons_matching([extra, third, f"{base}/date=2024-01-09/client=z.json"]) == {
+        extra: {"n": 9},
+        third: {"n": 3},
+    }
+
+
 def test_a_builds_copies_keep_the_layout_and_are_fetched_once(s3_settings, tmp_path: Path) -> None:
     """storage.Mirror: the files a build reads, fetched together, byte for byte, under the lake's
     layout (DuckDB still reads hive partition values from the path); asked again, not refetched."""

@@ -25,8 +25,7 @@ def held_dates(lake: Lake, project: Project) -> list[str]:
     for m in project.materialized():
         if not m.is_partitioned or not parent_links(project.fact_sources(m.name)):
             continue
-        for d, path in lake.list_build_manifests(ZONE, m.name).items():
-            doc = lake.read_json(path) or {}
+        for d, doc in lake.read_build_manifests(ZONE, m.name).items():
             if d and any("parent unavailable" in str(cell[-1]) for cell in doc.get("held_cells") or []):
                 out.add(d)
     return sorted(out)
