@@ -164,8 +164,17 @@ class BatchTables:
             if not self._wanted():
                 continue
             near = parent_files_near(lake, parent, batch_dates)
-            if near:
-                self.con.execute(sql.forget_keys_in_files(TABLES[parent], near))
+            if near and lake.is_s3:
+                # pyarrow's S3 client reads the key column of these files concurrently; DuckDB
+                # through fsspec reads them one at a time, a size request and reads each
+                relation = f"near_{self.table.name}_{parent}"
+                self.con.register(relation, lake.read_files_columns(near, [TABLES[parent].key]))
+                try:
+                    self.con.execute(sql.forget_keys_in_relation(relation, TABLES[parent]))
+                finally:
+                    self.con.unregister(relation)
+            elif near:
+                self.con.execute(sql.forget_keys_in_files(TABLES[parent], [lake.uri(p) for p in near]))
             if self._wanted():
                 self.con.execute(sql.forget_keys_in_table(_all_parent_keys(lake, shared, parent)))
             if not self._wanted():
@@ -175,7 +184,8 @@ class BatchTables:
                 self.con.execute(statement)
 
     def _wanted(self) -> int:
-        return self.con.execute(sql.WANTED_COUNT).fetchone()[0]
+        # fetchall: the result is finished, so the connection takes other work (a registration)
+        return self.con.execute(sql.WANTED_COUNT).fetchall()[0][0]
 
     def number_bad_lines(self) -> None:
         """`bad_lines`: record-based line numbers (header = line 1) of the rows that do not land."""

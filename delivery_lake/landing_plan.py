@@ -168,13 +168,14 @@ def parent_clock(lake: Lake, table: Table) -> str | None:
 
 
 def parent_files_near(lake: Lake, parent: str, dates: list[str]) -> list[str]:
-    """The landed partitions of `parent` a child of `dates` looks in first (PARENT_WINDOW_DAYS)."""
+    """The landed partitions (lake paths) of `parent` a child of `dates` looks in first
+    (PARENT_WINDOW_DAYS)."""
     if not dates:
         return []
     first = date.fromisoformat(min(dates)) - timedelta(days=PARENT_WINDOW_DAYS)
     last = date.fromisoformat(max(dates)) + timedelta(days=1)
     days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
-    return [lake.uri(lake.data_file("raw", parent, d, c)) for d, c in lake.list_partitions("raw", parent, dates=days)]
+    return [lake.data_file("raw", parent, d, c) for d, c in lake.list_partitions("raw", parent, dates=days)]
 
 
 def all_parent_files(lake: Lake, parent: str) -> list[str]:

@@ -284,6 +284,10 @@ def forget_keys_in_files(parent: Table, parquet_uris: list[str]) -> str:
         SELECT {ident(parent.key)} FROM read_parquet([{", ".join(literal(u) for u in parquet_uris)}]))"""
 
 
+def forget_keys_in_relation(relation: str, parent: Table) -> str:
+    return f"DELETE FROM wanted WHERE k IN (SELECT {ident(parent.key)} FROM {ident(relation)})"
+
+
 def forget_keys_in_table(name: str) -> str:
     return f"DELETE FROM wanted WHERE k IN (SELECT k FROM {name})"
 

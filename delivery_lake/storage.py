@@ -342,6 +342,13 @@ class Lake:
         )
         return dataset.to_table(columns=[*columns, *(["date", "client"] if partitioned else [])])
 
+    def read_files_columns(self, paths: list[str], columns: list[str]) -> Any:
+        """`columns` of the Parquet files at `paths` (lake paths) as one Arrow table, read by
+        pyarrow (on S3 its own client, footers and columns fetched concurrently)."""
+        import pyarrow.dataset as ds
+
+        return ds.dataset(paths, filesystem=self._arrow_fs(), format="parquet").to_table(columns=columns)
+
     def _arrow_fs(self) -> Any:
         """pyarrow's filesystem for this lake: its own S3 client (credentials from the settings
         the lake was built with), or the local disk."""

@@ -21,7 +21,7 @@ from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from delivery_lake.ml import features, registry, scoring, training
 from delivery_lake.publish import PublishError, publish_partition
-from delivery_lake.storage import Lake
+from delivery_lake.storage import Lake, Mirror
 from delivery_lake.transform import Project, Runner
 from delivery_lake.warehouse import Warehouse, external_models
 from tests.helpers import land_all
@@ -133,7 +133,8 @@ def test_features_read_only_the_curated_layer(curated_lake: Env, tmp_path: Path)
     )
     assert _feature_files(lake) == before
     # And what the query names is exactly the declared inputs (assets/ml.py builds its deps from them).
-    sql = features.features_sql(lake, [DAYS[-1]]) or ""
+    # (a local lake: the mirror reads the files in place)
+    sql = features.features_sql(lake, [DAYS[-1]], Mirror(lake, tmp_path)) or ""
     read = {lake.uri(lake.data_file("curated", features.SOURCE, d)) for d in DAYS[-1 - features.HISTORY_DAYS :]}
     read |= {
         lake.uri(lake.data_file("curated", n)) for n, lookback in features.CURATED_INPUTS.items() if lookback is None

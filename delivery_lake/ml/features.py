@@ -29,7 +29,7 @@ import polars as pl
 
 from delivery_lake import gate
 from delivery_lake.config import Settings
-from delivery_lake.storage import Lake, staging_dir
+from delivery_lake.storage import Lake, Mirror, staging_dir
 
 ZONE = "ml"
 TABLE = "delivery_features"
@@ -76,8 +76,10 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _files(lake: Lake, uris: list[str]) -> str:
-    return "[" + ", ".join(_lit(lake.uri(u)) for u in uris) + "]"
+def _files(mirror: Mirror, paths: list[str]) -> str:
+    # on S3 the files are fetched together first (storage.Mirror): DuckDB would read each one
+    # through fsspec in turn, a size request and then its reads
+    return "[" + ", ".join(_lit(u) for u in mirror.uris(paths)) + "]"
 
 
 def source_dates(lake: Lake, dates: list[str]) -> list[str]:
@@ -93,16 +95,17 @@ def source_dates(lake: Lake, dates: list[str]) -> list[str]:
     return sorted(files[f] for f in lake.existing(list(files)))
 
 
-def features_sql(lake: Lake, dates: list[str]) -> str | None:
-    """The feature query for `dates` (None when `SOURCE` has none of them built)."""
+def features_sql(lake: Lake, dates: list[str], mirror: Mirror) -> str | None:
+    """The feature query for `dates` (None when `SOURCE` has none of them built), reading the
+    lake's files through `mirror`."""
     read = source_dates(lake, dates)
     if not set(read) & set(dates):
         return None
     files = [lake.data_file("curated", SOURCE, d) for d in read]
-    dim = {n: _lit(lake.uri(lake.data_file("curated", n))) for n in DIMENSIONS}
+    dim = {n: _files(mirror, [lake.data_file("curated", n)]) for n in DIMENSIONS}
     in_dates = ", ".join(f"DATE {_lit(d)}" for d in dates)
     return f"""
-    WITH deliveries AS (SELECT * FROM read_parquet({_files(lake, files)}, hive_partitioning = false)),
+    WITH deliveries AS (SELECT * FROM read_parquet({_files(mirror, files)}, hive_partitioning = false)),
     target AS (
         SELECT *,
             -- The day's dispatch plan of the depot (what agg_depot_daily_load sums): every
@@ -159,12 +162,12 @@ def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) 
     out: dict[str, int] = {}
     con = lake.duckdb()
     try:
-        sql = features_sql(lake, wanted)
-        if sql is None:
-            return {}
-        con.execute(f"CREATE TEMP TABLE __features AS {sql}")
-        counts = dict(con.execute("SELECT date::VARCHAR, count(*) FROM __features GROUP BY ALL").fetchall())
         with staging_dir(settings) as stage:
+            sql = features_sql(lake, wanted, Mirror(lake, stage / "inputs"))
+            if sql is None:
+                return {}
+            con.execute(f"CREATE TEMP TABLE __features AS {sql}")
+            counts = dict(con.execute("SELECT date::VARCHAR, count(*) FROM __features GROUP BY ALL").fetchall())
             for d in wanted:
                 if d not in counts:
                     continue
@@ -206,7 +209,10 @@ def read_features(lake: Lake, dates: Iterable[str]) -> pl.DataFrame:
         return pl.DataFrame()
     con = lake.duckdb()
     try:
-        return con.sql(f"SELECT * FROM read_parquet({_files(lake, files)}, hive_partitioning = false)").pl()
+        with staging_dir(lake.settings) as stage:
+            return con.sql(
+                f"SELECT * FROM read_parquet({_files(Mirror(lake, stage), files)}, hive_partitioning = false)"
+            ).pl()
     finally:
         con.close()
 

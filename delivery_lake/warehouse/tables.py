@@ -23,7 +23,7 @@ import duckdb
 
 from delivery_lake import completeness
 from delivery_lake.sql import ident, literal
-from delivery_lake.storage import DATA_FILE, Lake
+from delivery_lake.storage import DATA_FILE, Lake, Mirror, staging_dir
 from delivery_lake.transform import ColumnInfo, Model, Project
 
 ZONE = "curated"
@@ -325,17 +325,21 @@ class TableSync:
                     con.execute(f"DELETE FROM {META_TABLE} WHERE model = ?", [model.name])
                 result.rows_deleted += int(deleted[0])  # type: ignore[index]
             if load:
-                files = ", ".join(literal(self.lake.uri(self.lake.data_file(ZONE, model.name, date))) for date in load)
                 cols = ", ".join(ident(c.name) for c in model.columns)
                 # One file (a day's partition) is appended in any order: DuckDB's order-preserving
                 # insert is slower (docs/performance.md). Several files keep their order, so each
                 # row group holds few dates and the zone maps keep a date's DELETE and analysts'
                 # date filters cheap.
                 con.execute(f"SET preserve_insertion_order = {'false' if len(load) == 1 else 'true'}")
-                inserted = con.execute(
-                    f"INSERT INTO {table} ({cols}) "
-                    f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
-                ).fetchone()
+                with staging_dir(self.lake.settings) as stage:
+                    # on S3 the partitions are fetched together first (storage.Mirror), not read
+                    # through fsspec one file and several round trips at a time
+                    uris = Mirror(self.lake, stage).uris([self.lake.data_file(ZONE, model.name, d) for d in load])
+                    files = ", ".join(literal(u) for u in uris)
+                    inserted = con.execute(
+                        f"INSERT INTO {table} ({cols}) "
+                        f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
+                    ).fetchone()
                 result.rows_loaded = int(inserted[0])  # type: ignore[index]
                 con.executemany(
                     f"INSERT INTO {META_TABLE} VALUES (?, ?::DATE, ?, ?, ?)",
