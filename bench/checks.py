@@ -27,6 +27,27 @@ def partition_counts(glob: str) -> dict[tuple[str, str, str], int]:
     return {(t, d, c): n for t, d, c, n in rows}
 
 
+def warehouse_rows(path: Path) -> dict[str, int]:
+    """Rows of every table of a warehouse file (opened read-only), by table name."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        listed = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
+        return {
+            t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in sorted(r[0] for r in listed)
+        }
+    finally:
+        con.close()
+
+
+def assert_same_warehouse(name_a: str, a: dict[str, int], name_b: str, b: dict[str, int]) -> None:
+    """Two runs that claim the same work left the same tables with the same row counts."""
+    if not a:
+        raise NotEqual(f"{name_a} left an empty warehouse; nothing was compared")
+    if a != b:
+        diff = {t: (a.get(t), b.get(t)) for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}
+        raise NotEqual(f"warehouse rows differ between {name_a} and {name_b} (table: ({name_a}, {name_b})): {diff}")
+
+
 def assert_same_partitions(name_a: str, a: dict, name_b: str, b: dict) -> None:
     if a == b:
         return

@@ -422,6 +422,13 @@ def orchestrated_round(s: BenchSettings, r: Runner, facts: dict, series: Series,
         for side in (orchestrated, library) if rep % 2 == 0 else (library, orchestrated):
             side(rep)
     last = r.measurements["orchestrated_day"][-1].result
+    # the denominator must have done the same work: the same warehouse, table by table
+    checks.assert_same_warehouse(
+        "orchestrated_day",
+        last["warehouse_rows"],
+        "library_day",
+        r.measurements["library_day"][-1].result["warehouse_rows"],
+    )
     return {
         "orchestrated_day": r.summary("orchestrated_day"),
         "library_day": r.summary("library_day"),

@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--result", required=True)
     a = p.parse_args()
 
+    from bench.checks import warehouse_rows
     from delivery_lake.config import Settings
     from delivery_lake.contract import FACTS
     from delivery_lake.landing import Landing
@@ -105,6 +106,7 @@ def main() -> None:
                 "feature_rows": rows,
                 "trained_version": trained,
                 "scored_rows": scored.rows,
+                "warehouse_rows": warehouse_rows(settings.warehouse_path),
             }
         )
     )

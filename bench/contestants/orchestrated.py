@@ -102,6 +102,7 @@ def main() -> None:
         return
 
     from assets.run import dagster_instance, run_inbox
+    from bench.checks import warehouse_rows
 
     imported = time.perf_counter() - STARTED
     began = time.perf_counter()
@@ -119,6 +120,7 @@ def main() -> None:
                 "runs": len(outcome.run_ids),
                 "lines": outcome.lines,
                 "breakdown": parts,
+                "warehouse_rows": warehouse_rows(settings.warehouse_path),
             }
         )
     )
