@@ -223,12 +223,6 @@ def raw_checks() -> list[dg.AssetChecksDefinition]:
     return out
 
 
-def _partitions_def(a: dg.AssetsDefinition | dg.AssetSpec, key: dg.AssetKey) -> dg.PartitionsDefinition | None:
-    if isinstance(a, dg.AssetsDefinition):
-        return a.specs_by_key[key].partitions_def
-    return a.partitions_def
-
-
 def mart_checks(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg.AssetChecksDefinition]:
     """A suite check for every curated asset that has `expectations/<model>.json`."""
     suites = set(suite_names())
@@ -236,5 +230,5 @@ def mart_checks(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> list[dg
     for a in assets:
         for key in getattr(a, "keys", None) or [a.key]:
             if key.path[0] == "curated" and key.path[-1] in suites:
-                out.append(build_suite_check(key, key.path[-1], mart=True, partitions_def=_partitions_def(a, key)))
+                out.append(build_suite_check(key, key.path[-1], mart=True, partitions_def=a.partitions_def))
     return out

@@ -294,10 +294,7 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
         return m.result.get("warehouse")
 
     def run_day(rep: int) -> None:
-        work = r.run_dir / f"inc-{rep}"
-        trash.discard(work)
-        shutil.copytree(daily, work)  # untimed: the state before the new day arrives
-        adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
+        work = everyday_copy(daily, r.run_dir / f"inc-{rep}", trash)
         with day_in_inbox(series.export, inbox, day):
             r.run(
                 "incremental_day",
@@ -365,6 +362,15 @@ def extras_round(s: BenchSettings, r: Runner, facts: dict, series: Series, trash
     return out
 
 
+def everyday_copy(daily: Path, work: Path, trash: Trash) -> Path:
+    """`work`, a fresh copy of the lake in its everyday state (untimed: the state before the new
+    day arrives), its warehouse adopted as published (`adopt_copied_warehouse`)."""
+    trash.discard(work)
+    shutil.copytree(daily, work)
+    adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
+    return work
+
+
 def adopt_copied_warehouse(live: Path) -> None:
     """Record the copied warehouse files as published. A refresh only starts from a live file
     and spare that are still as published (inode, times, headers); a copy has new inodes and
@@ -398,10 +404,7 @@ def orchestrated_round(s: BenchSettings, r: Runner, facts: dict, series: Series,
     console.rule(f"[bold]orchestrated day[/]: {day} through `delivery-lake run --new-only`")
 
     def orchestrated(rep: int) -> None:
-        work = r.run_dir / f"orch-{rep}"
-        trash.discard(work)
-        shutil.copytree(daily, work)  # untimed, as for the library's day
-        adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
+        work = everyday_copy(daily, r.run_dir / f"orch-{rep}", trash)
         args = ["--inbox", str(inbox), "--work", str(work)]
         r.run("orchestrated_prepare", "orchestrated.py", ["--mode", "prepare", *args])
         with day_in_inbox(series.export, inbox, day):
@@ -410,10 +413,7 @@ def orchestrated_round(s: BenchSettings, r: Runner, facts: dict, series: Series,
 
     def library(rep: int) -> None:
         # The same work through the library alone: gate, marts, features, model, scores too.
-        work = r.run_dir / f"libday-{rep}"
-        trash.discard(work)
-        shutil.copytree(daily, work)
-        adopt_copied_warehouse(work / "warehouse" / "delivery.duckdb")
+        work = everyday_copy(daily, r.run_dir / f"libday-{rep}", trash)
         with day_in_inbox(series.export, inbox, day):
             r.run("library_day", "library_day.py", ["--inbox", str(inbox), "--work", str(work), "--day", day])
         trash.discard(work)

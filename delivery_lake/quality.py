@@ -863,22 +863,17 @@ class Quality:
             [manifest_path(self.lake, t, "*", "*") for t in sorted({k[0] for k in wanted})]
             + [manifest_path(self.lake, t, None, None) for t in sorted({k[0] for k in wanted if k[1] is None})]
         )
+        # every (table, date, client) asked below is in `wanted`
         versions = {k: (listed.get(manifest_path(self.lake, *k)) or {}).get("sha256") for k in wanted}
-
-        def version(t: str, d: str | None, c: str | None) -> str | None:
-            if (t, d, c) not in versions:
-                versions[(t, d, c)] = self._data_version(t, d, c)
-            return versions[(t, d, c)]
 
         out = []
         for s in statuses:
             d, c = s.get("date"), s.get("client")
             if not s.get("data_sha256"):  # a mart's verdict, or one recorded before versions were
                 continue
-            changed = version(table, d, c) not in (None, s["data_sha256"])
+            changed = versions[(table, d, c)] not in (None, s["data_sha256"])
             for ref, sha in (s.get("parents") or {}).items():
-                t, pd, pc = ref.split("/", 2)
-                changed = changed or version(t, pd, pc) != sha
+                changed = changed or versions[tuple(ref.split("/", 2))] != sha
             if changed:
                 out.append((d, c))
         return sorted(out, key=lambda k: (k[0] or "", k[1] or ""))

@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,32 +37,16 @@ def main() -> None:
 
     import _curated
 
-    from delivery_lake.config import Settings
-    from delivery_lake.contract import FACTS
+    from bench.contestants._day import land_day, work_settings
     from delivery_lake.landing import Landing
     from delivery_lake.storage import Lake
 
     started = time.perf_counter()
-    work = Path(a.work)
-    settings = Settings.from_env(
-        data_dir=work / "data",
-        lake_url=str(work / "lake"),
-        inbox_dir=Path(a.inbox),
-        warehouse_path=work / "warehouse" / "delivery.duckdb",
-        transform_engine=a.engine,
-    )
+    settings = work_settings(Path(a.work), Path(a.inbox), transform_engine=a.engine)
     out: dict = {}
     if a.mode == "new-day":
         landing = Landing(Lake.from_settings(settings), settings.inbox_dir, settings)
-        # As `delivery-lake run` plans it: the parent table first (a delivery or a feedback
-        # waits as pending until its order has landed), then its children side by side, as
-        # Dagster runs those raw assets as parallel steps.
-        parents = [t for t in FACTS if t.name == "orders"]
-        children = [t for t in FACTS if t.name != "orders"]
-        reports = [landing.land_fact(t, {a.day: None}) for t in parents]
-        with ThreadPoolExecutor(max_workers=len(children)) as pool:
-            reports += list(pool.map(lambda t: landing.land_fact(t, {a.day: None}), children))
-        for t, r in zip(parents + children, reports, strict=True):
+        for t, r in land_day(landing, a.day):
             out[t.name] = {
                 "landed": r.landed,
                 "quarantined": r.quarantined,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 STARTED = time.perf_counter()
@@ -35,7 +34,7 @@ def main() -> None:
     a = p.parse_args()
 
     from bench.checks import warehouse_rows
-    from delivery_lake.config import Settings
+    from bench.contestants._day import land_day, work_settings
     from delivery_lake.contract import FACTS
     from delivery_lake.landing import Landing
     from delivery_lake.ml import features, registry, scoring, training
@@ -44,13 +43,7 @@ def main() -> None:
     from delivery_lake.transform import Project
     from delivery_lake.warehouse import Warehouse, build_curated
 
-    work = Path(a.work)
-    settings = Settings.from_env(
-        data_dir=work / "data",
-        lake_url=str(work / "lake"),
-        inbox_dir=Path(a.inbox),
-        warehouse_path=work / "warehouse" / "delivery.duckdb",
-    )
+    settings = work_settings(Path(a.work), Path(a.inbox))
     lake = Lake.from_settings(settings)
     seconds: dict[str, float] = {}
 
@@ -61,12 +54,7 @@ def main() -> None:
 
     t = time.perf_counter()
     landing = Landing(lake, settings.inbox_dir, settings)
-    parents = [f for f in FACTS if f.name == "orders"]
-    children = [f for f in FACTS if f.name != "orders"]
-    for f in parents:
-        landing.land_fact(f, {a.day: None})
-    with ThreadPoolExecutor(max_workers=len(children)) as pool:
-        list(pool.map(lambda f: landing.land_fact(f, {a.day: None}), children))
+    land_day(landing, a.day)
     t = step("landing_s", t)
 
     quality = Quality(lake, settings)

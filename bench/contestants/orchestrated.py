@@ -76,14 +76,9 @@ def main() -> None:
     work = Path(a.work)
     os.environ["DAGSTER_HOME"] = str(work / "data" / "dagster_home")
 
-    from delivery_lake.config import Settings
+    from bench.contestants._day import work_settings
 
-    settings = Settings.from_env(
-        data_dir=work / "data",
-        lake_url=a.lake_url or str(work / "lake"),
-        inbox_dir=Path(a.inbox),
-        warehouse_path=work / "warehouse" / "delivery.duckdb",
-    )
+    settings = work_settings(work, Path(a.inbox), **({"lake_url": a.lake_url} if a.lake_url else {}))
     if a.mode == "prepare":
         from delivery_lake.inbox import scan_changes
         from delivery_lake.landing import Landing
