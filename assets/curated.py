@@ -32,8 +32,10 @@ def refresh_condition(ignore: list[dg.AssetKey]) -> dg.AutomationCondition:
     without waiting for missing deps (a client with no data for a day is not an error). No
     `newly_missing()`: a new calendar day with no raw data is not a reason to build.
 
-    `ignore`: deps whose update must not invalidate every date (dimension snapshots under
-    daily marts); their change shows up in the next dates built.
+    `ignore`: deps whose update must not trigger a build here: dimension snapshots under daily
+    marts (their change shows up in the next dates built), and the raw tables, whose landings
+    `refresh_sensor` (assets/refresh.py) follows with one run of everything downstream; what is
+    left for automation is a curated asset materialized by hand reaching its readers.
     """
     updated = dg.AutomationCondition.any_deps_updated()
     if ignore:
@@ -128,7 +130,9 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         partitions_def=DAILY_PARTITIONS if m.is_partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if m.is_partitioned else None,
         freshness_policy=FRESHNESS_POLICY if m.is_partitioned else None,
-        automation_condition=refresh_condition(unpartitioned),
+        automation_condition=refresh_condition(
+            [*unpartitioned, *(d.asset_key for d in deps if d.asset_key.path[0] == "raw")]
+        ),
         kinds={"polars" if m.language == "python" else "duckdb", "parquet"},
         metadata={
             "dagster/column_schema": _column_schema(m),

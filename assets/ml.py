@@ -6,8 +6,10 @@ needs facts Dagster does not hold, namely which feature partitions the quality g
 (data in the lake) and which partitions the current champion was trained on (a tag of its
 MLflow run). A sensor reads both, and its tick shows the reason in the UI either way: a
 RunRequest tagged with why, or a SkipReason ("no new validated data since champion v3",
-"all 2 new partitions failed their checks: ..."). Features and scores, whose inputs Dagster
-does track, use automation conditions.
+"all 2 new partitions failed their checks: ..."). After a landing, `refresh_sensor`
+(assets/refresh.py) builds the features and runs the model asset itself, which makes the same
+decision; this sensor covers the rest (a gate verdict that changed, a retrain that failed). The
+scores, whose inputs Dagster does track, follow the features by an automation condition.
 """
 
 import hashlib
@@ -32,7 +34,6 @@ FEATURE_DEPS = [
     else dg.AssetDep(model_key(name))
     for name, lookback in features.CURATED_INPUTS.items()
 ]
-DIMS = [model_key(name) for name, lookback in features.CURATED_INPUTS.items() if lookback is None]
 
 
 @dg.asset(
@@ -41,7 +42,9 @@ DIMS = [model_key(name) for name, lookback in features.CURATED_INPUTS.items() if
     partitions_def=DAILY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=FEATURE_DEPS,
-    automation_condition=refresh_condition(DIMS),
+    # No automation condition: `refresh_sensor` builds the features with the marts, over exactly
+    # the dates whose driver history changed (`features.dates_reading`). Automation would also
+    # request every date up to HISTORY_DAYS after a change, dates without deliveries included.
     kinds={"duckdb", "parquet"},
     description=(
         "One row per delivery with what is known when it leaves the depot (distance, weight, parcels, priority, "
@@ -182,6 +185,12 @@ def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
     )
 
 
+# The trigger tag of `refresh_sensor`'s runs (assets/refresh.py), which include the delay model.
+REFRESH_TRIGGER = "refresh"
+WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+RUNNING = [*WAITING, dg.DagsterRunStatus.STARTED]
+
+
 @dg.sensor(
     name="retrain_sensor",
     description=(
@@ -194,6 +203,12 @@ def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def retrain_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+    refreshing = context.instance.get_runs(
+        filters=dg.RunsFilter(statuses=RUNNING, tags={"delivery_lake/trigger": REFRESH_TRIGGER}), limit=1
+    )
+    if refreshing:
+        # that run trains after the features it builds; training beside it would race it
+        return dg.SensorResult(skip_reason=f"refresh run {refreshing[0].run_id[:8]} is queued or running: it retrains")
     plan = registry.plan_training(lakehouse.lake(), lakehouse.settings())
     if not plan.should_train:
         return dg.SensorResult(skip_reason=plan.reason)

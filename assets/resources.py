@@ -7,6 +7,7 @@ from pydantic import PrivateAttr
 
 from delivery_lake.config import Settings
 from delivery_lake.landing import Landing
+from delivery_lake.quality import preload_gx_in_background
 from delivery_lake.storage import Lake
 
 
@@ -42,6 +43,14 @@ class LakehouseResource(dg.ConfigurableResource):
                 overrides["transform_engine"] = self.transform_engine
             self._settings = Settings.from_env(**overrides)
         return self._settings
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # In a run (a sensor's tick has no run id): GX starts importing now, on a thread, so the
+        # import overlaps the landing or the marts before the first check instead of delaying it
+        # (4-5 s of an 18 s in-process run, measured under `make up`). Not beside Spark (see
+        # preload_gx_in_background).
+        if context.run is not None and self.settings().transform_engine != "spark":
+            preload_gx_in_background()
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.settings())

@@ -40,7 +40,7 @@ def test_definitions_graph() -> None:
         # that lands both, so it does not wait in pending/ for an order landing beside it.
         assert parents == {dg.AssetKey(["raw", p]) for p in t.parents}
     sensor = defs.resolve_sensor_def("inbox_sensor")
-    assert sensor.minimum_interval_seconds == 30 and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 3 and sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_full_refresh").cron_schedule == "0 2 * * *"
 
 
@@ -174,6 +174,20 @@ def test_inbox_sensor_requests_exactly_the_new_partitions(local_settings: Settin
     assert json.loads(third.cursor)[str(inbox / "deliveries" / "2026-01-09.csv")]
 
 
+def test_a_drop_or_a_release_lands_in_process_a_history_with_a_process_per_step() -> None:
+    from assets.executors import EXECUTOR
+    from assets.sensors import SMALL_RUN_PARTITIONS, landing_job
+
+    clients = [f"C{i:03d}" for i in range(1, 9)]
+    day = RunPlan(("orders", "deliveries", "customer_feedback"), "2026-01-09", "2026-01-09", "C001", "C008")
+    assert landing_job(day, clients) == "land_small"  # 24 partitions
+    month = RunPlan(("orders",), "2026-01-01", "2026-01-30", "C001", "C008")
+    assert len(month.partition_keys(clients)) > SMALL_RUN_PARTITIONS
+    assert landing_job(month, clients) == "land"
+    assert defs.resolve_job_def("land_small").executor_def is dg.in_process_executor
+    assert defs.resolve_job_def("land").executor_def is EXECUTOR
+
+
 def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: Settings, tmp_path: Path) -> None:
     """A day's orders and deliveries for every client and feedback for one: one run lands all
     three (the feedback's rectangle widened to the others' holds no partition with data it was
@@ -190,11 +204,14 @@ def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: 
     (inbox / "customer_feedback" / "2026-01-09.csv").write_bytes(lines[0] + b"".join(only))
     with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
         drop = inbox_sensor(ctx)
-    assert [(r.tags[RANGE_START], r.tags[RANGE_END], sorted(r.asset_selection)) for r in drop.run_requests] == [
+    assert [
+        (r.tags[RANGE_START], r.tags[RANGE_END], sorted(r.asset_selection), r.job_name) for r in drop.run_requests
+    ] == [
         (
             "C001|2026-01-09",
             "C004|2026-01-09",
             sorted(dg.AssetKey(["raw", t]) for t in ("customer_feedback", "deliveries", "orders")),
+            "land_small",
         )
     ]
 
@@ -393,3 +410,23 @@ def test_sparse_history_lands_in_one_run_and_gaps_stay_empty(tmp_path: Path, run
     assert counts["orders"]["blocked"] == 0
     assert counts["orders"]["passed"] == len(lake.list_partitions("raw", "orders"))
     assert counts["fct_deliveries"]["passed"] == len(marts) and counts["fct_deliveries"]["blocked"] == 0
+
+
+def test_a_run_starts_importing_gx_when_its_resources_are_built_a_sensor_tick_does_not(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assets.resources as resources_module
+
+    started: list[str] = []
+    monkeypatch.setattr(resources_module, "preload_gx_in_background", lambda: started.append("gx"))
+    res = _resource(local_settings)
+    with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources={"lakehouse": res}) as ctx:
+        inbox_sensor(ctx)
+    assert started == []
+
+    @dg.asset
+    def probe(lakehouse: LakehouseResource) -> None:
+        started.append("step")
+
+    assert dg.materialize([probe], resources={"lakehouse": res}).success
+    assert started == ["gx", "step"]

@@ -396,8 +396,10 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
         data_dir=str(s.data_dir), lake_url=s.lake_url, inbox_dir=str(s.inbox_dir), warehouse_path=str(s.warehouse_path)
     )
 
+    instance = dg.DagsterInstance.ephemeral()
+
     def tick() -> dg.SensorResult:
-        with dg.build_sensor_context(resources={"lakehouse": resource}) as ctx:
+        with dg.build_sensor_context(instance=instance, resources={"lakehouse": resource}) as ctx:
             return retrain_sensor(ctx)
 
     def skip_reason() -> str:
@@ -408,12 +410,21 @@ def test_gate_exclusion_and_retrain_sensor(curated_lake: Env, tmp_path: Path, mo
     # The resource builds its Settings from the environment, as in production.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_ARTIFACTS_DIR", str(s.mlflow_artifacts_dir))
+    # A refresh run created after a landing trains after the features it builds: the sensor waits.
+    pending = instance.add_run(
+        dg.DagsterRun(
+            job_name="refresh_after_landing",
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags={"delivery_lake/trigger": "refresh"},
+        )
+    )
+    assert skip_reason() == f"refresh run {pending.run_id[:8]} is queued or running: it retrains"
+    instance.report_run_canceled(pending)
     first = tick()
     assert (
         len(first.run_requests or []) == 1
         and "no champion yet" in first.run_requests[0].tags["delivery_lake/retrain_reason"]
     )
-    instance = dg.DagsterInstance.ephemeral()
     # The scores reach the warehouse through its asset, which runs after them.
     run = dg.materialize(
         [

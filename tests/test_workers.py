@@ -153,7 +153,7 @@ def _steps_by_worker(logs: list[Path]) -> dict[str, int]:
 
 # ---- the settings (fast) -----------------------------------------------------------------------------
 def test_the_executor_is_chosen_by_DAGSTER_EXECUTOR(monkeypatch: pytest.MonkeyPatch) -> None:
-    from assets.definitions import EXECUTOR, FORKSERVER_EXECUTOR, executor_from_env
+    from assets.executors import EXECUTOR, FORKSERVER_EXECUTOR, executor_from_env
 
     assert EXECUTOR is FORKSERVER_EXECUTOR  # what the definitions loaded here (no DAGSTER_EXECUTOR)
     for value in ("", "multiprocess"):

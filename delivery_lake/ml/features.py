@@ -183,11 +183,11 @@ def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) 
     return out
 
 
-def dates_reading(lake: Lake, curated_dates: Iterable[str]) -> set[str]:
+def dates_reading(lake: Lake, curated_dates: Iterable[str], to_be_built: Iterable[str] = ()) -> set[str]:
     """The feature dates to rebuild when the `SOURCE` partitions of `curated_dates` changed: each
     of those dates and the `HISTORY_DAYS` after it (their driver history reads it), where the
-    source is built."""
-    built = set(lake.list_dates("curated", FACT))
+    source is built (or, `to_be_built`, will be by the same run as the features)."""
+    built = set(lake.list_dates("curated", FACT)) | set(to_be_built)
     return {
         (date.fromisoformat(d) + timedelta(days=k)).isoformat() for d in curated_dates for k in range(HISTORY_DAYS + 1)
     } & built

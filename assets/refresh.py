@@ -1,0 +1,225 @@
+"""The refresh sensor: what ended landing runs changed becomes the runs of everything downstream.
+
+Why a sensor over the event log rather than automation conditions for the raw -> curated step:
+the raw facts are partitioned by date x client and the marts by date, so Dagster's automation
+builds a drop's marts, features, scores and warehouse in separate runs, one evaluation tick
+apart (each tick evaluates the whole graph: ~15 s here, every 30 s). A drop then took 138-186 s
+to reach the warehouse (docs/performance.md). This sensor reads the raw materializations
+recorded since its cursor, once their runs have ended, and requests one run per block of dates
+of the marts, the delivery features and the warehouse, then one of the delay model (which
+retrains only on new validated data), the risk scores and the warehouse, queued behind it:
+the run list shows a landing's refresh as those runs, tagged with the landing runs they
+follow. Automation conditions still carry changes between curated assets that someone
+materializes by hand (their raw deps are ignored there, see `assets.curated.refresh_condition`),
+so nothing is built twice.
+
+The first tick reads the event log from its start: on an instance with history, that is one
+refresh of every landed date (models whose inputs did not change are not rebuilt; the runner
+says "up to date").
+
+Gating is unchanged: the marts read only partitions that passed their gate (data-level), so a
+blocked partition in a refreshed block holds back only itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
+from assets.ml import FEATURES_KEY, MODEL_KEY, REFRESH_TRIGGER, RISK_KEY, WAITING
+from assets.partitions import FACT_PARTITIONS
+from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
+from assets.resources import LakehouseResource
+from delivery_lake.contract import FACTS
+from delivery_lake.ml.features import TABLE as FEATURES_TABLE
+from delivery_lake.ml.features import ZONE as FEATURES_ZONE
+from delivery_lake.ml.features import dates_reading
+from delivery_lake.planning import date_blocks
+from delivery_lake.storage import Lake
+from delivery_lake.transform import affected_dates, held_dates
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+TRIGGER_TAG = "delivery_lake/trigger"
+AFTER_RUNS_TAG = "delivery_lake/after_runs"
+PART_TAG = "delivery_lake/refresh"  # "marts" (a block of dates) or "model"
+# `delivery-lake run` builds what its own landing feeds, in the same process.
+SELF_REFRESHING_TRIGGERS = {"cli"}
+ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+PAGE = 1000
+
+REFRESH_KEYS = [
+    *CURATED_PARTITIONED_KEYS,
+    *CURATED_UNPARTITIONED_KEYS,
+    FEATURES_KEY,
+    MODEL_KEY,
+    RISK_KEY,
+    WAREHOUSE_KEY,
+]
+REFRESH_JOB = dg.define_asset_job(
+    "refresh_after_landing",
+    selection=dg.AssetSelection.assets(*REFRESH_KEYS),
+    # Steps in the run's own process, which has imported the project already: a refresh is a
+    # dozen steps of a few seconds whose work shares the lake's listings, the DuckDB and GX set-up.
+    # Forked step processes each started cold, and the fork server's own start (importing the
+    # project and GX again) took 5-19 s of a 49 s refresh on this 2-core machine (measured).
+    executor_def=dg.in_process_executor,
+    description=(
+        "What landed runs feed, in one run per block of dates: marts and their checks, delivery features, the "
+        "delay model (retrained only on new validated data), risk scores, warehouse. Requested by `refresh_sensor`."
+    ),
+)
+
+
+@dataclass
+class Landed:
+    """Raw partitions that ended runs materialized: fact table -> date -> clients, and dimensions."""
+
+    facts: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    dimensions: set[str] = field(default_factory=set)
+    runs: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.facts and not self.dimensions
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One run to request: the partitioned assets over first..last (None: no partitioned asset)."""
+
+    keys: list[dg.AssetKey]
+    first: str | None = None
+    last: str | None = None
+
+
+def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
+    """The runs that bring everything downstream of `landed` up to date, in the order they must
+    run: one per block of dates (`planning.date_blocks`: empty dates between blocks are bridged),
+    the marts and the features over the block, the dimension marts whose raw tables changed and
+    the warehouse riding in the last; then, when facts changed, the model, the scores and the
+    warehouse again (its scores table)."""
+    changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in landed.facts.items()}
+    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
+    marts = set(affected_dates(PROJECT, changed, existing)) if changed else set()
+    if changed:
+        marts |= set(held_dates(lake, PROJECT)) & existing
+    features = dates_reading(lake, marts, to_be_built=marts) if marts else set()
+    dims = [
+        k
+        for k in CURATED_UNPARTITIONED_KEYS
+        if any(t in landed.dimensions for _, t in PROJECT.inputs(k.path[-1])[1])
+        or not lake.exists(lake.data_file("curated", k.path[-1]))
+    ]
+    tail = [*dims, WAREHOUSE_KEY]
+    occupied = (
+        existing
+        | {d for k in CURATED_PARTITIONED_KEYS for d in lake.list_dates("curated", k.path[-1])}
+        | set(lake.list_dates(FEATURES_ZONE, FEATURES_TABLE))
+    )
+    blocks = date_blocks(marts | features, occupied)
+    if not blocks:
+        return [Refresh(tail)] if landed.dimensions else []
+    out = [Refresh([*CURATED_PARTITIONED_KEYS, FEATURES_KEY], first, last) for first, last in blocks]
+    out[-1] = Refresh([*out[-1].keys, *tail], out[-1].first, out[-1].last)
+    # A run of its own, queued behind the others (one refresh run at a time, infra/dagster.yaml):
+    # a model that does not retrain yields nothing, and Dagster skips every step after it in
+    # its run, which must not hold back the marts' warehouse refresh.
+    return [*out, Refresh([MODEL_KEY, RISK_KEY, WAREHOUSE_KEY])]
+
+
+def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]:
+    """Raw materializations recorded after storage id `after` whose runs have ended, and the
+    storage id up to which every record is accounted for. A run still in progress holds the
+    cursor before its first record, so its partitions are planned once, when it has ended
+    (with whatever it materialized, also when it failed half-way)."""
+    records: list[tuple[str, dg.EventLogRecord]] = []
+    for key in [*RAW_DIMENSION_KEYS, *RAW_FACT_KEYS]:
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=PAGE, cursor=cursor, ascending=True
+            )
+            records += [(key.path[-1], r) for r in page.records]
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    if not records:
+        return Landed(), after
+    run_ids = sorted({r.run_id for _, r in records})
+    runs = {r.run_id: r for r in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+    # Runless events (reported from outside any run) and runs no longer stored count as ended.
+    open_from = min(
+        (r.storage_id for _, r in records if r.run_id in runs and runs[r.run_id].status not in ENDED),
+        default=None,
+    )
+    ready = sorted(
+        (tr for tr in records if open_from is None or tr[1].storage_id < open_from), key=lambda tr: tr[1].storage_id
+    )
+    landed = Landed()
+    for table, r in ready:
+        run = runs.get(r.run_id)
+        if run is not None and run.tags.get(TRIGGER_TAG) in SELF_REFRESHING_TRIGGERS:
+            continue
+        if r.partition_key is None:
+            landed.dimensions.add(table)
+        else:
+            dims = FACT_PARTITIONS.get_partition_key_from_str(r.partition_key).keys_by_dimension
+            landed.facts.setdefault(table, {}).setdefault(dims["date"], set()).add(dims["client"])
+        if run is not None and r.run_id not in landed.runs:
+            landed.runs.append(r.run_id)
+    return landed, (ready[-1][1].storage_id if ready else after)
+
+
+def run_requests(refreshes: list[Refresh], landed: Landed, cursor_from: int, cursor_to: int) -> list[dg.RunRequest]:
+    after_runs = ",".join(r[:8] for r in landed.runs[:20]) + (",..." if len(landed.runs) > 20 else "")
+    requests = []
+    for i, refresh in enumerate(refreshes):
+        tags = {
+            TRIGGER_TAG: REFRESH_TRIGGER,
+            AFTER_RUNS_TAG: after_runs,
+            PART_TAG: "model" if MODEL_KEY in refresh.keys else "marts",
+        }
+        if refresh.first and refresh.last:
+            tags |= {RANGE_START: refresh.first, RANGE_END: refresh.last}
+        requests.append(
+            dg.RunRequest(
+                run_key=f"refresh:{cursor_from}:{cursor_to}:{i}",
+                asset_selection=refresh.keys,
+                tags=tags,
+            )
+        )
+    return requests
+
+
+@dg.sensor(
+    name="refresh_sensor",
+    description=(
+        "When landing runs have ended (inbox, release, nightly, by hand): one run per block of the dates they "
+        "changed, of the marts, features, delay model, risk scores and warehouse (job refresh_after_landing)."
+    ),
+    job=REFRESH_JOB,
+    # every round of the daemon's sensor loop (~5 s): a tick reads seven assets' new events
+    minimum_interval_seconds=3,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def refresh_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+    after = int(context.cursor or 0)
+    landed, upto = landed_since(context.instance, after)
+    if landed.empty:
+        return dg.SensorResult(skip_reason="no landing run has ended since the last refresh", cursor=str(upto))
+    refreshes = plan_refresh(lakehouse.lake(), landed)
+    waiting = context.instance.get_runs(filters=dg.RunsFilter(statuses=WAITING, tags={PART_TAG: "model"}), limit=1)
+    if waiting:
+        # One is waiting to start: a second would only train again on the same dates (the
+        # marts requested here change dates already trained on; new dates are the retrain
+        # sensor's to notice), and the scores follow these marts by their automation condition.
+        refreshes = [r for r in refreshes if MODEL_KEY not in r.keys]
+    blocks = ", ".join(f"{r.first}..{r.last}" for r in refreshes if r.first)
+    context.log.info(
+        f"{len(refreshes)} refresh run(s) after {len(landed.runs)} landing run(s)" + (f": {blocks}" if blocks else "")
+    )
+    return dg.SensorResult(run_requests=run_requests(refreshes, landed, after, upto), cursor=str(upto))

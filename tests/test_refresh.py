@@ -1,0 +1,204 @@
+"""refresh_sensor (assets/refresh.py): a landing run that ended becomes one run of everything
+downstream of the dates it changed, and that run keeps the gate at partition grain."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+
+from assets.curated import CURATED_PARTITIONED_KEYS, WAREHOUSE_KEY
+from assets.definitions import defs
+from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
+from assets.refresh import AFTER_RUNS_TAG, RANGE_END, RANGE_START, TRIGGER_TAG, landed_since, refresh_sensor
+from assets.resources import LakehouseResource
+from assets.sensors import inbox_sensor
+from delivery_lake import gate
+from delivery_lake.config import Settings
+from delivery_lake.generator import generate
+from delivery_lake.ml.features import TABLE as FEATURES_TABLE
+from delivery_lake.ml.features import ZONE as FEATURES_ZONE
+from delivery_lake.storage import Lake
+from delivery_lake.warehouse.reader import query
+from tests.helpers import START
+from tests.test_quality import edit_rows
+
+NEW_DAY = "2026-01-07"
+FEEDS = ("orders", "deliveries", "customer_feedback")
+
+
+def _resource(s: Settings) -> LakehouseResource:
+    return LakehouseResource(data_dir=str(s.data_dir), lake_url=s.lake_url, inbox_dir=str(s.inbox_dir))
+
+
+def _execute(instance: dg.DagsterInstance, settings: Settings, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """A sensor's run request executed as the daemon would launch it: its assets (with their
+    checks), its tags (the partition range), this lake."""
+    resources = {**(defs.resources or {}), "lakehouse": _resource(settings)}
+    return dg.materialize(
+        [*defs.assets, *(defs.asset_checks or [])],
+        selection=dg.AssetSelection.assets(*(request.asset_selection or [])),
+        instance=instance,
+        resources=resources,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def _execute_refresh(
+    instance: dg.DagsterInstance, settings: Settings, request: dg.RunRequest
+) -> dg.ExecuteInProcessResult:
+    """A refresh request run by its job (`refresh_after_landing`, in-process executor), the lake's
+    locations as run config, as a launched run gets them."""
+    job = defs.resolve_job_def("refresh_after_landing")
+    assert job.executor_def is dg.in_process_executor
+    lakehouse = {
+        "data_dir": str(settings.data_dir),
+        "lake_url": settings.lake_url,
+        "inbox_dir": str(settings.inbox_dir),
+    }
+    return job.execute_in_process(
+        run_config={"resources": {"lakehouse": {"config": lakehouse}}},
+        instance=instance,
+        tags=request.tags,
+        asset_selection=request.asset_selection,
+        raise_on_error=False,
+    )
+
+
+def _tick(instance: dg.DagsterInstance, settings: Settings, sensor: Any, cursor: str | None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": _resource(settings)}, cursor=cursor) as ctx:
+        result = sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def _kpi_clients(settings: Settings, day: str) -> set[str]:
+    _cols, rows = query(
+        settings.warehouse_path, f"SELECT DISTINCT client_id FROM agg_client_daily_kpis WHERE date = DATE '{day}'"
+    )
+    return {r[0] for r in rows}
+
+
+@pytest.mark.slow  # three Dagster runs over a small lake (about 40 s): the full suite only
+def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back_only_itself(
+    tmp_path: Path, run_cli
+) -> None:
+    inbox = tmp_path / "inbox"
+    generate(inbox, start=START, days=3, clients=3, orders_per_day=300, seed=5, dirty_rate=0.0, progress=False)
+    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
+    held = tmp_path / "held"
+    for t in FEEDS:
+        (held / t).mkdir(parents=True)
+        shutil.move(str(inbox / t / f"{NEW_DAY}.csv"), held / t / f"{NEW_DAY}.csv")
+    instance = run_cli.instance
+    # The first two days through `delivery-lake run`, which builds their downstream itself:
+    # the sensor has nothing to add, and moves past them.
+    assert run_cli(settings).success
+    first = _tick(instance, settings, refresh_sensor, None)
+    assert not first.run_requests and first.skip_reason and int(first.cursor or 0) > 0
+    inbox_cursor = _tick(instance, settings, inbox_sensor, None).cursor
+
+    # The new day arrives, C002's deliveries too broken to pass their gate (12 rows out of range).
+    for t in FEEDS:
+        shutil.copy(held / t / f"{NEW_DAY}.csv", inbox / t / f"{NEW_DAY}.csv")
+    edit_rows(inbox / "deliveries" / f"{NEW_DAY}.csv", "C002", 12, "distance_km", "-1")
+    landing = _tick(instance, settings, inbox_sensor, inbox_cursor)
+    assert len(landing.run_requests) == 1
+    landed = _execute(instance, settings, landing.run_requests[0])
+    assert landed.success
+    lake = Lake.from_settings(settings)
+    assert gate.blocked_partitions(lake, "deliveries") == {(NEW_DAY, "C002")}
+
+    refresh = _tick(instance, settings, refresh_sensor, first.cursor)
+    # Everything downstream: the marts, the features over the new date and the warehouse in one
+    # run; the model, the scores and the warehouse again in one queued behind it.
+    assert [set(r.asset_selection or []) for r in refresh.run_requests] == [
+        {*CURATED_PARTITIONED_KEYS, FEATURES_KEY, WAREHOUSE_KEY},
+        {MODEL_KEY, RISK_KEY, WAREHOUSE_KEY},
+    ]
+    request, ml = refresh.run_requests
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (NEW_DAY, NEW_DAY)
+    assert RANGE_START not in ml.tags
+    for r in (request, ml):
+        assert r.tags[TRIGGER_TAG] == "refresh" and r.tags[AFTER_RUNS_TAG] == landed.run_id[:8]
+    assert int(refresh.cursor or 0) > int(first.cursor or 0)
+
+    assert not (settings.warehouse_path.exists() and _kpi_clients(settings, NEW_DAY))
+    refreshed = _execute_refresh(instance, settings, request)
+    assert refreshed.success
+    # The blocked partition holds back only itself: the other clients of the day are published.
+    assert _kpi_clients(settings, NEW_DAY) == {"C001", "C003"}
+    fct = pq.read_table(lake.data_file("curated", "fct_deliveries", NEW_DAY)).column("client_id").to_pylist()
+    assert set(fct) == {"C001", "C003"}
+    assert NEW_DAY in lake.list_dates(FEATURES_ZONE, FEATURES_TABLE)
+    materialized = {e.asset_key for e in refreshed.get_asset_materialization_events()}
+    assert {WAREHOUSE_KEY, FEATURES_KEY, *CURATED_PARTITIONED_KEYS} <= materialized
+    # and the mart checks ran in that run, per partitioned mart
+    checked = {e.asset_key for e in refreshed.get_asset_check_evaluations()}
+    assert dg.AssetKey(["curated", "agg_client_daily_kpis"]) in checked
+
+    # Three days are too few to train: the model's run says so and publishes nothing new.
+    trained = _execute_refresh(instance, settings, ml)
+    assert trained.success and not trained.get_asset_materialization_events()
+
+    # The refresh runs materialized no raw table: nothing more to do.
+    after = _tick(instance, settings, refresh_sensor, refresh.cursor)
+    assert not after.run_requests and after.cursor == refresh.cursor
+
+
+def _materialized(instance: dg.DagsterInstance, run_id: str, table: str, partition: str | None) -> None:
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="__ASSET_JOB",
+        event_specific_data=StepMaterializationData(
+            dg.AssetMaterialization(asset_key=dg.AssetKey(["raw", table]), partition=partition)
+        ),
+    )
+    instance.store_event(
+        EventLogEntry(
+            error_info=None, level="INFO", user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event
+        )
+    )
+
+
+def _run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, trigger: str) -> str:
+    run = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", status=status, tags={TRIGGER_TAG: trigger}))
+    return run.run_id
+
+
+def test_a_landing_still_running_holds_the_cursor_until_it_ends() -> None:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("client", ["C001", "C002"])
+        done = _run(instance, dg.DagsterRunStatus.SUCCESS, "inbox")
+        running = _run(instance, dg.DagsterRunStatus.STARTED, "inbox")
+        by_cli = _run(instance, dg.DagsterRunStatus.SUCCESS, "cli")
+        _materialized(instance, done, "orders", "C001|2026-01-05")
+        _materialized(instance, by_cli, "orders", "C002|2026-01-04")
+        _materialized(instance, running, "orders", "C002|2026-01-06")
+        _materialized(instance, done, "deliveries", "C001|2026-01-05")
+        _materialized(instance, running, "deliveries", "C002|2026-01-06")
+        _materialized(instance, done, "clients", None)
+
+        landed, upto = landed_since(instance, 0)
+        # only what precedes the running run's first record; the CLI's own run is left to the CLI
+        assert landed.facts == {"orders": {"2026-01-05": {"C001"}}}
+        assert landed.dimensions == set() and landed.runs == [done]
+        assert upto > 0
+
+        instance.report_run_failed(instance.get_run_by_id(running))  # ended, half-way
+        rest, end = landed_since(instance, upto)
+        assert rest.facts == {
+            "orders": {"2026-01-06": {"C002"}},
+            "deliveries": {"2026-01-05": {"C001"}, "2026-01-06": {"C002"}},
+        }
+        assert rest.dimensions == {"clients"} and sorted(rest.runs) == sorted([done, running])
+        nothing, same = landed_since(instance, end)
+        assert nothing.empty and same == end
