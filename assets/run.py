@@ -56,7 +56,9 @@ class RunOutcome:
 # What the embedded instance's dagster.yaml says when we create it: no telemetry (the CLI
 # must not print a banner, and a lakehouse should not phone home by default), and Dagster's
 # SQLite storage in DAGSTER_HOME with event-log connections kept open between events
-# (assets/instance_storage.py: a run over many partitions writes thousands of events).
+# (assets/instance_storage.py: a run over many partitions writes thousands of events); and,
+# for the runs `make ui`'s daemon launches, one run per trigger at a time, as under `make up`
+# (infra/dagster.yaml): a drop's model refresh must start after its marts refresh has ended.
 INSTANCE_MARKER = "# Written by delivery-lake for its embedded Dagster instance"
 
 
@@ -74,6 +76,14 @@ def instance_yaml(home: Path) -> str:
         "    class: PooledSqliteStorage\n"
         "    config:\n"
         f"      base_dir: {json.dumps(str(home))}\n"
+        "run_coordinator:\n"
+        "  module: dagster.core.run_coordinator\n"
+        "  class: QueuedRunCoordinator\n"
+        "  config:\n"
+        "    tag_concurrency_limits:\n"
+        "      - key: delivery_lake/trigger\n"
+        "        value: {applyLimitPerUniqueValue: true}\n"
+        "        limit: 1\n"
     )
 
 

@@ -139,6 +139,11 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     instance = dagster_instance(settings)
     assert config.read_text() == instance_yaml(home.resolve())
     assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    # the runs `make ui` launches: one per trigger at a time (a drop's model run after its marts run)
+    coordinator = instance.run_coordinator
+    assert type(coordinator).__name__ == "QueuedRunCoordinator"
+    [limit] = coordinator.get_run_queue_config().tag_concurrency_limits
+    assert limit == {"key": "delivery_lake/trigger", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     # loaded without DAGSTER_HOME set, as `DagsterInstance.from_config(folder)` does
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DAGSTER_HOME")
