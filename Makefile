@@ -95,7 +95,7 @@ BENCH_SCALE ?= 1.0
 bench: install  ## benchmark at ~$(BENCH_SCALE) GB and 4x: landing vs DuckDB vs pandas -> bench/results/latest.json
 	$(BIN)/python -m compileall -q delivery_lake bench
 	$(BIN)/python -m bench.run --scale $(BENCH_SCALE)
-	$(BIN)/python -m bench.drop --result bench/results/drop.json  # times a drop under `make up`; else says skipped
+	$(BIN)/python -m bench.drop --result bench/results/drop.json --into bench/results/latest.json  # times a drop under `make up`; else says skipped
 	$(BIN)/python -m bench.workers --result bench/results/workers.json  # two Celery workers over one; needs local Redis
 
 bench-smoke: install  ## seconds: tiny benchmark run; asserts equal answers across contestants (never timings)

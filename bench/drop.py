@@ -13,8 +13,10 @@ appear:
   champion depends on its score, so the key is when the registry is up to date).
 
 Without the profile up it prints why and writes a skipped result: there is no daemon to time.
+`--into FILE` adds both keys to a results file `bench.run` wrote (`make bench`: latest.json),
+in its format (value, target, met), or says there why they were skipped.
 
-    python -m bench.drop [--result FILE] [--timeout 600]
+    python -m bench.drop [--result FILE] [--into FILE] [--timeout 600]
 """
 
 from __future__ import annotations
@@ -31,17 +33,36 @@ from pathlib import Path
 
 from bench.settings import REPO
 
+KEYS = ("drop_to_warehouse_s", "drop_to_champion_s")
+NOTE = "one generated day of the registered clients dropped into the inbox under `make up` (daemon ticks included)"
 
-def _skip(result: Path | None, why: str) -> int:
+
+def merge_into(path: Path, doc: dict) -> None:
+    """Add the keys of `doc` (a result of this script) to the results file at `path`."""
+    from bench.run import _key, machine
+    from delivery_lake.storage import write_file_atomic
+
+    results = json.loads(path.read_text()) if path.exists() else {}
+    m = machine()
+    for name in KEYS:
+        extra = {"skipped": doc["skipped"]} if "skipped" in doc else {"new_day": doc.get("new_day")}
+        results[name] = _key(name, doc.get(name), m, note=NOTE, **extra)
+    write_file_atomic(path, (json.dumps(results, indent=2) + "\n").encode())
+
+
+def _skip(result: Path | None, into: Path | None, why: str) -> int:
     print(f"drop_to_warehouse_s / drop_to_champion_s: skipped: {why}")
     if result:
         result.write_text(json.dumps({"skipped": why}))
+    if into:
+        merge_into(into, {"skipped": why})
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.drop", description=__doc__)
     p.add_argument("--result", type=Path)
+    p.add_argument("--into", type=Path, help="a results file of bench.run to add the keys to")
     p.add_argument("--timeout", type=float, default=600.0)
     a = p.parse_args(argv)
 
@@ -51,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = StackConfig.from_env(base)
     down = [name for name in SERVICES if recorded(cfg, name) is None]
     if down:
-        return _skip(a.result, f"the production profile is not up ({', '.join(down)} not running; `make up`)")
+        return _skip(a.result, a.into, f"the production profile is not up ({', '.join(down)} not running; `make up`)")
     os.environ.update(dagster_env(cfg, base))
 
     from delivery_lake.config import Settings
@@ -64,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     days = sorted(p.stem for p in (cfg.inbox_dir / "orders").glob("*.csv"))
     if not days:
-        return _skip(a.result, f"the profile's inbox {cfg.inbox_dir} holds no orders yet: drop a first export")
+        return _skip(a.result, a.into, f"the profile's inbox {cfg.inbox_dir} holds no orders yet: drop a first export")
     clients = len(Landing(Lake.from_settings(settings), cfg.inbox_dir, settings).registered_clients()) or 1
     # the day after the newest, unless that is in the future (the landing refuses future dates):
     # then the day before the oldest, so the script can be run again on the same stack
@@ -113,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(doc))
     if a.result:
         a.result.write_text(json.dumps(doc))
+    if a.into:
+        merge_into(a.into, doc)
     return 0 if warehouse_s is not None else 1
 
 

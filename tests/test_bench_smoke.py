@@ -71,7 +71,24 @@ def test_drop_timing_says_why_it_is_skipped_without_the_production_profile(tmp_p
     from bench import drop
 
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    result = tmp_path / "drop.json"
-    assert drop.main(["--result", str(result)]) == 0
+    result, latest = tmp_path / "drop.json", tmp_path / "latest.json"
+    latest.write_text(json.dumps({"s3_over_local_day": {"value": 1.6}}))
+    assert drop.main(["--result", str(result), "--into", str(latest)]) == 0
     why = json.loads(result.read_text())["skipped"]
     assert "not up" in why and "dagster-daemon" in why and "make up" in why
+    # the keys are in the bench's results file, saying why they have no value
+    keys = json.loads(latest.read_text())
+    assert keys["s3_over_local_day"] == {"value": 1.6}
+    assert keys["drop_to_warehouse_s"]["value"] is None and keys["drop_to_warehouse_s"]["skipped"] == why
+    assert keys["drop_to_champion_s"]["target"] == "<= 90.0" and keys["drop_to_champion_s"]["met"] is None
+
+
+def test_a_timed_drop_joins_the_results_file_with_its_targets(tmp_path: Path) -> None:
+    from bench import drop
+
+    latest = tmp_path / "latest.json"
+    drop.merge_into(latest, {"new_day": "2026-11-25", "drop_to_warehouse_s": 50.8, "drop_to_champion_s": 76.3})
+    keys = json.loads(latest.read_text())
+    assert (keys["drop_to_warehouse_s"]["value"], keys["drop_to_warehouse_s"]["met"]) == (50.8, False)
+    assert (keys["drop_to_champion_s"]["value"], keys["drop_to_champion_s"]["met"]) == (76.3, True)
+    assert keys["drop_to_champion_s"]["new_day"] == "2026-11-25"
