@@ -27,30 +27,9 @@ def model_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([GROUP, name])
 
 
-def refresh_condition(ignore: list[dg.AssetKey]) -> dg.AutomationCondition:
-    """Like `eager()`, but for every date whose inputs changed, not only the latest one, and
-    without waiting for missing deps (a client with no data for a day is not an error). No
-    `newly_missing()`: a new calendar day with no raw data is not a reason to build.
-
-    `ignore`: deps whose update must not trigger a build here: dimension snapshots under daily
-    marts (their change shows up in the next dates built), and the raw tables, whose landings
-    `refresh_sensor` (assets/refresh.py) follows with one run of everything downstream; what is
-    left for automation is a curated asset materialized by hand reaching its readers.
-    """
-    updated = dg.AutomationCondition.any_deps_updated()
-    if ignore:
-        updated = updated.ignore(dg.AssetSelection.assets(*ignore))
-    return (
-        updated.since_last_handled()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label("refresh_updated_dates")
-
-
-def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetKey]]:
+def _deps(project: Project, m: Model) -> list[dg.AssetDep]:
     refs, sources = project.inputs(m.name)
     deps: list[dg.AssetDep] = []
-    unpartitioned: list[dg.AssetKey] = []
     for _, table in sources:
         key = dg.AssetKey(["raw", table])
         if TABLES[table].is_fact and m.is_partitioned:
@@ -61,8 +40,6 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
             )
         else:
             deps.append(dg.AssetDep(key))
-            if m.is_partitioned:
-                unpartitioned.append(key)
     lookbacks = project.input_lookbacks(m.name)
     for r in refs:
         upstream = project[r]
@@ -72,9 +49,7 @@ def _deps(project: Project, m: Model) -> tuple[list[dg.AssetDep], list[dg.AssetK
             )
         else:
             deps.append(dg.AssetDep(model_key(r)))
-            if m.is_partitioned and not upstream.is_partitioned:
-                unpartitioned.append(model_key(r))
-    return deps, unpartitioned
+    return deps
 
 
 def _column_schema(m: Model) -> dg.TableSchema:
@@ -120,7 +95,7 @@ def _description(project: Project, m: Model) -> str:
 
 
 def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
-    deps, unpartitioned = _deps(project, m)
+    deps = _deps(project, m)
 
     @dg.asset(
         key=model_key(m.name),
@@ -130,9 +105,10 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         partitions_def=DAILY_PARTITIONS if m.is_partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if m.is_partitioned else None,
         freshness_policy=FRESHNESS_POLICY if m.is_partitioned else None,
-        automation_condition=refresh_condition(
-            [*unpartitioned, *(d.asset_key for d in deps if d.asset_key.path[0] == "raw")]
-        ),
+        # No automation condition: `refresh_sensor` (assets/refresh.py) builds the models after a
+        # landing or after a date materialized by hand, all of them in one run. Automation
+        # evaluated mid-run saw a model's input updated and the model not yet, did not count the
+        # range run as in progress, and asked for the same dates again (measured under `make up`).
         kinds={"polars" if m.language == "python" else "duckdb", "parquet"},
         metadata={
             "dagster/column_schema": _column_schema(m),

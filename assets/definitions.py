@@ -16,9 +16,9 @@ from assets.sensors import LAND_JOB, LAND_SMALL_JOB, inbox_sensor
 # `assets.checks.FRESHNESS_POLICY` (fail after 26 h) on their decorators, and the daemon's
 # freshness evaluation reports their state; no check or sensor is needed.
 
-# Evaluates every asset's automation condition in the daemon: what a curated asset materialized
-# by hand feeds (a landing's downstream is `refresh_sensor`'s). Declared so it starts RUNNING:
-# the implicit default_automation_condition_sensor starts STOPPED.
+# Evaluates the automation conditions left (the scores and the warehouse, when their inputs
+# change outside a refresh run; landings and curated dates materialized by hand are
+# `refresh_sensor`'s). Declared so it starts RUNNING: the implicit sensor starts STOPPED.
 AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
     target=dg.AssetSelection.all(),

@@ -16,7 +16,7 @@ import hashlib
 
 import dagster as dg
 
-from assets.curated import model_key, refresh_condition
+from assets.curated import model_key
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
 from delivery_lake.ml import features, registry, scoring, training
@@ -152,7 +152,13 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
     group_name=GROUP,
     deps=[MODEL_KEY, FEATURES_KEY],
     output_required=False,  # nothing validated to score, or no champion yet
-    automation_condition=refresh_condition([]),
+    # After a refresh run rebuilt features whose model run was already waiting (assets/refresh.py),
+    # or a model trained outside one: scores follow their inputs.
+    automation_condition=(
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("score_after_inputs"),
     kinds={"mlflow", "parquet", "duckdb"},
     description=(
         "Late-delivery risk of every delivery of the latest validated dispatch day, scored by the current `champion` "

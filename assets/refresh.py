@@ -9,9 +9,9 @@ recorded since its cursor, once their runs have ended, and requests one run per 
 of the marts, the delivery features and the warehouse, then one of the delay model (which
 retrains only on new validated data), the risk scores and the warehouse, queued behind it:
 the run list shows a landing's refresh as those runs, tagged with the landing runs they
-follow. Automation conditions still carry changes between curated assets that someone
-materializes by hand (their raw deps are ignored there, see `assets.curated.refresh_condition`),
-so nothing is built twice.
+follow. A date of a curated model materialized by hand (a run with no trigger tag) is
+followed the same way, from that date. The curated models and the features have no automation
+condition, so nothing is built twice.
 
 The first tick reads the event log from its start: on an instance with history, that is one
 refresh of every landed date (models whose inputs did not change are not rebuilt; the runner
@@ -76,15 +76,17 @@ REFRESH_JOB = dg.define_asset_job(
 
 @dataclass
 class Landed:
-    """Raw partitions that ended runs materialized: fact table -> date -> clients, and dimensions."""
+    """What ended runs materialized: raw fact table -> date -> clients, raw dimensions, and dates
+    of curated models materialized by hand."""
 
     facts: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     dimensions: set[str] = field(default_factory=set)
+    curated_dates: set[str] = field(default_factory=set)  # of curated models materialized by hand
     runs: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.facts and not self.dimensions
+        return not self.facts and not self.dimensions and not self.curated_dates
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
     the warehouse riding in the last; then, when facts changed, the model, the scores and the
     warehouse again (its scores table)."""
     changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in landed.facts.items()}
+    if landed.curated_dates:
+        # a model date rebuilt by hand: its readers from that date on, as if its inputs had landed
+        changed = {t.name: {*changed.get(t.name, ()), *landed.curated_dates} for t in FACTS}
     existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
     marts = set(affected_dates(PROJECT, changed, existing)) if changed else set()
     if changed:
@@ -132,46 +137,54 @@ def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
 
 
 def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]:
-    """Raw materializations recorded after storage id `after` whose runs have ended, and the
-    storage id up to which every record is accounted for. A run still in progress holds the
-    cursor before its first record, so its partitions are planned once, when it has ended
-    (with whatever it materialized, also when it failed half-way)."""
-    records: list[tuple[str, dg.EventLogRecord]] = []
-    for key in [*RAW_DIMENSION_KEYS, *RAW_FACT_KEYS]:
+    """Raw materializations, and dates of curated models materialized by hand (a run with no
+    trigger tag: the sensors', automation's and `delivery-lake run`'s runs carry one), recorded
+    after storage id `after` whose runs have ended; and the storage id up to which every record
+    is accounted for. A run still in progress holds the cursor before its first such record, so
+    its partitions are planned once, when it has ended (also when it failed half-way)."""
+    fetched: list[tuple[dg.AssetKey, dg.EventLogRecord]] = []
+    for key in [*RAW_DIMENSION_KEYS, *RAW_FACT_KEYS, *CURATED_PARTITIONED_KEYS]:
         cursor = None
         while True:
             page = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=PAGE, cursor=cursor, ascending=True
             )
-            records += [(key.path[-1], r) for r in page.records]
+            fetched += [(key, r) for r in page.records]
             if not page.has_more:
                 break
             cursor = page.cursor
-    if not records:
+    if not fetched:
         return Landed(), after
-    run_ids = sorted({r.run_id for _, r in records})
+    run_ids = sorted({r.run_id for _, r in fetched})
     runs = {r.run_id: r for r in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+
+    def counts(key: dg.AssetKey, r: dg.EventLogRecord) -> bool:
+        run = runs.get(r.run_id)
+        if key.path[0] == "raw":
+            return run is None or run.tags.get(TRIGGER_TAG) not in SELF_REFRESHING_TRIGGERS
+        return run is not None and TRIGGER_TAG not in run.tags
+
+    records = [(k, r) for k, r in fetched if counts(k, r)]
     # Runless events (reported from outside any run) and runs no longer stored count as ended.
     open_from = min(
         (r.storage_id for _, r in records if r.run_id in runs and runs[r.run_id].status not in ENDED),
         default=None,
     )
-    ready = sorted(
-        (tr for tr in records if open_from is None or tr[1].storage_id < open_from), key=lambda tr: tr[1].storage_id
-    )
     landed = Landed()
-    for table, r in ready:
-        run = runs.get(r.run_id)
-        if run is not None and run.tags.get(TRIGGER_TAG) in SELF_REFRESHING_TRIGGERS:
-            continue
-        if r.partition_key is None:
-            landed.dimensions.add(table)
+    for key, r in sorted(records, key=lambda kr: kr[1].storage_id):
+        if open_from is not None and r.storage_id >= open_from:
+            break
+        if key.path[0] == "curated":
+            landed.curated_dates.add(str(r.partition_key))
+        elif r.partition_key is None:
+            landed.dimensions.add(key.path[-1])
         else:
             dims = FACT_PARTITIONS.get_partition_key_from_str(r.partition_key).keys_by_dimension
-            landed.facts.setdefault(table, {}).setdefault(dims["date"], set()).add(dims["client"])
-        if run is not None and r.run_id not in landed.runs:
+            landed.facts.setdefault(key.path[-1], {}).setdefault(dims["date"], set()).add(dims["client"])
+        if r.run_id in runs and r.run_id not in landed.runs:
             landed.runs.append(r.run_id)
-    return landed, (ready[-1][1].storage_id if ready else after)
+    seen = [r.storage_id for _, r in fetched if open_from is None or r.storage_id < open_from]
+    return landed, max(seen, default=after)
 
 
 def run_requests(refreshes: list[Refresh], landed: Landed, cursor_from: int, cursor_to: int) -> list[dg.RunRequest]:

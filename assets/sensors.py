@@ -6,6 +6,7 @@ import json
 import dagster as dg
 
 from assets.executors import EXECUTOR, FORKSERVER_EXECUTOR
+from assets.ml import REFRESH_TRIGGER
 from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
@@ -114,7 +115,10 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
     return requests
 
 
-LANDING_TRIGGERS = ("inbox", "release")
+# Releases wait while one of these runs is in flight: a landing's partitions are half-published
+# (pending rows are decided once it has ended), and a drop's refresh and model runs have the
+# machine first (a release beside them slowed both on two cores; the release is about older dates).
+RELEASE_WAITS_FOR = ("inbox", "release", REFRESH_TRIGGER)
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -123,14 +127,14 @@ IN_FLIGHT = [
 ]
 
 
-def landing_in_flight(instance: dg.DagsterInstance) -> str | None:
-    """The id of a landing run this sensor requested that has not ended, if any."""
-    for trigger in LANDING_TRIGGERS:
+def in_flight(instance: dg.DagsterInstance, triggers: tuple[str, ...]) -> dg.DagsterRun | None:
+    """A run of one of these triggers that is queued or running, if any."""
+    for trigger in triggers:
         runs = instance.get_runs(
             filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={"delivery_lake/trigger": trigger}), limit=1
         )
         if runs:
-            return runs[0].run_id
+            return runs[0]
     return None
 
 
@@ -157,10 +161,12 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
             context.log.error(f"not rendered: {problem}")
     changes = scan_changes(lakehouse.lake(), settings.inbox_dir, cursor)
     if changes.empty:
-        landing = landing_in_flight(context.instance)
-        if landing:
-            # Its partitions are half-published: pending rows are decided once it has ended.
-            return dg.SensorResult(skip_reason=f"landing run {landing[:8]} is queued or running")
+        busy = in_flight(context.instance, RELEASE_WAITS_FOR)
+        if busy:
+            trigger = busy.tags.get("delivery_lake/trigger")
+            return dg.SensorResult(
+                skip_reason=f"{trigger} run {busy.run_id[:8]} is queued or running: releases wait for it"
+            )
         released = release_requests(
             lakehouse, list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))
         )

@@ -188,6 +188,28 @@ def test_a_drop_or_a_release_lands_in_process_a_history_with_a_process_per_step(
     assert defs.resolve_job_def("land").executor_def is EXECUTOR
 
 
+def test_releases_wait_while_a_landing_or_a_refresh_is_in_flight(local_settings: Settings, tmp_path: Path) -> None:
+    instance, res, _held, first = _tick_without_last_day(local_settings, tmp_path)
+    for trigger in ("inbox", "refresh"):
+        run = instance.add_run(
+            dg.DagsterRun(
+                job_name="refresh_after_landing",
+                status=dg.DagsterRunStatus.NOT_STARTED,
+                tags={"delivery_lake/trigger": trigger},
+            )
+        )
+        with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+            waiting = inbox_sensor(ctx)
+        assert not waiting.run_requests and waiting.skip_reason is not None
+        assert waiting.skip_reason.skip_message == (
+            f"{trigger} run {run.run_id[:8]} is queued or running: releases wait for it"
+        )
+        instance.report_run_canceled(run)
+    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+        idle = inbox_sensor(ctx)
+    assert idle.skip_reason is not None and idle.skip_reason.skip_message.startswith("no new files in")
+
+
 def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: Settings, tmp_path: Path) -> None:
     """A day's orders and deliveries for every client and feedback for one: one run lands all
     three (the feedback's rectangle widened to the others' holds no partition with data it was

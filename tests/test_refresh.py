@@ -17,7 +17,16 @@ from dagster._core.events.log import EventLogEntry
 from assets.curated import CURATED_PARTITIONED_KEYS, WAREHOUSE_KEY
 from assets.definitions import defs
 from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
-from assets.refresh import AFTER_RUNS_TAG, RANGE_END, RANGE_START, TRIGGER_TAG, landed_since, refresh_sensor
+from assets.refresh import (
+    AFTER_RUNS_TAG,
+    RANGE_END,
+    RANGE_START,
+    TRIGGER_TAG,
+    Landed,
+    landed_since,
+    plan_refresh,
+    refresh_sensor,
+)
 from assets.resources import LakehouseResource
 from assets.sensors import inbox_sensor
 from delivery_lake import gate
@@ -149,17 +158,26 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     trained = _execute_refresh(instance, settings, ml)
     assert trained.success and not trained.get_asset_materialization_events()
 
-    # The refresh runs materialized no raw table: nothing more to do.
+    # A date of a model rebuilt by hand is refreshed from that date, like a landing of it.
+    by_hand = plan_refresh(lake, Landed(curated_dates={NEW_DAY}))
+    assert [(r.first, r.last, set(r.keys)) for r in by_hand] == [
+        (NEW_DAY, NEW_DAY, {*CURATED_PARTITIONED_KEYS, FEATURES_KEY, WAREHOUSE_KEY}),
+        (None, None, {MODEL_KEY, RISK_KEY, WAREHOUSE_KEY}),
+    ]
+
+    # The refresh runs materialized no raw table and no model by hand: nothing more to do.
     after = _tick(instance, settings, refresh_sensor, refresh.cursor)
-    assert not after.run_requests and after.cursor == refresh.cursor
+    assert not after.run_requests and int(after.cursor or 0) > int(refresh.cursor or 0)  # past its own records
 
 
-def _materialized(instance: dg.DagsterInstance, run_id: str, table: str, partition: str | None) -> None:
+def _materialized(
+    instance: dg.DagsterInstance, run_id: str, table: str, partition: str | None, zone: str = "raw"
+) -> None:
     event = DagsterEvent(
         event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
         job_name="__ASSET_JOB",
         event_specific_data=StepMaterializationData(
-            dg.AssetMaterialization(asset_key=dg.AssetKey(["raw", table]), partition=partition)
+            dg.AssetMaterialization(asset_key=dg.AssetKey([zone, table]), partition=partition)
         ),
     )
     instance.store_event(
@@ -169,8 +187,9 @@ def _materialized(instance: dg.DagsterInstance, run_id: str, table: str, partiti
     )
 
 
-def _run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, trigger: str) -> str:
-    run = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", status=status, tags={TRIGGER_TAG: trigger}))
+def _run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, trigger: str | None) -> str:
+    tags = {TRIGGER_TAG: trigger} if trigger else {}
+    run = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", status=status, tags=tags))
     return run.run_id
 
 
@@ -186,6 +205,9 @@ def test_a_landing_still_running_holds_the_cursor_until_it_ends() -> None:
         _materialized(instance, done, "deliveries", "C001|2026-01-05")
         _materialized(instance, running, "deliveries", "C002|2026-01-06")
         _materialized(instance, done, "clients", None)
+        # A refresh run still going holds nothing back (its own materializations are not news).
+        refreshing = _run(instance, dg.DagsterRunStatus.STARTED, "refresh")
+        _materialized(instance, refreshing, "fct_deliveries", "2026-01-04", zone="curated")
 
         landed, upto = landed_since(instance, 0)
         # only what precedes the running run's first record; the CLI's own run is left to the CLI
@@ -202,3 +224,11 @@ def test_a_landing_still_running_holds_the_cursor_until_it_ends() -> None:
         assert rest.dimensions == {"clients"} and sorted(rest.runs) == sorted([done, running])
         nothing, same = landed_since(instance, end)
         assert nothing.empty and same == end
+        assert rest.curated_dates == set()
+
+        # A curated date materialized by hand (a run with no trigger tag) is followed from that date.
+        by_hand = _run(instance, dg.DagsterRunStatus.SUCCESS, None)
+        _materialized(instance, by_hand, "int_deliveries_enriched", "2026-01-03", zone="curated")
+        hand, last = landed_since(instance, same)
+        assert hand.curated_dates == {"2026-01-03"} and not hand.facts and hand.runs == [by_hand]
+        assert last > same
