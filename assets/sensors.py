@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 
 import dagster as dg
 
@@ -127,6 +128,34 @@ IN_FLIGHT = [
 ]
 
 
+# How long after a landing run ends its refresh may take to be requested (refresh_sensor runs
+# every daemon loop, ~5 s): releases wait for it meanwhile. Bounded, for a landing that changed
+# nothing has no refresh to wait for.
+REFRESH_GRACE_S = 30.0
+
+
+def refresh_pending(instance: dg.DagsterInstance, now: float) -> dg.DagsterRun | None:
+    """A landing or release run that ended within REFRESH_GRACE_S with no refresh run created
+    since: the refresh sensor has yet to request what follows it."""
+    ended = [
+        record
+        for trigger in ("inbox", "release")
+        for record in instance.get_run_records(
+            filters=dg.RunsFilter(tags={"delivery_lake/trigger": trigger}), limit=1, order_by="end_time"
+        )
+        if record.end_time and now - record.end_time < REFRESH_GRACE_S
+    ]
+    if not ended:
+        return None
+    last = max(ended, key=lambda r: r.end_time or 0.0)
+    refreshes = instance.get_run_records(
+        filters=dg.RunsFilter(tags={"delivery_lake/trigger": REFRESH_TRIGGER}), limit=1
+    )
+    if refreshes and refreshes[0].create_timestamp.timestamp() >= (last.end_time or 0.0):
+        return None
+    return last.dagster_run
+
+
 def in_flight(instance: dg.DagsterInstance, triggers: tuple[str, ...]) -> dg.DagsterRun | None:
     """A run of one of these triggers that is queued or running, if any."""
     for trigger in triggers:
@@ -166,6 +195,11 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
             trigger = busy.tags.get("delivery_lake/trigger")
             return dg.SensorResult(
                 skip_reason=f"{trigger} run {busy.run_id[:8]} is queued or running: releases wait for it"
+            )
+        ended = refresh_pending(context.instance, time.time())
+        if ended:
+            return dg.SensorResult(
+                skip_reason=f"the refresh after run {ended.run_id[:8]} is not requested yet: releases wait for it"
             )
         released = release_requests(
             lakehouse, list(context.instance.get_dynamic_partitions(CLIENT_PARTITIONS.name or "client"))

@@ -190,24 +190,29 @@ def test_a_drop_or_a_release_lands_in_process_a_history_with_a_process_per_step(
 
 def test_releases_wait_while_a_landing_or_a_refresh_is_in_flight(local_settings: Settings, tmp_path: Path) -> None:
     instance, res, _held, first = _tick_without_last_day(local_settings, tmp_path)
-    for trigger in ("inbox", "refresh"):
-        run = instance.add_run(
+
+    def skip() -> str:
+        with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
+            result = inbox_sensor(ctx)
+        assert not result.run_requests and result.skip_reason is not None
+        return result.skip_reason.skip_message or ""
+
+    def run(trigger: str) -> dg.DagsterRun:
+        return instance.add_run(
             dg.DagsterRun(
-                job_name="refresh_after_landing",
-                status=dg.DagsterRunStatus.NOT_STARTED,
-                tags={"delivery_lake/trigger": trigger},
+                job_name="land_small", status=dg.DagsterRunStatus.NOT_STARTED, tags={"delivery_lake/trigger": trigger}
             )
         )
-        with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
-            waiting = inbox_sensor(ctx)
-        assert not waiting.run_requests and waiting.skip_reason is not None
-        assert waiting.skip_reason.skip_message == (
-            f"{trigger} run {run.run_id[:8]} is queued or running: releases wait for it"
-        )
-        instance.report_run_canceled(run)
-    with dg.build_sensor_context(instance=instance, resources={"lakehouse": res}, cursor=first.cursor) as ctx:
-        idle = inbox_sensor(ctx)
-    assert idle.skip_reason is not None and idle.skip_reason.skip_message.startswith("no new files in")
+
+    landing = run("inbox")
+    assert skip() == f"inbox run {landing.run_id[:8]} is queued or running: releases wait for it"
+    instance.report_run_canceled(landing)
+    # ended, and the refresh sensor has not requested what follows it yet
+    assert skip() == f"the refresh after run {landing.run_id[:8]} is not requested yet: releases wait for it"
+    refresh = run("refresh")
+    assert skip() == f"refresh run {refresh.run_id[:8]} is queued or running: releases wait for it"
+    instance.report_run_canceled(refresh)
+    assert skip().startswith("no new files in")
 
 
 def test_a_drop_whose_tables_touch_different_clients_is_one_run(local_settings: Settings, tmp_path: Path) -> None:
