@@ -27,6 +27,17 @@ def model_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([GROUP, name])
 
 
+def after_inputs(label: str) -> dg.AutomationCondition:
+    """Requested when any input was updated since this asset was last requested or built, once
+    no input and no run of its own is in progress (the warehouse after its tables, the scores
+    after the model or the features, when those change outside a refresh run)."""
+    return (
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(label)
+
+
 def _deps(project: Project, m: Model) -> list[dg.AssetDep]:
     refs, sources = project.inputs(m.name)
     deps: list[dg.AssetDep] = []
@@ -167,11 +178,7 @@ def build_warehouse_asset(project: Project) -> dg.AssetsDefinition:
         # The marts, and the delay-model scores (`assets/ml.py` RISK_KEY), which scoring publishes
         # as a curated partition + external table spec: the refresh loads both the same way.
         deps=[*(model_key(m.name) for m in project.published()), dg.AssetKey(["ml", "fct_delivery_risk"])],
-        automation_condition=(
-            dg.AutomationCondition.any_deps_updated().since_last_handled()
-            & ~dg.AutomationCondition.any_deps_in_progress()
-            & ~dg.AutomationCondition.in_progress()
-        ).with_label("refresh_after_marts"),
+        automation_condition=after_inputs("refresh_after_marts"),
         kinds={"duckdb"},
     )
     def _warehouse(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:

@@ -16,9 +16,10 @@ import hashlib
 
 import dagster as dg
 
-from assets.curated import model_key
+from assets.curated import after_inputs, model_key
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import LakehouseResource
+from assets.run_tags import REFRESH_TRIGGER, TRIGGER_TAG, in_flight
 from delivery_lake.ml import features, registry, scoring, training
 
 GROUP = "ml"
@@ -154,11 +155,7 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
     output_required=False,  # nothing validated to score, or no champion yet
     # After a refresh run rebuilt features whose model run was already waiting (assets/refresh.py),
     # or a model trained outside one: scores follow their inputs.
-    automation_condition=(
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label("score_after_inputs"),
+    automation_condition=after_inputs("score_after_inputs"),
     kinds={"mlflow", "parquet", "duckdb"},
     description=(
         "Late-delivery risk of every delivery of the latest validated dispatch day, scored by the current `champion` "
@@ -191,12 +188,6 @@ def fct_delivery_risk(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
     )
 
 
-# The trigger tag of `refresh_sensor`'s runs (assets/refresh.py), which include the delay model.
-REFRESH_TRIGGER = "refresh"
-WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
-RUNNING = [*WAITING, dg.DagsterRunStatus.STARTED]
-
-
 @dg.sensor(
     name="retrain_sensor",
     description=(
@@ -209,12 +200,10 @@ RUNNING = [*WAITING, dg.DagsterRunStatus.STARTED]
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def retrain_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
-    refreshing = context.instance.get_runs(
-        filters=dg.RunsFilter(statuses=RUNNING, tags={"delivery_lake/trigger": REFRESH_TRIGGER}), limit=1
-    )
+    refreshing = in_flight(context.instance, (REFRESH_TRIGGER,))
     if refreshing:
         # that run trains after the features it builds; training beside it would race it
-        return dg.SensorResult(skip_reason=f"refresh run {refreshing[0].run_id[:8]} is queued or running: it retrains")
+        return dg.SensorResult(skip_reason=f"refresh run {refreshing.run_id[:8]} is queued or running: it retrains")
     plan = registry.plan_training(lakehouse.lake(), lakehouse.settings())
     if not plan.should_train:
         return dg.SensorResult(skip_reason=plan.reason)
@@ -226,7 +215,7 @@ def retrain_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseReso
                 # Same validated data -> same key: a retrain is never requested twice for it.
                 run_key=f"retrain:{digest}",
                 asset_selection=[MODEL_KEY, RISK_KEY],
-                tags={"delivery_lake/trigger": "retrain_sensor", "delivery_lake/retrain_reason": plan.reason[:1000]},
+                tags={TRIGGER_TAG: "retrain_sensor", "delivery_lake/retrain_reason": plan.reason[:1000]},
             )
         ]
     )

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
-from assets.ml import FEATURES_KEY, MODEL_KEY, REFRESH_TRIGGER, RISK_KEY, WAITING
+from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.partitions import FACT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
+from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, WAITING
 from delivery_lake.contract import FACTS
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
@@ -41,9 +42,6 @@ from delivery_lake.planning import date_blocks
 from delivery_lake.storage import Lake
 from delivery_lake.transform import affected_dates, held_dates
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-TRIGGER_TAG = "delivery_lake/trigger"
 AFTER_RUNS_TAG = "delivery_lake/after_runs"
 PART_TAG = "delivery_lake/refresh"  # "marts" (a block of dates) or "model"
 # `delivery-lake run` builds what its own landing feeds, in the same process.
@@ -98,6 +96,29 @@ class Refresh:
     last: str | None = None
 
 
+def mart_dates(lake: Lake, changed: dict[str, Iterable[str]]) -> tuple[set[str], set[str]]:
+    """(the dates of the partitioned models to rebuild when raw fact `table -> dates` changed,
+    the dates that hold raw facts): what those dates feed (`affected_dates`) and, when any
+    fact changed, the dates whose last build held cells back for a missing parent."""
+    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
+    dates = set(affected_dates(PROJECT, changed, existing)) if changed else set()
+    if changed:
+        dates |= set(held_dates(lake, PROJECT)) & existing
+    return dates, existing
+
+
+def dimension_marts(lake: Lake, dimensions: Iterable[str]) -> list[dg.AssetKey]:
+    """The unpartitioned models to rebuild: those reading a raw dimension that changed, and
+    those never built."""
+    changed = set(dimensions)
+    return [
+        k
+        for k in CURATED_UNPARTITIONED_KEYS
+        if any(t in changed for _, t in PROJECT.inputs(k.path[-1])[1])
+        or not lake.exists(lake.data_file("curated", k.path[-1]))
+    ]
+
+
 def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
     """The runs that bring everything downstream of `landed` up to date, in the order they must
     run: one per block of dates (`planning.date_blocks`: empty dates between blocks are bridged),
@@ -108,18 +129,9 @@ def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
     if landed.curated_dates:
         # a model date rebuilt by hand: its readers from that date on, as if its inputs had landed
         changed = {t.name: {*changed.get(t.name, ()), *landed.curated_dates} for t in FACTS}
-    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
-    marts = set(affected_dates(PROJECT, changed, existing)) if changed else set()
-    if changed:
-        marts |= set(held_dates(lake, PROJECT)) & existing
+    marts, existing = mart_dates(lake, changed)
     features = dates_reading(lake, marts, to_be_built=marts) if marts else set()
-    dims = [
-        k
-        for k in CURATED_UNPARTITIONED_KEYS
-        if any(t in landed.dimensions for _, t in PROJECT.inputs(k.path[-1])[1])
-        or not lake.exists(lake.data_file("curated", k.path[-1]))
-    ]
-    tail = [*dims, WAREHOUSE_KEY]
+    tail = [*dimension_marts(lake, landed.dimensions), WAREHOUSE_KEY]
     occupied = (
         existing
         | {d for k in CURATED_PARTITIONED_KEYS for d in lake.list_dates("curated", k.path[-1])}

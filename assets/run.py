@@ -20,11 +20,13 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from assets.curated import CURATED_PARTITIONED_KEYS, CURATED_UNPARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
+from assets.curated import CURATED_PARTITIONED_KEYS, PROJECT, WAREHOUSE_KEY
 from assets.definitions import defs
 from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.partitions import CLIENT_PARTITIONS
+from assets.refresh import dimension_marts, mart_dates
 from assets.resources import LakehouseResource
+from assets.run_tags import RANGE_END, RANGE_START
 from delivery_lake.completeness import mostly_blocked, partition_statuses
 from delivery_lake.config import Settings
 from delivery_lake.contract import FACTS, TABLES
@@ -38,10 +40,8 @@ from delivery_lake.quality import Quality, docs_deferred, preload_gx_in_backgrou
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import arrived_clients, render_arrived
 from delivery_lake.storage import Lake, explain_storage_failure, write_file_atomic
-from delivery_lake.transform import affected_dates, held_dates
+from delivery_lake.transform import affected_dates
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 MAX_RELEASE_ROUNDS = 3
 
 
@@ -256,10 +256,7 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
     """
 
     changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in changes.facts.items()}
-    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
-    dates = set(affected_dates(PROJECT, changed, existing))
-    if changed:
-        dates |= set(held_dates(lake, PROJECT)) & existing
+    dates, existing = mart_dates(lake, changed)
     # Dates with no raw data and no mart partition between two blocks are bridged (nothing is
     # built there; see planning.date_blocks).
     occupied = existing | {d for k in CURATED_PARTITIONED_KEYS for d in lake.list_dates("curated", k.path[-1])}
@@ -267,13 +264,7 @@ def _run_curated(defs: Any, instance: Any, settings: Settings, lake: Lake, chang
         tags = {RANGE_START: first, RANGE_END: last, "delivery_lake/trigger": "cli"}
         if not _execute(defs, instance, settings, CURATED_PARTITIONED_KEYS, tags, outcome, f"curated {first}..{last}"):
             return False
-    # Dimension marts: when a raw dimension they read changed, or when they were never built.
-    dims = [
-        k
-        for k in CURATED_UNPARTITIONED_KEYS
-        if any(t in changes.dimensions for _, t in PROJECT.inputs(k.path[-1])[1])
-        or not lake.exists(lake.data_file("curated", k.path[-1]))
-    ]
+    dims = dimension_marts(lake, changes.dimensions)
     label = "warehouse" + (f" + {', '.join(k.path[-1] for k in dims)}" if dims else "")
     return _execute(defs, instance, settings, [*dims, WAREHOUSE_KEY], {"delivery_lake/trigger": "cli"}, outcome, label)
 

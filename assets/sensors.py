@@ -7,20 +7,16 @@ import time
 import dagster as dg
 
 from assets.executors import EXECUTOR, FORKSERVER_EXECUTOR
-from assets.ml import REFRESH_TRIGGER
 from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
+from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight
 from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, inbox_partitions, scan_changes
 from delivery_lake.landing import releasable
 from delivery_lake.planning import Occupied, RunPlan, plan_runs
 from delivery_lake.sources.mapping import MappingError
 from delivery_lake.sources.render import render_arrived
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-
 
 # The landing runs of the inbox sensor. A drop or a release (a day, a few partitions) lands in
 # the run's own process: its steps share the imported project, the GX context and the lake's
@@ -73,7 +69,7 @@ def run_requests_for(
                 tags={
                     RANGE_START: _key(plan.first_date, plan.first_client),
                     RANGE_END: _key(plan.last_date, plan.last_client),
-                    "delivery_lake/trigger": reason,
+                    TRIGGER_TAG: reason,
                 },
             )
         )
@@ -83,7 +79,7 @@ def run_requests_for(
                 run_key=f"{reason}:{digest}:dims",
                 job_name=landing_job(None, client_order) if choose_job else None,
                 asset_selection=dims,
-                tags={"delivery_lake/trigger": reason},
+                tags={TRIGGER_TAG: reason},
             )
         )
     return requests
@@ -109,7 +105,7 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
                 tags={
                     RANGE_START: _key(plan.first_date, plan.first_client),
                     RANGE_END: _key(plan.last_date, plan.last_client),
-                    "delivery_lake/trigger": "release",
+                    TRIGGER_TAG: "release",
                 },
             )
         )
@@ -120,12 +116,6 @@ def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> l
 # (pending rows are decided once it has ended), and a drop's refresh and model runs have the
 # machine first (a release beside them slowed both on two cores; the release is about older dates).
 RELEASE_WAITS_FOR = ("inbox", "release", REFRESH_TRIGGER)
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 # How long after a landing run ends its refresh may take to be requested (refresh_sensor runs
@@ -141,30 +131,17 @@ def refresh_pending(instance: dg.DagsterInstance, now: float) -> dg.DagsterRun |
         record
         for trigger in ("inbox", "release")
         for record in instance.get_run_records(
-            filters=dg.RunsFilter(tags={"delivery_lake/trigger": trigger}), limit=1, order_by="end_time"
+            filters=dg.RunsFilter(tags={TRIGGER_TAG: trigger}), limit=1, order_by="end_time"
         )
         if record.end_time and now - record.end_time < REFRESH_GRACE_S
     ]
     if not ended:
         return None
     last = max(ended, key=lambda r: r.end_time or 0.0)
-    refreshes = instance.get_run_records(
-        filters=dg.RunsFilter(tags={"delivery_lake/trigger": REFRESH_TRIGGER}), limit=1
-    )
+    refreshes = instance.get_run_records(filters=dg.RunsFilter(tags={TRIGGER_TAG: REFRESH_TRIGGER}), limit=1)
     if refreshes and refreshes[0].create_timestamp.timestamp() >= (last.end_time or 0.0):
         return None
     return last.dagster_run
-
-
-def in_flight(instance: dg.DagsterInstance, triggers: tuple[str, ...]) -> dg.DagsterRun | None:
-    """A run of one of these triggers that is queued or running, if any."""
-    for trigger in triggers:
-        runs = instance.get_runs(
-            filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={"delivery_lake/trigger": trigger}), limit=1
-        )
-        if runs:
-            return runs[0]
-    return None
 
 
 @dg.sensor(
@@ -192,7 +169,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     if changes.empty:
         busy = in_flight(context.instance, RELEASE_WAITS_FOR)
         if busy:
-            trigger = busy.tags.get("delivery_lake/trigger")
+            trigger = busy.tags.get(TRIGGER_TAG)
             return dg.SensorResult(
                 skip_reason=f"{trigger} run {busy.run_id[:8]} is queued or running: releases wait for it"
             )
