@@ -27,12 +27,15 @@ def model_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([GROUP, name])
 
 
-def after_inputs(label: str) -> dg.AutomationCondition:
-    """Requested when any input was updated since this asset was last requested or built, once
-    no input and no run of its own is in progress (the warehouse after its tables, the scores
-    after the model or the features, when those change outside a refresh run)."""
+def after_inputs(label: str, ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Requested when any input (but `ignore`) was updated since this asset was last requested or
+    built, once no input and no run of its own is in progress (the warehouse after its tables,
+    the scores after the model, when those change outside a refresh run)."""
+    updated = dg.AutomationCondition.any_deps_updated()
+    if ignore is not None:
+        updated = updated.ignore(ignore)
     return (
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        updated.since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label(label)

@@ -153,9 +153,10 @@ def delay_model(context: dg.AssetExecutionContext, config: TrainConfig, lakehous
     group_name=GROUP,
     deps=[MODEL_KEY, FEATURES_KEY],
     output_required=False,  # nothing validated to score, or no champion yet
-    # After a refresh run rebuilt features whose model run was already waiting (assets/refresh.py),
-    # or a model trained outside one: scores follow their inputs.
-    automation_condition=after_inputs("score_after_inputs"),
+    # A model trained outside a refresh or a retrain (by hand in the UI): scores follow it. New
+    # features are scored by the refresh's own scores run (assets/refresh.py); reacting to them
+    # here scored a day twice, once beside the refresh that was still building it (measured).
+    automation_condition=after_inputs("score_after_model", ignore=dg.AssetSelection.assets(FEATURES_KEY)),
     kinds={"mlflow", "parquet", "duckdb"},
     description=(
         "Late-delivery risk of every delivery of the latest validated dispatch day, scored by the current `champion` "

@@ -7,9 +7,9 @@ apart (each tick evaluates the whole graph: ~15 s here, every 30 s). A drop then
 to reach the warehouse (docs/performance.md). This sensor reads the raw materializations
 recorded since its cursor, once their runs have ended, and requests one run per block of dates
 of the marts, the delivery features and the warehouse, then one of the delay model (which
-retrains only on new validated data), the risk scores and the warehouse, queued behind it:
-the run list shows a landing's refresh as those runs, tagged with the landing runs they
-follow. A date of a curated model materialized by hand (a run with no trigger tag) is
+retrains only on new validated data) and one of the risk scores and the warehouse, queued
+behind them: the run list shows a landing's refresh as those runs, tagged with the landing
+runs they follow. A date of a curated model materialized by hand (a run with no trigger tag) is
 followed the same way, from that date. The curated models and the features have no automation
 condition, so nothing is built twice.
 
@@ -23,6 +23,7 @@ blocked partition in a refreshed block holds back only itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.partitions import FACT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
-from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, WAITING
+from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight, new_data_priority
 from delivery_lake.contract import FACTS
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
@@ -43,9 +44,13 @@ from delivery_lake.storage import Lake
 from delivery_lake.transform import affected_dates, held_dates
 
 AFTER_RUNS_TAG = "delivery_lake/after_runs"
-PART_TAG = "delivery_lake/refresh"  # "marts" (a block of dates) or "model"
+PART_TAG = "delivery_lake/refresh"  # "marts" (a block of dates), "model" or "scores"
 # `delivery-lake run` builds what its own landing feeds, in the same process.
 SELF_REFRESHING_TRIGGERS = {"cli"}
+# Landing runs whose dates a refresh waits for while they are queued or running, at most this long
+# after the oldest record it holds (assets/sensors.py requests them).
+LANDING_TRIGGERS = ("inbox", "release")
+HOLD_FOR_LANDINGS_S = 60.0
 ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 PAGE = 1000
 
@@ -81,6 +86,8 @@ class Landed:
     dimensions: set[str] = field(default_factory=set)
     curated_dates: set[str] = field(default_factory=set)  # of curated models materialized by hand
     runs: list[str] = field(default_factory=list)
+    triggers: set[str] = field(default_factory=set)  # of those runs
+    first_at: float | None = None  # when the oldest of these records was written (epoch seconds)
 
     @property
     def empty(self) -> bool:
@@ -142,10 +149,11 @@ def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
         return [Refresh(tail)] if landed.dimensions else []
     out = [Refresh([*CURATED_PARTITIONED_KEYS, FEATURES_KEY], first, last) for first, last in blocks]
     out[-1] = Refresh([*out[-1].keys, *tail], out[-1].first, out[-1].last)
-    # A run of its own, queued behind the others (one refresh run at a time, infra/dagster.yaml):
-    # a model that does not retrain yields nothing, and Dagster skips every step after it in
-    # its run, which must not hold back the marts' warehouse refresh.
-    return [*out, Refresh([MODEL_KEY, RISK_KEY, WAREHOUSE_KEY])]
+    # Runs of their own, queued behind the others (one refresh run at a time, infra/dagster.yaml):
+    # a model that does not retrain yields nothing, and Dagster skips every step after it in its
+    # run, which must hold back neither the marts' warehouse refresh nor the scores of the new
+    # features (scored by the champion, new or not).
+    return [*out, Refresh([MODEL_KEY]), Refresh([RISK_KEY, WAREHOUSE_KEY])]
 
 
 def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]:
@@ -195,6 +203,8 @@ def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]
             landed.facts.setdefault(key.path[-1], {}).setdefault(dims["date"], set()).add(dims["client"])
         if r.run_id in runs and r.run_id not in landed.runs:
             landed.runs.append(r.run_id)
+            landed.triggers.add(runs[r.run_id].tags.get(TRIGGER_TAG) or "")
+        landed.first_at = r.timestamp if landed.first_at is None else min(landed.first_at, r.timestamp)
     seen = [r.storage_id for _, r in fetched if open_from is None or r.storage_id < open_from]
     return landed, max(seen, default=after)
 
@@ -206,7 +216,8 @@ def run_requests(refreshes: list[Refresh], landed: Landed, cursor_from: int, cur
         tags = {
             TRIGGER_TAG: REFRESH_TRIGGER,
             AFTER_RUNS_TAG: after_runs,
-            PART_TAG: "model" if MODEL_KEY in refresh.keys else "marts",
+            PART_TAG: "model" if MODEL_KEY in refresh.keys else "scores" if RISK_KEY in refresh.keys else "marts",
+            **new_data_priority(landed.triggers),
         }
         if refresh.first and refresh.last:
             tags |= {RANGE_START: refresh.first, RANGE_END: refresh.last}
@@ -236,13 +247,21 @@ def refresh_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseReso
     landed, upto = landed_since(context.instance, after)
     if landed.empty:
         return dg.SensorResult(skip_reason="no landing run has ended since the last refresh", cursor=str(upto))
+    landing = in_flight(context.instance, LANDING_TRIGGERS)
+    if landing is not None and time.time() - (landed.first_at or time.time()) < HOLD_FOR_LANDINGS_S:
+        # Its dates join this refresh: releases come several at a time (one run per rectangle of
+        # partitions), and a drop may wait in the queue behind them; one refresh after each
+        # rebuilt the same date three times in a row (measured). Bounded, so a steady stream of
+        # landings still gets its refreshes.
+        return dg.SensorResult(
+            skip_reason=f"landing run {landing.run_id[:8]} is queued or running: its dates join this refresh",
+            cursor=str(after),
+        )
+    # Every refresh asks for its model run, and runs start in the order they were requested: a
+    # model run already waiting starts before these marts and trains without their dates (a
+    # drop's new day then waited for the retrain sensor: 261 s to a new model, measured). A
+    # model run with nothing new to train on ends in ~1 s.
     refreshes = plan_refresh(lakehouse.lake(), landed)
-    waiting = context.instance.get_runs(filters=dg.RunsFilter(statuses=WAITING, tags={PART_TAG: "model"}), limit=1)
-    if waiting:
-        # One is waiting to start: a second would only train again on the same dates (the
-        # marts requested here change dates already trained on; new dates are the retrain
-        # sensor's to notice), and the scores follow these marts by their automation condition.
-        refreshes = [r for r in refreshes if MODEL_KEY not in r.keys]
     blocks = ", ".join(f"{r.first}..{r.last}" for r in refreshes if r.first)
     context.log.info(
         f"{len(refreshes)} refresh run(s) after {len(landed.runs)} landing run(s)" + (f": {blocks}" if blocks else "")

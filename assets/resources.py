@@ -1,5 +1,6 @@
 """Resources: the only place Dagster meets configuration, read from the environment when built."""
 
+import contextlib
 from pathlib import Path
 
 import dagster as dg
@@ -7,7 +8,7 @@ from pydantic import PrivateAttr
 
 from delivery_lake.config import Settings
 from delivery_lake.landing import Landing
-from delivery_lake.quality import preload_gx_in_background
+from delivery_lake.quality import docs_deferred, preload_gx_in_background
 from delivery_lake.storage import Lake
 
 
@@ -27,6 +28,7 @@ class LakehouseResource(dg.ConfigurableResource):
     transform_engine: str | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
+    _run_scope: contextlib.ExitStack | None = PrivateAttr(default=None)
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -51,6 +53,19 @@ class LakehouseResource(dg.ConfigurableResource):
         # preload_gx_in_background).
         if context.run is not None and self.settings().transform_engine != "spark":
             preload_gx_in_background()
+        if context.run is not None:
+            # The checks of a run (its process: every step under the in-process executor) build
+            # their Data Docs pages once, when the run ends: a build costs 2.0 s whatever it
+            # renders on a 15-day lake (GX compiles its templates and indexes every validation),
+            # five a drop (measured under `make up`). Their metadata links the pages already.
+            scope = contextlib.ExitStack()
+            scope.enter_context(docs_deferred(self.lake(), self.settings()))
+            self._run_scope = scope
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        scope, self._run_scope = self._run_scope, None
+        if scope is not None:
+            scope.close()
 
     def lake(self) -> Lake:
         return Lake.from_settings(self.settings())

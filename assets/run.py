@@ -84,6 +84,9 @@ def instance_yaml(home: Path) -> str:
         "      - key: delivery_lake/trigger\n"
         "        value: {applyLimitPerUniqueValue: true}\n"
         "        limit: 1\n"
+        "run_launcher:\n"
+        "  module: assets.run_launcher\n"
+        "  class: WarmRunLauncher\n"
     )
 
 

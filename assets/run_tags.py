@@ -10,6 +10,19 @@ TRIGGER_TAG = "delivery_lake/trigger"
 # `refresh_sensor`'s runs (assets/refresh.py), which include the delay model.
 REFRESH_TRIGGER = "refresh"
 
+# Dagster's run queue starts higher priorities first (then in the order runs were requested): a
+# drop's landing and the refresh runs that follow it go ahead of releases and their refreshes
+# queued before it (older dates; measured: a drop behind them took 44-50 s to the warehouse,
+# 33 s alone).
+PRIORITY_TAG = "dagster/priority"
+NEW_DATA_PRIORITY = "1"
+
+
+def new_data_priority(triggers: set[str]) -> dict[str, str]:
+    """The priority tag for runs that land new files or refresh after such a landing."""
+    return {PRIORITY_TAG: NEW_DATA_PRIORITY} if "inbox" in triggers else {}
+
+
 WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
 IN_FLIGHT = [*WAITING, dg.DagsterRunStatus.STARTED]
 

@@ -10,7 +10,7 @@ from assets.executors import EXECUTOR, FORKSERVER_EXECUTOR
 from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
-from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight
+from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight, new_data_priority
 from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, inbox_partitions, scan_changes
 from delivery_lake.landing import releasable
@@ -70,6 +70,7 @@ def run_requests_for(
                     RANGE_START: _key(plan.first_date, plan.first_client),
                     RANGE_END: _key(plan.last_date, plan.last_client),
                     TRIGGER_TAG: reason,
+                    **new_data_priority({reason}),
                 },
             )
         )
@@ -79,7 +80,7 @@ def run_requests_for(
                 run_key=f"{reason}:{digest}:dims",
                 job_name=landing_job(None, client_order) if choose_job else None,
                 asset_selection=dims,
-                tags={TRIGGER_TAG: reason},
+                tags={TRIGGER_TAG: reason, **new_data_priority({reason})},
             )
         )
     return requests

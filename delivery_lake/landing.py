@@ -386,13 +386,28 @@ def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]
             clock = parent_clock(lake, table)
             grace = int(settings.orphan_grace_days)
             for column, parent in parents:
-                parent_files = lake.list_partitions("raw", parent)
-                known = (
-                    f"SELECT {ident(TABLES[parent].key)} AS k FROM read_parquet(["
-                    f"{', '.join(literal(lake.uri(lake.data_file('raw', parent, d, c))) for d, c in parent_files)}])"
-                    if parent_files
-                    else "SELECT NULL::VARCHAR AS k WHERE false"
-                )
+                key = TABLES[parent].key
+                if lake.is_s3:
+                    # pyarrow's S3 client, the files' key columns kept on disk by ETag: DuckDB read
+                    # the parent's files through fsspec one at a time, 12-15 s for 184 files on
+                    # every inbox tick without new files (measured under `make up`)
+                    keys = lake.read_columns("raw", parent, [key], True)
+                    if keys is not None:
+                        con.register(f"known_{parent}", keys.select([key]))
+                    known = (
+                        f"SELECT {ident(key)} AS k FROM known_{parent}"
+                        if keys is not None
+                        else "SELECT NULL::VARCHAR AS k WHERE false"
+                    )
+                else:
+                    parent_files = [
+                        lake.uri(lake.data_file("raw", parent, d, c)) for d, c in lake.list_partitions("raw", parent)
+                    ]
+                    known = (
+                        f"SELECT {ident(key)} AS k FROM read_parquet([{', '.join(map(literal, parent_files))}])"
+                        if parent_files
+                        else "SELECT NULL::VARCHAR AS k WHERE false"
+                    )
                 expired = grace_expired("date", clock, grace)
                 rows = con.execute(
                     f"""SELECT DISTINCT CAST(date AS VARCHAR), client

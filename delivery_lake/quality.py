@@ -342,6 +342,12 @@ class Quality:
             self._manifests[pattern] = found
         return found
 
+    def _table_manifests(self, table: str) -> dict[str, dict[str, Any]]:
+        """Path -> landing manifest of every (date, client) partition of `table`: one listing for
+        the volume history of all a check's clients and their own manifests (on S3 a LIST and
+        the documents not read before, where a pattern per client cost a round of each)."""
+        return self._landing_manifests(self.lake.meta_path("landing", table) + "/date=*/client=*.json")
+
     # -- GX context ---------------------------------------------------------------------------
     @property
     def results_dir(self) -> Path:
@@ -611,10 +617,9 @@ class Quality:
     def _volume_bounds(self, table: Table, date: str, client: str, suite_meta: dict[str, Any]) -> tuple[int, int]:
         vol = DEFAULT_VOLUME | (suite_meta.get("volume") or {})
         history = []
-        pattern = self.lake.meta_path("landing", table.name) + f"/date=*/client={client}.json"
-        for path, doc in self._landing_manifests(pattern).items():
-            d = path.split("/")[-2].removeprefix("date=")
-            if d < date:
+        for path, doc in self._table_manifests(table.name).items():
+            d, c = path.split("/")[-2].removeprefix("date="), path.split("/")[-1].removeprefix("client=")
+            if c == f"{client}.json" and d < date:
                 history.append((d, int(doc.get("landed", 0))))
         recent = [n for _, n in sorted(history)[-int(vol["window_days"]) :]]
         if len(recent) < int(vol["min_history"]):
@@ -624,7 +629,12 @@ class Quality:
 
     def _landing_profile(self, table: Table, pv: PartitionValidation, suite_meta: dict[str, Any]) -> dict[str, Any]:
         """The landing's side of a raw partition: what its manifest and the inbox say."""
-        manifest = self.lake.read_json(manifest_path(self.lake, table.name, pv.date, pv.client)) or {}
+        path = manifest_path(self.lake, table.name, pv.date, pv.client)
+        if pv.date is not None and pv.client is not None:
+            # from the table's listing, read once per check (it holds every client's history)
+            manifest = self._table_manifests(table.name).get(path) or {}
+        else:
+            manifest = self.lake.read_json(path) or {}
         quarantined = int(manifest.get("quarantined", 0))
         held = sum(int(manifest.get(k, 0)) for k in ("replayed", "superseded", "pending"))
         lo, hi = (
@@ -907,9 +917,10 @@ class Quality:
 
 # ---- Data Docs of many checks, built once -------------------------------------------------------------
 
-# Building Data Docs costs ~0.4 s a call whatever it renders (GX compiles its page templates
-# afresh each time); a `run` that validates five assets pays it once, at its end, inside
-# `docs_deferred`. Elsewhere (the daemon's runs, tests) every check builds its own pages.
+# Building Data Docs costs 0.4-2 s a call whatever it renders (GX compiles its page templates
+# afresh each time and indexes every validation); a `run` that validates five assets pays it
+# once, at its end, inside `docs_deferred`, and so does each Dagster run's process (the
+# LakehouseResource opens a block for the run). Outside a block every check builds its own pages.
 _DEFER_LOCK = threading.Lock()
 # The open block's Data Docs folder and the validations it collected; None outside a block. A
 # check of another lake inside the block (another folder) builds its own pages.

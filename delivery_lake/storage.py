@@ -23,6 +23,7 @@ never pick them up.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -86,6 +87,88 @@ class _ListedFiles:
 
 
 _LISTED_FILES = _ListedFiles(max_bytes=64 * 1024 * 1024)
+
+
+class _DocumentCache:
+    """The same documents kept on this machine's disk between processes (`DATA_DIR/cache`).
+
+    Every Dagster run is a new process, and its first read of a table's verdicts and manifests
+    fetched every one of them (a GET each: 120-130 per table on a 15-day lake of 8 clients, 0.5-1.2 s
+    a table, 8.4 s of a warehouse refresh's 11 s, measured on SeaweedFS). Entries are keyed by
+    endpoint, path and ETag, which the listing made in the same call reports, so a hit is the
+    bytes the lake holds now; a changed document misses and is fetched. One SQLite file (WAL):
+    concurrent runs read and write it. Any failure of the cache (read-only or full disk) only
+    costs the fetches it would have saved."""
+
+    def __init__(self, path: Path, scope: str):
+        self.path, self.scope = path, scope
+        self._con: Any = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        import sqlite3
+
+        if self._con is None or self._pid != os.getpid():  # a forked child opens its own
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, etag TEXT NOT NULL, data BLOB NOT NULL)"
+            )
+            self._con, self._pid = con, os.getpid()
+        return self._con
+
+    def get_many(self, versions: dict[str, str]) -> dict[str, bytes]:
+        wanted = {f"{self.scope}|{p}": (p, e) for p, e in versions.items() if e}
+        if not wanted:
+            return {}
+        out: dict[str, bytes] = {}
+        try:
+            with self._lock:
+                con = self._connection()
+                keys = list(wanted)
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for key, etag, data in con.execute(
+                        f"SELECT key, etag, data FROM docs WHERE key IN ({marks})", chunk
+                    ):
+                        path, want = wanted[key]
+                        if etag == want:
+                            out[path] = bytes(data)
+        except Exception:  # a cache: fetch instead
+            return {}
+        return out
+
+    def put_many(self, items: list[tuple[str, str, bytes]]) -> None:
+        rows = [(f"{self.scope}|{p}", e, d) for p, e, d in items if e]
+        if not rows:
+            return
+        try:
+            with self._lock:
+                con = self._connection()
+                con.execute("BEGIN")
+                con.executemany("INSERT OR REPLACE INTO docs (key, etag, data) VALUES (?, ?, ?)", rows)
+                con.execute("COMMIT")
+        except Exception:  # a cache: the next process fetches again
+            with contextlib.suppress(Exception):
+                self._con.execute("ROLLBACK")
+
+
+_DOCUMENT_CACHES: dict[tuple[str, str], _DocumentCache] = {}
+_DOCUMENT_CACHES_LOCK = threading.Lock()
+
+
+def _ipc_bytes(table: Any) -> bytes:
+    """An Arrow table as one IPC stream (what the document cache keeps of a file's columns)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
 
 
 def _manifest_date(path: str) -> str | None:
@@ -267,11 +350,30 @@ class Lake:
             cached = _LISTED_FILES.get(path, etag)
             if cached is not None:
                 raw[path] = cached
+        disk = self._document_cache()
+        if disk is not None:
+            for path, data in disk.get_many({p: e for p, e in versions.items() if p not in raw}).items():
+                _LISTED_FILES.put(path, versions[path], data)
+                raw[path] = data
         fetched = self._cat_many([p for p in versions if p not in raw])
         for path, data in fetched.items():
             _LISTED_FILES.put(path, versions[path], data)
             raw[path] = data
+        if disk is not None and fetched:
+            disk.put_many([(p, versions[p], d) for p, d in fetched.items()])
         return {p: json.loads(raw[p]) for p in sorted(raw)}
+
+    def _document_cache(self) -> _DocumentCache | None:
+        """This machine's cache of the lake's small documents (None without a DATA_DIR)."""
+        if self.settings is None:
+            return None
+        path = Path(self.settings.data_dir) / "cache" / "lake_documents.sqlite"
+        scope = f"{self.settings.aws_endpoint_url or ''}|{self.settings.aws_region or ''}"
+        with _DOCUMENT_CACHES_LOCK:
+            cache = _DOCUMENT_CACHES.get((str(path), scope))
+            if cache is None:
+                cache = _DOCUMENT_CACHES[(str(path), scope)] = _DocumentCache(path, scope)
+            return cache
 
     def list_external_table_specs(self) -> list[str]:
         return self.glob(self.meta_path("warehouse", "external") + "/*.json")
@@ -323,24 +425,50 @@ class Lake:
         the files' footers and columns concurrently: 0.04 s against 0.21-0.26 s for ten files.
         """
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
         base = self.table_dir(zone, table)
-        files = self.glob(base + ("/date=*/client=*/" if partitioned else "/") + DATA_FILE)
-        if not files:
-            return None
+        pattern = base + ("/date=*/client=*/" if partitioned else "/") + DATA_FILE
+        wanted = [*columns, *(["date", "client"] if partitioned else [])]
         partitioning = None
         if partitioned:
             # declared, not inferred: a client id such as 007 must stay text
             partitioning = ds.partitioning(pa.schema([("date", pa.string()), ("client", pa.string())]), flavor="hive")
-        dataset = ds.dataset(
-            files,
-            filesystem=self._arrow_fs(),
-            format="parquet",
-            partitioning=partitioning,
-            partition_base_dir=base if partitioned else None,
-        )
-        return dataset.to_table(columns=[*columns, *(["date", "client"] if partitioned else [])])
+
+        def read(files: list[str], extra: list[str]) -> Any:
+            dataset = ds.dataset(
+                files,
+                filesystem=self._arrow_fs(),
+                format="parquet",
+                partitioning=partitioning,
+                partition_base_dir=base if partitioned else None,
+            )
+            return dataset.to_table(columns=[*wanted, *extra])
+
+        if not self.is_s3:
+            files = self.glob(pattern)
+            return read(files, []) if files else None
+        # On S3 each file's columns are also kept in this machine's document cache under the
+        # file's ETag: a new process (each Dagster run) read the whole key column of a table
+        # again, 0.3-0.5 s a table and a check step reads up to three (measured on SeaweedFS).
+        versions = self._s3_versions([pattern])
+        if not versions:
+            return None
+        disk = self._document_cache()
+        tag = "#columns:" + ",".join(wanted)
+        found = disk.get_many({p + tag: e for p, e in versions.items()}) if disk is not None else {}
+        parts = {p.removesuffix(tag): pa.ipc.open_stream(data).read_all() for p, data in found.items()}
+        missing = [p for p in sorted(versions) if p not in parts]
+        if missing:
+            fetched = read(missing, ["__filename"])
+            names = fetched.column("__filename")
+            fetched = fetched.drop_columns(["__filename"])
+            for path in missing:
+                parts[path] = fetched.filter(pc.equal(names, path))
+            if disk is not None:
+                disk.put_many([(p + tag, versions[p], _ipc_bytes(parts[p])) for p in missing])
+        return pa.concat_tables([parts[p] for p in sorted(parts)])
 
     def read_files_columns(self, paths: list[str], columns: list[str]) -> Any:
         """`columns` of the Parquet files at `paths` (lake paths) as one Arrow table, read by

@@ -144,6 +144,8 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     assert type(coordinator).__name__ == "QueuedRunCoordinator"
     [limit] = coordinator.get_run_queue_config().tag_concurrency_limits
     assert limit == {"key": "delivery_lake/trigger", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    # and forked from a server that has imported the heavy libraries once (assets/run_launcher.py)
+    assert type(instance.run_launcher).__name__ == "WarmRunLauncher"
     # loaded without DAGSTER_HOME set, as `DagsterInstance.from_config(folder)` does
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DAGSTER_HOME")

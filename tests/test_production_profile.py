@@ -168,6 +168,7 @@ def test_pipeline_runs_on_postgres_seaweedfs_and_mlflow_server(prod: Prod) -> No
     assert type(inst.run_storage).__name__ == "PostgresRunStorage"
     assert type(inst.event_log_storage).__name__ == "PostgresEventLogStorage"
     assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert type(inst.run_launcher).__name__ == "WarmRunLauncher"
     with psycopg2.connect(**stack.pg_connect_kwargs(prod.cfg, prod.cfg.dagster_db)) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, count(*) FROM runs GROUP BY status")
         by_status = dict(cur.fetchall())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
@@ -19,6 +20,7 @@ from assets.definitions import defs
 from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.refresh import (
     AFTER_RUNS_TAG,
+    PART_TAG,
     RANGE_END,
     RANGE_START,
     TRIGGER_TAG,
@@ -28,12 +30,14 @@ from assets.refresh import (
     refresh_sensor,
 )
 from assets.resources import LakehouseResource
+from assets.run_tags import PRIORITY_TAG
 from assets.sensors import inbox_sensor
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
+from delivery_lake.quality import Quality
 from delivery_lake.storage import Lake
 from delivery_lake.warehouse.reader import query
 from tests.helpers import START
@@ -98,7 +102,7 @@ def _kpi_clients(settings: Settings, day: str) -> set[str]:
 
 @pytest.mark.slow  # three Dagster runs over a small lake (about 40 s): the full suite only
 def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back_only_itself(
-    tmp_path: Path, run_cli
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inbox = tmp_path / "inbox"
     generate(inbox, start=START, days=3, clients=3, orders_per_day=300, seed=5, dirty_rate=0.0, progress=False)
@@ -121,23 +125,47 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     edit_rows(inbox / "deliveries" / f"{NEW_DAY}.csv", "C002", 12, "distance_km", "-1")
     landing = _tick(instance, settings, inbox_sensor, inbox_cursor)
     assert len(landing.run_requests) == 1
+    builds: list[int] = []
+    real_build = Quality.build_docs
+
+    def counted(self: Quality, identifiers: list | None = None) -> Path:  # the real build, counted
+        builds.append(len(identifiers or []))
+        return real_build(self, identifiers)
+
+    monkeypatch.setattr(Quality, "build_docs", counted)
     landed = _execute(instance, settings, landing.run_requests[0])
     assert landed.success
+    # The run's three suite checks built their Data Docs once, when the run ended, and every
+    # page their metadata links is there.
+    evaluations = landed.get_asset_check_evaluations()
+    assert len(evaluations) == 3 and len(builds) == 1 and builds[0] >= 3
+    linked = [
+        Path(row["data_docs"].removeprefix("file://"))
+        for e in evaluations
+        for row in e.metadata["per_partition"].data.values()
+        if row["data_docs"]
+    ]
+    assert len(linked) >= 3 and all(p.is_file() for p in linked)
     lake = Lake.from_settings(settings)
     assert gate.blocked_partitions(lake, "deliveries") == {(NEW_DAY, "C002")}
 
     refresh = _tick(instance, settings, refresh_sensor, first.cursor)
     # Everything downstream: the marts, the features over the new date and the warehouse in one
-    # run; the model, the scores and the warehouse again in one queued behind it.
+    # run; the model in one queued behind it, then the scores and the warehouse again.
     assert [set(r.asset_selection or []) for r in refresh.run_requests] == [
         {*CURATED_PARTITIONED_KEYS, FEATURES_KEY, WAREHOUSE_KEY},
-        {MODEL_KEY, RISK_KEY, WAREHOUSE_KEY},
+        {MODEL_KEY},
+        {RISK_KEY, WAREHOUSE_KEY},
     ]
-    request, ml = refresh.run_requests
+    request, ml, scores = refresh.run_requests
     assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (NEW_DAY, NEW_DAY)
-    assert RANGE_START not in ml.tags
-    for r in (request, ml):
+    assert RANGE_START not in ml.tags and RANGE_START not in scores.tags
+    assert [r.tags[PART_TAG] for r in refresh.run_requests] == ["marts", "model", "scores"]
+    # a drop's landing and its refresh go ahead of releases queued before them
+    assert landing.run_requests[0].tags[PRIORITY_TAG] == "1"
+    for r in (request, ml, scores):
         assert r.tags[TRIGGER_TAG] == "refresh" and r.tags[AFTER_RUNS_TAG] == landed.run_id[:8]
+        assert r.tags[PRIORITY_TAG] == "1"
     assert int(refresh.cursor or 0) > int(first.cursor or 0)
 
     assert not (settings.warehouse_path.exists() and _kpi_clients(settings, NEW_DAY))
@@ -157,12 +185,19 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     # Three days are too few to train: the model's run says so and publishes nothing new.
     trained = _execute_refresh(instance, settings, ml)
     assert trained.success and not trained.get_asset_materialization_events()
+    # Its own run, so a model that did not train holds nothing back: the scores step runs (no
+    # champion yet: nothing to score, and the warehouse, refreshed by the marts' run, waits).
+    scored = _execute_refresh(instance, settings, scores)
+    assert scored.success and not scored.get_asset_materialization_events()
+    steps = {e.step_key for e in scored.all_events if e.event_type_value == "STEP_START"}
+    assert steps == {"ml__fct_delivery_risk"}
 
     # A date of a model rebuilt by hand is refreshed from that date, like a landing of it.
     by_hand = plan_refresh(lake, Landed(curated_dates={NEW_DAY}))
     assert [(r.first, r.last, set(r.keys)) for r in by_hand] == [
         (NEW_DAY, NEW_DAY, {*CURATED_PARTITIONED_KEYS, FEATURES_KEY, WAREHOUSE_KEY}),
-        (None, None, {MODEL_KEY, RISK_KEY, WAREHOUSE_KEY}),
+        (None, None, {MODEL_KEY}),
+        (None, None, {RISK_KEY, WAREHOUSE_KEY}),
     ]
 
     # The refresh runs materialized no raw table and no model by hand: nothing more to do.
@@ -232,3 +267,43 @@ def test_a_landing_still_running_holds_the_cursor_until_it_ends() -> None:
         hand, last = landed_since(instance, same)
         assert hand.curated_dates == {"2026-01-03"} and not hand.facts and hand.runs == [by_hand]
         assert last > same
+
+
+def test_the_refresh_waits_for_queued_landings_so_their_dates_share_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=tmp_path)
+    lake = Lake.from_settings(settings)
+    for day, client in [("2026-01-05", "C001"), ("2026-01-05", "C002"), ("2026-01-09", "C001")]:
+        path = Path(lake.data_file("raw", "orders", day, client))  # the dates hold raw facts
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"order_id": [f"O-{day}-{client}"]}), path)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("client", ["C001", "C002"])
+        first = _run(instance, dg.DagsterRunStatus.SUCCESS, "release")
+        _materialized(instance, first, "orders", "C001|2026-01-05")
+        queued = _run(instance, dg.DagsterRunStatus.STARTING, "release")  # (queued runs need a code origin)
+        held = _tick(instance, settings, refresh_sensor, None)
+        assert not held.run_requests and held.cursor == "0"
+        assert held.skip_reason and f"landing run {queued[:8]} is queued or running" in held.skip_reason.skip_message
+
+        # it lands the same date's other client and ends: one refresh for both
+        _materialized(instance, queued, "orders", "C002|2026-01-05")
+        instance.report_run_failed(instance.get_run_by_id(queued))  # ended (how does not matter here)
+        joined = _tick(instance, settings, refresh_sensor, held.cursor)
+        marts = [r for r in joined.run_requests if r.tags[PART_TAG] == "marts"]
+        assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in marts] == [("2026-01-05", "2026-01-05")]
+        assert marts[0].tags[AFTER_RUNS_TAG] == f"{first[:8]},{queued[:8]}"
+        # every refresh asks for its model run and its scores run, after its marts; releases are
+        # older dates and keep the default priority
+        assert [r.tags[PART_TAG] for r in joined.run_requests][-2:] == ["model", "scores"]
+        assert not any(PRIORITY_TAG in r.tags for r in joined.run_requests)
+
+        # Bounded: records held longer than HOLD_FOR_LANDINGS_S are refreshed while landings queue.
+        later = _run(instance, dg.DagsterRunStatus.SUCCESS, "inbox")
+        _materialized(instance, later, "orders", "C001|2026-01-09")
+        _run(instance, dg.DagsterRunStatus.STARTED, "inbox")
+        assert not _tick(instance, settings, refresh_sensor, joined.cursor).run_requests
+        monkeypatch.setattr("assets.refresh.HOLD_FOR_LANDINGS_S", 0.0)
+        late = _tick(instance, settings, refresh_sensor, joined.cursor)
+        assert [r.tags.get(RANGE_START) for r in late.run_requests if r.tags[PART_TAG] == "marts"] == ["2026-01-09"]

@@ -237,6 +237,52 @@ def test_listed_documents_are_fetched_again_only_when_changed(s3_settings, tmp_p
     }
 
 
+def test_listed_documents_are_kept_on_disk_for_the_next_process(s3_settings, tmp_path: Path) -> None:
+    """A new process (every Dagster run is one) finds the documents an earlier one fetched in
+    DATA_DIR/cache under their ETag, and fetches only those changed since; a cache it cannot
+    write costs fetches, never a wrong document."""
+    from delivery_lake import storage
+
+    lake = Lake.from_settings(s3_settings)
+    base = lake.meta_path("quality", "on_disk")
+    paths = [f"{base}/date=2024-02-0{i}/client=a.json" for i in range(1, 5)]
+    for i, path in enumerate(paths):
+        lake.write_json(path, {"n": i})
+    pattern = [f"{base}/date=*/client=*.json"]
+    assert lake.read_jsons_matching(pattern) == {p: {"n": i} for i, p in enumerate(paths)}
+    assert (s3_settings.data_dir / "cache" / "lake_documents.sqlite").is_file()
+
+    def fresh_process_lake(settings) -> tuple[Lake, list[list[str]]]:
+        # what a new process starts with: no documents in memory, no open cache connection
+        storage._LISTED_FILES.entries.clear()
+        storage._LISTED_FILES.bytes = 0
+        storage._DOCUMENT_CACHES.clear()
+        new = Lake.from_settings(settings)
+        fetched: list[list[str]] = []
+        real_cat = new.fs.cat
+
+        def counting_cat(keys: list[str], **kw: object) -> object:  # the real request, counted
+            fetched.append(sorted(keys))
+            return real_cat(keys, **kw)
+
+        new.fs.cat = counting_cat  # type: ignore[method-assign]
+        return new, fetched
+
+    lake.write_json(paths[2], {"n": 20})  # changed after the first process read it
+    new, fetched = fresh_process_lake(s3_settings)
+    assert new.read_jsons_matching(pattern) == {p: {"n": 20 if i == 2 else i} for i, p in enumerate(paths)}
+    assert fetched == [[paths[2]]]
+    new, fetched = fresh_process_lake(s3_settings)
+    assert new.read_jsons_matching(pattern)[paths[2]] == {"n": 20} and fetched == []
+
+    # a DATA_DIR where the cache cannot be written: every document fetched, all correct
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "cache").write_text("a file where the cache folder would be")
+    new, fetched = fresh_process_lake(dataclasses.replace(s3_settings, data_dir=blocked))
+    assert new.read_jsons_matching(pattern)[paths[3]] == {"n": 3} and fetched == [sorted(paths)]
+
+
 def test_a_builds_copies_keep_the_layout_and_are_fetched_once(s3_settings, tmp_path: Path) -> None:
     """storage.Mirror: the files a build reads, fetched together, byte for byte, under the lake's
     layout (DuckDB still reads hive partition values from the path); asked again, not refetched."""
@@ -276,7 +322,9 @@ def test_a_builds_copies_keep_the_layout_and_are_fetched_once(s3_settings, tmp_p
     assert Mirror(in_place, tmp_path / "unused").uris([in_place.path("x")]) == [in_place.path("x")]
 
 
-def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(s3_settings, tmp_path: Path) -> None:
+def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(
+    s3_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Lake.read_columns (the checks' key snapshots on S3): the same rows DuckDB reads, partition
     values as text from the path (a client id 007 is not the number 7), None for no file."""
     lake = Lake.from_settings(s3_settings)
@@ -295,6 +343,43 @@ def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(s3_settings, tm
         "amount": [9.5, 12.0, 3.25],
     }
     assert lake.read_columns("raw", "deliveries", ["delivery_id"], partitioned=True) is None
+
+    # Kept on disk under each file's ETag: a new Lake (as in a new process) reads the same rows
+    # without fetching a file; a replaced file is read again, and what it holds now is served.
+    from delivery_lake import storage
+
+    storage._DOCUMENT_CACHES.clear()
+    again = Lake.from_settings(s3_settings)
+    fetched = _count_arrow_reads(again, monkeypatch)
+    cached = again.read_columns("raw", "orders", ["order_id"], True).to_pydict().values()
+    assert sorted(zip(*cached, strict=True)) == sorted(zip(*got.to_pydict().values(), strict=True))
+    assert fetched == []
+    pq.write_table(pa.table({"order_id": [7], "client": ["b"], "amount": [1.0]}), local)
+    lake.publish_file(local, lake.data_file("raw", "orders", "2024-01-02", "b"))
+    rows = sorted(zip(*again.read_columns("raw", "orders", ["order_id"], True).to_pydict().values(), strict=True))
+    assert rows == [
+        (1, "2024-01-01", "007"),
+        (2, "2024-01-01", "007"),
+        (3, "2024-01-01", "007"),
+        (7, "2024-01-02", "b"),
+    ]
+    assert fetched == [[lake.data_file("raw", "orders", "2024-01-02", "b")]]
+
+
+def _count_arrow_reads(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The files each of `lake`'s pyarrow dataset reads opens (real reads, recorded)."""
+    import pyarrow.dataset as ds
+
+    seen: list[list[str]] = []
+    real = ds.dataset
+
+    def recording(source, *args, **kwargs):
+        if isinstance(source, list) and kwargs.get("filesystem") is lake._arrow_fs():
+            seen.append(sorted(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ds, "dataset", recording)
+    return seen
 
 
 def test_dates_and_existence_are_listed_in_few_requests(s3_settings) -> None:
