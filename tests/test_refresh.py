@@ -37,6 +37,7 @@ from delivery_lake.config import Settings
 from delivery_lake.generator import generate
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
+from delivery_lake.ml import registry
 from delivery_lake.quality import Quality
 from delivery_lake.storage import Lake
 from delivery_lake.warehouse.reader import query
@@ -186,7 +187,8 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     trained = _execute_refresh(instance, settings, ml)
     assert trained.success and not trained.get_asset_materialization_events()
     # Its own run, so a model that did not train holds nothing back: the scores step runs (no
-    # champion yet: nothing to score, and the warehouse, refreshed by the marts' run, waits).
+    # champion in this store: nothing to score, and the warehouse, refreshed by the marts' run, waits).
+    assert registry.version_by_alias(registry.client(settings), registry.CHAMPION) is None
     scored = _execute_refresh(instance, settings, scores)
     assert scored.success and not scored.get_asset_materialization_events()
     steps = {e.step_key for e in scored.all_events if e.event_type_value == "STEP_START"}

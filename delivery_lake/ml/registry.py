@@ -42,11 +42,14 @@ def client(settings: Settings) -> Any:
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    # The registry too: MLflow resolves it from a process-wide setting before the tracking URI, so a
+    # registry set once in a process (another store, another test) would answer for this one.
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         from pathlib import Path
 
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
 def store_exists(settings: Settings) -> bool:
