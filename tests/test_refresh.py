@@ -35,9 +35,9 @@ from assets.sensors import inbox_sensor
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.generator import generate
+from delivery_lake.ml import registry
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
-from delivery_lake.ml import registry
 from delivery_lake.quality import Quality
 from delivery_lake.storage import Lake
 from delivery_lake.warehouse.reader import query
