@@ -107,6 +107,9 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
 ) -> None:
     inbox = tmp_path / "inbox"
     generate(inbox, start=START, days=3, clients=3, orders_per_day=300, seed=5, dirty_rate=0.0, progress=False)
+    # this test's own MLflow store, whatever an earlier test of the session left in the environment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_ARTIFACTS_DIR", raising=False)
     settings = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
     held = tmp_path / "held"
     for t in FEEDS:
