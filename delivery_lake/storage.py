@@ -364,7 +364,7 @@ class Lake:
         return {p: json.loads(raw[p]) for p in sorted(raw)}
 
     def _document_cache(self) -> _DocumentCache | None:
-        """This machine's cache of the lake's small documents (None without a DATA_DIR)."""
+        """This machine's cache of the lake's small documents, in DATA_DIR (None for a Lake built without settings)."""
         if self.settings is None:
             return None
         path = Path(self.settings.data_dir) / "cache" / "lake_documents.sqlite"

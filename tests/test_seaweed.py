@@ -203,14 +203,7 @@ def test_listed_documents_are_fetched_again_only_when_changed(s3_settings, tmp_p
     paths = [f"{base}/date=2024-01-0{i}/client=a.json" for i in range(1, 4)]
     for i, path in enumerate(paths):
         lake.write_json(path, {"n": i})
-    fetched: list[list[str]] = []
-    real_cat = lake.fs.cat
-
-    def counting_cat(keys: list[str], **kw: object) -> object:  # the real request, counted
-        fetched.append(sorted(keys))
-        return real_cat(keys, **kw)
-
-    lake.fs.cat = counting_cat  # type: ignore[method-assign]
+    fetched = _count_gets(lake)
     pattern = [f"{base}/date=*/client=*.json"]
     assert lake.read_jsons_matching(pattern) == {p: {"n": i} for i, p in enumerate(paths)}
     assert fetched == [sorted(paths)]
@@ -258,15 +251,7 @@ def test_listed_documents_are_kept_on_disk_for_the_next_process(s3_settings, tmp
         storage._LISTED_FILES.bytes = 0
         storage._DOCUMENT_CACHES.clear()
         new = Lake.from_settings(settings)
-        fetched: list[list[str]] = []
-        real_cat = new.fs.cat
-
-        def counting_cat(keys: list[str], **kw: object) -> object:  # the real request, counted
-            fetched.append(sorted(keys))
-            return real_cat(keys, **kw)
-
-        new.fs.cat = counting_cat  # type: ignore[method-assign]
-        return new, fetched
+        return new, _count_gets(new)
 
     lake.write_json(paths[2], {"n": 20})  # changed after the first process read it
     new, fetched = fresh_process_lake(s3_settings)
@@ -364,6 +349,19 @@ def test_columns_of_a_whole_table_are_read_by_pyarrows_s3_client(
         (7, "2024-01-02", "b"),
     ]
     assert fetched == [[lake.data_file("raw", "orders", "2024-01-02", "b")]]
+
+
+def _count_gets(lake: Lake) -> list[list[str]]:
+    """The keys of each batch of GETs `lake`'s documents cost (the real requests, recorded)."""
+    fetched: list[list[str]] = []
+    real_cat = lake.fs.cat
+
+    def counting_cat(keys: list[str], **kw: object) -> object:
+        fetched.append(sorted(keys))
+        return real_cat(keys, **kw)
+
+    lake.fs.cat = counting_cat  # type: ignore[method-assign]
+    return fetched
 
 
 def _count_arrow_reads(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
