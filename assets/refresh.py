@@ -34,7 +34,15 @@ from assets.ml import FEATURES_KEY, MODEL_KEY, RISK_KEY
 from assets.partitions import FACT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
 from assets.resources import LakehouseResource
-from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight, new_data_priority
+from assets.run_tags import (
+    DROP_TAG,
+    RANGE_END,
+    RANGE_START,
+    REFRESH_TRIGGER,
+    TRIGGER_TAG,
+    in_flight,
+    new_data_priority,
+)
 from delivery_lake.contract import FACTS
 from delivery_lake.ml.features import TABLE as FEATURES_TABLE
 from delivery_lake.ml.features import ZONE as FEATURES_ZONE
@@ -103,11 +111,14 @@ class Refresh:
     last: str | None = None
 
 
-def mart_dates(lake: Lake, changed: dict[str, Iterable[str]]) -> tuple[set[str], set[str]]:
+def mart_dates(
+    lake: Lake, changed: dict[str, Iterable[str]], arriving: set[str] | None = None
+) -> tuple[set[str], set[str]]:
     """(the dates of the partitioned models to rebuild when raw fact `table -> dates` changed,
-    the dates that hold raw facts): what those dates feed (`affected_dates`) and, when any
-    fact changed, the dates whose last build held cells back for a missing parent."""
-    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)}
+    the dates that hold raw facts, or will once `arriving` has landed): what those dates feed
+    (`affected_dates`) and, when any fact changed, the dates whose last build held cells back
+    for a missing parent."""
+    existing = {d for t in FACTS for d in lake.list_dates("raw", t.name)} | (arriving or set())
     dates = set(affected_dates(PROJECT, changed, existing)) if changed else set()
     if changed:
         dates |= set(held_dates(lake, PROJECT)) & existing
@@ -126,17 +137,18 @@ def dimension_marts(lake: Lake, dimensions: Iterable[str]) -> list[dg.AssetKey]:
     ]
 
 
-def plan_refresh(lake: Lake, landed: Landed) -> list[Refresh]:
+def plan_refresh(lake: Lake, landed: Landed, arriving: Iterable[str] = ()) -> list[Refresh]:
     """The runs that bring everything downstream of `landed` up to date, in the order they must
     run: one per block of dates (`planning.date_blocks`: empty dates between blocks are bridged),
     the marts and the features over the block, the dimension marts whose raw tables changed and
     the warehouse riding in the last; then, when facts changed, the model, the scores and the
-    warehouse again (its scores table)."""
+    warehouse again (its scores table). `arriving`: dates a landing not yet run will hold (a
+    drop's refresh is planned when its files are seen)."""
     changed: dict[str, Iterable[str]] = {t: list(by_date) for t, by_date in landed.facts.items()}
     if landed.curated_dates:
         # a model date rebuilt by hand: its readers from that date on, as if its inputs had landed
         changed = {t.name: {*changed.get(t.name, ()), *landed.curated_dates} for t in FACTS}
-    marts, existing = mart_dates(lake, changed)
+    marts, existing = mart_dates(lake, changed, set(arriving))
     features = dates_reading(lake, marts, to_be_built=marts) if marts else set()
     tail = [*dimension_marts(lake, landed.dimensions), WAREHOUSE_KEY]
     occupied = (
@@ -176,12 +188,17 @@ def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]
     if not fetched:
         return Landed(), after
     run_ids = sorted({r.run_id for _, r in fetched})
-    runs = {r.run_id: r for r in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+    run_records = {r.dagster_run.run_id: r for r in instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))}
+    runs = {run_id: r.dagster_run for run_id, r in run_records.items()}
+    # a drop's landing whose refresh was requested with it is not refreshed again
+    covered = {run_id for run_id, r in run_records.items() if refreshed_with_drop(instance, r)}
 
     def counts(key: dg.AssetKey, r: dg.EventLogRecord) -> bool:
         run = runs.get(r.run_id)
         if key.path[0] == "raw":
-            return run is None or run.tags.get(TRIGGER_TAG) not in SELF_REFRESHING_TRIGGERS
+            return run is None or (
+                run.tags.get(TRIGGER_TAG) not in SELF_REFRESHING_TRIGGERS and r.run_id not in covered
+            )
         return run is not None and TRIGGER_TAG not in run.tags
 
     records = [(k, r) for k, r in fetched if counts(k, r)]
@@ -209,26 +226,47 @@ def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]
     return landed, max(seen, default=after)
 
 
-def run_requests(refreshes: list[Refresh], landed: Landed, cursor_from: int, cursor_to: int) -> list[dg.RunRequest]:
+def run_requests(
+    refreshes: list[Refresh], landed: Landed, cursor_from: int, cursor_to: int, drop: str | None = None
+) -> list[dg.RunRequest]:
+    """The refresh runs, tagged with what they follow: the landing runs, or (`drop`) the drop whose
+    landing runs are requested with them and queued ahead of them."""
     after_runs = ",".join(r[:8] for r in landed.runs[:20]) + (",..." if len(landed.runs) > 20 else "")
     requests = []
     for i, refresh in enumerate(refreshes):
         tags = {
             TRIGGER_TAG: REFRESH_TRIGGER,
-            AFTER_RUNS_TAG: after_runs,
             PART_TAG: "model" if MODEL_KEY in refresh.keys else "scores" if RISK_KEY in refresh.keys else "marts",
             **new_data_priority(landed.triggers),
+            **({DROP_TAG: drop} if drop else {AFTER_RUNS_TAG: after_runs}),
         }
         if refresh.first and refresh.last:
             tags |= {RANGE_START: refresh.first, RANGE_END: refresh.last}
         requests.append(
             dg.RunRequest(
-                run_key=f"refresh:{cursor_from}:{cursor_to}:{i}",
+                run_key=f"refresh:drop:{drop}:{i}" if drop else f"refresh:{cursor_from}:{cursor_to}:{i}",
+                job_name=REFRESH_JOB.name if drop else None,
                 asset_selection=refresh.keys,
                 tags=tags,
             )
         )
     return requests
+
+
+def refreshed_with_drop(instance: dg.DagsterInstance, landing: dg.RunRecord) -> bool:
+    """Whether a landing run's refresh was requested with it (its drop's runs, assets/sensors.py)
+    and started, or will start, after it ended, so it read what the landing wrote. A drop's
+    refresh that failed or was canceled, or that started before the landing ended (a retry of a
+    failed landing), does not count: this sensor then refreshes the landing's dates itself."""
+    drop = landing.dagster_run.tags.get(DROP_TAG)
+    if not drop or landing.end_time is None:
+        return False
+    for r in instance.get_run_records(filters=dg.RunsFilter(tags={DROP_TAG: drop, TRIGGER_TAG: REFRESH_TRIGGER})):
+        if r.dagster_run.tags.get(PART_TAG) != "marts" or r.dagster_run.status in ENDED - {dg.DagsterRunStatus.SUCCESS}:
+            continue
+        if r.start_time is None or r.start_time >= landing.end_time:
+            return True
+    return False
 
 
 @dg.sensor(

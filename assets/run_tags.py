@@ -18,6 +18,15 @@ PRIORITY_TAG = "dagster/priority"
 NEW_DATA_PRIORITY = "1"
 
 
+# A drop's runs: its landing runs and the refresh runs requested with them (assets/sensors.py).
+# One run of a drop at a time (infra/dagster.yaml), so its refresh starts from the run queue
+# (dequeued every second) once the landing has ended, not from a sensor tick that sees it ended
+# (the daemon's sensor loop is 5 s, then the tick and the queue: 3-7 s of a drop's 33 s).
+# Its landing goes first in the queue: the refresh is requested with it and must not start first.
+DROP_TAG = "delivery_lake/drop"
+DROP_LANDING_PRIORITY = "2"
+
+
 def new_data_priority(triggers: set[str]) -> dict[str, str]:
     """The priority tag for runs that land new files or refresh after such a landing."""
     return {PRIORITY_TAG: NEW_DATA_PRIORITY} if "inbox" in triggers else {}

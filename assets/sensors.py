@@ -9,8 +9,20 @@ import dagster as dg
 from assets.executors import EXECUTOR, FORKSERVER_EXECUTOR
 from assets.partitions import CLIENT_PARTITIONS
 from assets.raw import RAW_DIMENSION_KEYS, RAW_FACT_KEYS
+from assets.refresh import REFRESH_JOB, Landed, plan_refresh
+from assets.refresh import run_requests as refresh_run_requests
 from assets.resources import LakehouseResource
-from assets.run_tags import RANGE_END, RANGE_START, REFRESH_TRIGGER, TRIGGER_TAG, in_flight, new_data_priority
+from assets.run_tags import (
+    DROP_LANDING_PRIORITY,
+    DROP_TAG,
+    PRIORITY_TAG,
+    RANGE_END,
+    RANGE_START,
+    REFRESH_TRIGGER,
+    TRIGGER_TAG,
+    in_flight,
+    new_data_priority,
+)
 from delivery_lake.contract import TABLES
 from delivery_lake.inbox import InboxChanges, inbox_partitions, scan_changes
 from delivery_lake.landing import releasable
@@ -42,6 +54,11 @@ def landing_job(plan: RunPlan | None, client_order: list[str]) -> str:
     return LAND_SMALL_JOB.name if EXECUTOR is FORKSERVER_EXECUTOR and size <= SMALL_RUN_PARTITIONS else LAND_JOB.name
 
 
+def _digest(changes: InboxChanges) -> str:
+    """The files' fingerprints, short: what names a drop's runs."""
+    return hashlib.sha1(json.dumps(changes.cursor, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _key(date: str, client: str) -> str:
     return str(dg.MultiPartitionKey({"date": date, "client": client}))
 
@@ -58,7 +75,7 @@ def run_requests_for(
     partition with data that was not asked for); changed dimensions ride along in each run.
     `choose_job`: name each run's job (`landing_job`); else the caller's target decides."""
     dims = [dg.AssetKey(["raw", d]) for d in changes.dimensions]
-    digest = hashlib.sha1(json.dumps(changes.cursor, sort_keys=True).encode()).hexdigest()[:12]
+    digest = _digest(changes)
     requests: list[dg.RunRequest] = []
     for plan in plan_runs(changes.facts, client_order, occupied):
         requests.append(
@@ -84,6 +101,28 @@ def run_requests_for(
             )
         )
     return requests
+
+
+def drop_refresh(
+    lakehouse: LakehouseResource, changes: InboxChanges, landings: list[dg.RunRequest]
+) -> list[dg.RunRequest]:
+    """The refresh runs of a drop, requested with its landing runs (`landings`, tagged here as the
+    drop's and put first in the queue): one run of a drop at a time, so the refresh starts when
+    the landing has ended (`run_tags.DROP_TAG`). They are planned from the files' dates as if
+    landed; a date the landing quarantines whole is skipped by the models (nothing to build),
+    and `refresh_sensor` refreshes a drop's landing itself when this refresh did not follow it."""
+    if not landings:
+        return []
+    drop = _digest(changes)
+    facts = {t: {d: set(c) for d, c in by_date.items()} for t, by_date in changes.facts.items()}
+    landed = Landed(facts=facts, dimensions=set(changes.dimensions), triggers={"inbox"})
+    arriving = {d for by_date in changes.facts.values() for d in by_date}
+    refreshes = plan_refresh(lakehouse.lake(), landed, arriving)
+    for i, request in enumerate(landings):
+        landings[i] = request.with_replaced_attrs(
+            tags={**request.tags, DROP_TAG: drop, PRIORITY_TAG: DROP_LANDING_PRIORITY}
+        )
+    return refresh_run_requests(refreshes, landed, 0, 0, drop=drop)
 
 
 def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> list[dg.RunRequest]:
@@ -134,7 +173,8 @@ def refresh_pending(instance: dg.DagsterInstance, now: float) -> dg.DagsterRun |
         for record in instance.get_run_records(
             filters=dg.RunsFilter(tags={TRIGGER_TAG: trigger}), limit=1, order_by="end_time"
         )
-        if record.end_time and now - record.end_time < REFRESH_GRACE_S
+        # a drop's refresh is requested with its landing (drop_refresh)
+        if record.end_time and now - record.end_time < REFRESH_GRACE_S and DROP_TAG not in record.dagster_run.tags
     ]
     if not ended:
         return None
@@ -151,7 +191,7 @@ def refresh_pending(instance: dg.DagsterInstance, now: float) -> dg.DagsterRun |
         "Lands files as they arrive in INBOX_DIR: one run per exact rectangle of touched partitions. "
         "When nothing new arrived, re-lands child partitions whose pending rows' parents have landed."
     ),
-    jobs=[LAND_JOB, LAND_SMALL_JOB],
+    jobs=[LAND_JOB, LAND_SMALL_JOB, REFRESH_JOB],
     # Below the daemon's sensor loop (~5 s, measured): evaluated at every round of it, so a drop
     # waits for one round at most (with 5 s, rounds that came 4.99 s after a tick skipped it).
     minimum_interval_seconds=3,
@@ -200,6 +240,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     # one run per drop: landing, its checks and (by automation) what it feeds follow as one unit
     occupied = inbox_partitions(lakehouse.lake(), settings.inbox_dir)
     requests = run_requests_for(changes, known + new_clients, "inbox", occupied, choose_job=True)
+    requests += drop_refresh(lakehouse, changes, requests)
     context.log.info(f"{len(requests)} run(s) for {sum(len(v) for v in changes.facts.values())} fact date(s)")
     return dg.SensorResult(
         run_requests=requests,

@@ -139,11 +139,14 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     instance = dagster_instance(settings)
     assert config.read_text() == instance_yaml(home.resolve())
     assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
-    # the runs `make ui` launches: one per trigger at a time (a drop's model run after its marts run)
+    # the runs `make ui` launches: one per trigger at a time (a drop's model run after its marts
+    # run), one of a drop at a time (its refresh after its landing)
     coordinator = instance.run_coordinator
     assert type(coordinator).__name__ == "QueuedRunCoordinator"
-    [limit] = coordinator.get_run_queue_config().tag_concurrency_limits
-    assert limit == {"key": "delivery_lake/trigger", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert coordinator.get_run_queue_config().tag_concurrency_limits == [
+        {"key": key, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        for key in ("delivery_lake/trigger", "delivery_lake/drop")
+    ]
     # and forked from a server that has imported the heavy libraries once (assets/run_launcher.py)
     assert type(instance.run_launcher).__name__ == "WarmRunLauncher"
     # loaded without DAGSTER_HOME set, as `DagsterInstance.from_config(folder)` does

@@ -30,7 +30,7 @@ from assets.refresh import (
     refresh_sensor,
 )
 from assets.resources import LakehouseResource
-from assets.run_tags import PRIORITY_TAG
+from assets.run_tags import DROP_TAG, PRIORITY_TAG
 from assets.sensors import inbox_sensor
 from delivery_lake import gate
 from delivery_lake.config import Settings
@@ -128,7 +128,20 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
         shutil.copy(held / t / f"{NEW_DAY}.csv", inbox / t / f"{NEW_DAY}.csv")
     edit_rows(inbox / "deliveries" / f"{NEW_DAY}.csv", "C002", 12, "distance_km", "-1")
     landing = _tick(instance, settings, inbox_sensor, inbox_cursor)
-    assert len(landing.run_requests) == 1
+    # One landing run, and the drop's refresh runs requested with it: one run of a drop at a time
+    # (infra/dagster.yaml), the landing first in the queue, so the refresh starts when it has ended.
+    land, *with_drop = landing.run_requests
+    drop = land.tags[DROP_TAG]
+    assert land.tags[PRIORITY_TAG] == "2" and land.job_name == "land_small"
+    assert [(r.tags[PART_TAG], r.tags[DROP_TAG], r.tags[PRIORITY_TAG], r.job_name) for r in with_drop] == [
+        (part, drop, "1", "refresh_after_landing") for part in ("marts", "model", "scores")
+    ]
+    assert [set(r.asset_selection or []) for r in with_drop] == [
+        {*CURATED_PARTITIONED_KEYS, FEATURES_KEY, WAREHOUSE_KEY},
+        {MODEL_KEY},
+        {RISK_KEY, WAREHOUSE_KEY},
+    ]
+    assert (with_drop[0].tags[RANGE_START], with_drop[0].tags[RANGE_END]) == (NEW_DAY, NEW_DAY)
     builds: list[int] = []
     real_build = Quality.build_docs
 
@@ -137,7 +150,7 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
         return real_build(self, identifiers)
 
     monkeypatch.setattr(Quality, "build_docs", counted)
-    landed = _execute(instance, settings, landing.run_requests[0])
+    landed = _execute(instance, settings, land)
     assert landed.success
     # The run's three suite checks built their Data Docs once, when the run ended, and every
     # page their metadata links is there.
@@ -153,6 +166,8 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     lake = Lake.from_settings(settings)
     assert gate.blocked_partitions(lake, "deliveries") == {(NEW_DAY, "C002")}
 
+    # No refresh of the drop has started after its landing ended (here none is even queued): the
+    # sensor refreshes the landing's dates itself.
     refresh = _tick(instance, settings, refresh_sensor, first.cursor)
     # Everything downstream: the marts, the features over the new date and the warehouse in one
     # run; the model in one queued behind it, then the scores and the warehouse again.
@@ -166,15 +181,17 @@ def test_a_landed_day_becomes_one_refresh_run_and_a_blocked_partition_holds_back
     assert RANGE_START not in ml.tags and RANGE_START not in scores.tags
     assert [r.tags[PART_TAG] for r in refresh.run_requests] == ["marts", "model", "scores"]
     # a drop's landing and its refresh go ahead of releases queued before them
-    assert landing.run_requests[0].tags[PRIORITY_TAG] == "1"
     for r in (request, ml, scores):
         assert r.tags[TRIGGER_TAG] == "refresh" and r.tags[AFTER_RUNS_TAG] == landed.run_id[:8]
         assert r.tags[PRIORITY_TAG] == "1"
     assert int(refresh.cursor or 0) > int(first.cursor or 0)
 
     assert not (settings.warehouse_path.exists() and _kpi_clients(settings, NEW_DAY))
-    refreshed = _execute_refresh(instance, settings, request)
+    refreshed = _execute_refresh(instance, settings, with_drop[0])  # the drop's own, as the queue runs it
     assert refreshed.success
+    # it started after the landing ended: the sensor does not refresh that landing again
+    covered = _tick(instance, settings, refresh_sensor, first.cursor)
+    assert not covered.run_requests and int(covered.cursor or 0) > int(first.cursor or 0)
     # The blocked partition holds back only itself: the other clients of the day are published.
     assert _kpi_clients(settings, NEW_DAY) == {"C001", "C003"}
     fct = pq.read_table(lake.data_file("curated", "fct_deliveries", NEW_DAY)).column("client_id").to_pylist()

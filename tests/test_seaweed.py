@@ -401,6 +401,52 @@ def test_dates_and_existence_are_listed_in_few_requests(s3_settings) -> None:
     assert lake.existing(wanted) == {wanted[0], wanted[2]}
 
 
+def _count_requests(lake: Lake) -> list[str]:
+    """The S3 operations `lake`'s filesystem sends from now on (the real requests, recorded)."""
+    sent: list[str] = []
+    real = lake.fs._call_s3
+
+    async def counting(method: object, *args: object, **kwargs: object) -> object:
+        sent.append(getattr(method, "__name__", str(method)))
+        return await real(method, *args, **kwargs)
+
+    lake.fs._call_s3 = counting  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_months_dates_are_one_listing_and_an_empty_folder_costs_no_head(s3_settings) -> None:
+    """Asked about several dates of one month, the lake lists the month's prefix once; a date
+    with nothing is answered by that listing (s3fs followed an empty listing with a HEAD); a
+    date's own document beside its clients' ones comes from the same listing; dates of the
+    month that were not asked about are not answered."""
+    lake = Lake.from_settings(s3_settings)
+    days = ["2024-06-03", "2024-06-04", "2024-06-09"]
+    for d in [*days, "2024-06-05", "2024-07-01"]:
+        for c in ("a", "b"):
+            lake.write_bytes(lake.data_file("raw", "orders", d, c), b"x")
+    sent = _count_requests(lake)
+    asked = [*days, "2024-06-20"]  # the 20th has no data
+    assert lake.list_partitions("raw", "orders", dates=asked) == [(d, c) for d in days for c in ("a", "b")]
+    assert sent == ["list_objects_v2"]
+
+    sent.clear()
+    wanted = [lake.data_file("raw", "orders", d, c) for d, c in [("2024-06-03", "b"), ("2024-06-20", "a")]]
+    wanted += [lake.data_file("raw", "orders", "2024-07-01", "a"), lake.data_file("raw", "orders", "2024-07-02", "a")]
+    assert lake.existing(wanted) == {wanted[0], wanted[2]}
+    assert sent == ["list_objects_v2", "list_objects_v2"]  # June's prefix, July's
+
+    sent.clear()
+    folder = lake.meta_path("quality", "orders")
+    docs = {f"{folder}/date=2024-06-03.json": {"date": 1}, f"{folder}/date=2024-06-03/client=a.json": {"client": 1}}
+    for path, doc in docs.items():
+        lake.write_json(path, doc)
+    lake.write_json(f"{folder}/date=2024-06-04/client=a.json", {"other": 1})
+    sent.clear()
+    found = lake.read_jsons_matching([f"{folder}/date=2024-06-03/client=*.json", f"{folder}/date=2024-06-03.json"])
+    assert found == docs
+    assert sent == ["list_objects_v2", "get_object", "get_object"]
+
+
 def test_recursive_delete_of_a_prefix(s3_settings) -> None:
     lake = Lake.from_settings(s3_settings)
     for date in ("2024-01-01", "2024-01-02"):

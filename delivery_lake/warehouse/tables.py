@@ -48,10 +48,9 @@ class TableRefresh:
 def curated_state(lake: Lake, model: Model) -> dict[str | None, dict[str, Any]]:
     """Partition (date, or None) -> its manifest, for the partitions whose data file exists."""
     out: dict[str | None, dict[str, Any]] = {}
-    # one listing of the data files rather than a HEAD per partition
-    files = set(lake.glob(lake.table_dir(ZONE, model.name) + "/**/" + DATA_FILE)) | set(
-        lake.glob(lake.data_file(ZONE, model.name))
-    )
+    # one listing of the data files rather than a HEAD per partition (`**/` also matches the
+    # table folder itself: an unpartitioned model's file)
+    files = set(lake.glob(lake.table_dir(ZONE, model.name) + "/**/" + DATA_FILE))
     for date, doc in lake.read_build_manifests(ZONE, model.name).items():
         if lake.data_file(ZONE, model.name, date) in files:
             out[date] = doc
