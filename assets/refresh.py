@@ -13,6 +13,11 @@ runs they follow. A date of a curated model materialized by hand (a run with no 
 followed the same way, from that date. The curated models and the features have no automation
 condition, so nothing is built twice.
 
+A drop (new files in the inbox) does not wait for this sensor: the inbox sensor requests the
+same runs with the drop's landing (`assets/sensors.py` drop_refresh), and the run queue starts
+them when the landing has ended (one run of a drop at a time, `run_tags.DROP_TAG`); this sensor
+passes over a landing whose drop's refresh started after it ended, and refreshes any other.
+
 The first tick reads the event log from its start: on an instance with history, that is one
 refresh of every landed date (models whose inputs did not change are not rebuilt; the runner
 says "up to date").

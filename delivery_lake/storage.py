@@ -173,6 +173,8 @@ def _ipc_bytes(table: Any) -> bytes:
 
 
 # A date folder's name without its day: the folders of one month's dates share one listing.
+# From this many dates of one month of a table, one listing of the month (`_listings`).
+MONTH_LISTING_DATES = 8
 # Beyond this many dates of one table, `existing` lists the table whole (one paginated listing).
 WHOLE_TABLE_DATES = 62
 _DAY_FOLDER = re.compile(r"^(date=\d{4}-\d{2}-)\d{2}$")
@@ -181,10 +183,13 @@ _DAY_FOLDER = re.compile(r"^(date=\d{4}-\d{2}-)\d{2}$")
 def _listings(patterns: list[str]) -> dict[tuple[str, str], list[str]]:
     """(folder, key prefix) -> the glob patterns one recursive listing of that prefix answers.
 
-    A pattern is answered below the folder before its first wildcard. Patterns whose such
-    folders are dates of one month in the same table are listed together, by the month's
-    prefix (`.../date=2026-11-`): a refresh of eight dates asked a listing per date and table,
-    several times a step, each a request of 20-130 ms on SeaweedFS (docs/performance.md)."""
+    A pattern is answered below the folder before its first wildcard, by a listing of that
+    folder's parent with its name as prefix (no HEAD when it holds nothing). Patterns whose such
+    folders are MONTH_LISTING_DATES or more dates of one month in the same table are listed
+    together, by the month's prefix (`.../date=2026-11-`): a month's refresh asked a listing
+    per date and table, several times a step. Fewer dates are listed one by one: SeaweedFS walks
+    every folder under a prefix, and a month of a table's partitions took 20 ms against 4 ms
+    for one date (docs/performance.md)."""
     out: dict[tuple[str, str], list[str]] = {}
     by_root: dict[str, list[str]] = {}
     for pattern in patterns:
@@ -201,10 +206,11 @@ def _listings(patterns: list[str]) -> dict[tuple[str, str], list[str]]:
         else:
             out[(root, "")] = group
     for (parent, month), roots in months.items():
-        if len(roots) == 1:  # the date's name: its folder and a file named after it (date=D.json)
-            out[(parent, roots[0].rpartition("/")[2])] = by_root[roots[0]]
-        else:
+        if len(roots) >= MONTH_LISTING_DATES:
             out[(parent, month)] = [p for r in roots for p in by_root[r]]
+            continue
+        for r in roots:  # the date's name: its folder and a file named after it (date=D.json)
+            out[(parent, r.rpartition("/")[2])] = by_root[r]
     return out
 
 

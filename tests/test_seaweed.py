@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from delivery_lake.storage import Lake, StorageError
+from delivery_lake.storage import MONTH_LISTING_DATES, Lake, StorageError
 from infra.processes import listening, pid_alive, port_is_free
 from infra.seaweed import SeaweedServer, identities_config, s3_filesystem
 from tests.s3_server import SeaweedInfo  # fixtures `seaweed` and `s3_settings` come from conftest.py
@@ -415,25 +415,33 @@ def _count_requests(lake: Lake) -> list[str]:
 
 
 def test_a_months_dates_are_one_listing_and_an_empty_folder_costs_no_head(s3_settings) -> None:
-    """Asked about several dates of one month, the lake lists the month's prefix once; a date
-    with nothing is answered by that listing (s3fs followed an empty listing with a HEAD); a
-    date's own document beside its clients' ones comes from the same listing; dates of the
-    month that were not asked about are not answered."""
+    """Asked about many dates of one month, the lake lists the month's prefix once, and answers
+    no date of it that was not asked; a few dates are a listing each; a date with nothing costs
+    its listing only (s3fs followed an empty listing with a HEAD); a date's own document beside
+    its clients' ones comes from the date's listing."""
     lake = Lake.from_settings(s3_settings)
-    days = ["2024-06-03", "2024-06-04", "2024-06-09"]
-    for d in [*days, "2024-06-05", "2024-07-01"]:
+    days = [f"2024-06-{d:02d}" for d in range(1, 8)]
+    for d in [*days, "2024-06-09", "2024-07-01"]:
         for c in ("a", "b"):
             lake.write_bytes(lake.data_file("raw", "orders", d, c), b"x")
     sent = _count_requests(lake)
-    asked = [*days, "2024-06-20"]  # the 20th has no data
+    asked = [*days, "2024-06-20"]  # the 20th has no data; the 9th is not asked
+    assert len(asked) == MONTH_LISTING_DATES
     assert lake.list_partitions("raw", "orders", dates=asked) == [(d, c) for d in days for c in ("a", "b")]
     assert sent == ["list_objects_v2"]
+
+    sent.clear()
+    assert lake.list_partitions("raw", "orders", dates=["2024-06-09", "2024-06-21"]) == [
+        ("2024-06-09", "a"),
+        ("2024-06-09", "b"),
+    ]
+    assert sent == ["list_objects_v2", "list_objects_v2"]
 
     sent.clear()
     wanted = [lake.data_file("raw", "orders", d, c) for d, c in [("2024-06-03", "b"), ("2024-06-20", "a")]]
     wanted += [lake.data_file("raw", "orders", "2024-07-01", "a"), lake.data_file("raw", "orders", "2024-07-02", "a")]
     assert lake.existing(wanted) == {wanted[0], wanted[2]}
-    assert sent == ["list_objects_v2", "list_objects_v2"]  # June's prefix, July's
+    assert sent == ["list_objects_v2"] * 4  # a listing per date, none followed by a HEAD
 
     sent.clear()
     folder = lake.meta_path("quality", "orders")
