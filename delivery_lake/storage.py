@@ -214,6 +214,43 @@ def _listings(patterns: list[str]) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+# One s3fs filesystem per process and set of credentials. A new one builds its own botocore
+# session, and its first request parses botocore's JSON models (the S3 service's is megabytes):
+# 0.1-0.9 s of CPU each time, holding the GIL the other threads' S3 requests wait for. Every
+# `Lake.from_settings` built one, dozens a run (a step asks its resource for the lake several
+# times): 7 of the 8 seconds an S3 day waited on S3 (docs/performance.md).
+_S3_FILESYSTEMS: dict[tuple[int, str, str, str, str], Any] = {}
+_S3_FILESYSTEMS_LOCK = threading.Lock()
+
+
+def _s3_filesystem(settings: Settings) -> Any:
+    import s3fs
+
+    secret = hashlib.sha256((settings.aws_secret_access_key or "").encode()).hexdigest()
+    # the pid: a forked process (a run forked by assets/run_launcher.py) makes its own
+    key = (
+        os.getpid(),
+        settings.aws_endpoint_url or "",
+        settings.aws_region or "",
+        settings.aws_access_key_id or "",
+        secret,
+    )
+    with _S3_FILESYSTEMS_LOCK:
+        fs = _S3_FILESYSTEMS.get(key)
+        if fs is None:
+            fs = _S3_FILESYSTEMS[key] = s3fs.S3FileSystem(
+                key=settings.aws_access_key_id,
+                secret=settings.aws_secret_access_key,
+                endpoint_url=settings.aws_endpoint_url,
+                client_kwargs={"region_name": settings.aws_region},
+                # Listings must reflect writes made moments ago, by this process or another.
+                use_listings_cache=False,
+                # ours, not fsspec's shared instance (whoever else builds one sets its options)
+                skip_instance_cache=True,
+            )
+        return fs
+
+
 def _manifest_date(path: str) -> str | None:
     name = path.rsplit("/", 1)[-1].removesuffix(".json")
     return name.removeprefix("date=") if name.startswith("date=") else None
@@ -248,18 +285,7 @@ class Lake:
     @classmethod
     def from_settings(cls, settings: Settings) -> Lake:
         if settings.lake_url.startswith("s3://"):
-            import s3fs
-
-            fs = s3fs.S3FileSystem(
-                key=settings.aws_access_key_id,
-                secret=settings.aws_secret_access_key,
-                endpoint_url=settings.aws_endpoint_url,
-                client_kwargs={"region_name": settings.aws_region},
-                # Listings must reflect writes made moments ago by this process.
-                use_listings_cache=False,
-                skip_instance_cache=True,
-            )
-            return cls(settings.lake_url, fs, settings)
+            return cls(settings.lake_url, _s3_filesystem(settings), settings)
         return cls(settings.lake_url, None, settings)
 
     # ---- paths (nobody else formats a lake path) -------------------------------------

@@ -21,6 +21,16 @@ from tests.s3_server import SeaweedInfo  # fixtures `seaweed` and `s3_settings` 
 
 pytestmark = pytest.mark.s3
 
+
+@pytest.fixture(autouse=True)
+def _own_filesystems() -> None:
+    """Each test's lakes get filesystems of their own (a process shares one per credentials): the
+    request counters below patch a lake's filesystem."""
+    from delivery_lake import storage
+
+    storage._S3_FILESYSTEMS.clear()
+
+
 ROOT = Path(__file__).resolve().parents[1]  # `python -m infra.seaweed` runs from the repository root
 
 
@@ -250,6 +260,7 @@ def test_listed_documents_are_kept_on_disk_for_the_next_process(s3_settings, tmp
         storage._LISTED_FILES.entries.clear()
         storage._LISTED_FILES.bytes = 0
         storage._DOCUMENT_CACHES.clear()
+        storage._S3_FILESYSTEMS.clear()
         new = Lake.from_settings(settings)
         return new, _count_gets(new)
 
