@@ -16,7 +16,8 @@ condition, so nothing is built twice.
 A drop (new files in the inbox) does not wait for this sensor: the inbox sensor requests the
 same runs with the drop's landing (`assets/sensors.py` drop_refresh), and the run queue starts
 them when the landing has ended (one run of a drop at a time, `run_tags.DROP_TAG`); this sensor
-passes over a landing whose drop's refresh started after it ended, and refreshes any other.
+waits while a drop's refresh is queued or running, passes over its landing once that refresh
+(started after the landing ended) has succeeded, and refreshes any other.
 
 The first tick reads the event log from its start: on an instance with history, that is one
 refresh of every landed date (models whose inputs did not change are not rebuilt; the runner
@@ -195,8 +196,10 @@ def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]
     run_ids = sorted({r.run_id for _, r in fetched})
     run_records = {r.dagster_run.run_id: r for r in instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))}
     runs = {run_id: r.dagster_run for run_id, r in run_records.items()}
-    # a drop's landing whose refresh was requested with it is not refreshed again
-    covered = {run_id for run_id, r in run_records.items() if refreshed_with_drop(instance, r)}
+    # A drop's landing whose refresh was requested with it is not refreshed again once that
+    # refresh has succeeded; while it is queued or running, the landing counts as still open.
+    drops = {run_id: drop_refresh_state(instance, r) for run_id, r in run_records.items()}
+    covered = {run_id for run_id, state in drops.items() if state == "done"}
 
     def counts(key: dg.AssetKey, r: dg.EventLogRecord) -> bool:
         run = runs.get(r.run_id)
@@ -209,7 +212,11 @@ def landed_since(instance: dg.DagsterInstance, after: int) -> tuple[Landed, int]
     records = [(k, r) for k, r in fetched if counts(k, r)]
     # Runless events (reported from outside any run) and runs no longer stored count as ended.
     open_from = min(
-        (r.storage_id for _, r in records if r.run_id in runs and runs[r.run_id].status not in ENDED),
+        (
+            r.storage_id
+            for _, r in records
+            if r.run_id in runs and (runs[r.run_id].status not in ENDED or drops[r.run_id] == "pending")
+        ),
         default=None,
     )
     landed = Landed()
@@ -258,20 +265,26 @@ def run_requests(
     return requests
 
 
-def refreshed_with_drop(instance: dg.DagsterInstance, landing: dg.RunRecord) -> bool:
-    """Whether a landing run's refresh was requested with it (its drop's runs, assets/sensors.py)
-    and started, or will start, after it ended, so it read what the landing wrote. A drop's
-    refresh that failed or was canceled, or that started before the landing ended (a retry of a
-    failed landing), does not count: this sensor then refreshes the landing's dates itself."""
+def drop_refresh_state(instance: dg.DagsterInstance, landing: dg.RunRecord) -> str | None:
+    """Whether an ended landing run's refresh was requested with it (its drop's runs,
+    assets/sensors.py) and read what it wrote: "done" when the drop's marts run, started after the
+    landing ended, succeeded; "pending" while such a run is queued or running; None otherwise (no
+    drop, or its refresh failed, was canceled or started before the landing ended, as for a
+    retried landing): this sensor then refreshes the landing's dates itself."""
     drop = landing.dagster_run.tags.get(DROP_TAG)
     if not drop or landing.end_time is None:
-        return False
+        return None
+    state = None
     for r in instance.get_run_records(filters=dg.RunsFilter(tags={DROP_TAG: drop, TRIGGER_TAG: REFRESH_TRIGGER})):
-        if r.dagster_run.tags.get(PART_TAG) != "marts" or r.dagster_run.status in ENDED - {dg.DagsterRunStatus.SUCCESS}:
+        if r.dagster_run.tags.get(PART_TAG) != "marts" or (
+            r.start_time is not None and r.start_time < landing.end_time
+        ):
             continue
-        if r.start_time is None or r.start_time >= landing.end_time:
-            return True
-    return False
+        if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+            return "done"
+        if r.dagster_run.status not in ENDED:
+            state = "pending"
+    return state
 
 
 @dg.sensor(

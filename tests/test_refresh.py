@@ -291,6 +291,45 @@ def test_a_landing_still_running_holds_the_cursor_until_it_ends() -> None:
         assert last > same
 
 
+def test_a_drops_landing_waits_for_the_refresh_requested_with_it_and_is_refreshed_if_that_fails() -> None:
+    """A drop's landing has ended and its own marts run (requested with it) is queued: the sensor
+    holds the cursor before its records rather than refresh the same dates beside it; that run
+    canceled, the sensor refreshes the landing's dates itself."""
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("client", ["C001"])
+        landing = instance.add_run(
+            dg.DagsterRun(
+                job_name="land_small",
+                status=dg.DagsterRunStatus.STARTED,
+                tags={TRIGGER_TAG: "inbox", DROP_TAG: "d1"},
+            )
+        )
+        _materialized(instance, landing.run_id, "orders", "C001|2026-01-05")
+        instance.report_run_failed(landing)  # ended (an end time); how does not matter here
+        own = instance.add_run(
+            dg.DagsterRun(
+                job_name="refresh_after_landing",
+                status=dg.DagsterRunStatus.STARTING,  # (queued runs need a code origin)
+                tags={TRIGGER_TAG: "refresh", PART_TAG: "marts", DROP_TAG: "d1"},
+            )
+        )
+        held, upto = landed_since(instance, 0)
+        assert held.empty and upto == 0
+        other_drop = instance.add_run(  # another drop's refresh changes nothing for this one
+            dg.DagsterRun(
+                job_name="refresh_after_landing",
+                status=dg.DagsterRunStatus.SUCCESS,
+                tags={TRIGGER_TAG: "refresh", PART_TAG: "marts", DROP_TAG: "d2"},
+            )
+        )
+        assert other_drop and landed_since(instance, 0)[0].empty
+
+        instance.report_run_canceled(own)
+        landed, end = landed_since(instance, 0)
+        assert landed.facts == {"orders": {"2026-01-05": {"C001"}}} and landed.runs == [landing.run_id]
+        assert end > 0
+
+
 def test_the_refresh_waits_for_queued_landings_so_their_dates_share_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
