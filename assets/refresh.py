@@ -14,7 +14,7 @@ followed the same way, from that date. The curated models and the features have 
 condition, so nothing is built twice.
 
 A drop (new files in the inbox) does not wait for this sensor: the inbox sensor requests the
-same runs with the drop's landing (`assets/sensors.py` drop_refresh), and the run queue starts
+same runs with the drop's landing (`assets/sensors.py` with_drop_refresh), and the run queue starts
 them when the landing has ended (one run of a drop at a time, `run_tags.DROP_TAG`); this sensor
 waits while a drop's refresh is queued or running, passes over its landing once that refresh
 (started after the landing ended) has succeeded, and refreshes any other.

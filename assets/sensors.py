@@ -103,28 +103,27 @@ def run_requests_for(
     return requests
 
 
-def drop_refresh(
+def with_drop_refresh(
     lakehouse: LakehouseResource, changes: InboxChanges, landings: list[dg.RunRequest]
 ) -> list[dg.RunRequest]:
-    """The refresh runs of a drop, requested with its landing runs (`landings`, tagged here as the
-    drop's and put first in the queue): one run of a drop at a time, so the refresh starts when
-    the landing has ended (`run_tags.DROP_TAG`). They are planned from the files' dates as if
-    landed; a date the landing quarantines whole is skipped by the models (nothing to build),
-    and `refresh_sensor` refreshes a drop's landing itself when this refresh did not follow it."""
+    """A drop's landing runs, tagged as the drop's and put first in the queue, then the drop's
+    refresh runs: one run of a drop at a time, so the refresh starts when the landing has ended
+    (`run_tags.DROP_TAG`). The refresh is planned from the files' dates as if landed; a date the
+    landing quarantines whole is skipped by the models (nothing to build), and `refresh_sensor`
+    refreshes a drop's landing itself when this refresh did not follow it."""
     if not landings:
-        return []
+        return landings
     drop = _digest(changes)
     facts = {t: {d: set(c) for d, c in by_date.items()} for t, by_date in changes.facts.items()}
     landed = Landed(facts=facts, dimensions=set(changes.dimensions), triggers={"inbox"})
     arriving = {d for by_date in changes.facts.values() for d in by_date}
     refreshes = plan_refresh(lakehouse.lake(), landed, arriving)
     if not refreshes:
-        return []
-    for i, request in enumerate(landings):
-        landings[i] = request.with_replaced_attrs(
-            tags={**request.tags, DROP_TAG: drop, PRIORITY_TAG: DROP_LANDING_PRIORITY}
-        )
-    return refresh_run_requests(refreshes, landed, 0, 0, drop=drop)
+        return landings
+    tagged = [
+        r.with_replaced_attrs(tags={**r.tags, DROP_TAG: drop, PRIORITY_TAG: DROP_LANDING_PRIORITY}) for r in landings
+    ]
+    return [*tagged, *refresh_run_requests(refreshes, landed, 0, 0, drop=drop)]
 
 
 def release_requests(lakehouse: LakehouseResource, client_order: list[str]) -> list[dg.RunRequest]:
@@ -175,7 +174,7 @@ def refresh_pending(instance: dg.DagsterInstance, now: float) -> dg.DagsterRun |
         for record in instance.get_run_records(
             filters=dg.RunsFilter(tags={TRIGGER_TAG: trigger}), limit=1, order_by="end_time"
         )
-        # a drop's refresh is requested with its landing (drop_refresh)
+        # a drop's refresh is requested with its landing (with_drop_refresh)
         if record.end_time and now - record.end_time < REFRESH_GRACE_S and DROP_TAG not in record.dagster_run.tags
     ]
     if not ended:
@@ -243,7 +242,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResour
     occupied = inbox_partitions(lakehouse.lake(), settings.inbox_dir)
     requests = run_requests_for(changes, known + new_clients, "inbox", occupied, choose_job=True)
     try:
-        requests += drop_refresh(lakehouse, changes, requests)
+        requests = with_drop_refresh(lakehouse, changes, requests)
     except Exception as exc:  # the landing goes ahead; refresh_sensor refreshes it when it has ended
         context.log.warning(f"the drop's refresh was not planned with its landing: {exc!r}")
     context.log.info(f"{len(requests)} run(s) for {sum(len(v) for v in changes.facts.values())} fact date(s)")

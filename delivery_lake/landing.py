@@ -387,27 +387,17 @@ def releasable(lake: Lake, settings: Settings) -> dict[str, dict[str, set[str]]]
             grace = int(settings.orphan_grace_days)
             for column, parent in parents:
                 key = TABLES[parent].key
-                if lake.is_s3:
-                    # pyarrow's S3 client, the files' key columns kept on disk by ETag: DuckDB read
-                    # the parent's files through fsspec one at a time, 12-15 s for 184 files on
-                    # every inbox tick without new files (measured under `make up`)
-                    keys = lake.read_columns("raw", parent, [key], True)
-                    if keys is not None:
-                        con.register(f"known_{parent}", keys.select([key]))
-                    known = (
-                        f"SELECT {ident(key)} AS k FROM known_{parent}"
-                        if keys is not None
-                        else "SELECT NULL::VARCHAR AS k WHERE false"
-                    )
-                else:
-                    parent_files = [
-                        lake.uri(lake.data_file("raw", parent, d, c)) for d, c in lake.list_partitions("raw", parent)
-                    ]
-                    known = (
-                        f"SELECT {ident(key)} AS k FROM read_parquet([{', '.join(map(literal, parent_files))}])"
-                        if parent_files
-                        else "SELECT NULL::VARCHAR AS k WHERE false"
-                    )
+                # the parent's key column through `read_columns`: on S3 pyarrow's client and the
+                # files' columns kept on disk by ETag (DuckDB read the parent's files through
+                # fsspec one at a time, 12-15 s for 184 files on every inbox tick without new files)
+                keys = lake.read_columns("raw", parent, [key], True)
+                if keys is not None:
+                    con.register(f"known_{parent}", keys.select([key]))
+                known = (
+                    f"SELECT {ident(key)} AS k FROM known_{parent}"
+                    if keys is not None
+                    else "SELECT NULL::VARCHAR AS k WHERE false"
+                )
                 expired = grace_expired("date", clock, grace)
                 rows = con.execute(
                     f"""SELECT DISTINCT CAST(date AS VARCHAR), client

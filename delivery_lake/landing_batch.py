@@ -23,7 +23,6 @@ from delivery_lake.landing_records import (
     LandingError,
     RejectedCount,
 )
-from delivery_lake.sql import literal
 from delivery_lake.storage import Lake
 
 
@@ -33,24 +32,21 @@ def load_parent_keys(lake: Lake, con: Any, table: Table) -> dict[str, str]:
     for parent in table.parents:
         if TABLES[parent].is_fact:
             continue  # fact parents are looked up per batch (BatchTables.hold_for_parents)
-        path = lake.data_file("raw", parent)
         name = f"keys_{parent}"
-        # On S3 the key column comes through pyarrow's client and the lake's column cache (one
-        # HEAD when unchanged); DuckDB reading the file through fsspec made 6-8 requests a parent.
-        keys = lake.read_columns("raw", parent, [TABLES[parent].key], partitioned=False) if lake.is_s3 else None
-        if keys is None and (lake.is_s3 or not lake.exists(path)):
+        # the key column through `read_columns`: on S3 pyarrow's client and the lake's column
+        # cache (one HEAD when unchanged), where DuckDB through fsspec made 6-8 requests a parent
+        keys = lake.read_columns("raw", parent, [TABLES[parent].key], partitioned=False)
+        if keys is None:
             referencing = [c.name for c in table.columns if c.references and c.references[0] == parent]
             if not all(optional_for_carrier(table.name, c) for c in referencing):
                 raise LandingError(f"{table.name} references {parent}, which has not been landed yet")
             # a lake of carrier clients only may have no couriers at all: their rows leave the
             # column empty, and any value given is an orphan (there is no parent to find it in)
             con.execute(f"CREATE TABLE {name} (k VARCHAR)")
-        elif keys is not None:
+        else:
             con.register(f"{name}_landed", keys)
             con.execute(sql.parent_keys_table(name, TABLES[parent], f"{name}_landed"))
             con.unregister(f"{name}_landed")
-        else:
-            con.execute(sql.parent_keys_table(name, TABLES[parent], f"read_parquet({literal(lake.uri(path))})"))
         out[parent] = name
     if CARRIER_OPTIONAL.get(table.name) and "clients" in out:
         uri = lake.uri(lake.data_file("raw", "clients"))

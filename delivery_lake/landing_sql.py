@@ -45,10 +45,10 @@ def carrier_keys_table(name: str, clients_uri: str, has_operations: bool) -> str
     )
 
 
-def parent_keys_table(name: str, parent: Table, source: str) -> str:
-    """A table `name` of the distinct keys of a landed dimension (one column, `k`), from
-    `source`: `read_parquet(...)` of its file, or a relation holding its key column."""
-    return f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k FROM {source}"
+def parent_keys_table(name: str, parent: Table, relation: str) -> str:
+    """A table `name` of the distinct keys of a landed dimension (one column, `k`), from a
+    relation holding its key column."""
+    return f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k FROM {relation}"
 
 
 def all_parent_keys_table(name: str, parent: Table, parquet_uris: list[str]) -> str:

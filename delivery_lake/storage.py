@@ -172,11 +172,11 @@ def _ipc_bytes(table: Any) -> bytes:
     return bytes(sink.getvalue())
 
 
-# A date folder's name without its day: the folders of one month's dates share one listing.
 # From this many dates of one month of a table, one listing of the month (`_listings`).
 MONTH_LISTING_DATES = 8
 # Beyond this many dates of one table, `existing` lists the table whole (one paginated listing).
 WHOLE_TABLE_DATES = 62
+# A date folder's name, and its month's prefix (what the month's dates share).
 _DAY_FOLDER = re.compile(r"^(date=\d{4}-\d{2}-)\d{2}$")
 
 
@@ -346,8 +346,9 @@ class Lake:
     def glob_many(self, patterns: list[str]) -> list[str]:
         """Paths matching any of `patterns`, sorted.
 
-        On S3 each pattern is one recursive listing of the folder before its first wildcard (a
-        LIST per 1,000 keys), filtered here, and the listings run concurrently. fsspec's glob
+        On S3 each pattern is answered by a recursive listing of the folder before its first
+        wildcard (a LIST per 1,000 keys; a month's dates share one, `_listings`), filtered here,
+        and the listings run concurrently. fsspec's glob
         walks such a pattern a folder level at a time, a request per folder in turn: 40-90 ms
         for one date's clients on SeaweedFS, and a day's run made 150 of them.
         """
@@ -630,10 +631,10 @@ class Lake:
         return sorted({f.split("/date=", 1)[1].split("/", 1)[0] for f in found})
 
     def existing(self, paths: list[str]) -> set[str]:
-        """Those of `paths` that exist. On S3 by listing the date folders they sit in (a month's
-        dates in one listing) or, for a long history, their table folder once: asking for a
-        missing key costs s3fs a HEAD and then a listing, in turn, 190 ms a check on SeaweedFS,
-        and listing the table whole for a few dates took 0.7 s of a day's features."""
+        """Those of `paths` that exist. On S3 by listing the date folders they sit in (`_listings`:
+        a month's dates in one listing) or, for a long history, their table folder once: asking
+        for a missing key costs s3fs a HEAD and then a listing, in turn, 190 ms a check on
+        SeaweedFS, and a few dates need not list a table's whole history."""
         if not self.is_s3:
             return {p for p in paths if os.path.exists(p)}
         dates: dict[str, set[str]] = {}  # table folder -> its date folders asked about
