@@ -32,6 +32,7 @@ from typing import Any
 
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
@@ -58,6 +59,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines_pid = os.getpid()
         self._engines_lock = threading.Lock()
         self._tables: set[str] = set()
+        self._asset_key_cols: set[str] = set()
         super().__init__(base_dir, inst_data=inst_data)
 
     def _engine(self, shard: str) -> Any:
@@ -100,7 +102,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         Dagster hands a batch here when `DAGSTER_EVENT_BATCH_SIZE` is set (set above): the
         planned events of a run and the materializations of a step over many partitions. Its
         own SQLite storage stores them one by one, a commit on the run shard and two or three
-        on the index per event; here a batch is one commit on the run shard and one on the index.
+        on the index per event; here a batch is one commit on the run shard and one on the index,
+        and the asset's row is written once per asset and kind of event.
         Events other than asset events (checks, run status) keep Dagster's path."""
         if len({e.run_id for e in events}) != 1 or not all(
             e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events
@@ -108,22 +111,39 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             for event in events:
                 self.store_event(event)
             return
-        # each event serialized once, its statement run on the run shard and mirrored in the index
-        inserts = [self.prepare_insert_event(event) for event in events]
+        # Each event serialized once into its row; the rows go in as one executemany on the run
+        # shard and one on the index (which returns their ids, in order, for the tags).
+        rows = [self._event_to_row(event) for event in events]
         with self.run_connection(events[0].run_id) as conn:
-            for insert in inserts:
-                conn.execute(insert)
-        # in the index, each with its id for its tags and the asset's row, as store_event does
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
         with self.index_transaction() as conn:
-            ids = []
-            for event, insert in zip(events, inserts, strict=True):
-                key = conn.execute(insert).inserted_primary_key
-                event_id = key[0] if key is not None else None
-                if event_id is None:
-                    raise RuntimeError("the event log's index returned no id for an asset event")
-                ids.append(event_id)
-                self._store_asset_event(conn, event, event_id)
+            inserted = conn.execute(
+                SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+                rows,
+            )
+            ids = [int(r[0]) for r in inserted]
+            if len(ids) != len(events):
+                raise RuntimeError("the event log's index returned no id for an asset event")
+            # The asset's row ends as the last event of each type leaves it (each sets its columns
+            # outright): of a step's 541 materializations of one asset, Dagster's path serialized
+            # and upserted the row 541 times, an INSERT failing on the key before each UPDATE.
+            last: dict[tuple[Any, Any], int] = {}
+            for i, event in enumerate(events):
+                dagster_event = event.get_dagster_event()
+                last[(dagster_event.asset_key, dagster_event.event_type_value)] = i
+            for i in sorted(last.values()):
+                self._store_asset_event(conn, events[i], ids[i])
             self._store_asset_event_tags(conn, events, ids)
+
+    def _has_asset_key_col_on_connection(self, conn: Any, column_name: str) -> bool:
+        # Asked on every asset event (inspecting the table's columns each time); a column, once
+        # there, stays: migrations add columns.
+        if column_name in self._asset_key_cols:
+            return True
+        found = super()._has_asset_key_col_on_connection(conn, column_name)
+        if found:
+            self._asset_key_cols.add(column_name)
+        return found
 
     def has_table(self, table_name: str) -> bool:
         # Asked on every asset event (whether the index has the tags table); Dagster's answer

@@ -40,6 +40,7 @@ validation that crashes records its partitions as blocked (fail closed).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
@@ -298,6 +299,8 @@ class Quality:
         self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
         # Inbox index entries read during the same call, by table and set of files.
         self._entries: dict[tuple[str, tuple[str, ...]], dict[str, Any]] | None = None
+        # Each table's volume history by client, with the listing it was built from.
+        self._histories: dict[str, tuple[dict[str, Any], dict[str, tuple[list[str], list[int]]]]] | None = None
         # Local copies of the data files validated during the same call (an S3 lake).
         self._mirror: Mirror | None = None
 
@@ -623,14 +626,27 @@ class Quality:
             memo[key] = {e.path: e for e in index.entries(paths=paths)}
         return memo[key]
 
+    def _volume_history(self, table: str) -> dict[str, tuple[list[str], list[int]]]:
+        """Client -> (dates, rows landed) of every landed partition of `table`, by date. Built once
+        per listing: reading the whole listing for each partition's bounds made a check over
+        2,700 partitions of a sparse history quadratic (7 million path splits, 15 s)."""
+        manifests = self._table_manifests(table)
+        memo = self._histories if self._histories is not None else {}
+        if table in memo and memo[table][0] is manifests:
+            return memo[table][1]
+        rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for path, doc in manifests.items():
+            d, c = path.split("/")[-2].removeprefix("date="), path.split("/")[-1].removeprefix("client=")
+            rows[c.removesuffix(".json")].append((d, int(doc.get("landed", 0))))
+        history = {c: ([d for d, _ in v], [n for _, n in v]) for c, v in ((c, sorted(v)) for c, v in rows.items())}
+        memo[table] = (manifests, history)
+        return history
+
     def _volume_bounds(self, table: Table, date: str, client: str, suite_meta: dict[str, Any]) -> tuple[int, int]:
         vol = DEFAULT_VOLUME | (suite_meta.get("volume") or {})
-        history = []
-        for path, doc in self._table_manifests(table.name).items():
-            d, c = path.split("/")[-2].removeprefix("date="), path.split("/")[-1].removeprefix("client=")
-            if c == f"{client}.json" and d < date:
-                history.append((d, int(doc.get("landed", 0))))
-        recent = [n for _, n in sorted(history)[-int(vol["window_days"]) :]]
+        dates, landed = self._volume_history(table.name).get(client, ([], []))
+        before = bisect.bisect_left(dates, date)  # the partitions landed for dates before `date`
+        recent = landed[max(0, before - int(vol["window_days"])) : before]
         if len(recent) < int(vol["min_history"]):
             return 0, UNBOUNDED
         median = statistics.median(recent)
@@ -817,7 +833,7 @@ class Quality:
         """Validate the partitions in batches, write each one's gate status, then build the Data Docs once."""
         out: list[PartitionValidation] = []
         identifiers: list[Any] = []
-        self._snapshots, self._manifests, self._entries = {}, {}, {}
+        self._snapshots, self._manifests, self._entries, self._histories = {}, {}, {}, {}
         copies = contextlib.ExitStack()
         if self.lake.is_s3:
             self._mirror = Mirror(self.lake, copies.enter_context(staging_dir(self.settings)))
@@ -841,7 +857,8 @@ class Quality:
                     gate.record(self.lake, table, pv.passed, pv.details(), pv.date, pv.client)
                     out.append(pv)
         finally:
-            self._snapshots, self._manifests, self._entries, self._mirror = None, None, None, None
+            self._snapshots, self._manifests, self._entries, self._histories = None, None, None, None
+            self._mirror = None
             copies.close()
         if identifiers:
             with _DEFER_LOCK:

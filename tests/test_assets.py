@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -442,6 +442,50 @@ def test_sparse_history_lands_in_one_run_and_gaps_stay_empty(tmp_path: Path, run
     assert counts["orders"]["blocked"] == 0
     assert counts["orders"]["passed"] == len(lake.list_partitions("raw", "orders"))
     assert counts["fct_deliveries"]["passed"] == len(marts) and counts["fct_deliveries"]["blocked"] == 0
+
+    # Each partition's materialization carries its own numbers, not the run's: a landed
+    # partition its landed rows, a mart date its rows, a date of the range without data none.
+    instance = run_cli.instance
+
+    def latest(key: dg.AssetKey, partition: str) -> dict:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+    # A landing run's summary rides on its last partition; the others name it (its total is
+    # not passed off as each partition's row count).
+    landed = sum(
+        lake.read_json(lake.meta_path("landing", "orders") + f"/date={d}/client={c}.json")["landed"]
+        for d, c in lake.list_partitions("raw", "orders")
+    )
+    orders = dg.AssetKey(["raw", "orders"])
+    d0, c0 = lake.list_partitions("raw", "orders")[0]
+    first_partition = str(dg.MultiPartitionKey({"date": d0, "client": c0}))
+    last = latest(orders, first_partition).get("run_summary_on", first_partition)
+    summary = latest(orders, last)
+    assert summary["rows_landed"] == landed and "dagster/row_count" not in summary
+    for d, c in lake.list_partitions("raw", "orders")[:3]:
+        md = latest(orders, str(dg.MultiPartitionKey({"date": d, "client": c})))
+        assert md["run_summary_on"] == last and "rows_landed" not in md, (d, c)
+    fct = dg.AssetKey(["curated", "fct_deliveries"])
+    for d in sorted(marts)[:5]:
+        md = latest(fct, d)
+        assert (
+            md["built"]
+            and md["dagster/row_count"] == lake.read_json(lake.build_manifest("curated", "fct_deliveries", d))["rows"]
+        )
+        assert md["rows_in_run"] > md["dagster/row_count"] and "rows_by_date" not in md
+    gap = next(
+        (date.fromisoformat(first) + timedelta(days=k)).isoformat()
+        for k in range(1, 400)
+        if (date.fromisoformat(first) + timedelta(days=k)).isoformat() not in marts | with_rows["deliveries"]
+    )
+    assert latest(fct, gap)["built"] is False and latest(fct, gap)["dagster/row_count"] == 0
+    # the column lineage rides on the run's newest materialization only (and on the definition)
+    newest = instance.get_latest_materialization_event(fct).asset_materialization  # type: ignore[union-attr]
+    assert "dagster/column_lineage" in newest.metadata
+    assert "dagster/column_lineage" not in latest(fct, min(marts))
 
 
 def test_a_run_starts_importing_gx_when_its_resources_are_built_a_sensor_tick_does_not(

@@ -260,7 +260,7 @@ def test_dagster_materialization_observed_after_the_runs(uis: UIs) -> None:
     _shot(page, "dagster_runs")
     page.goto(f"{uis.dagster}/assets/curated/fct_deliveries")
     page.get_by_text("Latest materialization").first.wait_for()
-    page.get_by_text("rows_by_date").first.wait_for()
+    page.get_by_text("rows_in_run").first.wait_for()
     # Dagster shows a relative time ("2 minutes ago") or, depending on age and view, a clock time.
     assert re.search(r"\d+ (minute|second|hour)s? ago|just now|\b\d{1,2}:\d{2}\b", _body(page)), (
         "no materialization time shown"

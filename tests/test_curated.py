@@ -11,17 +11,19 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from delivery_lake import gate
+from delivery_lake import gate, publish
 from delivery_lake.config import Settings
 from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
-from delivery_lake.generator import COMMENTS
+from delivery_lake.generator import COMMENTS, generate
 from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner, affected_dates
+from delivery_lake.transform.runner import FEW_DATES
 from delivery_lake.warehouse import Warehouse
 from tests.helpers import inbox_with_an_order_moved_back, land_all
 
@@ -838,3 +840,44 @@ def test_dates_with_data_are_listed_only_for_the_dates_asked(built: Built) -> No
         assert runner.available_dates(model, many) == runner.available_dates(model) == DAYS
         assert runner.built_dates(model, many) == DAYS
         assert runner.available_dates(model, []) == []
+
+
+def test_dates_built_together_are_the_files_and_manifests_each_gets_alone(
+    tmp_path: Path, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build of more than FEW_DATES dates publishes them with one COPY partitioned by date
+    (`publish_dates`): each date's file is the one it gets when built alone, byte for byte, with
+    the same manifest; a date over the one-row-group limit, and an empty one, get their own COPY."""
+    inbox = tmp_path / "inbox"
+    generate(
+        inbox, start=date(2026, 1, 1), days=10, clients=2, orders_per_day=30, seed=4, dirty_rate=0.03, progress=False
+    )
+    settings = _settings(tmp_path, inbox)
+    lake, _, _ = land_all(settings)
+    monkeypatch.setattr(publish, "ONE_ROW_GROUP", 20)  # a day's deliveries (about 30) go alone, aggregates together
+    alone: list[tuple[str, str]] = []
+    copy_one = publish._copy_and_publish
+
+    def counted(*args):  # the real single-date publish, counted
+        alone.append((args[3], args[4]))
+        return copy_one(*args)
+
+    monkeypatch.setattr(publish, "_copy_and_publish", counted)
+    results = {r.model: r for r in Runner(lake, project, settings).build(full_refresh=True)}
+    dates = lake.list_dates("curated", "fct_deliveries")
+    assert len(dates) > FEW_DATES and not [r for r in results.values() if r.skipped]
+    together = {(m, d): manifest(lake, m, d) for m in PARTITIONED for d in lake.list_dates("curated", m)}
+    # the rows each manifest claims are the rows of its file, and the runner reports the same
+    for (m, d), doc in together.items():
+        assert doc["rows"] == pq.read_metadata(lake.data_file("curated", m, d)).num_rows == results[m].rows_by_date[d]
+    big = {(m, d) for (m, d), doc in together.items() if doc["rows"] > 20 or doc["rows"] == 0}
+    assert big and len(big) < len(together)
+    assert {(m, d) for m, d in alone if d is not None} == big  # whole tables: one COPY each, as always
+    for d in dates:
+        Runner(lake, project, settings).build(PARTITIONED, dates=[d])
+    volatile = ("build_id", "built_at")
+    for (m, d), doc in together.items():
+        again = manifest(lake, m, d)
+        assert {k: v for k, v in doc.items() if k not in volatile} == {
+            k: v for k, v in again.items() if k not in volatile
+        }, (m, d)

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as db
+from dagster._core.event_api import EventLogRecord
+from dagster._core.events import ASSET_EVENTS, DagsterEventType
+from dagster._core.storage.event_log.schema import AssetKeyTable
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster_shared.serdes import deserialize_value
 
 from assets.instance_storage import MAX_ENGINES, PooledSqliteEventLogStorage
 from assets.run import EARLIER_INSTANCE_YAMLS, dagster_instance, instance_yaml
@@ -95,6 +101,48 @@ def test_a_range_run_writes_through_kept_connections_and_dagster_reads_it(
     ).records
     assert [r.partition_key for r in one] == ["2025-01-15"]
     assert len(plain.get_runs()) == 1 + MAX_ENGINES + 2
+
+
+def test_a_batch_leaves_the_asset_rows_and_tags_dagsters_event_by_event_path_leaves(home: Path, tmp_path: Path) -> None:
+    """A batch writes the asset's row once per kind of event (not once per partition) and its rows
+    in one statement per database: the same asset row, event rows and partition tags as Dagster's
+    own storage given the same events one at a time."""
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    run_id = _materialize_range(instance, "2025-01-01", "2025-01-20")
+    assert dg.materialize([whole], instance=instance).success
+    ours = instance.event_log_storage
+    events = [e for e in ours.get_logs_for_run(run_id) if e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS]
+    assert len(events) == 40  # 20 planned, 20 materialized
+    theirs = SqliteEventLogStorage(str(tmp_path / "theirs"))
+    for e in events:
+        theirs.store_event(e)
+
+    def asset_row(storage: SqliteEventLogStorage) -> tuple:
+        with storage.index_connection() as conn:
+            [(run, stamp, last)] = conn.execute(
+                db.select(
+                    AssetKeyTable.c.last_run_id,
+                    AssetKeyTable.c.last_materialization_timestamp,
+                    AssetKeyTable.c.last_materialization,
+                ).where(AssetKeyTable.c.asset_key == daily.key.to_string())
+            ).fetchall()
+        return run, stamp, deserialize_value(last, EventLogRecord).event_log_entry
+
+    assert asset_row(ours) == asset_row(theirs)
+    assert asset_row(ours)[2].dagster_event.partition == "2025-01-20"
+    tags = lambda s: sorted(  # noqa: E731
+        tuple(sorted(t.items())) for t in s.get_event_tags_for_asset(daily.key)
+    )
+    assert tags(ours) == tags(theirs) and len(tags(ours)) == 20
+    stored = lambda s: [  # noqa: E731
+        (r.event_log_entry.dagster_event.event_type_value, r.partition_key)
+        for r in s.get_records_for_run(
+            run_id,
+            of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_MATERIALIZATION_PLANNED},
+            limit=100,
+        ).records
+    ]
+    assert stored(ours) == stored(theirs) and len(stored(ours)) == 40
 
 
 def _child_run(home: str) -> None:

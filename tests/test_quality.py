@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from delivery_lake.generator import generate
 from delivery_lake.landing import Landing
 from delivery_lake.quality import (
     ERROR,
+    UNBOUNDED,
     WARN,
     Quality,
     SuiteError,
@@ -455,3 +457,44 @@ def test_gx_preloads_on_a_thread_without_the_engines(tmp_path: Path) -> None:
         "print('great_expectations' in sys.modules, 'pyspark' in sys.modules)\n"
     )
     assert _fresh_python(code, tmp_path)[0] == ["gx-preload True", "True False"]
+
+
+def test_volume_band_is_the_median_of_the_clients_recent_landed_dates(tmp_path: Path) -> None:
+    """Each partition's volume band comes from the same client's last `window_days` landed dates
+    before it (gaps skipped, later dates ignored); a day far under it warns without blocking."""
+    inbox = tmp_path / "inbox"
+    generate(inbox, start=START, days=12, clients=2, orders_per_day=60, seed=11, dirty_rate=0.0, progress=False)
+    days = [(START + timedelta(days=k)).isoformat() for k in range(12)]
+    landed = [d for k, d in enumerate(days) if k not in (3, 6, 7)]  # a history with gaps
+    last = landed[-1]
+    # the last day of C001 shrinks to 2 orders: far under its band
+    rows = list(csv.reader(io.StringIO((inbox / "orders" / f"{last}.csv").read_text())))
+    ci = rows[0].index("client_id")
+    kept = [rows[0]] + [r for r in rows[1:] if r[ci] != "C001"] + [r for r in rows[1:] if r[ci] == "C001"][:2]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(kept)
+    (inbox / "orders" / f"{last}.csv").write_text(buf.getvalue())
+    qs = Settings.from_env(data_dir=tmp_path / "data", lake_url=str(tmp_path / "lake"), inbox_dir=inbox)
+    lake, _ = land(qs, landed)
+
+    volume = load_partition_suite_doc("orders")["meta"]["volume"]
+    q = Quality(lake, qs)
+    for d in (landed[2], landed[5], last):
+        for c in ("C001", "C002"):
+            history = [
+                int(lake.read_json(lake.meta_path("landing", "orders") + f"/date={x}/client={c}.json")["landed"])
+                for x in landed
+                if x < d
+            ][-int(volume["window_days"]) :]
+            if len(history) < int(volume["min_history"]):
+                want = (0, UNBOUNDED)
+            else:
+                median = statistics.median(history)
+                want = (int(median * volume["low"]), int(median * volume["high"]) + 1)
+            assert q._volume_bounds(TABLES["orders"], d, c, {"volume": volume}) == want, (d, c)
+    assert q._volume_bounds(TABLES["orders"], landed[5], "C001", {"volume": volume})[0] > 0
+
+    res = {r.client: r for r in q.validate_and_record("orders", [(last, "C001"), (last, "C002")])}
+    assert res["C001"].passed and res["C002"].passed
+    assert [o.label for o in res["C001"].warnings if "volume_min" in o.label]
+    assert not [o.label for o in res["C002"].warnings if "volume" in o.label]

@@ -20,7 +20,7 @@ import duckdb
 from delivery_lake import gate
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES, carrier_only_parent
-from delivery_lake.publish import publish_partition
+from delivery_lake.publish import publish_dates, publish_partition
 from delivery_lake.storage import Lake, Mirror, staging_dir
 from delivery_lake.transform.base import (
     HELD_CELLS,
@@ -39,6 +39,10 @@ from delivery_lake.transform.held import HeldCell, ParentLink, held_cells_sql, p
 from delivery_lake.transform.incremental import date_window
 from delivery_lake.transform.project import Project
 from delivery_lake.transform.python_models import ArrowStream, run_python_model
+
+# Up to this many dates a build is small: models run side by side, an S3 build reads local copies,
+# and each date is published by its own COPY; beyond it, dates are published together.
+FEW_DATES = 7
 
 
 def _short_window_days(window: tuple[str, str] | None) -> list[str] | None:
@@ -474,7 +478,7 @@ class Runner:
             # refresh reads in place (its files are many and large: throughput, not round trips),
             # and so does Spark, which reads the lake itself.
             mirror = None
-            if self.lake.is_s3 and not self._on_spark_engine and (not m.is_partitioned or len(wanted) <= 7):
+            if self.lake.is_s3 and not self._on_spark_engine and (not m.is_partitioned or len(wanted) <= FEW_DATES):
                 mirror = Mirror(self.lake, copies.enter_context(staging_dir(self.settings)))
             reads = self._prepare(con, m, wanted, mirror)
             result.excluded, result.served_last_good, result.parents_found = (
@@ -506,7 +510,21 @@ class Runner:
             if got != [(c.name, c.type) for c in m.columns]:
                 raise ModelError(f"{m.path}: output columns changed while loading: {got}")
             with staging_dir(self.settings) as stage:
-                if m.is_partitioned:
+                if m.is_partitioned and len(wanted) > FEW_DATES:
+                    docs = publish_dates(
+                        self.lake,
+                        con,
+                        ZONE,
+                        m.name,
+                        m.partition_by or "",
+                        wanted,
+                        [(c.name, c.type) for c in m.columns],
+                        m.grain_columns,
+                        stage,
+                        lambda d: self._manifest_fields(result, d),
+                    )
+                    result.rows_by_date = {d: int(doc["rows"]) for d, doc in docs.items()}
+                elif m.is_partitioned:
                     for d in wanted:
                         n = self._publish(
                             con, m, d, f"WHERE {quote(m.partition_by or '')} = DATE {lit(d)}", stage, result
@@ -544,18 +562,22 @@ class Runner:
             self.settings,
             where=where,
             stage=stage,
-            manifest={
-                "excluded_partitions": result.excluded,
-                "served_last_good": result.served_last_good,
-                "parents_found": result.parents_found,
-                "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
-                "inputs": result.inputs,
-                # which engine computed the rows (TRANSFORM_ENGINE): the same rows either way, floats to
-                # the rounding the model declares (tests/test_spark.py)
-                "engine": "spark" if self._on_spark_engine else "duckdb",
-            },
+            manifest=self._manifest_fields(result, d),
         )
         return int(doc["rows"])
+
+    def _manifest_fields(self, result: ModelResult, d: str | None) -> dict[str, Any]:
+        """What the build manifest of date `d` (None: the whole table) records of the build's reads."""
+        return {
+            "excluded_partitions": result.excluded,
+            "served_last_good": result.served_last_good,
+            "parents_found": result.parents_found,
+            "held_cells": [c for c in result.held_cells if d is None or c[0] == d],
+            "inputs": result.inputs,
+            # which engine computed the rows (TRANSFORM_ENGINE): the same rows either way, floats to
+            # the rounding the model declares (tests/test_spark.py)
+            "engine": "spark" if self._on_spark_engine else "duckdb",
+        }
 
     def build(
         self,
@@ -605,7 +627,7 @@ class Runner:
         # For a few dates, models run side by side: each is a small query that keeps one core
         # busy. A full refresh runs them one at a time: each query then uses every core already,
         # and two at once only add memory and time.
-        few_dates = not full_refresh and wanted_dates is not None and len(wanted_dates) <= 7
+        few_dates = not full_refresh and wanted_dates is not None and len(wanted_dates) <= FEW_DATES
         workers = max(1, self.settings.duckdb_threads) if self.settings and few_dates else 1
         ready: list[Model] = []  # every ref built, waiting for a free worker
         running: dict[Future[ModelResult], str] = {}
