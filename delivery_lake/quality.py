@@ -299,8 +299,8 @@ class Quality:
         self._manifests: dict[str, dict[str, dict[str, Any]]] | None = None
         # Inbox index entries read during the same call, by table and set of files.
         self._entries: dict[tuple[str, tuple[str, ...]], dict[str, Any]] | None = None
-        # Each table's volume history by client, with the listing it was built from.
-        self._histories: dict[str, tuple[dict[str, Any], dict[str, tuple[list[str], list[int]]]]] | None = None
+        # Each table's volume history by client, built from those manifests.
+        self._histories: dict[str, dict[str, tuple[list[str], list[int]]]] | None = None
         # Local copies of the data files validated during the same call (an S3 lake).
         self._mirror: Mirror | None = None
 
@@ -630,16 +630,16 @@ class Quality:
         """Client -> (dates, rows landed) of every landed partition of `table`, by date. Built once
         per listing: reading the whole listing for each partition's bounds made a check over
         2,700 partitions of a sparse history quadratic (7 million path splits, 15 s)."""
-        manifests = self._table_manifests(table)
+        # kept as long as the listing is (both are reset by `validate_and_record`)
         memo = self._histories if self._histories is not None else {}
-        if table in memo and memo[table][0] is manifests:
-            return memo[table][1]
+        if table in memo:
+            return memo[table]
         rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for path, doc in manifests.items():
+        for path, doc in self._table_manifests(table).items():
             d, c = path.split("/")[-2].removeprefix("date="), path.split("/")[-1].removeprefix("client=")
             rows[c.removesuffix(".json")].append((d, int(doc.get("landed", 0))))
         history = {c: ([d for d, _ in v], [n for _, n in v]) for c, v in ((c, sorted(v)) for c, v in rows.items())}
-        memo[table] = (manifests, history)
+        memo[table] = history
         return history
 
     def _volume_bounds(self, table: Table, date: str, client: str, suite_meta: dict[str, Any]) -> tuple[int, int]:

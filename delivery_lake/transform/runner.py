@@ -511,6 +511,8 @@ class Runner:
                 raise ModelError(f"{m.path}: output columns changed while loading: {got}")
             with staging_dir(self.settings) as stage:
                 if m.is_partitioned and len(wanted) > FEW_DATES:
+                    # Only past FEW_DATES, where build() runs one model at a time: publish_dates
+                    # sets the threads of the DuckDB instance the models share for its COPY.
                     docs = publish_dates(
                         self.lake,
                         con,
