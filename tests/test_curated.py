@@ -23,6 +23,7 @@ from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
 from delivery_lake.storage import Lake
 from delivery_lake.transform import Project, Runner, affected_dates
+from delivery_lake.transform import runner as runner_module
 from delivery_lake.transform.runner import FEW_DATES
 from delivery_lake.warehouse import Warehouse
 from tests.helpers import inbox_with_an_order_moved_back, land_all
@@ -784,6 +785,54 @@ def test_a_blocked_orders_partition_holds_the_cells_of_its_deliveries(built: Bui
     for m in ("agg_driver_daily_performance", "agg_depot_daily_load"):
         complete = curated(b.lake, m).group_by(pl.col("date").cast(pl.Utf8)).agg(pl.col("complete").unique())
         assert {d: v for d, v in complete.iter_rows()} == {d: [d not in held_dates] for d in DAYS}, m
+
+
+@pytest.mark.parametrize("held_rows", [10**9, 10], ids=["small-enough", "too-many-rows"])
+def test_inputs_of_many_small_files_are_read_once_and_build_the_same_marts(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_rows: int
+) -> None:
+    """A raw fact of many small files is read into the build's memory once (MANY_FILES, HELD_ROWS)
+    instead of at each scan: the same files, held cells and parents found as when it is read in
+    place, with a blocked orders partition so the parent check and its held cells take part. An
+    input of more rows than HELD_ROWS is read in place whatever its files."""
+    blocked_day, client = DAYS[2], "C002"
+    lakes = {}
+    for kind in ("in_place", "held"):
+        b = copy_of(built, tmp_path / kind)
+        gate.record(b.lake, "orders", False, {"check": "test"}, blocked_day, client)
+        lakes[kind] = b
+    held: list[str] = []
+    hold = Runner._held_in_memory
+
+    def spied(self: Runner, con, view: str, sql: str, paths: list[str]) -> str:
+        got = hold(self, con, view, sql, paths)
+        if got != sql:
+            held.append(view)
+        return got
+
+    monkeypatch.setattr(Runner, "_held_in_memory", spied)
+    b = lakes["in_place"]
+    assert len(b.lake.list_partitions("raw", "orders")) < runner_module.MANY_FILES  # read in place
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=DAYS)
+    assert held == []
+    monkeypatch.setattr(runner_module, "MANY_FILES", 2)
+    monkeypatch.setattr(runner_module, "HELD_ROWS", held_rows)
+    b = lakes["held"]
+    Runner(b.lake, b.project, b.settings).build(PARTITIONED, dates=DAYS)
+    if held_rows == 10:
+        assert held == []
+    else:  # every model reading a raw fact held it: deliveries, orders and feedback
+        assert {"src_raw__deliveries", "src_raw__orders", "src_raw__customer_feedback"} <= set(held), held
+    volatile = ("build_id", "built_at")
+    found = False
+    for m in PARTITIONED:
+        for d in DAYS:
+            want, got = (manifest(lakes[k].lake, m, d) for k in ("in_place", "held"))
+            assert {k: v for k, v in got.items() if k not in volatile} == {
+                k: v for k, v in want.items() if k not in volatile
+            }, (m, d)
+            found |= bool(got["held_cells"])
+    assert found  # the blocked orders held some deliveries' cells on both sides
 
 
 def test_a_blocked_partition_with_a_last_good_copy_is_read_from_it(built: Built, tmp_path: Path) -> None:
