@@ -267,14 +267,21 @@ class Runner:
                 excluded.append([d, c])
         return files, served, excluded
 
-    def _files_sql(self, table: str, paths: list[str], where: str = "", reads: _Reads | None = None) -> str:
+    def _files_sql(
+        self, table: str, paths: list[str], where: str = "", reads: _Reads | None = None, ordered: bool = False
+    ) -> str:
+        """The rows of a raw fact's `paths`; `ordered`: in the order a scan of them yields (their
+        (date, client) order, as listed, then each file's own) spelled out, for a temp table."""
         if not paths:
             return empty_source_sql(table)
         cols = ", ".join(quote(c) for c in TABLES[table].column_names)
         return (
             f'SELECT {cols}, "date" FROM read_parquet([{", ".join(lit(u) for u in self._uris(paths, reads))}], '
             # by name: partitions landed before a header-optional column existed read it as empty
-            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}, union_by_name = true){where}"
+            f"hive_partitioning = true, hive_types = {{'date': DATE, 'client': VARCHAR}}, union_by_name = true"
+            + (", file_row_number = true)" if ordered else ")")
+            + where
+            + (' ORDER BY "date", client, file_row_number' if ordered else "")
         )
 
     def _curated_sql(self, m: Model, window: tuple[str, str] | None, reads: _Reads) -> str:
@@ -302,18 +309,23 @@ class Runner:
         # The date column is inside each file; hive parsing is off so it is not read twice.
         return f"SELECT {cols} FROM read_parquet([{files}], hive_partitioning = false)"
 
-    def _held_in_memory(self, con: duckdb.DuckDBPyConnection, view: str, sql: str, paths: list[str]) -> str:
-        """`sql` read once into a temp table of the build's connection when its `paths` are many
-        small files (see MANY_FILES), else `sql` itself. Not for Spark, which reads the lake."""
+    def _fact_sql(self, con: duckdb.DuckDBPyConnection, table: str, paths: list[str], reads: _Reads) -> str:
+        """What a build reads of raw fact `table` at `paths`: the files where they lie, or, when
+        they are many small files (MANY_FILES, HELD_ROWS), a temp table of the build's
+        connection they were read into once. Not for Spark, which reads the lake itself."""
         if self._on_spark_engine or len(paths) < MANY_FILES:
-            return sql
-        files = ", ".join(lit(u) for u in paths)
+            return self._files_sql(table, paths, reads=reads)
+        files = ", ".join(lit(u) for u in self._uris(paths, reads))
         rows = con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata([{files}])").fetchone()[0]  # type: ignore[index]
         if (rows or 0) > HELD_ROWS:
-            return sql
-        table = quote(f"__held_{view}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-        return f"SELECT * FROM {table}"
+            return self._files_sql(table, paths, reads=reads)
+        held = quote(f"__held_{table}")
+        # In the scan's order, spelled out: a parallel insert that keeps it by itself held every
+        # file's batch in memory (+400 MB for 2,655 delivery files of 3 rows each).
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {held} AS {self._files_sql(table, paths, reads=reads, ordered=True)}"
+        )
+        return f"SELECT * FROM {held}"
 
     def _resolve_parents(
         self, con: duckdb.DuckDBPyConnection, link: ParentLink, dates: list[str], windowed: bool, reads: _Reads
@@ -400,9 +412,7 @@ class Runner:
                     lookbacks.get(key, 0) == 0
                 ):  # a blocked partition read at an earlier date is the child check's business
                     reads.held |= {(d, c, f"blocked: {key}") for d, c in excluded if not dates or d in dates}
-                paths = [f for *_, f in files]
-                sql = self._files_sql(table, paths, reads=reads)
-                sql = self._held_in_memory(con, source_view(schema, table), sql, self._uris(paths, reads))
+                sql = self._fact_sql(con, table, [f for *_, f in files], reads)
             reads.define(con, source_view(schema, table), sql)
         for r in refs:
             reads.define(con, r, self._curated_sql(self.project[r], window(r), reads))
