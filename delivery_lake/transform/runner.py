@@ -327,7 +327,7 @@ class Runner:
             return self._files_sql(table, paths, reads=reads)
         held = quote(f"__held_{table}")
         # In the scan's order, spelled out: a parallel insert that keeps it by itself held every
-        # file's batch in memory (+400 MB for 2,655 delivery files of 3 rows each).
+        # file's batch in memory (+280 MB for 2,655 delivery files of 3 rows each).
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {held} AS {self._files_sql(table, paths, reads=reads, ordered=True)}"
         )
