@@ -176,7 +176,3 @@ def parent_files_near(lake: Lake, parent: str, dates: list[str]) -> list[str]:
     last = date.fromisoformat(max(dates)) + timedelta(days=1)
     days = [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
     return [lake.data_file("raw", parent, d, c) for d, c in lake.list_partitions("raw", parent, dates=days)]
-
-
-def all_parent_files(lake: Lake, parent: str) -> list[str]:
-    return [lake.uri(lake.data_file("raw", parent, d, c)) for d, c in lake.list_partitions("raw", parent)]

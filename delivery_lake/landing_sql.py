@@ -61,6 +61,12 @@ def all_parent_keys_table(name: str, parent: Table, parquet_uris: list[str]) -> 
     )
 
 
+def all_parent_keys_from(name: str, parent: Table, relation: str) -> str:
+    """A table `name` of every landed key of a fact parent (one column, `k`) from a registered
+    relation holding the parent's key column."""
+    return f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k FROM {relation}"
+
+
 def source_view(table: Table, headers: list[tuple[str, list[str]]]) -> str:
     """`src`: every file's typed rows with a per-file row ordinal (files given as (path, header)).
 
