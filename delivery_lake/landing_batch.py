@@ -229,12 +229,10 @@ def _all_parent_keys(lake: Lake, shared: LandingContext, parent: str) -> str:
             keys = lake.read_columns("raw", parent, [TABLES[parent].key], partitioned=True)
             cursor = shared.base.cursor()
             try:
-                if keys is None:
-                    cursor.execute(sql.all_parent_keys_table(name, TABLES[parent], []))
-                else:
-                    cursor.register(f"{name}_read", keys)
-                    cursor.execute(sql.all_parent_keys_from(name, TABLES[parent], f"{name}_read"))
-                    cursor.unregister(f"{name}_read")
+                relation = None if keys is None else f"{name}_read"
+                if relation is not None:
+                    cursor.register(relation, keys)
+                cursor.execute(sql.all_parent_keys_table(name, TABLES[parent], relation))
             finally:
                 cursor.close()
             shared.loaded.add(name)

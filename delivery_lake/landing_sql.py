@@ -51,19 +51,11 @@ def parent_keys_table(name: str, parent: Table, relation: str) -> str:
     return f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k FROM {relation}"
 
 
-def all_parent_keys_table(name: str, parent: Table, parquet_uris: list[str]) -> str:
-    """A table `name` of every landed key of a fact parent (one column, `k`)."""
-    if not parquet_uris:
+def all_parent_keys_table(name: str, parent: Table, relation: str | None) -> str:
+    """A table `name` of every landed key of a fact parent (one column, `k`), from a registered
+    relation holding the parent's key column; empty when the parent has no file (None)."""
+    if relation is None:
         return f"CREATE TABLE {name} (k VARCHAR)"
-    return (
-        f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k "
-        f"FROM read_parquet([{', '.join(literal(u) for u in parquet_uris)}])"
-    )
-
-
-def all_parent_keys_from(name: str, parent: Table, relation: str) -> str:
-    """A table `name` of every landed key of a fact parent (one column, `k`) from a registered
-    relation holding the parent's key column."""
     return f"CREATE TABLE {name} AS SELECT DISTINCT {ident(parent.key)} AS k FROM {relation}"
 
 
