@@ -137,37 +137,15 @@ def publish_dates(
         ).fetchall()
     }
     small = [d for d in dates if 0 < counts.get(d, 0) <= ONE_ROW_GROUP]
-    staged: dict[str, Path] = {}
-    if len(small) > 1:
-        folder = stage / f"{name}_dates"
-        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
-        # `threads` is the DuckDB instance's: set back at once (no other query of this build runs meanwhile)
-        con.execute("SET threads = 1")
-        try:
-            con.execute(
-                f"COPY (SELECT {_optional(want)} FROM {relation} AS __out "
-                f"WHERE {part} IN ({', '.join(f'DATE {literal(d)}' for d in small)}) "
-                f"ORDER BY {part}, {_order(order_by)}) TO {literal(str(folder))} "
-                f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({part}), WRITE_PARTITION_COLUMNS true)"
-            )
-        finally:
-            con.execute(f"SET threads = {int(threads)}")
-        found = {d: list((folder / f"{partition_by}={d}").glob("*.parquet")) for d in small}
-        single = {d: files[0] for d, files in found.items() if len(files) == 1}
-        if single:
-            paths = [str(f) for f in single.values()]
-            layout = {
-                str(f): (int(rows), int(groups))
-                for f, rows, groups in con.execute(
-                    "SELECT file_name, num_rows, num_row_groups FROM parquet_file_metadata(?)", [paths]
-                ).fetchall()
-            }
-            # one COPY wrote them all: one file's column order is every file's
-            written = [
-                str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(paths[0])})").fetchall()
-            ]
-            if written == [n for n, _ in want]:
-                staged = {d: f for d, f in single.items() if layout.get(str(f)) == (counts[d], 1)}
+    staged = stage_dates(
+        con,
+        f"SELECT {_optional(want)} FROM {relation} AS __out WHERE {part} IN "
+        f"({', '.join(f'DATE {literal(d)}' for d in small)}) ORDER BY {part}, {_order(order_by)}",
+        partition_by,
+        {d: counts[d] for d in small},
+        [n for n, _ in want],
+        stage / f"{name}_dates",
+    )
     docs: dict[str, dict[str, Any]] = {}
     for d in dates:
         if d in staged:
@@ -176,6 +154,50 @@ def publish_dates(
             where = f"WHERE {part} = DATE {literal(d)}"
             docs[d] = _copy_and_publish(lake, con, zone, name, d, want, order_by, relation, where, stage, manifest(d))
     return docs
+
+
+def stage_dates(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    partition_by: str,
+    counts: Mapping[str, int],
+    columns: Sequence[str],
+    folder: Path,
+) -> dict[str, Path]:
+    """Stage the dates of `query` (ordered by `partition_by`, then the grain) with one COPY
+    partitioned by date; returns the staged file of each date of `counts` that came out as the
+    COPY of that date alone would have written it: one file of one row group holding `counts[d]`
+    rows (at most ONE_ROW_GROUP), with `columns` in order. The caller writes the others itself.
+
+    One thread, so that each date's rows reach its file in the query's order."""
+    if len(counts) < 2:
+        return {}
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
+    # `threads` is the DuckDB instance's: set back at once (the caller runs nothing meanwhile)
+    con.execute("SET threads = 1")
+    try:
+        con.execute(
+            f"COPY ({query}) TO {literal(str(folder))} "
+            f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({ident(partition_by)}), WRITE_PARTITION_COLUMNS true)"
+        )
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
+    found = {d: list((folder / f"{partition_by}={d}").glob("*.parquet")) for d in counts}
+    single = {d: files[0] for d, files in found.items() if len(files) == 1}
+    if not single:
+        return {}
+    paths = [str(f) for f in single.values()]
+    layout = {
+        str(f): (int(rows), int(groups))
+        for f, rows, groups in con.execute(
+            "SELECT file_name, num_rows, num_row_groups FROM parquet_file_metadata(?)", [paths]
+        ).fetchall()
+    }
+    # one COPY wrote them all: one file's column order is every file's
+    written = [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(paths[0])})").fetchall()]
+    if written != list(columns):
+        return {}
+    return {d: f for d, f in single.items() if layout.get(str(f)) == (counts[d], 1)}
 
 
 def _checked_columns(

@@ -332,10 +332,6 @@ def _exists(store: Any, name: str) -> bool:
     return name in {item.name for item in store.all()}
 
 
-def _nullable(value: str | None) -> str:
-    return "NULL::VARCHAR" if value is None else literal(value)
-
-
 def _value(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
@@ -556,15 +552,18 @@ class Quality:
     # -- the rows of a batch ---------------------------------------------------------------------
     def _load_rows(self, con: Any, name: str, batch: _Batch, mart: bool) -> dict[str, int]:
         """Temp table `part`: the batch's rows with their partition columns; returns rows per partition."""
-        files = con.sql(
-            "SELECT * FROM (VALUES "
-            + ", ".join(
-                f"({literal(uri)}, {literal(pv.key)}, {_nullable(pv.date)}, {_nullable(pv.client)})"
-                for pv in batch.partitions
-                if (uri := batch.uris.get(pv.key))
-            )
-            + f") AS f(uri, {ROW_PARTITION}, {ROW_DATE}, {ROW_CLIENT})"
-        ).to_arrow_table()
+        import pyarrow as pa
+
+        # An Arrow table, not a VALUES list: DuckDB took 1 s to parse the SQL of 3,450 partitions.
+        listed = [(uri, pv) for pv in batch.partitions if (uri := batch.uris.get(pv.key))]
+        files = pa.table(
+            {
+                "uri": pa.array([u for u, _ in listed], pa.string()),
+                ROW_PARTITION: pa.array([pv.key for _, pv in listed], pa.string()),
+                ROW_DATE: pa.array([pv.date for _, pv in listed], pa.string()),
+                ROW_CLIENT: pa.array([pv.client for _, pv in listed], pa.string()),
+            }
+        )
         con.register("batch_files", files)
         uris = ", ".join(literal(u) for u in batch.uris.values())
         if mart:

@@ -143,6 +143,41 @@ def test_features_read_only_the_curated_layer(curated_lake: Env, tmp_path: Path)
     assert "/raw/" not in sql and features.source_dates(lake, [DAYS[-1]]) == DAYS[-1 - features.HISTORY_DAYS :]
 
 
+def test_features_of_many_dates_are_the_files_each_date_gets_alone(
+    curated_lake: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dates built together are staged by one COPY partitioned by date (`publish.stage_dates`):
+    each date's file holds what its own build writes, row for row in the same order, one row
+    group; a date over the one-row-group limit gets its own COPY. (Not byte for byte: DuckDB
+    marks a column REQUIRED when its plan rules NULL out, and a one-date build plans differently.)"""
+    env = copy_env(curated_lake, tmp_path)
+    lake = env.lake
+    counts = {d: pq.read_metadata(lake.data_file(features.ZONE, features.TABLE, d)).num_rows for d in DAYS}
+    limit = max(counts.values()) - 1  # the biggest date is over it
+    monkeypatch.setattr(features, "ONE_ROW_GROUP", limit)
+    staged: list[set[str]] = []
+    stage = features.stage_dates
+
+    def spied(*args):  # the real staging, its dates recorded
+        out = stage(*args)
+        staged.append(set(out))
+        return out
+
+    monkeypatch.setattr(features, "stage_dates", spied)
+    lake.delete(lake.table_dir(features.ZONE, features.TABLE), recursive=True)
+    rows = features.build_features(lake, env.settings, DAYS)
+    together = {d: pl.read_parquet(lake.data_file(features.ZONE, features.TABLE, d)) for d in DAYS}
+    assert {pq.read_metadata(lake.data_file(features.ZONE, features.TABLE, d)).num_row_groups for d in DAYS} == {1}
+    assert rows == counts and sorted(together) == DAYS
+    assert staged[0] == {d for d in DAYS if counts[d] <= limit} and 2 <= len(staged[0]) < len(DAYS)
+    for d in DAYS:
+        lake.delete(lake.data_file(features.ZONE, features.TABLE, d))
+        assert features.build_features(lake, env.settings, [d]) == {d: counts[d]}
+        alone = pl.read_parquet(lake.data_file(features.ZONE, features.TABLE, d))
+        assert alone.height == counts[d] and alone.equals(together[d]), d
+    assert staged[1:] == [set()] * len(DAYS)  # a date alone is never staged together
+
+
 def test_features_match_an_independent_computation(curated_lake: Env) -> None:
     """A few rows recomputed in Polars from the curated tables, one feature at a time."""
     lake = curated_lake.lake

@@ -84,17 +84,20 @@ def main() -> None:
     Warehouse(lake, project, settings.warehouse_path).refresh()
     step("ml_s", t)
 
+    measuring = time.perf_counter()
+    in_warehouse = warehouse_rows(settings.warehouse_path)
     Path(a.result).write_text(
         json.dumps(
             {
-                "seconds": time.perf_counter() - STARTED,
+                "seconds": measuring - STARTED,
                 "breakdown": seconds,
                 "checked_partitions": checked,
                 "mart_suites": marts,
                 "feature_rows": rows,
                 "trained_version": trained,
                 "scored_rows": scored.rows,
-                "warehouse_rows": warehouse_rows(settings.warehouse_path),
+                "warehouse_rows": in_warehouse,
+                "measuring_s": time.perf_counter() - measuring,  # the harness's reading, not the work
             }
         )
     )

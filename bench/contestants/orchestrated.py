@@ -103,11 +103,13 @@ def main() -> None:
     began = time.perf_counter()
     outcome = run_inbox(settings, full=a.mode == "backfill")
     seconds = time.perf_counter() - began
+    measuring = time.perf_counter()
     if not outcome.success:
         raise SystemExit(f"run failed: {outcome.failure}")
     parts = breakdown(dagster_instance(settings), outcome.run_ids)
     parts["imports_s"] = round(imported, 3)
     parts["outside_runs_s"] = round(seconds - parts.get("runs_s", 0.0), 3)
+    rows = warehouse_rows(settings.warehouse_path)
     Path(a.result).write_text(
         json.dumps(
             {
@@ -115,7 +117,9 @@ def main() -> None:
                 "runs": len(outcome.run_ids),
                 "lines": outcome.lines,
                 "breakdown": parts,
-                "warehouse_rows": warehouse_rows(settings.warehouse_path),
+                "warehouse_rows": rows,
+                # the reading above (the runs' event logs, the warehouse): not the contestant's work
+                "measuring_s": time.perf_counter() - measuring,
             }
         )
     )

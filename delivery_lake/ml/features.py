@@ -29,6 +29,7 @@ import polars as pl
 
 from delivery_lake import gate
 from delivery_lake.config import Settings
+from delivery_lake.publish import ONE_ROW_GROUP, stage_dates
 from delivery_lake.storage import Lake, Mirror, staging_dir
 
 ZONE = "ml"
@@ -168,14 +169,28 @@ def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) 
                 return {}
             con.execute(f"CREATE TEMP TABLE __features AS {sql}")
             counts = dict(con.execute("SELECT date::VARCHAR, count(*) FROM __features GROUP BY ALL").fetchall())
+            # Hundreds of dates (a history's backfill) are staged by one partitioned COPY: a COPY
+            # per date cost 1.2 s over 685 dates. A date it did not write as one file gets its own.
+            small = {d: int(counts[d]) for d in wanted if 0 < counts.get(d, 0) <= ONE_ROW_GROUP}
+            columns = [str(r[0]) for r in con.execute("DESCRIBE __features").fetchall()]
+            staged = stage_dates(
+                con,
+                "SELECT * FROM __features WHERE date::VARCHAR IN "
+                f"({', '.join(map(_lit, small))}) ORDER BY date, delivery_id",
+                "date",
+                small,
+                columns,
+                stage / "dates",
+            )
             for d in wanted:
                 if d not in counts:
                     continue
-                local = stage / f"{d}.parquet"
-                con.execute(
-                    f"COPY (SELECT * FROM __features WHERE date = DATE {_lit(d)} ORDER BY delivery_id) "
-                    f"TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)"
-                )
+                local = staged.get(d) or stage / f"{d}.parquet"
+                if d not in staged:
+                    con.execute(
+                        f"COPY (SELECT * FROM __features WHERE date = DATE {_lit(d)} ORDER BY delivery_id) "
+                        f"TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)"
+                    )
                 lake.publish_file(local, lake.data_file(ZONE, TABLE, d), move=True)
                 out[d] = int(counts[d])
     finally:
