@@ -53,6 +53,24 @@ def test_peak_rss_is_the_contestants_not_the_harness(tmp_path: Path) -> None:
     del held
 
 
+def test_what_a_contestant_spends_reading_its_figures_back_is_not_timed(tmp_path: Path) -> None:
+    """A contestant's `measuring_s` (reading its run's event log back for the breakdown) comes off
+    its wall time; the work before it stays in."""
+    from bench.measure import run_contestant
+
+    script = tmp_path / "contestant.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "time.sleep(0.6)  # the work\n"
+        "began = time.perf_counter()\n"
+        "time.sleep(1.5)  # the harness's reading\n"
+        "json.dump({'seconds': 0.6, 'measuring_s': time.perf_counter() - began}, open(sys.argv[-1], 'w'))\n"
+    )
+    m = run_contestant("fake", str(script), [], tmp_path / "fake.result.json", 60, tmp_path / "log")
+    assert m.result["measuring_s"] >= 1.5
+    assert 0.6 <= m.wall_s < 1.4, m.wall_s  # the process took 2.1 s and more
+
+
 def _answers(rate: float) -> dict:
     return {"q1": {"columns": ["date", "client_id", "on_time_rate"], "rows": [["2026-01-05", "C01", rate]]}}
 
