@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from delivery_lake import claims as claims_module
 from delivery_lake.claims import Claims, ClaimTimeout
 from delivery_lake.config import Settings
 from delivery_lake.contract import TABLES
@@ -108,6 +109,32 @@ def test_a_claim_held_too_long_times_out_naming_the_holder(tmp_path: Path) -> No
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_the_holder_is_recorded_on_the_inode_or_else_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is an extended attribute where the file system has them (the claim file stays
+    empty: no data block to allocate and free per partition), and the file's content where not;
+    `holder` reads either."""
+    claims = Claims(tmp_path / "claims")
+    with claims.hold(*KEY):
+        path = claims.path(*KEY)
+        record = claims.holder(*KEY)
+        assert record is not None and record["pid"] == os.getpid() and record["host"] and record["since"]
+        assert path.stat().st_size == 0
+        host, pid, _since = os.getxattr(path, claims_module.HOLDER_ATTRIBUTE).decode().split(" ")
+        assert (host, int(pid)) == (record["host"], os.getpid())
+    assert not path.exists()
+
+    def refused(*_args: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", refused)
+    with claims.hold(*KEY):
+        assert path.stat().st_size > 0
+        assert claims.holder(*KEY)["pid"] == os.getpid()  # type: ignore[index]
+    assert claims.holder(*KEY) is None
 
 
 def test_landing_publishes_a_partition_only_once_its_claim_is_free(local_settings: Settings) -> None:

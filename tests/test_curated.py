@@ -21,7 +21,7 @@ from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.generator import COMMENTS, generate
 from delivery_lake.inbox import list_files
 from delivery_lake.landing import Landing
-from delivery_lake.storage import Lake
+from delivery_lake.storage import Lake, drain_staging_trash
 from delivery_lake.transform import Project, Runner, affected_dates
 from delivery_lake.transform import runner as runner_module
 from delivery_lake.transform.runner import FEW_DATES
@@ -420,8 +420,11 @@ def test_end_to_end_on_each_backend(settings: Settings) -> None:
     assert query(settings.warehouse_path, "SELECT count(*) FROM fct_deliveries")[1] == [(n_raw,)] == [(doc["rows"],)]
     # The day's build read local copies on S3 (storage.Mirror), a full refresh reads the lake in
     # place: the same rows either way, and no copy outlives its build.
+    # (stages are deleted in the background: waited for here)
+    drain_staging_trash()
     staged = settings.data_dir / ".staging"
-    assert not staged.exists() or list(staged.iterdir()) == []
+    assert not staged.exists() or [p.name for p in staged.iterdir()] in ([], [".trash"])
+    assert not (staged / ".trash").exists() or list((staged / ".trash").iterdir()) == []
 
     def day_rows() -> dict[str, list[tuple[object, ...]]]:
         con = lake.duckdb()
