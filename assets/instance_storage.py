@@ -23,6 +23,7 @@ profile's instance (infra/dagster.yaml) stores in PostgreSQL and does not use th
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -104,13 +105,21 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         own SQLite storage stores them one by one, a commit on the run shard and two or three
         on the index per event; here a batch is one commit on the run shard and one on the index,
         and the asset's row is written once per asset and kind of event.
-        Events other than asset events (checks, run status) keep Dagster's path."""
-        if len({e.run_id for e in events}) != 1 or not all(
-            e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events
+        Events other than asset events (checks, run status) keep Dagster's path, one by one, in
+        their place: a run's planned events come sorted by asset key, its checks' among them, and
+        a batch holding one check's planned event went whole the slow way (a sparse backfill's
+        landing run: 1.0 s)."""
+        for (asset_events, _run), group in itertools.groupby(
+            events, key=lambda e: (e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS, e.run_id)
         ):
-            for event in events:
-                self.store_event(event)
-            return
+            if asset_events:
+                self._store_asset_batch(list(group))
+            else:
+                for event in group:
+                    self.store_event(event)
+
+    def _store_asset_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Asset events of one run, in one transaction per database file."""
         # Each event serialized once into its row; the rows go in as one executemany on the run
         # shard and one on the index (which returns their ids, in order, for the tags).
         rows = [self._event_to_row(event) for event in events]

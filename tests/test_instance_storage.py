@@ -152,6 +152,55 @@ def _child_run(home: str) -> None:
     _materialize_range(instance, "2025-02-01", "2025-02-10")
 
 
+@dg.asset_check(asset=daily, blocking=True)
+def daily_rows() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+def test_a_batch_with_a_check_event_among_asset_events_keeps_both_paths_and_the_order(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's planned events include its checks' (sorted among the assets'): the asset events
+    on either side of a check's still go in as batches, the check's by Dagster's own path, and
+    the stored order is the order given."""
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    result = dg.materialize(
+        [daily, daily_rows],
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "2025-01-01", "dagster/asset_partition_range_end": "2025-01-10"},
+    )
+    assert result.success
+    logged = instance.event_log_storage.get_logs_for_run(result.run_id)
+    planned = [e for e in logged if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+    checks = [e for e in logged if e.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED]
+    assert len(planned) == 10 and len(checks) == 1
+    mixed = [*planned[:4], checks[0], *planned[4:]]
+
+    fresh = PooledSqliteEventLogStorage(str(tmp_path / "fresh"))
+    batches: list[int] = []
+    one_by_one: list[str] = []
+    fast, slow = fresh._store_asset_batch, fresh.store_event
+
+    def batched(events):  # the real batch path, counted
+        batches.append(len(events))
+        fast(events)
+
+    def single(event):  # Dagster's own path, counted
+        one_by_one.append(event.dagster_event_type.value)
+        slow(event)
+
+    monkeypatch.setattr(fresh, "_store_asset_batch", batched)
+    monkeypatch.setattr(fresh, "store_event", single)
+    fresh.store_event_batch(mixed)
+    assert batches == [4, 6] and one_by_one == ["ASSET_CHECK_EVALUATION_PLANNED"]
+    stored = fresh.get_logs_for_run(result.run_id)
+    assert [(e.dagster_event_type, e.dagster_event.partition) for e in stored] == [
+        (e.dagster_event_type, e.dagster_event.partition) for e in mixed
+    ]
+    # the check's planned execution is recorded where Dagster reads it
+    assert fresh.get_asset_check_execution_history(daily_rows.check_key, limit=5)
+
+
 def test_a_forked_process_and_a_second_process_write_beside_the_first(home: Path, tmp_path: Path) -> None:
     instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
     _materialize_range(instance, "2025-01-01", "2025-01-05")
