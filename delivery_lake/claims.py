@@ -91,7 +91,7 @@ class Claims:
             return {"host": host, "pid": int(pid), "since": since}
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # no attribute (recorded in the file, or by an older version)
+        except (OSError, ValueError, AttributeError):  # no attribute (in the file, by an older version, not Linux)
             pass
         try:
             return json.loads(path.read_text() or "null")

@@ -23,11 +23,13 @@ never pick them up.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import threading
@@ -845,7 +847,7 @@ class _Trash:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._queue: Any = None
+        self._queue: queue.Queue[Path] | None = None
         self._swept: set[Path] = set()
 
     def discard(self, base: Path, path: Path) -> None:
@@ -857,28 +859,25 @@ class _Trash:
         except OSError:  # e.g. a file still open on a system that forbids the rename: delete here
             shutil.rmtree(path, ignore_errors=True)
             return
-        queue = self._worker()
+        pending = self._worker()
         if trash not in self._swept:
             # leftovers of processes that did not drain their trash; deleting one twice is harmless
             self._swept.add(trash)
             for left in trash.iterdir():
                 if left != moved:
-                    queue.put(left)
-        queue.put(moved)
+                    pending.put(left)
+        pending.put(moved)
 
-    def _worker(self) -> Any:
-        import atexit
-        import queue
-
+    def _worker(self) -> queue.Queue[Path]:
         with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child: threads do not survive fork
+            if self._queue is None or self._pid != os.getpid():  # first use, or a forked child: no thread
                 self._pid, self._queue, self._swept = os.getpid(), queue.Queue(), set()
                 threading.Thread(target=self._run, args=(self._queue,), name="staging-trash", daemon=True).start()
                 atexit.register(self.drain)
             return self._queue
 
     @staticmethod
-    def _run(pending: Any) -> None:
+    def _run(pending: queue.Queue[Path]) -> None:
         while True:
             path = pending.get()
             try:

@@ -185,8 +185,9 @@ def build_features(lake: Lake, settings: Settings | None, dates: Iterable[str]) 
             for d in wanted:
                 if d not in counts:
                     continue
-                local = staged.get(d) or stage / f"{d}.parquet"
-                if d not in staged:
+                local = staged.get(d)
+                if local is None:
+                    local = stage / f"{d}.parquet"
                     con.execute(
                         f"COPY (SELECT * FROM __features WHERE date = DATE {_lit(d)} ORDER BY delivery_id) "
                         f"TO {_lit(str(local))} (FORMAT parquet, COMPRESSION zstd)"
