@@ -897,6 +897,33 @@ def test_dates_with_data_are_listed_only_for_the_dates_asked(built: Built) -> No
         assert runner.available_dates(model, []) == []
 
 
+def test_dates_staged_together_lie_flat_and_are_told_apart_by_their_date(tmp_path: Path) -> None:
+    """`publish.stage_dates` writes one file per date straight into its folder (no folder per
+    date) and tells them apart by the date column's statistics: a date whose file does not hold
+    the rows it should is not handed back (its caller writes it alone), nor is a date not asked for."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT DATE '2026-01-01' + (i % 4)::INT AS date, i FROM range(40) r(i)")
+    folder = tmp_path / "stage"
+    staged = publish.stage_dates(
+        con,
+        "SELECT * FROM t WHERE date < DATE '2026-01-04' ORDER BY date, i",
+        "date",
+        {"2026-01-01": 10, "2026-01-02": 10, "2026-01-03": 9},  # 2026-01-03 holds 10 rows, not 9
+        ["date", "i"],
+        folder,
+    )
+    assert set(staged) == {"2026-01-01", "2026-01-02"}
+    for d, f in staged.items():
+        assert f.parent == folder
+        got = con.execute(f"SELECT date::VARCHAR, count(*), min(i) FROM read_parquet('{f}') GROUP BY ALL").fetchall()
+        assert got == [(d, 10, {"2026-01-01": 0, "2026-01-02": 1}[d])]
+        assert pq.read_metadata(f).num_row_groups == 1
+    assert [p for p in folder.iterdir() if p.is_dir()] == []
+    assert len(list(folder.glob("*.parquet"))) == 3  # 2026-01-04 was not selected
+
+
 def test_dates_built_together_are_the_files_and_manifests_each_gets_alone(
     tmp_path: Path, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
