@@ -188,7 +188,7 @@ def stage_dates(
         )
     finally:
         con.execute(f"SET threads = {int(threads)}")
-    paths = sorted(str(f) for f in folder.glob("*.parquet")) if folder.is_dir() else []
+    paths = [str(f) for f in folder.glob("*.parquet")]  # none when the COPY wrote nothing
     if not paths:
         return {}
     # Each file's date from its date column's min and max, with its rows and row groups, in one
