@@ -27,6 +27,15 @@ def daily(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys)})
 
 
+# Two years of days: a run over most of them is a sparse history's backfill, one asset at a time.
+YEARS = dg.DailyPartitionsDefinition(start_date="2023-01-01", end_date="2025-01-01")
+
+
+@dg.asset(partitions_def=YEARS, backfill_policy=dg.BackfillPolicy.single_run())
+def history(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys)})
+
+
 @dg.asset
 def whole() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"rows": 1})
@@ -261,3 +270,30 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     assert config.read_text() == edited
     assert not isinstance(dagster_instance(settings).event_log_storage, PooledSqliteEventLogStorage)
     assert config.read_text() == edited
+
+
+def test_a_run_over_hundreds_of_partitions_stores_each_kind_of_event_in_one_batch(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """701 days in one run: its planned events in one batch and its materializations in another
+    (at a batch size of 500 they went in as 500 + 201 each), and all of them readable."""
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    storage = instance.event_log_storage
+    batches: list[int] = []
+    store_batch = storage.store_event_batch
+
+    def counted(events):  # the real batch store, counted
+        batches.append(len(events))
+        store_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", counted)
+    result = dg.materialize(
+        [history],
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "2023-01-01", "dagster/asset_partition_range_end": "2024-12-01"},
+    )
+    assert result.success
+    assert batches == [701, 701]
+    plain = _plain_reader(home)
+    done = plain.get_materialized_partitions(history.key)
+    assert len(done) == 701 and {"2023-01-01", "2024-02-29", "2024-12-01"} <= done and "2024-12-02" not in done
