@@ -46,8 +46,9 @@ from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_lo
 # `store_event_batch` only when this is set (read at every event): up to this many per call.
 # Set when this storage is loaded, i.e. only in processes whose instance stores with it.
 # 5,000 holds one asset's events of a run over 1,000 dates x 5 clients in one batch (3,450 in
-# the benchmark's sparse history, written in 7 batches of 500 before: 3.4 s more per backfill,
-# mean of three alternated runs); a batch is a few MB of event objects while it waits.
+# the benchmark's sparse history, written in 7 batches of 500 before: the storage's py-spy
+# samples 6.2 -> 5.7 s; end to end within the host's noise, docs/performance.md 2026-12-08);
+# a batch is a few MB of event objects while it waits.
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "5000")
 
 # Engines kept per process: the index shard plus the run shards a process writes at once

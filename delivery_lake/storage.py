@@ -708,7 +708,8 @@ class Lake:
     def write_json(self, dest: str, obj: Any) -> None:
         # Compact: with `indent` Python's json falls back to its pure-Python encoder, 5-10x slower
         # than the C one, and a backfill of a sparse history writes a document per partition
-        # (13,000 of them): 1.1 s of its run. `jq` or `python -m json.tool` pretty-print them.
+        # (13,000 of them): py-spy samples of this method 4.3 -> 1.7 s. `jq` or
+        # `python -m json.tool` pretty-print them.
         self.write_bytes(dest, json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
     def delete(self, path: str, recursive: bool = False) -> None:

@@ -41,14 +41,27 @@ def whole() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"rows": 1})
 
 
-def _materialize_range(instance: dg.DagsterInstance, first: str, last: str) -> str:
+def _materialize_range(instance: dg.DagsterInstance, first: str, last: str, asset: dg.AssetsDefinition = daily) -> str:
     result = dg.materialize(
-        [daily],
+        [asset],
         instance=instance,
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
     assert result.success
     return result.run_id
+
+
+def _count_batches(storage: PooledSqliteEventLogStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches `storage.store_event_batch` is handed from now on (each still stored)."""
+    batches: list[int] = []
+    store_batch = storage.store_event_batch
+
+    def counted(events):  # the real batch store, counted
+        batches.append(len(events))
+        store_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", counted)
+    return batches
 
 
 def _plain_reader(home: Path) -> dg.DagsterInstance:
@@ -71,14 +84,7 @@ def test_a_range_run_writes_through_kept_connections_and_dagster_reads_it(
     instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
     storage = instance.event_log_storage
     assert isinstance(storage, PooledSqliteEventLogStorage)
-    batches: list[int] = []
-    store_batch = storage.store_event_batch
-
-    def counted(events):  # the real batch store, counted
-        batches.append(len(events))
-        store_batch(events)
-
-    monkeypatch.setattr(storage, "store_event_batch", counted)
+    batches = _count_batches(storage, monkeypatch)
     run_id = _materialize_range(instance, "2025-01-01", "2025-01-31")
     # the 31 planned events in one batch, the 31 materializations in another
     assert batches == [31, 31]
@@ -278,21 +284,8 @@ def test_a_run_over_hundreds_of_partitions_stores_each_kind_of_event_in_one_batc
     """701 days in one run: its planned events in one batch and its materializations in another
     (at a batch size of 500 they went in as 500 + 201 each), and all of them readable."""
     instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
-    storage = instance.event_log_storage
-    batches: list[int] = []
-    store_batch = storage.store_event_batch
-
-    def counted(events):  # the real batch store, counted
-        batches.append(len(events))
-        store_batch(events)
-
-    monkeypatch.setattr(storage, "store_event_batch", counted)
-    result = dg.materialize(
-        [history],
-        instance=instance,
-        tags={"dagster/asset_partition_range_start": "2023-01-01", "dagster/asset_partition_range_end": "2024-12-01"},
-    )
-    assert result.success
+    batches = _count_batches(instance.event_log_storage, monkeypatch)
+    _materialize_range(instance, "2023-01-01", "2024-12-01", asset=history)
     assert batches == [701, 701]
     plain = _plain_reader(home)
     done = plain.get_materialized_partitions(history.key)
