@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import FRESHNESS_POLICY
-from assets.partitions import DAILY_PARTITIONS
+from assets.partitions import DAILY_PARTITIONS, add_partition_metadata
 from assets.resources import LakehouseResource
 from delivery_lake.contract import TABLES
 from delivery_lake.semantic.layer import default as semantic_layer
@@ -175,9 +175,10 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
         for cell in result.held_cells:
             held.setdefault(cell[0], []).append(cell)
         keys = context.partition_keys
-        for key in keys:
-            context.add_asset_metadata(
-                {
+        add_partition_metadata(
+            context,
+            {
+                key: {
                     "dagster/row_count": result.rows_by_date.get(key, 0),
                     # a date of the range without input data is not built: no partition, no rows
                     "built": key in result.rows_by_date,
@@ -186,9 +187,10 @@ def build_model_asset(project: Project, m: Model) -> dg.AssetsDefinition:
                     "held_cells": dg.MetadataValue.json(held.get(key, [])),
                 }
                 # The lineage on the run's newest materialization (the UI reads the latest).
-                | ({"dagster/column_lineage": column_lineage(project, m)} if key == keys[-1] else {}),
-                partition_key=key,
-            )
+                | ({"dagster/column_lineage": column_lineage(project, m)} if key == keys[-1] else {})
+                for key in keys
+            },
+        )
         return dg.MaterializeResult(
             metadata=metadata | {"rows_in_run": result.rows, "dates_built": len(result.rows_by_date)}
         )

@@ -17,7 +17,7 @@ import hashlib
 import dagster as dg
 
 from assets.curated import after_inputs, model_key
-from assets.partitions import DAILY_PARTITIONS
+from assets.partitions import DAILY_PARTITIONS, add_partition_metadata
 from assets.resources import LakehouseResource
 from assets.run_tags import REFRESH_TRIGGER, TRIGGER_TAG, in_flight
 from delivery_lake.ml import features, registry, scoring, training
@@ -64,8 +64,10 @@ def delivery_features(context: dg.AssetExecutionContext, lakehouse: LakehouseRes
     if missing:
         context.log.warning(f"no {features.SOURCE} partition for {missing}: nothing to build there")
     blocked, partial = features.gate_exclusions(lake, rows)
-    for key in context.partition_keys:  # each date's rows on its own materialization
-        context.add_asset_metadata({"dagster/row_count": rows.get(key, 0), "built": key in rows}, partition_key=key)
+    # each date's rows on its own materialization
+    add_partition_metadata(
+        context, {key: {"dagster/row_count": rows.get(key, 0), "built": key in rows} for key in context.partition_keys}
+    )
     return dg.MaterializeResult(
         metadata={
             "rows_in_run": sum(rows.values()),

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from assets.definitions import defs
-from assets.partitions import FACT_PARTITIONS
+from assets.partitions import FACT_PARTITIONS, add_partition_metadata
 from assets.resources import LakehouseResource
 from assets.run import run_inbox
 from assets.schedules import nightly_full_refresh
@@ -506,3 +506,66 @@ def test_a_run_starts_importing_gx_when_its_resources_are_built_a_sensor_tick_do
 
     assert dg.materialize([probe], resources={"lakehouse": res}).success
     assert started == ["gx", "step"]
+
+
+_SPAN = dg.MultiPartitionsDefinition(
+    {
+        "date": dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-03-01"),
+        "client": dg.StaticPartitionsDefinition(["a", "b"]),
+    }
+)
+
+
+def _per_partition_asset(use_ours: bool) -> dg.AssetsDefinition:
+    @dg.asset(name="span", partitions_def=_SPAN, backfill_policy=dg.BackfillPolicy.single_run())
+    def span(context) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]
+        keys = context.partition_keys
+        wanted = {k: {"n": i, "first": i == 0} for i, k in enumerate(keys) if i % 7 == 0}
+        if use_ours:
+            add_partition_metadata(context, wanted)
+            add_partition_metadata(context, {keys[0]: {"again": True}})  # merged into what is there
+            with pytest.raises(dg.DagsterInvariantViolationError, match="does not target"):
+                add_partition_metadata(context, {"c|2025-01-01": {"n": -1}})
+        else:
+            for k, md in wanted.items():
+                context.add_asset_metadata(md, partition_key=k)
+            context.add_asset_metadata({"again": True}, partition_key=keys[0])
+        return dg.MaterializeResult(metadata={"run": len(keys)})
+
+    return span
+
+
+@pytest.mark.parametrize("private_api", [True, False], ids=["accumulated", "dagster-call"])
+def test_partition_metadata_added_in_one_pass_is_what_dagsters_call_per_partition_adds(
+    private_api: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`add_partition_metadata` (one pass over a run's keys, linear) leaves every partition's
+    materialization the metadata Dagster's `add_asset_metadata` per partition (quadratic) leaves;
+    where Dagster's private accumulator is not there, it falls back to that call."""
+    if not private_api:
+        import assets.partitions
+
+        def moved(*_args: object) -> None:  # as if a Dagster release had renamed its accumulator
+            raise AttributeError("_metadata_accumulator")
+
+        monkeypatch.setattr(assets.partitions, "_accumulate", moved)
+    seen = {}
+    for ours in (True, False):
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize(
+            [_per_partition_asset(ours)],
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": "a|2025-01-01",
+                "dagster/asset_partition_range_end": "b|2025-01-20",
+            },
+        )
+        assert result.success
+        seen[ours] = {
+            str(m.partition): {k: v.value for k, v in m.metadata.items()}
+            for m in result.asset_materializations_for_node("span")
+        }
+    assert seen[True] == seen[False] and len(seen[True]) == 40
+    marked = {p: md for p, md in seen[True].items() if "n" in md}
+    assert len(marked) == 6 and all(md["run"] == 40 for md in seen[True].values())
+    assert sum(1 for md in seen[True].values() if md.get("again")) == 1

@@ -9,10 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as db
+from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.event_api import EventLogRecord
 from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.storage.event_log.schema import AssetKeyTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 from dagster_shared.serdes import deserialize_value
 
 from assets.instance_storage import MAX_ENGINES, PooledSqliteEventLogStorage
@@ -86,8 +88,8 @@ def test_a_range_run_writes_through_kept_connections_and_dagster_reads_it(
     assert isinstance(storage, PooledSqliteEventLogStorage)
     batches = _count_batches(storage, monkeypatch)
     run_id = _materialize_range(instance, "2025-01-01", "2025-01-31")
-    # the 31 planned events in one batch, the 31 materializations in another
-    assert batches == [31, 31]
+    # the run's plan is one event (its 31 partitions as a subset), the 31 materializations a batch
+    assert batches == [31]
     for _ in range(MAX_ENGINES + 2):  # more run shards than engines kept: the oldest are closed
         assert dg.materialize([whole], instance=instance).success
     # the index shard's engine and its connection are reused, not rebuilt per event
@@ -127,7 +129,7 @@ def test_a_batch_leaves_the_asset_rows_and_tags_dagsters_event_by_event_path_lea
     assert dg.materialize([whole], instance=instance).success
     ours = instance.event_log_storage
     events = [e for e in ours.get_logs_for_run(run_id) if e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS]
-    assert len(events) == 40  # 20 planned, 20 materialized
+    assert len(events) == 21  # the plan (the 20 partitions as one subset), 20 materialized
     theirs = SqliteEventLogStorage(str(tmp_path / "theirs"))
     for e in events:
         theirs.store_event(e)
@@ -157,7 +159,7 @@ def test_a_batch_leaves_the_asset_rows_and_tags_dagsters_event_by_event_path_lea
             limit=100,
         ).records
     ]
-    assert stored(ours) == stored(theirs) and len(stored(ours)) == 40
+    assert stored(ours) == stored(theirs) and len(stored(ours)) == 21
 
 
 def _child_run(home: str) -> None:
@@ -175,9 +177,9 @@ def daily_rows() -> dg.AssetCheckResult:
 def test_a_batch_with_a_check_event_among_asset_events_keeps_both_paths_and_the_order(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run's planned events include its checks' (sorted among the assets'): the asset events
-    on either side of a check's still go in as batches, the check's by Dagster's own path, and
-    the stored order is the order given."""
+    """A run's events mix asset events with its checks' (a run's planned events come sorted by
+    asset key, the checks' among the assets'): the asset events on either side of a check's still
+    go in as batches, the check's by Dagster's own path, and the stored order is the order given."""
     instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
     result = dg.materialize(
         [daily, daily_rows],
@@ -186,10 +188,10 @@ def test_a_batch_with_a_check_event_among_asset_events_keeps_both_paths_and_the_
     )
     assert result.success
     logged = instance.event_log_storage.get_logs_for_run(result.run_id)
-    planned = [e for e in logged if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+    done = [e for e in logged if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION]
     checks = [e for e in logged if e.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED]
-    assert len(planned) == 10 and len(checks) == 1
-    mixed = [*planned[:4], checks[0], *planned[4:]]
+    assert len(done) == 10 and len(checks) == 1
+    mixed = [*done[:4], checks[0], *done[4:]]
 
     fresh = PooledSqliteEventLogStorage(str(tmp_path / "fresh"))
     batches: list[int] = []
@@ -278,15 +280,150 @@ def test_the_instance_file_is_upgraded_from_ours_and_left_alone_when_someone_els
     assert config.read_text() == edited
 
 
-def test_a_run_over_hundreds_of_partitions_stores_each_kind_of_event_in_one_batch(
+def test_a_run_over_hundreds_of_partitions_stores_its_materializations_in_one_batch(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """701 days in one run: its planned events in one batch and its materializations in another
-    (at a batch size of 500 they went in as 500 + 201 each), and all of them readable."""
+    """701 days in one run: its materializations in one batch (at a batch size of 500 they went in
+    as 500 + 201), its plan in one event, and all of them readable."""
     instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
     batches = _count_batches(instance.event_log_storage, monkeypatch)
     _materialize_range(instance, "2023-01-01", "2024-12-01", asset=history)
-    assert batches == [701, 701]
+    assert batches == [701]
     plain = _plain_reader(home)
     done = plain.get_materialized_partitions(history.key)
     assert len(done) == 701 and {"2023-01-01", "2024-02-29", "2024-12-01"} <= done and "2024-12-02" not in done
+
+
+# -- a run's plan as one event per asset: failed and in-progress partitions still read as such ----
+CLIENTS = dg.DynamicPartitionsDefinition(name="test_clients")
+DATES_BY_CLIENT = dg.MultiPartitionsDefinition(
+    {"date": dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-02-01"), "client": CLIENTS}
+)
+
+
+def _seen_in_flight(context: dg.AssetExecutionContext) -> None:
+    """Raises (the run fails) when its tags ask; records which partitions the storage reads as in
+    progress while the run is running."""
+    status = get_and_update_asset_status_cache_value(
+        context.instance, context.asset_key, context.assets_def.partitions_def
+    )
+    assert status is not None
+    in_progress = status.deserialize_in_progress_partition_subsets(context.assets_def.partitions_def)
+    IN_FLIGHT[context.run.run_id] = sorted(in_progress.get_partition_keys())
+    if context.run.tags.get("fail"):
+        raise RuntimeError("this run fails")
+
+
+IN_FLIGHT: dict[str, list[str]] = {}
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def flaky_daily(context: dg.AssetExecutionContext) -> None:
+    _seen_in_flight(context)
+
+
+@dg.asset(partitions_def=DATES_BY_CLIENT, backfill_policy=dg.BackfillPolicy.single_run())
+def flaky_facts(context: dg.AssetExecutionContext) -> None:
+    _seen_in_flight(context)
+
+
+def _statuses(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> tuple[list[str], list[str]]:
+    """(materialized, failed) partitions as the UI's partition status reads them."""
+    partitions_def = asset.partitions_def
+    assert partitions_def is not None
+    with partition_loading_context(dynamic_partitions_store=instance):
+        status = get_and_update_asset_status_cache_value(instance, asset.key, partitions_def)
+        assert status is not None
+        done = status.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys()
+        failed = status.deserialize_failed_partition_subsets(partitions_def).get_partition_keys()
+        return sorted(map(str, done)), sorted(map(str, failed))
+
+
+def _range_run(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, first: str, last: str, fail: bool) -> str:
+    result = dg.materialize(
+        [asset],
+        instance=instance,
+        raise_on_error=False,
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+            **({"fail": "1"} if fail else {}),
+        },
+    )
+    assert result.success is not fail
+    return result.run_id
+
+
+@pytest.mark.parametrize(
+    ("asset", "runs"),
+    [
+        # (first, last, fails): a failed range, part of it redone, then a failed run over some of that
+        (
+            flaky_daily,
+            [
+                ("2025-01-01", "2025-01-10", True),
+                ("2025-01-04", "2025-01-06", False),
+                ("2025-01-06", "2025-01-07", True),
+            ],
+        ),
+        (
+            flaky_facts,
+            [
+                ("a|2025-01-01", "c|2025-01-04", True),
+                ("b|2025-01-02", "c|2025-01-03", False),
+                ("a|2025-01-03", "b|2025-01-03", True),
+            ],
+        ),
+    ],
+    ids=["dates", "dates-by-client"],
+)
+def test_a_run_planned_in_one_event_shows_its_partitions_in_progress_then_failed_as_dagster_does(
+    home: Path, tmp_path: Path, asset: dg.AssetsDefinition, runs: list[tuple[str, str, bool]]
+) -> None:
+    """Our storage plans a run's partitions in one event per asset; Dagster's own storage writes one
+    per partition, from which the UI reads a running run's partitions as in progress and a failed
+    run's as failed. Given the same runs, both read the same states, partition by partition."""
+    ours = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    assert ours.event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "dagster.yaml").write_text(
+        f"storage:\n  sqlite:\n    base_dir: {tmp_path / 'theirs'}\ntelemetry:\n  enabled: false\n"
+    )
+    theirs = dg.DagsterInstance.from_config(str(tmp_path / "theirs"))
+    assert not theirs.event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
+    seen: dict[str, list] = {"ours": [], "theirs": []}
+    for name, instance in (("ours", ours), ("theirs", theirs)):
+        instance.add_dynamic_partitions("test_clients", ["a", "b", "c"])
+        for first, last, fail in runs:
+            run_id = _range_run(instance, asset, first, last, fail)
+            seen[name].append((IN_FLIGHT[run_id], _statuses(instance, asset)))
+        plan = [
+            e
+            for e in instance.all_logs(run_id)
+            if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        ]
+        assert len(plan) == (1 if name == "ours" else len(IN_FLIGHT[run_id]))
+    assert seen["ours"] == seen["theirs"]
+    # and what that is: the first run's partitions in progress while it ran, then failed; the
+    # second's redone; the third's failed again, whatever an earlier run did to them
+    (first_running, (_, first_failed)), (_, (second_done, second_failed)), (third_running, (_, third_failed)) = seen[
+        "ours"
+    ]
+    assert first_running == first_failed and len(first_failed) == (10 if asset is flaky_daily else 12)
+    assert set(second_done) < set(first_failed) and set(second_failed) == set(first_failed) - set(second_done)
+    assert set(third_running) <= set(third_failed) and set(third_running) & set(second_done)
+
+
+def test_the_latest_run_of_a_partition_is_the_run_that_planned_it_in_a_subset(home: Path, tmp_path: Path) -> None:
+    """The UI's "latest run" of a partition: the newest run whose plan holds it, whether the plan
+    named it alone or in a subset; a partition no run planned has none."""
+    instance = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
+    wide = _materialize_range(instance, "2025-01-01", "2025-01-20")
+    narrow = _materialize_range(instance, "2025-01-05", "2025-01-06")
+    single = dg.materialize([daily], instance=instance, partition_key="2025-01-19")
+    latest = lambda p: instance.get_latest_planned_materialization_info(daily.key, partition=p)  # noqa: E731
+    assert latest("2025-01-01").run_id == wide and latest("2025-01-20").run_id == wide
+    assert latest("2025-01-05").run_id == narrow and latest("2025-01-06").run_id == narrow
+    assert latest("2025-01-19").run_id == single.run_id
+    assert latest("2025-01-21") is None and latest("2025-02-15") is None
+    assert instance.get_latest_planned_materialization_info(daily.key).run_id == single.run_id

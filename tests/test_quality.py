@@ -23,6 +23,7 @@ from delivery_lake.contract import DIMENSIONS, FACTS, TABLES
 from delivery_lake.generator import generate
 from delivery_lake.landing import Landing
 from delivery_lake.quality import (
+    _KEPT,
     ERROR,
     UNBOUNDED,
     WARN,
@@ -498,3 +499,37 @@ def test_volume_band_is_the_median_of_the_clients_recent_landed_dates(tmp_path: 
     assert res["C001"].passed and res["C002"].passed
     assert [o.label for o in res["C001"].warnings if "volume_min" in o.label]
     assert not [o.label for o in res["C002"].warnings if "volume" in o.label]
+
+
+def test_key_snapshots_are_kept_across_checks_until_a_file_of_their_table_changes(qs: Settings, monkeypatch) -> None:
+    """The orders' keys are read once for the orders, deliveries and feedback checks of a run, and
+    read again once an orders file is landed, replaced or removed (quality._KeptSnapshots)."""
+    lake, _ = land(qs)
+    reads: list[str] = []
+    make = _KEPT.get
+
+    def counted(lake_, table, query, read):  # the real cache, its reads counted
+        return make(lake_, table, query, lambda: (reads.append(table.name), read())[1])
+
+    monkeypatch.setattr(_KEPT, "get", counted)
+    monkeypatch.setattr(_KEPT, "_kept", type(_KEPT._kept)())
+    q = Quality(lake, qs)
+    q.validate_and_record("orders", [(d, c) for d in DATES for c in ("C001", "C002")])
+    q.validate_and_record("deliveries", [(DAY, "C001")])
+    q.validate_and_record("customer_feedback", [(DAY, "C001")])
+    assert reads.count("orders") == 1 and reads.count("deliveries") == 1
+
+    # an orders file replaced: an order of C002 now also lands under C001 (a duplicate elsewhere)
+    moved = pq.read_table(lake.data_file("raw", "orders", DAY, "C002")).column("order_id")[0].as_py()
+    _rewrite(lake, "orders", DAY, "C001", lambda rows: rows[0].update(order_id=moved))
+    [o] = q.validate_and_record("orders", [(DAY, "C001")])
+    assert reads.count("orders") == 2 and moved in {v for x in o.failed_errors for v in x.sample}
+    # a day removed: its orders are gone from the keys the deliveries' foreign key reads
+    gone = pq.read_table(lake.data_file("raw", "orders", "2026-01-07", "C003")).column("order_id").to_pylist()
+    lake.delete(lake.data_file("raw", "orders", "2026-01-07", "C003"))
+    [d] = q.validate_and_record("deliveries", [("2026-01-07", "C003")])
+    orphans = [x for x in d.failed_errors if x.label == "expect_column_values_to_be_null(_orphan_order_id)"]
+    assert reads.count("orders") == 3 and orphans and set(orphans[0].sample) <= set(gone)
+    # nothing changed since: kept
+    q.validate_and_record("customer_feedback", [(DAY, "C002")])
+    assert reads.count("orders") == 3

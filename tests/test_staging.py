@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from delivery_lake.config import Settings
-from delivery_lake.storage import drain_staging_trash, staging_dir
+from delivery_lake.storage import Lake, _in_folder, drain_staging_trash, staging_dir, write_file_atomic
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -66,3 +68,30 @@ def test_a_forked_process_deletes_its_own_stages(tmp_path: Path) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_folder_removed_after_a_write_is_made_again_by_the_next_write(tmp_path: Path) -> None:
+    """Writes remember the folders they made (storage._in_folder); a folder deleted since, by this
+    process or another, is made again rather than failing the write or landing it elsewhere."""
+    lake = Lake.from_settings(_settings(tmp_path))
+    doc = lake.meta_path("quality", "orders", "date=2026-01-02", "client=C1.json")
+    lake.write_json(doc, {"passed": True})
+    staged = tmp_path / "staged.parquet"
+    for _ in range(2):  # the second round writes into folders this process remembers, then removed
+        target = lake.data_file("raw", "orders", "2026-01-02", "C1")
+        staged.write_bytes(b"PAR1")
+        assert lake.publish_file(staged, target, move=True) == 4 and not staged.exists()
+        assert lake.read_json(doc) == {"passed": True} and Path(target).read_bytes() == b"PAR1"
+        lake.delete(lake.table_dir("raw", "orders"), recursive=True)
+        lake.delete(lake.meta_path("quality", "orders"), recursive=True)
+        assert not Path(target).parent.exists() and not lake.exists(doc)
+        write_file_atomic(doc, b'{"passed": true}')
+    assert lake.read_json(doc) == {"passed": True}
+    # a move whose source is missing fails, in a folder it knows, and is not retried forever
+    Path(target).parent.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):
+        _in_folder(target, lambda: os.replace(tmp_path / "gone.parquet", target))
+    _in_folder(target, lambda: None)  # now remembered
+    with pytest.raises(FileNotFoundError):
+        _in_folder(target, lambda: os.replace(tmp_path / "gone.parquet", target))
+    assert not Path(target).exists()
