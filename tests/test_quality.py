@@ -29,6 +29,7 @@ from delivery_lake.quality import (
     WARN,
     Quality,
     SuiteError,
+    _KeptSnapshots,
     docs_deferred,
     load_partition_suite_doc,
     load_suite_doc,
@@ -533,3 +534,22 @@ def test_key_snapshots_are_kept_across_checks_until_a_file_of_their_table_change
     # nothing changed since: kept
     q.validate_and_record("customer_feedback", [(DAY, "C002")])
     assert reads.count("orders") == 3
+
+
+def test_key_snapshots_kept_stay_within_their_memory_budget(qs: Settings, monkeypatch) -> None:
+    """Past `MAX_BYTES` the least recently used snapshot goes; one larger than it is not kept."""
+    lake, _ = land(qs)
+    kept = _KeptSnapshots()
+    orders, deliveries = TABLES["orders"], TABLES["deliveries"]
+    con = lake.duckdb()
+    read = lambda t: con.sql(f"SELECT * FROM read_parquet('{lake.glob_uri('raw', t, True)}')").to_arrow_table()  # noqa: E731
+    small, large = read("orders"), read("deliveries")
+    monkeypatch.setattr(_KeptSnapshots, "MAX_BYTES", small.nbytes + large.nbytes - 1)
+    kept.get(lake, orders, "q1", lambda: small)
+    kept.get(lake, deliveries, "q2", lambda: large)
+    assert list(kept._kept) == ["q2"]  # both would not fit: the older went
+    fresh = _KeptSnapshots()
+    monkeypatch.setattr(_KeptSnapshots, "MAX_BYTES", small.nbytes - 1)
+    assert fresh.get(lake, orders, "q1", lambda: small) is small  # handed out, not kept
+    assert list(fresh._kept) == []
+    con.close()
