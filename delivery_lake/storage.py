@@ -878,6 +878,9 @@ def staging_dir(settings: Settings | None) -> Iterator[Path]:
         _TRASH.discard(base, path)
 
 
+_TRASH_PER_CALL = 256  # folders per `rm` call: its argument list stays far below the system's limit
+
+
 class _Trash:
     """Folders to delete, handed to one background thread per process; drained at exit."""
 
@@ -923,14 +926,16 @@ class _Trash:
         rm = shutil.which("rm")
         while True:
             paths = [pending.get()]
-            while True:  # whatever else is waiting goes in the same call
+            while len(paths) < _TRASH_PER_CALL:  # what else is waiting goes in the same call
                 try:
                     paths.append(pending.get_nowait())
                 except queue.Empty:
                     break
             try:
                 if rm:
-                    subprocess.run([rm, "-rf", "--", *map(str, paths)], check=False, stdin=subprocess.DEVNULL)
+                    # no process to start (OSError): rmtree below does it all
+                    with contextlib.suppress(OSError, subprocess.SubprocessError):
+                        subprocess.run([rm, "-rf", "--", *map(str, paths)], check=False, stdin=subprocess.DEVNULL)
                 for path in paths:
                     shutil.rmtree(path, ignore_errors=True)
             except Exception:  # never die: the exit waits on this queue (a folder left is swept later)

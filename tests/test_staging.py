@@ -95,3 +95,30 @@ def test_a_folder_removed_after_a_write_is_made_again_by_the_next_write(tmp_path
     with pytest.raises(FileNotFoundError):
         _in_folder(target, lambda: os.replace(tmp_path / "gone.parquet", target))
     assert not Path(target).exists()
+
+
+@pytest.mark.parametrize("rm", ["found", "missing"])
+def test_the_trash_deletes_every_folder_handed_over_with_rm_or_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rm: str
+) -> None:
+    """More folders than one `rm` call takes, deleted by `rm -rf` or, where it cannot be started,
+    by `shutil.rmtree`; the queue is done with each one."""
+    import queue
+    import shutil
+    import threading
+
+    from delivery_lake import storage
+
+    if rm == "missing":
+        monkeypatch.setattr(shutil, "which", lambda _name: str(tmp_path / "no-rm-here"))
+    folders = []
+    for i in range(storage._TRASH_PER_CALL + 30):
+        folder = tmp_path / "trash" / f"stage{i}"
+        _fill(folder, n=2)
+        folders.append(folder)
+    pending: queue.Queue[Path] = queue.Queue()
+    for folder in folders:
+        pending.put(folder)
+    threading.Thread(target=storage._Trash._run, args=(pending,), daemon=True).start()
+    pending.join()
+    assert not [f for f in folders if f.exists()] and (tmp_path / "trash").exists()
