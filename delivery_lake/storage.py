@@ -482,6 +482,18 @@ class Lake:
         info = self.fs.info(path)
         return f"{info.get('size')} {info.get('ETag') or info.get('LastModified')}"
 
+    def stamp(self, pattern: str) -> str:
+        """A digest of the local files matching `pattern`, each one's path, size, modification
+        time and inode: it changes when one is added, removed or replaced (a publish renames a
+        new file in). Local lakes only: on S3 it would be a listing per call."""
+        if self.is_s3:
+            raise StorageError(f"{pattern}: file stamps are for local lakes")
+        found = []
+        for path in self.glob(pattern):
+            st = os.stat(path)
+            found.append((path, st.st_size, st.st_mtime_ns, st.st_ino))
+        return hashlib.sha256(repr(found).encode()).hexdigest()
+
     def sha256(self, path: str) -> str:
         if not self.is_s3:
             return sha256_file(path)
@@ -824,22 +836,23 @@ _MAX_FOLDERS = 200_000
 def _in_folder(dest: str | Path, write: Callable[[], object]) -> None:
     """`write()` a file at `dest`, its folder made first unless this process knows it is there."""
     folder = os.path.dirname(dest)
-    if folder not in _FOLDERS:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        if len(_FOLDERS) >= _MAX_FOLDERS:
-            _FOLDERS.clear()
-        _FOLDERS.add(folder)
-        write()
-        return
+    known = folder in _FOLDERS
+    if not known:
+        _make_folder(folder)
     try:
         write()
     except FileNotFoundError:
-        _FOLDERS.discard(folder)
-        if os.path.isdir(folder):
+        if not known or os.path.isdir(folder):
             raise  # the folder is there: what is missing is something else (the source of a move)
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        _FOLDERS.add(folder)
+        _make_folder(folder)  # removed since this process made or found it
         write()
+
+
+def _make_folder(folder: str) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    if len(_FOLDERS) >= _MAX_FOLDERS:
+        _FOLDERS.clear()
+    _FOLDERS.add(folder)
 
 
 def write_file_atomic(dest: str | Path, data: bytes) -> None:

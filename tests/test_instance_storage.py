@@ -66,6 +66,11 @@ def _count_batches(storage: PooledSqliteEventLogStorage, monkeypatch: pytest.Mon
     return batches
 
 
+def _plain_yaml(base: Path) -> None:
+    """An instance file for Dagster's own SQLite storage on `base` (not ours)."""
+    (base / "plain.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {base}\ntelemetry:\n  enabled: false\n")
+
+
 def _plain_reader(home: Path) -> dg.DagsterInstance:
     """Dagster's own SQLite storage on the same folder: what the UI reads when started without ours."""
     return dg.DagsterInstance.from_config(str(home), config_filename="plain.yaml")
@@ -76,7 +81,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("DAGSTER_HOME", str(path))
     path.mkdir()
-    (path / "plain.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {path}\ntelemetry:\n  enabled: false\n")
+    _plain_yaml(path)
     return path
 
 
@@ -386,10 +391,8 @@ def test_a_run_planned_in_one_event_shows_its_partitions_in_progress_then_failed
     ours = dagster_instance(Settings.from_env(data_dir=tmp_path / "data"))
     assert ours.event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
     (tmp_path / "theirs").mkdir()
-    (tmp_path / "theirs" / "dagster.yaml").write_text(
-        f"storage:\n  sqlite:\n    base_dir: {tmp_path / 'theirs'}\ntelemetry:\n  enabled: false\n"
-    )
-    theirs = dg.DagsterInstance.from_config(str(tmp_path / "theirs"))
+    _plain_yaml(tmp_path / "theirs")
+    theirs = _plain_reader(tmp_path / "theirs")
     assert not theirs.event_log_storage.supports_partition_subset_in_asset_materialization_planned_events
     seen: dict[str, list] = {"ours": [], "theirs": []}
     for name, instance in (("ours", ours), ("theirs", theirs)):
